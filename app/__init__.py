@@ -1,0 +1,1 @@
+"""The syncwall command line and the Textual console (clients of the lab daemon)."""

@@ -1,0 +1,1 @@
+"""Scripted scenarios: lessons and stakeholder demos, run in the console or headless."""

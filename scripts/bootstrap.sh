@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what syncwall needs on a Debian machine: apt packages, a virtual environment, pinned Python packages.
+# Idempotent and quiet when nothing is missing; re-installs Python packages when requirements.lock changes.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$here"
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "syncwall: run as root (it builds network namespaces and firewall rules)" >&2
+  exit 1
+fi
+
+apt_pkgs=(iptables iproute2 libnetfilter-queue-dev gcc make python3-dev python3-venv tmux curl)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "syncwall: installing Debian packages: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >&2
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+fi
+
+py=${SYNCWALL_PYTHON:-python3}
+stamp=.venv/.syncwall-stamp
+want=$( (cat requirements.lock pyproject.toml; "$py" --version) | sha256sum | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "syncwall: preparing the virtual environment in .venv" >&2
+  [ -x .venv/bin/python ] || "$py" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip >&2
+  .venv/bin/python -m pip install -q -r requirements.lock >&2
+  .venv/bin/python -m pip install -q --no-deps -e . >&2
+  echo "$want" > "$stamp"
+fi

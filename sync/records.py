@@ -1,0 +1,147 @@
+"""Replicated state records: what the sync layer moves between nodes, knowing nothing of firewalls."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+NO_BUCKET = -1
+
+
+class Scope(Enum):
+    """Where a record is replicated: the owner's backup group, or every live node."""
+
+    NODE = "node"
+    COMMON = "common"
+
+
+class Trigger(Enum):
+    """The predetermined irregular action that caused a record to be sent (DESIGN.md table)."""
+
+    MODIFIED = "state-modified"
+    FULL_SYNC = "full-sync"
+    PERIODIC = "periodic"
+    FAILOVER = "node-failed"
+    RESYNC = "resync-request"
+    LEAVE = "graceful-leave"
+    STATE_REQUEST = "state-request"
+    RELATED = "related-connection"
+    REBALANCE = "rebalance"
+
+
+@dataclass(slots=True)
+class Record:
+    """One versioned piece of replicated state.
+
+    `data` is a positional list of msgpack-able values whose meaning belongs to the
+    layer above (the engine). `bucket` is the distribution bucket the record lives in
+    (NO_BUCKET for common records). A deleted record is a tombstone that still carries
+    its version, so that an older insert arriving late cannot resurrect it.
+    """
+
+    key: bytes
+    scope: Scope
+    owner: str
+    version: int
+    bucket: int = NO_BUCKET
+    data: list[Any] = field(default_factory=list)
+    deleted: bool = False
+
+
+class StateStore(Protocol):
+    """The state a sync agent replicates. The engine supplies one over its tables; tests use MemoryStore."""
+
+    def get(self, key: bytes) -> Record | None: ...
+
+    def apply(self, record: Record) -> bool:
+        """Apply a record received from a peer. False (and no change) if its version is not newer."""
+        ...
+
+    def records(
+        self,
+        *,
+        owner: str | None = None,
+        scope: Scope | None = None,
+        buckets: Iterable[int] | None = None,
+    ) -> Iterator[Record]:
+        """Live (not deleted) records matching every given filter."""
+        ...
+
+    def promote(self, buckets: Iterable[int], new_owner: str) -> list[Record]:
+        """Take over: every node-scope record in `buckets` not owned by `new_owner` becomes
+        owned by it with a higher version. Returns the promoted records."""
+        ...
+
+    def drop_owner(self, owner: str) -> int:
+        """Forget the node-scope records owned by `owner` (no longer backed up here). Returns count."""
+        ...
+
+
+class MemoryStore:
+    """A dict-backed StateStore: the reference implementation the sync tests run against."""
+
+    def __init__(self) -> None:
+        self._records: dict[bytes, Record] = {}
+
+    def __len__(self) -> int:
+        return sum(1 for r in self._records.values() if not r.deleted)
+
+    def get(self, key: bytes) -> Record | None:
+        return self._records.get(key)
+
+    def put_local(self, record: Record) -> Record:
+        """A local change: bump the version past whatever is stored and keep it."""
+        old = self._records.get(record.key)
+        if old is not None and record.version <= old.version:
+            record.version = old.version + 1
+        self._records[record.key] = record
+        return record
+
+    def apply(self, record: Record) -> bool:
+        old = self._records.get(record.key)
+        if old is not None and record.version <= old.version:
+            return False
+        self._records[record.key] = record
+        return True
+
+    def records(
+        self,
+        *,
+        owner: str | None = None,
+        scope: Scope | None = None,
+        buckets: Iterable[int] | None = None,
+    ) -> Iterator[Record]:
+        wanted = None if buckets is None else set(buckets)
+        for r in self._records.values():
+            if r.deleted:
+                continue
+            if owner is not None and r.owner != owner:
+                continue
+            if scope is not None and r.scope is not scope:
+                continue
+            if wanted is not None and r.bucket not in wanted:
+                continue
+            yield r
+
+    def promote(self, buckets: Iterable[int], new_owner: str) -> list[Record]:
+        wanted = set(buckets)
+        out = []
+        for r in self._records.values():
+            if (
+                not r.deleted
+                and r.scope is Scope.NODE
+                and r.bucket in wanted
+                and r.owner != new_owner
+            ):
+                r.owner = new_owner
+                r.version += 1
+                out.append(r)
+        return out
+
+    def drop_owner(self, owner: str) -> int:
+        gone = [k for k, r in self._records.items() if r.scope is Scope.NODE and r.owner == owner]
+        for k in gone:
+            del self._records[k]
+        return len(gone)

@@ -1,0 +1,525 @@
+"""The node process: binds the engine core to NFQUEUE, the sync agent and a control socket."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sync.agent import SyncAgent, SyncConfig
+
+from engine.core import Decision, Engine, SyncRequest, Verdict
+from engine.rules import parse_rules
+from sync.records import Scope, Trigger
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.002
+EXPIRE_EVERY_S = 1.0
+TIMELINE_LEN = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """What the lab daemon tells a node process (written as JSON in the run folder)."""
+
+    node: str
+    lab: str
+    lab_id: str
+    key_file: str
+    nodes: list[tuple[str, str, int]]
+    buckets: int
+    backups: int
+    policy: str
+    interval_ms: int
+    differential: bool
+    heartbeat_ms: int
+    miss_limit: int
+    rules: list[dict[str, Any]]
+    queue_num: int
+    control_socket: str
+    hold_timeout_ms: int
+
+    @classmethod
+    def load(cls, path: Path) -> NodeConfig:
+        raw = json.loads(path.read_text())
+        raw["nodes"] = [tuple(n) for n in raw["nodes"]]
+        return cls(**raw)
+
+
+class Held:
+    """Packets waiting on one sync: NetfilterQueue packets kept without a verdict."""
+
+    __slots__ = ("deadline", "kind", "packets", "started")
+
+    def __init__(self, kind: str, started: float, deadline: float) -> None:
+        self.kind = kind
+        self.started = started
+        self.deadline = deadline
+        self.packets: list[Any] = []
+
+
+def owned_buckets_rules(buckets: list[int]) -> str:
+    """iptables-restore text replacing the SW_OWNED chain: RETURN for owned marks, DROP the rest."""
+    lines = ["*mangle", ":SW_OWNED - [0:0]"]
+    lines += [f"-A SW_OWNED -m mark --mark {b} -j RETURN" for b in sorted(buckets)]
+    lines += ["-A SW_OWNED -j DROP", "COMMIT", ""]
+    return "\n".join(lines)
+
+
+class Node:
+    """One gateway node: packets in from NFQUEUE, verdicts out, state kept in step over the sync segment."""
+
+    def __init__(self, cfg: NodeConfig, *, use_nfqueue: bool = True) -> None:
+        self.cfg = cfg
+        self.use_nfqueue = use_nfqueue
+        self.engine = Engine(cfg.node, parse_rules(cfg.rules), hold_related=cfg.policy != "periodic")
+        key = Path(cfg.key_file).read_bytes()
+        self.sync_addr = next((ip, port) for name, ip, port in cfg.nodes if name == cfg.node)
+        now = time.monotonic()
+        self.agent = SyncAgent(
+            SyncConfig(
+                lab_id=cfg.lab_id,
+                key=key,
+                node=cfg.node,
+                nodes=tuple((name, (ip, port)) for name, ip, port in cfg.nodes),
+                buckets=cfg.buckets,
+                backups=cfg.backups,
+                policy=cfg.policy,
+                interval_ms=cfg.interval_ms,
+                differential=cfg.differential,
+                heartbeat_ms=cfg.heartbeat_ms,
+                miss_limit=cfg.miss_limit,
+            ),
+            self.engine.store,
+            now,
+        )
+        self.policy = cfg.policy
+        self.interval_ms = cfg.interval_ms
+        self.held: dict[int, Held] = {}
+        self.push_tokens: dict[int, int] = {}  # agent token -> engine sync_id
+        self.pulls: dict[bytes, int] = {}  # key -> engine sync_id
+        self.owned: list[int] = []
+        self.timeline: deque[dict[str, Any]] = deque(maxlen=TIMELINE_LEN)
+        self.counters: dict[str, int] = {
+            "held": 0,
+            "released_by_ack": 0,
+            "released_by_timeout": 0,
+            "held_dropped": 0,
+            "packets": 0,
+            "callback_errors": 0,
+        }
+        self.down_at: dict[str, float] = {}
+        self.last_takeover: dict[str, Any] | None = None
+        self.iptables_lock = asyncio.Lock()
+        self.leaving = False
+        self.stop_event = asyncio.Event()
+        self.sock: socket.socket | None = None
+        self.started = time.monotonic()
+        self.hold_latencies: deque[float] = deque(maxlen=1000)
+
+    # ---- timeline -------------------------------------------------------------------------
+    def note(self, kind: str, text: str, **extra: Any) -> None:
+        ev = {"t": time.time(), "node": self.cfg.node, "kind": kind, "text": text, **extra}
+        self.timeline.append(ev)
+        log.info("%s: %s", kind, text)
+
+    # ---- packet path ----------------------------------------------------------------------
+    def on_packet(self, pkt: Any) -> None:
+        try:
+            self.counters["packets"] += 1
+            now = time.monotonic()
+            d: Decision = self.engine.process(pkt.get_payload(), now, pkt.mark)
+            self._verdict(pkt, d, now)
+        except Exception:  # a packet must never kill the loop: fail closed and count
+            self.counters["callback_errors"] += 1
+            log.exception("packet callback failed")
+            with contextlib.suppress(Exception):
+                pkt.drop()
+
+    def _verdict(self, pkt: Any, d: Decision, now: float) -> None:
+        v = d.verdict
+        if v is Verdict.ACCEPT:
+            pkt.accept()
+        elif v is Verdict.HOLD and d.sync_id is not None:
+            self._drain_engine(now)
+            held = self.held.get(d.sync_id)
+            if held is None:
+                # The sync already finished (or was never registered): do not strand the packet.
+                self.counters["held_dropped"] += 1
+                pkt.drop()
+                return
+            pkt.retain()
+            held.packets.append(pkt)
+            self.counters["held"] += 1
+        else:
+            pkt.drop()
+
+    def _drain_engine(self, now: float) -> None:
+        pushed: set[bytes] = set()
+        for req in self.engine.drain_sync_requests():
+            self._start_sync(req, now)
+            if req.kind.name == "PUSH":
+                pushed.update(req.keys)
+        for ev in self.engine.drain_events():
+            if ev.key in pushed:
+                continue
+            self.agent.changed(ev.key, now, Trigger.MODIFIED)
+
+    def _start_sync(self, req: SyncRequest, now: float) -> None:
+        timeout_s = self.cfg.hold_timeout_ms / 1000
+        kind = req.kind.name
+        self.held[req.sync_id] = Held(kind, now, now + timeout_s)
+        if kind == "PUSH":
+            token = self.agent.sync_and_notify(list(req.keys), now, timeout_s)
+            self.push_tokens[token] = req.sync_id
+            self.note(
+                "trigger",
+                f"related connection: sync {len(req.keys)} record(s) before releasing the packet",
+                key=req.keys[0].hex() if req.keys else "",
+                trigger=Trigger.RELATED.value,
+            )
+        else:
+            for key in req.keys:
+                self.pulls[key] = req.sync_id
+                self.agent.request_state(key, now)
+            self.note("trigger", "unknown session: asking the cluster for its state",
+                      key=req.keys[0].hex() if req.keys else "", trigger=Trigger.STATE_REQUEST.value)
+
+    def _finish_sync(self, sync_id: int, acked: bool, now: float) -> None:
+        held = self.held.pop(sync_id, None)
+        self.engine.sync_done(sync_id, acked, now)
+        if held is None:
+            return
+        waited_ms = (now - held.started) * 1000
+        if held.kind == "PUSH":
+            for pkt in held.packets:
+                pkt.accept()
+            self.counters["released_by_ack" if acked else "released_by_timeout"] += len(held.packets)
+            self.note("release", f"{len(held.packets)} held packet(s) released "
+                      f"{'on ack' if acked else 'by timeout'} after {waited_ms:.2f} ms",
+                      latency_ms=round(waited_ms, 3))
+        else:
+            for pkt in held.packets:
+                d = self.engine.process(pkt.get_payload(), now, pkt.mark)
+                if d.verdict is Verdict.ACCEPT:
+                    pkt.accept()
+                else:
+                    pkt.drop()
+        self.hold_latencies.append(waited_ms)
+
+    # ---- sync events ----------------------------------------------------------------------
+    def handle_agent_events(self, now: float) -> None:
+        for ev in self.agent.events():
+            name = type(ev).__name__
+            if name == "SyncCompleted":
+                sync_id = self.push_tokens.pop(ev.token, None)
+                if sync_id is not None:
+                    self._finish_sync(sync_id, ev.acked, now)
+            elif name == "StateReply":
+                sync_id = self.pulls.pop(ev.key, None)
+                if sync_id is not None:
+                    self._finish_sync(sync_id, ev.found, now)
+            elif name == "PeerDown":
+                self.down_at[ev.name] = now
+                self.note("peer-down", f"{ev.name} missed its heartbeats", peer=ev.name)
+            elif name == "PeerUp":
+                self.note("peer-up", f"{ev.name} is talking", peer=ev.name)
+            elif name == "ViewChanged":
+                self.note("view", f"view epoch {ev.view.epoch}", epoch=ev.view.epoch)
+                self._apply_view(now)
+            elif name == "BucketsGained":
+                self.note("takeover", f"took buckets {sorted(ev.buckets)}, promoted "
+                          f"{ev.promoted} connection(s)", buckets=sorted(ev.buckets),
+                          promoted=ev.promoted)
+                self._apply_view(now, gained=(sorted(ev.buckets), ev.promoted))
+            elif name == "BucketsLost":
+                self.note("handover", f"gave up buckets {sorted(ev.buckets)}",
+                          buckets=sorted(ev.buckets))
+                self._apply_view(now)
+            elif name == "LeaveComplete":
+                self.note("leave", "left the cluster gracefully")
+                self.stop_event.set()
+            elif name == "RecordApplied":
+                pass
+            else:
+                self.note("sync", name)
+
+    def _apply_view(self, now: float, gained: tuple[list[int], int] | None = None) -> None:
+        view = self.agent.view
+        owned = sorted(b for b, owner in enumerate(view.bucket_owner, start=1) if owner == self.cfg.node)
+        if owned == self.owned:
+            return
+        self.owned = owned
+        asyncio.get_running_loop().create_task(self._set_buckets(owned, now, gained))
+
+    async def _set_buckets(self, owned: list[int], t0: float, gained: tuple[list[int], int] | None) -> None:
+        async with self.iptables_lock:
+            if owned != self.owned:
+                return  # a newer view already superseded this one
+            await self._iptables_restore(owned_buckets_rules(owned))
+        if gained:
+            done = time.monotonic()
+            since = min(self.down_at.values()) if self.down_at else t0
+            self.last_takeover = {
+                "buckets": gained[0],
+                "promoted": gained[1],
+                "takeover_ms": round((done - since) * 1000, 1),
+                "apply_ms": round((done - t0) * 1000, 1),
+                "t": time.time(),
+            }
+            self.note("buckets", f"accepting buckets {owned} ({(done - t0) * 1000:.1f} ms to apply)")
+            self.down_at.clear()
+
+    async def _iptables_restore(self, text: str) -> None:
+        if not self.use_nfqueue:
+            return
+        proc = await asyncio.create_subprocess_exec(
+            "iptables-restore", "--noflush", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await proc.communicate(text.encode())
+        if proc.returncode != 0:
+            log.error("iptables-restore failed: %s", err.decode(errors="replace").strip())
+
+    # ---- loop -----------------------------------------------------------------------------
+    def flush(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        for addr, data in self.agent.datagrams():
+            try:
+                sock.sendto(data, addr)
+            except OSError as e:  # a peer that is gone or a full buffer is the channel's problem
+                log.debug("sendto %s failed: %s", addr, e)
+
+    def on_sync_readable(self) -> None:
+        sock = self.sock
+        assert sock is not None
+        now = time.monotonic()
+        for _ in range(256):
+            try:
+                data, src = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                log.debug("recvfrom failed: %s", e)
+                break
+            self.agent.receive(data, src, now)
+        self.handle_agent_events(now)
+        self.flush()
+
+    def on_nfq_readable(self, nfq: Any) -> None:
+        try:
+            nfq.run(block=False)
+        except OSError as e:
+            log.warning("nfqueue recv failed: %s", e)
+        now = time.monotonic()
+        self._drain_engine(now)
+        self.handle_agent_events(now)
+        self.flush()
+
+    async def ticker(self) -> None:
+        last_expire = time.monotonic()
+        while not self.stop_event.is_set():
+            now = time.monotonic()
+            self.agent.tick(now)
+            self._drain_engine(now)
+            self.handle_agent_events(now)
+            for sync_id, held in list(self.held.items()):
+                if now >= held.deadline + 0.05:  # the agent's own deadline should have fired first
+                    self._finish_sync(sync_id, False, now)
+            if now - last_expire >= EXPIRE_EVERY_S:
+                self.engine.expire(now)
+                self._drain_engine(now)
+                last_expire = now
+            self.flush()
+            await asyncio.sleep(TICK_S)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop_event.set)
+        await self._iptables_restore(owned_buckets_rules([]))  # own nothing until the view says so
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.bind(self.sync_addr)
+        self.sock.setblocking(False)
+        loop.add_reader(self.sock.fileno(), self.on_sync_readable)
+        nfq = None
+        if self.use_nfqueue:
+            from netfilterqueue import NetfilterQueue
+
+            nfq = NetfilterQueue()
+            nfq.bind(self.cfg.queue_num, self.on_packet, max_len=4096)
+            loop.add_reader(nfq.get_fd(), self.on_nfq_readable, nfq)
+        ctl_path = Path(self.cfg.control_socket)
+        with contextlib.suppress(FileNotFoundError):
+            ctl_path.unlink()
+        server = await asyncio.start_unix_server(self.serve_control, path=str(ctl_path))
+        os.chmod(ctl_path, 0o600)
+        self.agent.start(time.monotonic())
+        self.note("start", f"node {self.cfg.node} started (pid {os.getpid()}), joining")
+        self.flush()
+        tick = asyncio.create_task(self.ticker())
+        try:
+            await self.stop_event.wait()
+        finally:
+            tick.cancel()
+            server.close()
+            if nfq is not None:
+                loop.remove_reader(nfq.get_fd())
+                # Held packets get a verdict before we go: fail closed.
+                for held in self.held.values():
+                    for pkt in held.packets:
+                        with contextlib.suppress(Exception):
+                            pkt.drop()
+                nfq.unbind()
+            with contextlib.suppress(FileNotFoundError):
+                ctl_path.unlink()
+
+    # ---- control socket -------------------------------------------------------------------
+    async def serve_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                if len(line) > 65536:
+                    reply: dict[str, Any] = {"ok": False, "error": "request too long"}
+                else:
+                    try:
+                        req = json.loads(line)
+                        reply = self.control(req if isinstance(req, dict) else {})
+                    except Exception as e:  # bad input is answered, never fatal
+                        reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+                writer.write(json.dumps(reply, default=str).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    def control(self, req: dict[str, Any]) -> dict[str, Any]:
+        cmd = req.get("cmd")
+        now = time.monotonic()
+        if cmd == "status":
+            return {"ok": True, **self.status()}
+        if cmd == "table":
+            return {"ok": True, **self.table(str(req.get("scope", "own")), str(req.get("filter", "")),
+                                             int(req.get("limit", 500)))}
+        if cmd == "events":
+            since = float(req.get("since", 0))
+            return {"ok": True, "events": [e for e in self.timeline if e["t"] > since]}
+        if cmd == "policy":
+            policy = str(req["policy"])
+            if policy not in ("on-demand", "periodic", "hybrid"):
+                return {"ok": False, "error": f"unknown policy {policy!r}"}
+            self.policy = policy
+            self.interval_ms = int(req.get("interval_ms", self.interval_ms))
+            self.agent.set_policy(policy, self.interval_ms, bool(req.get("differential", True)))
+            self.engine.hold_related = policy != "periodic"
+            self.note("policy", f"sync policy {policy}, interval {self.interval_ms} ms")
+            return {"ok": True}
+        if cmd == "full_sync":
+            self.agent.full_sync(now)
+            self.note("trigger", "full sync requested", trigger=Trigger.FULL_SYNC.value)
+            self.flush()
+            return {"ok": True}
+        if cmd == "leave":
+            self.leaving = True
+            self.agent.leave(now)
+            self.note("trigger", "going offline: pushing all state, handing over buckets",
+                      trigger=Trigger.LEAVE.value)
+            self.flush()
+            return {"ok": True}
+        if cmd == "freeze":
+            self.agent.freeze(bool(req.get("on", True)))
+            return {"ok": True}
+        if cmd == "step":
+            self.agent.step()
+            self.flush()
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def status(self) -> dict[str, Any]:
+        me = self.cfg.node
+        view = self.agent.view
+        store = self.engine.store
+        own = backup = common = 0
+        for r in store.records():
+            if r.scope is Scope.COMMON:
+                common += 1
+            elif r.owner == me:
+                own += 1
+            else:
+                backup += 1
+        backups = list(view.backups.get(me, []))
+        backs_up = sorted(n for n, group in view.backups.items() if me in group and n != me)
+        lat = sorted(self.hold_latencies)
+        return {
+            "name": me,
+            "pid": os.getpid(),
+            "state": str(getattr(view.members.get(me), "value", view.members.get(me, "joining"))),
+            "epoch": view.epoch,
+            "buckets": self.owned,
+            "view_buckets": list(view.bucket_owner),
+            "members": {n: str(getattr(s, "value", s)) for n, s in view.members.items()},
+            "backups": backups,
+            "backs_up": backs_up,
+            "sync_address": self.sync_addr[0],
+            "own": own,
+            "backup": backup,
+            "common": common,
+            "held": sum(len(h.packets) for h in self.held.values()),
+            "policy": self.policy,
+            "interval_ms": self.interval_ms,
+            "counters": {**self.engine.counters, **self.counters},
+            "sync": self.agent.stats(),
+            "last_takeover": self.last_takeover,
+            "hold_ms_p50": lat[len(lat) // 2] if lat else None,
+            "hold_ms_p99": lat[int(len(lat) * 0.99)] if lat else None,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+        }
+
+    def table(self, scope: str, needle: str, limit: int) -> dict[str, Any]:
+        rows = list(self.engine.rows(scope))
+        if needle:
+            rows = [r for r in rows if needle in " ".join(str(v) for v in r.values())]
+        total = len(rows)
+        for r in rows[:limit]:
+            key = r.get("key")
+            prov = self.agent.provenance(bytes.fromhex(key)) if isinstance(key, str) else None
+            if prov:
+                r["synced_to"] = prov.get("sent_to", [])
+                r["acked_by"] = prov.get("acked_by", [])
+                r["trigger"] = prov.get("trigger", r.get("trigger"))
+        return {"rows": rows[:limit], "total": total}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="syncwall-node", description=__doc__)
+    ap.add_argument("--config", required=True, type=Path, help="node config JSON written by the lab daemon")
+    ap.add_argument("--log", type=Path, help="log file (default: stderr)")
+    ap.add_argument("--no-nfqueue", action="store_true", help="sync only, no packet engine (tests)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        filename=str(args.log) if args.log else None,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    cfg = NodeConfig.load(args.config)
+    asyncio.run(Node(cfg, use_nfqueue=not args.no_nfqueue).run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

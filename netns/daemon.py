@@ -1,0 +1,593 @@
+"""The lab daemon: builds the lab, runs and supervises node and traffic processes, serves the control API."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from netns import build as lab_build
+from netns.record import LabRecord, teardown
+from netns.spec import LabSpec, load_lab
+
+log = logging.getLogger(__name__)
+
+RUN_ROOT = Path("/run/syncwall")
+POLL_S = 0.25
+NODE_START_TIMEOUT_S = 20.0
+EVENTS_KEPT = 5000
+
+SERVERS: dict[str, list[tuple[str, list[str]]]] = {
+    # role -> [(workload name, module args)]; the daemon fills in addresses and ports
+    "server": [("tcp-server", ["netns.workloads.tcpflows", "server", "--port", "5001"]),
+               ("udp-server", ["netns.workloads.udpflows", "server", "--port", "5002"])],
+    "ftp": [("ftp-server", ["netns.workloads.ftpserver", "--port", "21"])],
+}
+
+
+def run_dir_for(lab: str) -> Path:
+    return RUN_ROOT / lab
+
+
+class NodeLink:
+    """The daemon's connection to one node process's control socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.lock = asyncio.Lock()
+
+    async def request(self, msg: dict[str, Any], timeout_s: float = 2.0) -> dict[str, Any]:
+        async with self.lock:
+            try:
+                if self.writer is None:
+                    self.reader, self.writer = await asyncio.wait_for(
+                        asyncio.open_unix_connection(str(self.path), limit=64 << 20), timeout_s)
+                assert self.reader is not None
+                self.writer.write(json.dumps(msg).encode() + b"\n")
+                await self.writer.drain()
+                line = await asyncio.wait_for(self.reader.readline(), timeout_s)
+                if not line:
+                    raise ConnectionError("node closed its control socket")
+                reply: dict[str, Any] = json.loads(line)
+                return reply
+            except (TimeoutError, OSError, ConnectionError, ValueError) as e:
+                self.close()
+                return {"ok": False, "error": f"node unreachable: {e}"}
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+class NodeProc:
+    """What the daemon knows of one gateway node."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.proc: asyncio.subprocess.Process | None = None
+        self.link: NodeLink | None = None
+        self.status: dict[str, Any] = {}
+        self.intent = "active"  # what the operator asked: active, killed, crashed, offline
+        self.events_since = 0.0
+        self.msgs_hist: deque[tuple[float, int]] = deque(maxlen=40)
+        self.rate_hist: deque[float] = deque(maxlen=60)
+
+
+class LabDaemon:
+    def __init__(self, spec: LabSpec, run_dir: Path, lab_file: Path | None) -> None:
+        self.spec = spec
+        self.run_dir = run_dir
+        self.lab_file = lab_file
+        self.record: LabRecord | None = None
+        self.nodes = {n.name: NodeProc(n.name) for n in spec.nodes}
+        self.workloads: dict[str, tuple[asyncio.subprocess.Process, dict[str, Any]]] = {}
+        self.events: deque[dict[str, Any]] = deque(maxlen=EVENTS_KEPT)
+        self.policy = spec.policy
+        self.interval_ms = spec.interval_ms
+        self.headline = ""
+        self.seen_takeovers: set[float] = set()
+        self.flow_nodes: dict[str, str] = {}
+        self.stop = asyncio.Event()
+        self.trace = (run_dir / "trace.jsonl").open("a", buffering=1)
+        self.started = time.time()
+        self.ready = False
+        self.traffic_seq = 0
+
+    # ---- events -----------------------------------------------------------------------------
+    def note(self, kind: str, text: str, node: str = "lab", **extra: Any) -> None:
+        ev = {"t": time.time(), "node": node, "kind": kind, "text": text, **extra}
+        self.add_event(ev)
+
+    def add_event(self, ev: dict[str, Any]) -> None:
+        self.events.append(ev)
+        self.trace.write(json.dumps(ev, default=str) + "\n")
+
+    # ---- build ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        t0 = time.monotonic()
+        self.record = await asyncio.to_thread(lab_build.build_lab, self.spec, self.run_dir)
+        self.record.add_process(os.getpid(), "daemon", "daemon")
+        key_file = self.run_dir / "sync.key"
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))  # a fresh HMAC key per lab, readable by root only
+        (self.run_dir / "nodes").mkdir(mode=0o700, exist_ok=True)
+        (self.run_dir / "flows").mkdir(mode=0o700, exist_ok=True)
+        (self.run_dir / "logs").mkdir(mode=0o700, exist_ok=True)
+        self.note("lab", f"namespaces and links built in {time.monotonic() - t0:.2f} s")
+        for h in self.spec.hosts:
+            for name, args in SERVERS.get(h.role, []):
+                await self.start_workload(f"{name}-{h.name}", h.name, [*args, "--bind", h.ip],
+                                          {"kind": "server", "host": h.name})
+        await asyncio.gather(*(self.start_node(n) for n in self.nodes))
+        await self.wait_active(NODE_START_TIMEOUT_S)
+        self.ready = True
+        self.note("lab", f"lab up in {time.monotonic() - t0:.2f} s")
+
+    def node_config(self, name: str) -> Path:
+        s = self.spec
+        cfg = {
+            "node": name,
+            "lab": s.name,
+            "lab_id": s.lab_id,
+            "key_file": str(self.run_dir / "sync.key"),
+            "nodes": [[n.name, n.sync_ip, s.sync_port] for n in s.nodes],
+            "buckets": s.buckets,
+            "backups": s.backups,
+            "policy": self.policy,
+            "interval_ms": self.interval_ms,
+            "differential": s.differential,
+            "heartbeat_ms": s.heartbeat_ms,
+            "miss_limit": s.miss_limit,
+            "rules": [dict(r) for r in s.rules],
+            "queue_num": s.queue_num,
+            "control_socket": str(self.run_dir / "nodes" / f"{name}.sock"),
+            "hold_timeout_ms": s.hold_timeout_ms,
+        }
+        path = self.run_dir / "nodes" / f"{name}.json"
+        path.write_text(json.dumps(cfg, indent=1))
+        return path
+
+    async def start_node(self, name: str) -> None:
+        assert self.record is not None
+        np = self.nodes[name]
+        cfg = self.node_config(name)
+        ns = lab_build.ns_name(self.spec, name)
+        sock = self.run_dir / "nodes" / f"{name}.sock"
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()
+        np.proc = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", ns, sys.executable, "-m", "engine.node",
+            "--config", str(cfg), "--log", str(self.run_dir / "logs" / f"{name}.log"),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=open(self.run_dir / "logs" / f"{name}.stderr", "ab"),  # noqa: SIM115
+        )
+        self.record.add_process(np.proc.pid, "node", name)
+        np.link = NodeLink(sock)
+        np.intent = "active"
+        np.status = {}
+        np.events_since = 0.0
+        self.note("node", f"{name} started (pid {np.proc.pid})", node=name)
+
+    async def wait_active(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            await self.poll_nodes()
+            wanted = [n for n in self.nodes.values() if n.intent == "active"]
+            if wanted and all(n.status.get("state") == "active" for n in wanted):
+                owners = [n.status.get("view_buckets") for n in wanted]
+                if all(o == owners[0] for o in owners):
+                    return
+            await asyncio.sleep(0.05)
+        states = {n.name: n.status.get("state", "no answer") for n in self.nodes.values()}
+        raise RuntimeError(f"nodes did not become active within {timeout_s:.0f} s: {states}")
+
+    async def start_workload(self, name: str, host: str, args: list[str], meta: dict[str, Any]) -> None:
+        assert self.record is not None
+        ns = lab_build.ns_name(self.spec, host)
+        proc = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", ns, sys.executable, "-m", *args,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=open(self.run_dir / "logs" / f"{name}.log", "ab"),  # noqa: SIM115
+        )
+        self.record.add_process(proc.pid, "workload", name)
+        self.workloads[name] = (proc, {"host": host, **meta})
+        self.note("traffic", f"{name} started on {host} (pid {proc.pid})")
+
+    # ---- polling ----------------------------------------------------------------------------
+    async def poll_nodes(self) -> None:
+        async def one(np: NodeProc) -> None:
+            if np.link is None or np.proc is None:
+                return
+            if np.proc.returncode is not None:
+                if np.status.get("state") not in ("failed", "offline"):
+                    expected = np.intent in ("killed", "offline")
+                    self.note("node", f"{np.name} process exited ({np.proc.returncode})"
+                              + ("" if expected else " unexpectedly"), node=np.name)
+                np.status = {**np.status, "state": "offline" if np.intent == "offline" else "failed",
+                             "pid": None, "held": 0}
+                return
+            st = await np.link.request({"cmd": "status"}, timeout_s=1.0)
+            if st.get("ok"):
+                np.status = st
+                sent = int(st.get("sync", {}).get("frames_sent", 0) or 0)
+                now = time.monotonic()
+                np.msgs_hist.append((now, sent))
+                if len(np.msgs_hist) >= 2:
+                    (t1, s1), (t2, s2) = np.msgs_hist[0], np.msgs_hist[-1]
+                    np.rate_hist.append((s2 - s1) / max(t2 - t1, 1e-3))
+                ev = await np.link.request({"cmd": "events", "since": np.events_since}, timeout_s=1.0)
+                for e in ev.get("events", []):
+                    np.events_since = max(np.events_since, e["t"])
+                    self.add_event(e)
+                take = st.get("last_takeover")
+                if take and take["t"] not in self.seen_takeovers:
+                    self.seen_takeovers.add(take["t"])
+                    failed = [n.name for n in self.nodes.values()
+                              if n.name != np.name and n.status.get("state") in ("failed", "offline")]
+                    of = ", ".join(failed) or "a peer"
+                    self.headline = (f"{np.name} took over {take['promoted']} connections of {of} "
+                                     f"in {take['takeover_ms']:.0f} ms")
+                    self.note("takeover", self.headline, node=np.name, **take)
+            elif np.intent == "crashed":
+                np.status = {**np.status, "state": "failed", "held": 0}
+
+        await asyncio.gather(*(one(n) for n in self.nodes.values()))
+
+    async def poll_loop(self) -> None:
+        tick = 0
+        while not self.stop.is_set():
+            try:
+                await self.poll_nodes()
+                tick += 1
+                if tick % 4 == 0:
+                    await self.map_flows()
+                for name, (proc, _meta) in list(self.workloads.items()):
+                    if proc.returncode is not None and self.record is not None:
+                        self.record.remove_process(proc.pid)
+                        self.workloads.pop(name)
+                        self.note("traffic", f"{name} ended ({proc.returncode})")
+            except Exception:
+                log.exception("poll failed")
+            await asyncio.sleep(POLL_S)
+
+    async def map_flows(self) -> None:
+        """Which node carries each flow now: match flow endpoints with the nodes' own tables."""
+        where: dict[frozenset[str], str] = {}
+        for np in self.nodes.values():
+            if np.link is None or np.status.get("state") not in ("active", "joining"):
+                continue
+            t = await np.link.request({"cmd": "table", "scope": "own", "limit": 100000}, timeout_s=2.0)
+            for r in t.get("rows", []):
+                where[frozenset((str(r.get("src")), str(r.get("dst"))))] = np.name
+        self.flow_nodes = {f"{a}|{b}": n for pair, n in where.items() for a in pair for b in pair if a != b}
+
+    def flows(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        now = time.time()
+        for f in sorted((self.run_dir / "flows").glob("*.json")):
+            try:
+                doc = json.loads(f.read_text())
+            except (OSError, ValueError):
+                continue
+            for flow in doc.get("flows", []):
+                flow = dict(flow)
+                flow["node"] = self.flow_nodes.get(f"{flow.get('src')}|{flow.get('dst')}", "")
+                started = flow.get("started")
+                flow["age_s"] = round(now - started, 1) if isinstance(started, (int, float)) else None
+                flow.setdefault("workload", doc.get("workload", f.stem))
+                out.append(flow)
+        return out
+
+    # ---- views for clients ------------------------------------------------------------------
+    def node_view(self, np: NodeProc) -> dict[str, Any]:
+        st = np.status
+        spec_node = next(n for n in self.spec.nodes if n.name == np.name)
+        state = st.get("state", "joining")
+        if np.intent == "crashed":
+            state = "failed"
+        return {
+            "name": np.name,
+            "state": state,
+            "intent": np.intent,
+            "buckets": st.get("buckets", []) if state not in ("failed", "offline") else [],
+            "backs_up": st.get("backs_up", []),
+            "backups": st.get("backups", []),
+            "sync_address": spec_node.sync_ip,
+            "own": st.get("own", 0),
+            "backup": st.get("backup", 0),
+            "common": st.get("common", 0),
+            "held": st.get("held", 0),
+            "sync_msgs_per_s": round(np.rate_hist[-1], 1) if np.rate_hist else 0.0,
+            "sync_rate_history": [round(x, 1) for x in np.rate_hist],
+            "pid": st.get("pid") if state not in ("failed", "offline") else None,
+            "epoch": st.get("epoch"),
+            "counters": st.get("counters", {}),
+            "sync": st.get("sync", {}),
+            "last_takeover": st.get("last_takeover"),
+            "hold_ms_p50": st.get("hold_ms_p50"),
+            "hold_ms_p99": st.get("hold_ms_p99"),
+        }
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "lab": self.spec.name,
+            "daemon_pid": os.getpid(),
+            "policy": self.policy,
+            "interval_ms": self.interval_ms,
+            "sync_port": self.spec.sync_port,
+            "buckets": self.spec.buckets,
+            "backups_per_node": self.spec.backups,
+            "ready": self.ready,
+            "uptime_s": round(time.time() - self.started, 1),
+            "time": time.time(),
+            "headline": self.headline,
+            "nodes": [self.node_view(n) for n in self.nodes.values()],
+            "workloads": {k: {"pid": p.pid, **m} for k, (p, m) in self.workloads.items()},
+        }
+
+    # ---- control ----------------------------------------------------------------------------
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    writer.write(b'{"ok": false, "error": "request too long"}\n')
+                    break
+                if not line:
+                    break
+                try:
+                    req = json.loads(line)
+                    if not isinstance(req, dict):
+                        raise ValueError("a request is a JSON object")
+                    reply = await self.handle(req)
+                except Exception as e:  # a bad request gets an answer, never kills the daemon
+                    reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+                writer.write(json.dumps(reply, default=str).encode() + b"\n")
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+        cmd = req.get("cmd")
+        if cmd == "status":
+            return {"ok": True, **self.status()}
+        if cmd == "snapshot":
+            since = float(req.get("since", 0))
+            evs = [e for e in self.events if e["t"] > since][-int(req.get("max_events", 500)):]
+            return {"ok": True, **self.status(), "flows": self.flows(), "events": evs}
+        if cmd == "table":
+            np = self._node(req)
+            if np.link is None or np.proc is None or np.proc.returncode is not None:
+                return {"ok": True, "rows": [], "total": 0, "note": f"{np.name} is not running"}
+            return await np.link.request({"cmd": "table", "scope": req.get("scope", "own"),
+                                          "filter": req.get("filter", ""),
+                                          "limit": int(req.get("limit", 500))}, timeout_s=5.0)
+        if cmd in ("kill", "crash", "revive", "offline"):
+            return await getattr(self, f"do_{cmd}")(self._node(req))
+        if cmd == "policy":
+            policy = str(req.get("policy"))
+            if policy not in ("on-demand", "periodic", "hybrid"):
+                return {"ok": False, "error": f"policy must be on-demand, periodic or hybrid, not {policy!r}"}
+            self.policy = policy
+            self.interval_ms = int(req.get("interval_ms", self.interval_ms))
+            await self._all_nodes({"cmd": "policy", "policy": policy, "interval_ms": self.interval_ms,
+                                   "differential": bool(req.get("differential", True))})
+            self.note("policy", f"sync policy set to {policy}, interval {self.interval_ms} ms")
+            return {"ok": True, "policy": policy, "interval_ms": self.interval_ms}
+        if cmd in ("full_sync", "freeze", "step"):
+            await self._all_nodes(req)
+            return {"ok": True}
+        if cmd == "resume":
+            await self._all_nodes({"cmd": "freeze", "on": False})
+            return {"ok": True}
+        if cmd == "traffic":
+            return await self.traffic(req)
+        if cmd == "down":
+            self.stop.set()
+            return {"ok": True, "daemon_pid": os.getpid()}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def _node(self, req: dict[str, Any]) -> NodeProc:
+        name = req.get("node")
+        if name not in self.nodes:
+            raise ValueError(f"no node {name!r}; nodes are {', '.join(self.nodes)}")
+        return self.nodes[str(name)]
+
+    async def _all_nodes(self, msg: dict[str, Any]) -> None:
+        await asyncio.gather(*(n.link.request(msg) for n in self.nodes.values()
+                               if n.link is not None and n.proc is not None and n.proc.returncode is None))
+
+    async def do_kill(self, np: NodeProc) -> dict[str, Any]:
+        if np.proc is None or np.proc.returncode is not None:
+            return {"ok": False, "error": f"{np.name} is not running"}
+        np.intent = "killed"
+        np.proc.send_signal(signal.SIGKILL)
+        await np.proc.wait()
+        assert self.record is not None
+        self.record.remove_process(np.proc.pid)
+        self.note("action", f"kill {np.name}: SIGKILL to its engine (pid {np.proc.pid})", node=np.name)
+        return {"ok": True, "killed_at": time.time()}
+
+    async def do_crash(self, np: NodeProc) -> dict[str, Any]:
+        if np.intent != "active":
+            return {"ok": False, "error": f"{np.name} is {np.intent}, not active"}
+        assert self.record is not None
+        np.intent = "crashed"
+        await asyncio.to_thread(lab_build.cut_links, self.record, np.name)
+        self.note("action", f"crash {np.name}: all its links cut at once", node=np.name)
+        return {"ok": True, "crashed_at": time.time()}
+
+    async def do_revive(self, np: NodeProc) -> dict[str, Any]:
+        if np.intent == "active" and np.proc is not None and np.proc.returncode is None:
+            return {"ok": False, "error": f"{np.name} is already active"}
+        assert self.record is not None
+        if np.proc is not None and np.proc.returncode is None:
+            # A crashed node reboots: the isolated process goes, a fresh one joins.
+            np.proc.send_signal(signal.SIGKILL)
+            await np.proc.wait()
+            self.record.remove_process(np.proc.pid)
+        if np.intent == "crashed":
+            await asyncio.to_thread(lab_build.restore_links, self.record, np.name)
+        await self.start_node(np.name)
+        self.note("action", f"revive {np.name}: a fresh engine joins and resyncs", node=np.name)
+        return {"ok": True}
+
+    async def do_offline(self, np: NodeProc) -> dict[str, Any]:
+        if np.intent != "active" or np.link is None or np.proc is None:
+            return {"ok": False, "error": f"{np.name} is not active"}
+        np.intent = "offline"
+        reply = await np.link.request({"cmd": "leave"})
+        if not reply.get("ok"):
+            return reply
+        self.note("action", f"offline {np.name}: graceful leave", node=np.name)
+        try:
+            await asyncio.wait_for(np.proc.wait(), 10.0)
+        except TimeoutError:
+            return {"ok": False, "error": f"{np.name} did not finish leaving within 10 s"}
+        self.record.remove_process(np.proc.pid) if self.record else None
+        return {"ok": True}
+
+    async def traffic(self, req: dict[str, Any]) -> dict[str, Any]:
+        action = req.get("action", "start")
+        if action == "stop":
+            names = [n for n, (_p, m) in self.workloads.items() if m.get("kind") != "server"
+                     and (not req.get("name") or n == req.get("name"))]
+            for n in names:
+                proc, _ = self.workloads[n]
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+            return {"ok": True, "stopped": names}
+        if action == "clear":
+            for f in (self.run_dir / "flows").glob("*.json"):
+                name = f.stem
+                if name not in self.workloads:
+                    f.unlink()
+            return {"ok": True}
+        kind = str(req.get("kind", "tcp"))
+        client = str(req.get("client", "c1"))
+        hosts = {h.name: h for h in self.spec.hosts}
+        if client not in hosts or hosts[client].segment != "inside":
+            return {"ok": False, "error": f"client must be an inside host, not {client!r}"}
+        self.traffic_seq += 1
+        name = f"{kind}-{client}-{self.traffic_seq}"
+        health = str(self.run_dir / "flows" / f"{name}.json")
+        servers = [h for h in self.spec.hosts if h.role == "server"]
+        ftps = [h for h in self.spec.hosts if h.role == "ftp"]
+        if kind == "tcp":
+            server = hosts.get(str(req.get("server", servers[0].name)))
+            assert server is not None
+            args = ["netns.workloads.tcpflows", "client", "--server", server.ip, "--port", "5001",
+                    "--flows", str(int(req.get("flows", 10))),
+                    "--interval-ms", str(int(req.get("interval_ms", 50))),
+                    "--health-file", health, "--name", name]
+        elif kind == "udp":
+            server = servers[0]
+            args = ["netns.workloads.udpflows", "client", "--server", server.ip, "--port", "5002",
+                    "--flows", str(int(req.get("flows", 4))),
+                    "--interval-ms", str(int(req.get("interval_ms", 50))),
+                    "--health-file", health, "--name", name]
+        elif kind == "burst":
+            server = servers[0]
+            args = ["netns.workloads.burst", "--server", server.ip, "--port", "5001",
+                    "--count", str(int(req.get("count", 100))), "--rate", str(int(req.get("rate", 50))),
+                    "--health-file", health, "--name", name]
+        elif kind == "ftp":
+            server = ftps[0]
+            args = ["netns.workloads.ftpclient", "--server", server.ip,
+                    "--mode", str(req.get("mode", "active")),
+                    "--sessions", str(int(req.get("sessions", 1))),
+                    "--interval-ms", str(int(req.get("interval_ms", 200))),
+                    "--file", str(req.get("file", "small.bin")),
+                    "--timeout-s", str(float(req.get("timeout_s", 5))),
+                    "--health-file", health]
+        else:
+            return {"ok": False, "error": f"traffic kind must be tcp, udp, burst or ftp, not {kind!r}"}
+        await self.start_workload(name, client, args, {"kind": kind})
+        return {"ok": True, "name": name, "health_file": health}
+
+    # ---- life -------------------------------------------------------------------------------
+    async def shutdown(self) -> None:
+        self.note("lab", "going down")
+        for proc, _ in self.workloads.values():
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        for np in self.nodes.values():
+            if np.proc is not None and np.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    np.proc.send_signal(signal.SIGTERM)
+        procs = [p for p, _ in self.workloads.values()] + [
+            n.proc for n in self.nodes.values() if n.proc is not None]
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), 3.0)
+        self.trace.close()
+        if self.record is not None:
+            self.record.remove_process(os.getpid())
+            await asyncio.to_thread(teardown, self.record)
+
+
+async def amain(spec: LabSpec, run_dir: Path, lab_file: Path | None) -> int:
+    d = LabDaemon(spec, run_dir, lab_file)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, d.stop.set)
+    sock_path = run_dir / "control.sock"
+    with contextlib.suppress(FileNotFoundError):
+        sock_path.unlink()
+    old = os.umask(0o177)  # the control socket is root-only from the moment it exists
+    try:
+        server = await asyncio.start_unix_server(d.serve, path=str(sock_path), limit=1 << 20)
+    finally:
+        os.umask(old)
+    poll = None
+    rc = 0
+    try:
+        await d.start()
+        (run_dir / "ready").write_text(str(os.getpid()))
+        poll = asyncio.create_task(d.poll_loop())
+        await d.stop.wait()
+    except Exception as e:
+        log.exception("lab failed")
+        (run_dir / "failed").write_text(f"{type(e).__name__}: {e}\n")
+        rc = 1
+    finally:
+        if poll is not None:
+            poll.cancel()
+        server.close()
+        await d.shutdown()
+    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="syncwall-daemon", description=__doc__)
+    ap.add_argument("--lab-file", type=Path)
+    ap.add_argument("--run-dir", type=Path, required=True)
+    ap.add_argument("--overrides", default="{}", help="JSON of spec fields to override")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, filename=str(args.run_dir / "daemon.log"),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    overrides = json.loads(args.overrides)
+    spec = load_lab(args.lab_file, overrides or None)
+    (args.run_dir / "spec.json").write_text(json.dumps(
+        {"lab_file": str(args.lab_file) if args.lab_file else None, "overrides": overrides}))
+    return asyncio.run(amain(spec, args.run_dir, args.lab_file))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -99,7 +99,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.interval_ms is not None:
         overrides["interval_ms"] = args.interval_ms
     if args.nodes is not None:
-        overrides["node_count"] = args.nodes
+        overrides["nodes"] = args.nodes
     lab_file = Path(args.lab_file).resolve() if args.lab_file else None
     try:
         spec = load_lab(lab_file, overrides or None)
@@ -273,8 +273,6 @@ def cmd_exec(args: argparse.Namespace) -> int:
     lab = pick_lab(args.lab)
     from netns.build import ns_name
 
-    from netns.spec import load_lab
-
     spec = load_lab_of(lab)
     names = {n.name for n in spec.nodes} | {h.name for h in spec.hosts}
     if args.host not in names:
@@ -284,7 +282,6 @@ def cmd_exec(args: argparse.Namespace) -> int:
         cmd = cmd[1:]
     if not cmd:
         raise CliError("give a command after --, e.g. syncwall exec c1 -- ip addr")
-    del load_lab
     os.execvp("ip", ["ip", "netns", "exec", ns_name(spec, args.host), *cmd])
 
 

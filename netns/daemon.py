@@ -29,8 +29,10 @@ EVENTS_KEPT = 5000
 
 SERVERS: dict[str, list[tuple[str, list[str]]]] = {
     # role -> [(workload name, module args)]; the daemon fills in addresses and ports
-    "server": [("tcp-server", ["netns.workloads.tcpflows", "server", "--port", "5001"]),
-               ("udp-server", ["netns.workloads.udpflows", "server", "--port", "5002"])],
+    "server": [
+        ("tcp-server", ["netns.workloads.tcpflows", "server", "--port", "5001"]),
+        ("udp-server", ["netns.workloads.udpflows", "server", "--port", "5002"]),
+    ],
     "ftp": [("ftp-server", ["netns.workloads.ftpserver", "--port", "21"])],
 }
 
@@ -53,7 +55,8 @@ class NodeLink:
             try:
                 if self.writer is None:
                     self.reader, self.writer = await asyncio.wait_for(
-                        asyncio.open_unix_connection(str(self.path), limit=64 << 20), timeout_s)
+                        asyncio.open_unix_connection(str(self.path), limit=64 << 20), timeout_s
+                    )
                 assert self.reader is not None
                 self.writer.write(json.dumps(msg).encode() + b"\n")
                 await self.writer.drain()
@@ -130,8 +133,8 @@ class LabDaemon:
         self.note("lab", f"namespaces and links built in {time.monotonic() - t0:.2f} s")
         for h in self.spec.hosts:
             for name, args in SERVERS.get(h.role, []):
-                await self.start_workload(f"{name}-{h.name}", h.name, [*args, "--bind", h.ip],
-                                          {"kind": "server", "host": h.name})
+                meta = {"kind": "server", "host": h.name}
+                await self.start_workload(f"{name}-{h.name}", h.name, [*args, "--bind", str(h.ip)], meta)
         await asyncio.gather(*(self.start_node(n) for n in self.nodes))
         await self.wait_active(NODE_START_TIMEOUT_S)
         self.ready = True
@@ -142,9 +145,9 @@ class LabDaemon:
         cfg = {
             "node": name,
             "lab": s.name,
-            "lab_id": s.lab_id,
+            "lab_id": str(s.lab_id),
             "key_file": str(self.run_dir / "sync.key"),
-            "nodes": [[n.name, n.sync_ip, s.sync_port] for n in s.nodes],
+            "nodes": [[n.name, str(n.sync_ip), s.sync_port] for n in s.nodes],
             "buckets": s.buckets,
             "backups": s.backups,
             "policy": self.policy,
@@ -170,9 +173,19 @@ class LabDaemon:
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
         np.proc = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", ns, sys.executable, "-m", "engine.node",
-            "--config", str(cfg), "--log", str(self.run_dir / "logs" / f"{name}.log"),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            sys.executable,
+            "-m",
+            "engine.node",
+            "--config",
+            str(cfg),
+            "--log",
+            str(self.run_dir / "logs" / f"{name}.log"),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
             stderr=open(self.run_dir / "logs" / f"{name}.stderr", "ab"),  # noqa: SIM115
         )
         self.record.add_process(np.proc.pid, "node", name)
@@ -199,8 +212,15 @@ class LabDaemon:
         assert self.record is not None
         ns = lab_build.ns_name(self.spec, host)
         proc = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", ns, sys.executable, "-m", *args,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            sys.executable,
+            "-m",
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
             stderr=open(self.run_dir / "logs" / f"{name}.log", "ab"),  # noqa: SIM115
         )
         self.record.add_process(proc.pid, "workload", name)
@@ -215,10 +235,18 @@ class LabDaemon:
             if np.proc.returncode is not None:
                 if np.status.get("state") not in ("failed", "offline"):
                     expected = np.intent in ("killed", "offline")
-                    self.note("node", f"{np.name} process exited ({np.proc.returncode})"
-                              + ("" if expected else " unexpectedly"), node=np.name)
-                np.status = {**np.status, "state": "offline" if np.intent == "offline" else "failed",
-                             "pid": None, "held": 0}
+                    self.note(
+                        "node",
+                        f"{np.name} process exited ({np.proc.returncode})"
+                        + ("" if expected else " unexpectedly"),
+                        node=np.name,
+                    )
+                np.status = {
+                    **np.status,
+                    "state": "offline" if np.intent == "offline" else "failed",
+                    "pid": None,
+                    "held": 0,
+                }
                 return
             st = await np.link.request({"cmd": "status"}, timeout_s=1.0)
             if st.get("ok"):
@@ -236,11 +264,16 @@ class LabDaemon:
                 take = st.get("last_takeover")
                 if take and take["t"] not in self.seen_takeovers:
                     self.seen_takeovers.add(take["t"])
-                    failed = [n.name for n in self.nodes.values()
-                              if n.name != np.name and n.status.get("state") in ("failed", "offline")]
+                    failed = [
+                        n.name
+                        for n in self.nodes.values()
+                        if n.name != np.name and n.status.get("state") in ("failed", "offline")
+                    ]
                     of = ", ".join(failed) or "a peer"
-                    self.headline = (f"{np.name} took over {take['promoted']} connections of {of} "
-                                     f"in {take['takeover_ms']:.0f} ms")
+                    self.headline = (
+                        f"{np.name} took over {take['promoted']} connections of {of} "
+                        f"in {take['takeover_ms']:.0f} ms"
+                    )
                     self.note("takeover", self.headline, node=np.name, **take)
             elif np.intent == "crashed":
                 np.status = {**np.status, "state": "failed", "held": 0}
@@ -306,7 +339,7 @@ class LabDaemon:
             "buckets": st.get("buckets", []) if state not in ("failed", "offline") else [],
             "backs_up": st.get("backs_up", []),
             "backups": st.get("backups", []),
-            "sync_address": spec_node.sync_ip,
+            "sync_address": str(spec_node.sync_ip),
             "own": st.get("own", 0),
             "backup": st.get("backup", 0),
             "common": st.get("common", 0),
@@ -370,15 +403,21 @@ class LabDaemon:
             return {"ok": True, **self.status()}
         if cmd == "snapshot":
             since = float(req.get("since", 0))
-            evs = [e for e in self.events if e["t"] > since][-int(req.get("max_events", 500)):]
+            evs = [e for e in self.events if e["t"] > since][-int(req.get("max_events", 500)) :]
             return {"ok": True, **self.status(), "flows": self.flows(), "events": evs}
         if cmd == "table":
             np = self._node(req)
             if np.link is None or np.proc is None or np.proc.returncode is not None:
                 return {"ok": True, "rows": [], "total": 0, "note": f"{np.name} is not running"}
-            return await np.link.request({"cmd": "table", "scope": req.get("scope", "own"),
-                                          "filter": req.get("filter", ""),
-                                          "limit": int(req.get("limit", 500))}, timeout_s=5.0)
+            return await np.link.request(
+                {
+                    "cmd": "table",
+                    "scope": req.get("scope", "own"),
+                    "filter": req.get("filter", ""),
+                    "limit": int(req.get("limit", 500)),
+                },
+                timeout_s=5.0,
+            )
         if cmd in ("kill", "crash", "revive", "offline"):
             return await getattr(self, f"do_{cmd}")(self._node(req))
         if cmd == "policy":
@@ -387,8 +426,14 @@ class LabDaemon:
                 return {"ok": False, "error": f"policy must be on-demand, periodic or hybrid, not {policy!r}"}
             self.policy = policy
             self.interval_ms = int(req.get("interval_ms", self.interval_ms))
-            await self._all_nodes({"cmd": "policy", "policy": policy, "interval_ms": self.interval_ms,
-                                   "differential": bool(req.get("differential", True))})
+            await self._all_nodes(
+                {
+                    "cmd": "policy",
+                    "policy": policy,
+                    "interval_ms": self.interval_ms,
+                    "differential": bool(req.get("differential", True)),
+                }
+            )
             self.note("policy", f"sync policy set to {policy}, interval {self.interval_ms} ms")
             return {"ok": True, "policy": policy, "interval_ms": self.interval_ms}
         if cmd in ("full_sync", "freeze", "step"):
@@ -411,8 +456,13 @@ class LabDaemon:
         return self.nodes[str(name)]
 
     async def _all_nodes(self, msg: dict[str, Any]) -> None:
-        await asyncio.gather(*(n.link.request(msg) for n in self.nodes.values()
-                               if n.link is not None and n.proc is not None and n.proc.returncode is None))
+        await asyncio.gather(
+            *(
+                n.link.request(msg)
+                for n in self.nodes.values()
+                if n.link is not None and n.proc is not None and n.proc.returncode is None
+            )
+        )
 
     async def do_kill(self, np: NodeProc) -> dict[str, Any]:
         if np.proc is None or np.proc.returncode is not None:
@@ -467,8 +517,11 @@ class LabDaemon:
     async def traffic(self, req: dict[str, Any]) -> dict[str, Any]:
         action = req.get("action", "start")
         if action == "stop":
-            names = [n for n, (_p, m) in self.workloads.items() if m.get("kind") != "server"
-                     and (not req.get("name") or n == req.get("name"))]
+            names = [
+                n
+                for n, (_p, m) in self.workloads.items()
+                if m.get("kind") != "server" and (not req.get("name") or n == req.get("name"))
+            ]
             for n in names:
                 proc, _ = self.workloads[n]
                 with contextlib.suppress(ProcessLookupError):
@@ -493,30 +546,76 @@ class LabDaemon:
         if kind == "tcp":
             server = hosts.get(str(req.get("server", servers[0].name)))
             assert server is not None
-            args = ["netns.workloads.tcpflows", "client", "--server", server.ip, "--port", "5001",
-                    "--flows", str(int(req.get("flows", 10))),
-                    "--interval-ms", str(int(req.get("interval_ms", 50))),
-                    "--health-file", health, "--name", name]
+            args = [
+                "netns.workloads.tcpflows",
+                "client",
+                "--server",
+                str(server.ip),
+                "--port",
+                "5001",
+                "--flows",
+                str(int(req.get("flows", 10))),
+                "--interval-ms",
+                str(int(req.get("interval_ms", 50))),
+                "--health-file",
+                health,
+                "--name",
+                name,
+            ]
         elif kind == "udp":
             server = servers[0]
-            args = ["netns.workloads.udpflows", "client", "--server", server.ip, "--port", "5002",
-                    "--flows", str(int(req.get("flows", 4))),
-                    "--interval-ms", str(int(req.get("interval_ms", 50))),
-                    "--health-file", health, "--name", name]
+            args = [
+                "netns.workloads.udpflows",
+                "client",
+                "--server",
+                str(server.ip),
+                "--port",
+                "5002",
+                "--flows",
+                str(int(req.get("flows", 4))),
+                "--interval-ms",
+                str(int(req.get("interval_ms", 50))),
+                "--health-file",
+                health,
+                "--name",
+                name,
+            ]
         elif kind == "burst":
             server = servers[0]
-            args = ["netns.workloads.burst", "--server", server.ip, "--port", "5001",
-                    "--count", str(int(req.get("count", 100))), "--rate", str(int(req.get("rate", 50))),
-                    "--health-file", health, "--name", name]
+            args = [
+                "netns.workloads.burst",
+                "--server",
+                str(server.ip),
+                "--port",
+                "5001",
+                "--count",
+                str(int(req.get("count", 100))),
+                "--rate",
+                str(int(req.get("rate", 50))),
+                "--health-file",
+                health,
+                "--name",
+                name,
+            ]
         elif kind == "ftp":
             server = ftps[0]
-            args = ["netns.workloads.ftpclient", "--server", server.ip,
-                    "--mode", str(req.get("mode", "active")),
-                    "--sessions", str(int(req.get("sessions", 1))),
-                    "--interval-ms", str(int(req.get("interval_ms", 200))),
-                    "--file", str(req.get("file", "small.bin")),
-                    "--timeout-s", str(float(req.get("timeout_s", 5))),
-                    "--health-file", health]
+            args = [
+                "netns.workloads.ftpclient",
+                "--server",
+                str(server.ip),
+                "--mode",
+                str(req.get("mode", "active")),
+                "--sessions",
+                str(int(req.get("sessions", 1))),
+                "--interval-ms",
+                str(int(req.get("interval_ms", 200))),
+                "--file",
+                str(req.get("file", "small.bin")),
+                "--timeout-s",
+                str(float(req.get("timeout_s", 5))),
+                "--health-file",
+                health,
+            ]
         else:
             return {"ok": False, "error": f"traffic kind must be tcp, udp, burst or ftp, not {kind!r}"}
         await self.start_workload(name, client, args, {"kind": kind})
@@ -533,7 +632,8 @@ class LabDaemon:
                 with contextlib.suppress(ProcessLookupError):
                     np.proc.send_signal(signal.SIGTERM)
         procs = [p for p, _ in self.workloads.values()] + [
-            n.proc for n in self.nodes.values() if n.proc is not None]
+            n.proc for n in self.nodes.values() if n.proc is not None
+        ]
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), 3.0)
         self.trace.close()
@@ -580,12 +680,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", type=Path, required=True)
     ap.add_argument("--overrides", default="{}", help="JSON of spec fields to override")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, filename=str(args.run_dir / "daemon.log"),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        filename=str(args.run_dir / "daemon.log"),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     overrides = json.loads(args.overrides)
     spec = load_lab(args.lab_file, overrides or None)
-    (args.run_dir / "spec.json").write_text(json.dumps(
-        {"lab_file": str(args.lab_file) if args.lab_file else None, "overrides": overrides}))
+    (args.run_dir / "spec.json").write_text(
+        json.dumps({"lab_file": str(args.lab_file) if args.lab_file else None, "overrides": overrides})
+    )
     return asyncio.run(amain(spec, args.run_dir, args.lab_file))
 
 

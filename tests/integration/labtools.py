@@ -1,0 +1,66 @@
+"""Helpers for tests that drive a real lab through the `syncwall` command, as an operator would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from netns.control import ControlClient
+
+RUN_ROOT = Path("/run/syncwall")
+
+
+def sw(*args: str, check: bool = True, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    """Run `syncwall ARGS` the way a user does; fail with its stderr when it fails."""
+    p = subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True,
+                       timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"syncwall {' '.join(args)} failed ({p.returncode}):\n{p.stderr}{p.stdout}")
+    return p
+
+
+def sw_json(*args: str) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(sw(*args, "--json").stdout)
+    return out
+
+
+def status(lab: str = "default") -> dict[str, Any]:
+    return sw_json("status", "--lab", lab)
+
+
+def snapshot(lab: str = "default") -> dict[str, Any]:
+    c = ControlClient(RUN_ROOT / lab / "control.sock")
+    try:
+        return c.request({"cmd": "snapshot", "max_events": 2000})
+    finally:
+        c.close()
+
+
+def wait_for(what: str, pred: Callable[[], Any], timeout_s: float = 20, every_s: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last: {last!r})")
+
+
+def nodes(st: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {n["name"]: n for n in st["nodes"]}
+
+
+def netns_names() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def flows_of(snap: dict[str, Any], workload: str) -> list[dict[str, Any]]:
+    return [f for f in snap.get("flows", []) if str(f.get("workload", "")).startswith(workload)
+            or str(f.get("name", "")).startswith(workload)]

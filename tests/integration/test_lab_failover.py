@@ -1,0 +1,188 @@
+"""The default lab end to end: real namespaces, NFQUEUE nodes, real TCP flows surviving kill, crash, revive, offline."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.integration.labtools import (
+    RUN_ROOT,
+    flows_of,
+    netns_names,
+    nodes,
+    snapshot,
+    status,
+    sw,
+    sw_json,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+FLOWS = 120
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[dict[str, Any]]:
+    before = netns_names()
+    up = sw_json("up")
+    try:
+        yield up
+    finally:
+        sw("down", "--lab", "default", check=False)
+        if (RUN_ROOT / "default" / "record.json").exists():
+            sw("clean", "--lab", "default", "--force", check=False)
+        assert netns_names() == before, "the lab left namespaces behind"
+
+
+def _tcp_flows() -> list[dict[str, Any]]:
+    return flows_of(snapshot(), "tcp-")
+
+
+def _all_healthy() -> bool:
+    fl = _tcp_flows()
+    return len(fl) >= FLOWS and all(f["health"] == "healthy" for f in fl)
+
+
+def _broken() -> list[dict[str, Any]]:
+    return [f for f in _tcp_flows() if f["health"] in ("broken", "failed")]
+
+
+def _assert_no_flow_lost(after: str) -> None:
+    # A pause is allowed: wait until every flow moves again, then insist none broke.
+    wait_for(f"every flow healthy again after {after}", lambda: _all_healthy() or _broken(), 30)
+    broken = _broken()
+    assert not broken, f"{len(broken)} flows lost after {after}: {broken[:3]}"
+
+
+def test_lab_comes_up_with_three_active_nodes_and_cyclic_backups(lab: dict[str, Any]) -> None:
+    assert lab["up_s"] < 10
+    st = status()
+    assert st["daemon_pid"] > 0 and st["policy"] == "hybrid" and st["sync_port"] > 0
+    ns = nodes(st)
+    assert sorted(ns) == ["n1", "n2", "n3"]
+    assert all(n["state"] == "active" for n in ns.values())
+    owned = [b for n in ns.values() for b in n["buckets"]]
+    assert sorted(owned) == list(range(1, st["buckets"] + 1)), "every bucket owned exactly once"
+    # n1 backs up n3, n2 backs up n1, n3 backs up n2
+    assert ns["n1"]["backs_up"] == ["n3"] and ns["n2"]["backs_up"] == ["n1"]
+    assert ns["n3"]["backs_up"] == ["n2"]
+    assert {n["sync_address"] for n in ns.values()} == {"198.18.0.11", "198.18.0.12", "198.18.0.13"}
+
+
+def test_exec_runs_a_program_in_a_lab_host(lab: dict[str, Any]) -> None:
+    p = sw("exec", "c1", "--", "ip", "-o", "-4", "addr", "show")
+    assert "198.18.1.10" in p.stdout
+    # ... and so does ip netns exec, on the same namespace
+    rec = (RUN_ROOT / "default" / "record.json").read_text()
+    c1_ns = next(n for n in netns_names() if n.endswith("-c1") and n in rec)
+    out = subprocess.run(["ip", "netns", "exec", c1_ns, "ip", "-o", "-4", "addr", "show"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "198.18.1.10" in out
+
+
+def test_up_while_running_says_so_and_changes_nothing(lab: dict[str, Any]) -> None:
+    before = status()
+    p = sw("up", check=False)
+    assert p.returncode != 0 and "already running" in p.stderr
+    assert status()["daemon_pid"] == before["daemon_pid"]
+
+
+def test_long_lived_flows_spread_over_all_nodes(lab: dict[str, Any]) -> None:
+    sw("traffic", "start", "tcp", "--flows", str(FLOWS // 2), "--client", "c1", "--interval-ms", "100")
+    sw("traffic", "start", "tcp", "--flows", str(FLOWS // 2), "--client", "c2", "--interval-ms", "100")
+    wait_for(f"{FLOWS} healthy flows", _all_healthy, 30)
+    ns = nodes(status())
+    assert all(n["own"] > 0 for n in ns.values()), {k: v["own"] for k, v in ns.items()}
+    assert sum(n["own"] for n in ns.values()) >= FLOWS
+
+
+def test_kill_loses_no_flow_and_moves_buckets_to_the_backup(lab: dict[str, Any]) -> None:
+    ns = nodes(status())
+    n1_buckets, n1_own = set(ns["n1"]["buckets"]), ns["n1"]["own"]
+    assert n1_own > 0
+    sw("kill", "n1")
+    st = wait_for("n1 failed and its buckets at n2", lambda: (
+        (s := status()) and nodes(s)["n1"]["state"] == "failed"
+        and n1_buckets <= set(nodes(s)["n2"]["buckets"]) and s), 10)
+    assert nodes(st)["n1"]["buckets"] == []
+    _assert_no_flow_lost("kill n1")
+    assert "took over" in snapshot()["headline"]
+
+
+def test_revive_resyncs_takes_buckets_back_and_loses_nothing(lab: dict[str, Any]) -> None:
+    sw("revive", "n1")
+    wait_for("n1 active with buckets again", lambda: (
+        (n := nodes(status())["n1"])["state"] == "active" and n["buckets"]), 15)
+    _assert_no_flow_lost("revive n1")
+    assert nodes(status())["n1"]["own"] > 0
+
+
+def test_crash_cuts_links_and_no_flow_is_lost(lab: dict[str, Any]) -> None:
+    n1_buckets = set(nodes(status())["n1"]["buckets"])
+    sw("crash", "n1")
+    wait_for("n1's buckets at n2", lambda: n1_buckets <= set(nodes(status())["n2"]["buckets"]), 10)
+    _assert_no_flow_lost("crash n1")
+    sw("revive", "n1")
+    wait_for("n1 active with buckets again", lambda: (
+        (n := nodes(status())["n1"])["state"] == "active" and n["buckets"]), 15)
+    _assert_no_flow_lost("revive n1 after a crash")
+
+
+def test_offline_is_graceful_with_zero_loss(lab: dict[str, Any]) -> None:
+    sw("offline", "n2")
+    st = wait_for("n2 offline", lambda: (s := status()) and nodes(s)["n2"]["state"] == "offline" and s, 15)
+    owned = sorted(b for n in st["nodes"] for b in n["buckets"])
+    assert owned == list(range(1, st["buckets"] + 1))
+    _assert_no_flow_lost("offline n2")
+    sw("revive", "n2")
+    wait_for("n2 back", lambda: nodes(status())["n2"]["state"] == "active", 15)
+
+
+def test_policy_switch_at_run_time(lab: dict[str, Any]) -> None:
+    sw("policy", "on-demand")
+    assert status()["policy"] == "on-demand"
+    sw("policy", "hybrid", "--interval-ms", "500")
+    st = status()
+    assert st["policy"] == "hybrid" and st["interval_ms"] == 500
+    p = sw("policy", "hybrid", "--interval-ms", "0", check=False)
+    assert p.returncode != 0
+
+
+def test_bad_lab_file_names_the_field(tmp_path: Any) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\n[[nodes]]\nname = "n1"\nsync_ip = "10.0.0.1"\n')
+    p = sw("up", str(bad), check=False)
+    assert p.returncode != 0
+    assert "sync_ip" in p.stderr
+    assert not (RUN_ROOT / "bad").exists()
+
+
+@pytest.mark.skipif(os.environ.get("SYNCWALL_SKIP_CLEAN_TEST") == "1", reason="asked to skip")
+def test_clean_after_kill_9_of_daemon_and_nodes(tmp_path: Any) -> None:
+    before = netns_names()
+    lab_file = tmp_path / "k9.toml"
+    lab_file.write_text('name = "k9"\n')
+    sw("up", str(lab_file))
+    try:
+        st = status("k9")
+        pids = [st["daemon_pid"], *[n["pid"] for n in st["nodes"]]]
+        made = netns_names() - before
+        assert made
+        for pid in pids:
+            os.kill(pid, 9)
+        time.sleep(0.3)
+        assert sw("status", "--lab", "k9", check=False).returncode != 0
+    finally:
+        sw("clean", "--lab", "k9")
+    assert netns_names() == before
+    assert not (RUN_ROOT / "k9").exists()
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}")
+    # running it again is harmless
+    assert sw("clean", "--lab", "k9").returncode == 0

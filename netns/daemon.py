@@ -134,7 +134,10 @@ class LabDaemon:
         for h in self.spec.hosts:
             for name, args in SERVERS.get(h.role, []):
                 meta = {"kind": "server", "host": h.name}
-                await self.start_workload(f"{name}-{h.name}", h.name, [*args, "--bind", str(h.ip)], meta)
+                args = [*args, "--bind", str(h.ip)]
+                if h.role == "ftp":
+                    args += ["--root", str(self.run_dir / f"ftp-{h.name}")]
+                await self.start_workload(f"{name}-{h.name}", h.name, args, meta)
         await asyncio.gather(*(self.start_node(n) for n in self.nodes))
         await self.wait_active(NODE_START_TIMEOUT_S)
         self.ready = True

@@ -99,8 +99,9 @@ def _ms(t0: float, t1: float) -> float:
     return round((t1 - t0) * 1000.0, 2)
 
 
-def run_session(flow: Flow, server: str, port: int, mode: FtpMode, name: str,
-                timeout_s: float, bind_ip: str | None) -> None:
+def run_session(
+    flow: Flow, server: str, port: int, mode: FtpMode, name: str, timeout_s: float, bind_ip: str | None
+) -> None:
     """One session: login, RETR `name`, verify; fills `flow` (done or failed, with detail)."""
     ftp = RecordingFTP(timeout=timeout_s, source_address=(bind_ip, 0) if bind_ip else None)
     chunks: list[bytes] = []
@@ -184,8 +185,9 @@ def _explain(exc: BaseException, ftp: RecordingFTP, mode: FtpMode, server: str, 
     phase = ftp.phase
     if isinstance(exc, TimeoutError):
         if phase is Phase.DATA and mode is FtpMode.ACTIVE:
-            return (f"timeout waiting for data connection (server never connected to "
-                    f"{fmt_addr(ftp.data_listen)})")
+            return (
+                f"timeout waiting for data connection (server never connected to {fmt_addr(ftp.data_listen)})"
+            )
         if phase is Phase.DATA:
             return f"timeout connecting the data connection to {fmt_addr(ftp.pasv_addr)}"
         return f"timeout during {phase.value}"
@@ -217,13 +219,15 @@ def run_sessions(args: argparse.Namespace) -> int:
     next_t = time.monotonic()
     try:
         while args.sessions == 0 or index < args.sessions:
-            flow = Flow(name=f"{args.name}-{index + 1:03d}", kind=FlowKind.FTP,
-                        dst=fmt_addr((args.server, args.port)),
-                        extra={"mode": mode.value, "file": args.file})
+            flow = Flow(
+                name=f"{args.name}-{index + 1:03d}",
+                kind=FlowKind.FTP,
+                dst=fmt_addr((args.server, args.port)),
+                extra={"mode": mode.value, "file": args.file},
+            )
             flows.append(flow)
             writer.write(flows)
-            run_session(flow, args.server, args.port, mode, args.file, args.timeout_s,
-                        args.bind_ip)
+            run_session(flow, args.server, args.port, mode, args.file, args.timeout_s, args.bind_ip)
             writer.write(flows)
             index += 1
             next_t += args.interval_ms / 1000.0
@@ -247,17 +251,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--server", type=ip_arg, required=True, help="FTP server address")
     parser.add_argument("--port", type=port_arg, default=21, help="control port (default 21)")
-    parser.add_argument("--mode", choices=[m.value for m in FtpMode], required=True,
-                        help="data connection mode")
-    parser.add_argument("--sessions", type=non_negative_int, default=1,
-                        help="sessions to run one after another; 0 = until SIGTERM (default 1)")
-    parser.add_argument("--interval-ms", type=non_negative_int, default=1000,
-                        help="time between session starts (default 1000)")
-    parser.add_argument("--file", default="small.bin",
-                        help=f"file to retrieve (default small.bin; verified: {', '.join(FILES)})")
+    parser.add_argument(
+        "--mode", choices=[m.value for m in FtpMode], required=True, help="data connection mode"
+    )
+    parser.add_argument(
+        "--sessions",
+        type=non_negative_int,
+        default=1,
+        help="sessions to run one after another; 0 = until SIGTERM (default 1)",
+    )
+    parser.add_argument(
+        "--interval-ms",
+        type=non_negative_int,
+        default=1000,
+        help="time between session starts (default 1000)",
+    )
+    parser.add_argument(
+        "--file",
+        default="small.bin",
+        help=f"file to retrieve (default small.bin; verified: {', '.join(FILES)})",
+    )
     parser.add_argument("--health-file", required=True, help="where to write the health JSON")
-    parser.add_argument("--timeout-s", type=positive_float, default=10.0,
-                        help="socket timeout for each step (default 10)")
+    parser.add_argument(
+        "--timeout-s", type=positive_float, default=10.0, help="socket timeout for each step (default 10)"
+    )
     parser.add_argument("--name", default="ftp", help="session name prefix (default ftp)")
     parser.add_argument("--bind-ip", type=ip_arg, default=None, help="local source address")
     add_common_args(parser)

@@ -1,6 +1,6 @@
 """Anonymous, read-only FTP server (pyftpdlib) serving files of known content, for FTP through the cluster.
 
-`python -m netns.workloads.ftpserver --bind IP --port 21 --root DIR [--passive-ports 30000-30099]`
+`python -m netns.workloads.ftpserver --bind IP --port 21 [--root DIR] [--passive-ports 30000-30099]`
 
 The files are generated deterministically (`file_content`), so a client can verify every
 byte it received. Active-mode data connections leave from port 20 (RFC 959's L-1) when
@@ -11,11 +11,13 @@ pyftpdlib does by default.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import logging
 import signal
 import socket
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bind", type=ip_arg, required=True, help="address to listen on")
     parser.add_argument("--port", type=port_arg, default=21, help="control port (default 21)")
     parser.add_argument(
-        "--root", type=Path, required=True, help="directory to serve; filled with the test files"
+        "--root",
+        type=Path,
+        default=None,
+        help="directory to serve, filled with the test files "
+        "(default: a temporary directory removed on exit)",
     )
     parser.add_argument(
         "--passive-ports",
@@ -170,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    with contextlib.ExitStack() as cleanup:
+        if args.root is None:
+            tmp = tempfile.TemporaryDirectory(prefix="syncwall-ftp-")
+            args.root = Path(cleanup.enter_context(tmp))
+        return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
     try:
         server = make_server(args.bind, args.port, args.root, args.passive_ports, args.active_source_port)
     except WorkloadError as exc:

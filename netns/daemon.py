@@ -322,6 +322,9 @@ class LabDaemon:
             for flow in doc.get("flows", []):
                 flow = dict(flow)
                 flow["node"] = self.flow_nodes.get(f"{flow.get('src')}|{flow.get('dst')}", "")
+                if flow.get("data_client"):
+                    pair = f"{flow.get('data_client')}|{flow.get('data_server')}"
+                    flow["data_node"] = self.flow_nodes.get(pair, "")
                 started = flow.get("started")
                 flow["age_s"] = round(now - started, 1) if isinstance(started, (int, float)) else None
                 flow.setdefault("workload", doc.get("workload", f.stem))
@@ -615,7 +618,7 @@ class LabDaemon:
                 "--file",
                 str(req.get("file", "small.bin")),
                 "--timeout-s",
-                str(float(req.get("timeout_s", 5))),
+                str(float(req.get("timeout_s", 3))),
                 "--health-file",
                 health,
             ]

@@ -1,4 +1,4 @@
-"""The default lab end to end: real namespaces, NFQUEUE nodes, real TCP flows surviving kill, crash, revive, offline."""
+"""The default lab end to end: real NFQUEUE nodes, real TCP flows surviving kill, crash, revive, offline."""
 
 from __future__ import annotations
 

@@ -1,0 +1,235 @@
+"""Build a lab spec into live namespaces, bridges, veths, addresses, routes and node rules."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pyroute2 import IPRoute
+from pyroute2 import netns as pr_netns
+
+from netns import iptables
+from netns.record import NETNS_DIR, RECORD_FILE, LabRecord, make_run_dir, teardown
+from netns.spec import FABRIC, LabError, LabSpec, spec_to_dict
+from netns.spec import ns_name as _ns_name
+
+log = logging.getLogger(__name__)
+
+FORWARD_MODES = ("nfqueue", "accept")
+BRIDGES = {"sync": "br-sync", "inside": "br-in", "outside": "br-out"}
+# Fabric-side port suffix per segment; `<node>-out` must fit in 15 bytes.
+PORT_SUFFIX = {"sync": "sy", "inside": "in", "outside": "out"}
+HOST_IFACE = "eth0"
+
+_NS_SYSCTLS = ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]
+# rp_filter: replies of a flow may leave by another node than the one a client saw;
+# send_redirects: every node shares the gateway address, a redirect would only confuse hosts.
+_NODE_SYSCTLS = [
+    *_NS_SYSCTLS,
+    "net.ipv4.ip_forward=1",
+    "net.ipv4.conf.all.rp_filter=0",
+    "net.ipv4.conf.default.rp_filter=0",
+    "net.ipv4.conf.all.send_redirects=0",
+    "net.ipv4.conf.default.send_redirects=0",
+]
+
+
+class LabBuildError(LabError):
+    """The lab could not be built; whatever was made has been removed again."""
+
+
+def ns_name(spec: LabSpec | LabRecord | str, host: str) -> str:
+    """The namespace of `host` (a node, a host, or "fabric") in a lab given by spec, record or name."""
+    lab = spec if isinstance(spec, str) else spec.name if isinstance(spec, LabSpec) else spec.lab
+    return _ns_name(lab, host)
+
+
+def port_name(host: str, segment: str | None = None) -> str:
+    """The fabric-side veth of a node (per segment) or of a host (one segment, its own name)."""
+    return host if segment is None else f"{host}-{PORT_SUFFIX[segment]}"
+
+
+def build_lab(spec: LabSpec, run_dir: Path, forward: str = "nfqueue") -> LabRecord:
+    """Build the lab; return its record. Every node starts owning no bucket.
+
+    The record is saved after every step, so a crash part-way can be cleaned from it;
+    on an exception the partial lab is removed here before the error is raised.
+    """
+    if forward not in FORWARD_MODES:
+        raise LabBuildError(f"forward: expected one of {', '.join(FORWARD_MODES)}, got {forward!r}")
+    run_dir = Path(run_dir)
+    if (run_dir / RECORD_FILE).exists():
+        raise LabBuildError(
+            f"lab {spec.name} already has a record in {run_dir}: it runs, or it crashed "
+            f"(then run `syncwall clean`)"
+        )
+    names = [ns_name(spec, FABRIC), *(ns_name(spec, n.name) for n in spec.nodes)]
+    names += [ns_name(spec, h.name) for h in spec.hosts]
+    taken = [n for n in names if (NETNS_DIR / n).exists()]
+    if taken:
+        raise LabBuildError(
+            f"namespaces {', '.join(taken)} already exist and are not this lab's; "
+            f"remove them or choose another lab name"
+        )
+    t0 = time.monotonic()
+    make_run_dir(run_dir)
+    record = LabRecord(lab=spec.name, run_dir=run_dir, meta={"forward": forward, "spec": spec_to_dict(spec)})
+    record.meta["steps"] = []
+    record.save()
+    try:
+        for name in names:
+            pr_netns.create(name)
+            record.add_namespace(name)
+        _step(record, "namespaces")
+        _sysctls(spec)
+        _step(record, "sysctls")
+        _build_fabric(spec)
+        _step(record, "fabric")
+        _configure_nodes(spec)
+        _step(record, "nodes")
+        _configure_hosts(spec)
+        _step(record, "hosts")
+        _install_rules(spec, forward)
+        _step(record, "rules")
+    except BaseException as e:
+        log.error("building lab %s failed (%s); removing what was made", spec.name, e)
+        teardown(record)
+        if isinstance(e, Exception):
+            raise LabBuildError(f"building lab {spec.name} failed: {e}") from e
+        raise
+    record.meta["build_s"] = round(time.monotonic() - t0, 3)
+    record.save()
+    log.info("lab %s built in %.2f s", spec.name, record.meta["build_s"])
+    return record
+
+
+def _step(record: LabRecord, name: str) -> None:
+    record.meta["steps"].append(name)
+    record.save()
+
+
+def _run_parallel(jobs: Sequence[tuple[str, list[str], str | None]]) -> None:
+    """Run one command per namespace at once (each is mostly process start-up time)."""
+    procs = []
+    for ns, argv, text in jobs:
+        p = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *argv],
+            stdin=subprocess.PIPE if text is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        procs.append((ns, argv, text, p))
+    errors = []
+    for ns, argv, text, p in procs:
+        _, err = p.communicate(text)
+        if p.returncode != 0:
+            errors.append(f"`{argv[0]}` in {ns} failed ({p.returncode}): {err.strip()}")
+    if errors:
+        raise iptables.IptablesError("; ".join(errors))
+
+
+def _sysctls(spec: LabSpec) -> None:
+    # Set before any link exists: new interfaces inherit the `default` values.
+    node_ns = {ns_name(spec, n.name) for n in spec.nodes}
+    jobs: list[tuple[str, list[str], str | None]] = []
+    for ns in [ns_name(spec, FABRIC), *node_ns, *(ns_name(spec, h.name) for h in spec.hosts)]:
+        values = _NODE_SYSCTLS if ns in node_ns else _NS_SYSCTLS
+        jobs.append((ns, ["sysctl", "-q", "-w", *values], None))
+    _run_parallel(jobs)
+
+
+def _build_fabric(spec: LabSpec) -> None:
+    macs = {"inside": spec.gateway_mac_inside, "outside": spec.gateway_mac_outside}
+    with IPRoute(netns=ns_name(spec, FABRIC)) as ip:
+        _up(ip, "lo")
+        bridge_idx = {}
+        for seg, br in BRIDGES.items():
+            ip.link("add", ifname=br, kind="bridge")
+            bridge_idx[seg] = ip.link_lookup(ifname=br)[0]
+        for node in spec.nodes:
+            node_ns = ns_name(spec, node.name)
+            for seg in ("sync", "inside", "outside"):
+                peer: dict[str, object] = {"ifname": seg, "net_ns_fd": node_ns}
+                if seg in macs:
+                    # The virtual gateway: every node's data interface has the same MAC.
+                    peer["address"] = macs[seg]
+                port = port_name(node.name, seg)
+                ip.link("add", ifname=port, kind="veth", peer=peer)
+                idx = ip.link_lookup(ifname=port)[0]
+                ip.link("set", index=idx, master=bridge_idx[seg])
+                if seg in macs:
+                    # Never learn the shared MAC: frames to it flood to every node.
+                    ip.brport("set", index=idx, learning=0, unicast_flood=1)
+                ip.link("set", index=idx, state="up")
+        for host in spec.hosts:
+            port = port_name(host.name)
+            peer = {"ifname": HOST_IFACE, "net_ns_fd": ns_name(spec, host.name)}
+            ip.link("add", ifname=port, kind="veth", peer=peer)
+            idx = ip.link_lookup(ifname=port)[0]
+            ip.link("set", index=idx, master=bridge_idx[host.segment], state="up")
+        for idx in bridge_idx.values():
+            ip.link("set", index=idx, state="up")
+
+
+def _up(ip: IPRoute, ifname: str) -> int:
+    idx: int = ip.link_lookup(ifname=ifname)[0]
+    ip.link("set", index=idx, state="up")
+    return idx
+
+
+def _configure_nodes(spec: LabSpec) -> None:
+    for node in spec.nodes:
+        with IPRoute(netns=ns_name(spec, node.name)) as ip:
+            _up(ip, "lo")
+            addrs = {
+                "sync": (node.sync_ip, spec.sync_net.prefixlen),
+                "inside": (spec.gateway_inside_ip, spec.inside_net.prefixlen),
+                "outside": (spec.gateway_outside_ip, spec.outside_net.prefixlen),
+            }
+            for ifname, (addr, plen) in addrs.items():
+                idx = ip.link_lookup(ifname=ifname)[0]
+                ip.addr("add", index=idx, address=str(addr), prefixlen=plen)
+                ip.link("set", index=idx, state="up")
+
+
+def _configure_hosts(spec: LabSpec) -> None:
+    for host in spec.hosts:
+        with IPRoute(netns=ns_name(spec, host.name)) as ip:
+            _up(ip, "lo")
+            idx = ip.link_lookup(ifname=HOST_IFACE)[0]
+            ip.addr("add", index=idx, address=str(host.ip), prefixlen=spec.network(host.segment).prefixlen)
+            ip.link("set", index=idx, state="up")
+            ip.route("add", dst="0.0.0.0/0", gateway=str(spec.gateway_ip(host.segment)))
+
+
+def _install_rules(spec: LabSpec, forward: str) -> None:
+    text = iptables.node_rules(spec.buckets, iptables.hmark_rnd(spec.lab_id), spec.queue_num, forward)
+    # One iptables-restore per node, all at once.
+    _run_parallel([(ns_name(spec, n.name), ["iptables-restore", "--wait"], text) for n in spec.nodes])
+
+
+def _set_node_links(target: LabSpec | LabRecord, node: str, state: str) -> None:
+    ports = [port_name(node, seg) for seg in ("inside", "outside", "sync")]
+    with IPRoute(netns=ns_name(target, FABRIC)) as ip:
+        indexes = []
+        for port in ports:
+            found = ip.link_lookup(ifname=port)
+            if not found:
+                raise LabError(f"node {node}: no fabric port {port} in lab {ns_name(target, FABRIC)}")
+            indexes.append(found[0])
+        # Resolve first, then flip all three back to back: the "crash" is as sudden as we can make it.
+        for idx in indexes:
+            ip.link("set", index=idx, state=state)
+
+
+def cut_links(target: LabSpec | LabRecord, node: str) -> None:
+    """Take every fabric-side port of `node` down at once: to the others it has crashed."""
+    _set_node_links(target, node, "down")
+
+
+def restore_links(target: LabSpec | LabRecord, node: str) -> None:
+    _set_node_links(target, node, "up")

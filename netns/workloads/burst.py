@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import statistics
 import sys
 import time
@@ -75,7 +76,7 @@ class Burst:
         except _EchoMismatch:
             self._fail("echo mismatch")
         except OSError as exc:
-            self._fail(exc.strerror or type(exc).__name__)
+            self._fail(os.strerror(exc.errno) if exc.errno else type(exc).__name__)
         else:
             self.successes += 1
             self._durations_ms.append((time.monotonic() - t0) * 1000.0)

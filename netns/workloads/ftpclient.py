@@ -32,7 +32,7 @@ from netns.workloads.common import (
     positive_float,
     setup_logging,
 )
-from netns.workloads.ftpserver import FILES, file_content
+from netns.workloads.ftpfiles import FILES, file_content
 from netns.workloads.health import Flow, FlowHealth, FlowKind, HealthWriter, fmt_addr
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import logging
 import signal
 import socket
@@ -34,31 +33,14 @@ from netns.workloads.common import (
     port_arg,
     setup_logging,
 )
+from netns.workloads.ftpfiles import FILES, file_content
 from netns.workloads.health import WorkloadError
 
 log = logging.getLogger(__name__)
 
-# name -> size in bytes; the content of each is file_content(name).
-FILES: dict[str, int] = {
-    "small.bin": 1024,
-    "medium.bin": 100 * 1024,
-    "large.bin": 1024 * 1024,
-}
 ACTIVE_SOURCE_PORT = 20
 # "elr": change directory, list, retrieve; nothing that writes.
 READ_ONLY_PERMS = "elr"
-
-
-def file_content(name: str) -> bytes:
-    """The deterministic bytes of served file `name` (one of FILES)."""
-    if name not in FILES:
-        raise WorkloadError(f"unknown file {name!r}; the server serves {', '.join(FILES)}")
-    size = FILES[name]
-    blocks = []
-    seed = name.encode()
-    for i in range((size + 63) // 64):
-        blocks.append(hashlib.blake2b(seed + i.to_bytes(8, "big"), digest_size=64).digest())
-    return b"".join(blocks)[:size]
 
 
 def fill_root(root: Path) -> None:

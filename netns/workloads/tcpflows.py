@@ -18,6 +18,7 @@ import contextlib
 import errno
 import hashlib
 import logging
+import os
 import struct
 import sys
 import time
@@ -195,7 +196,8 @@ class TcpFlow:
             self._fail_connect(f"no answer within {self.connect_timeout_s:g} s")
             return
         except OSError as exc:
-            self._fail_connect(exc.strerror or str(exc))
+            # asyncio's message repeats the address; the errno's text says what happened.
+            self._fail_connect(os.strerror(exc.errno) if exc.errno else str(exc))
             return
         self._writer = writer
         self.flow.src = fmt_addr(writer.get_extra_info("sockname"))

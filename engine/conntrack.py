@@ -1,0 +1,438 @@
+"""The connection table (patent Fig. 3) and expectation table: TCP/UDP/ICMP tracking, expiry."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Protocol
+
+from engine.packet import ACK, FIN, ICMP, ICMPV6, RST, SYN, TCP, UDP
+from sync.records import Scope, Trigger
+
+log = logging.getLogger(__name__)
+
+
+class ConnState(Enum):
+    """Tracked state of a connection. TCP follows both directions; UDP and ICMP echo have pseudo-states."""
+
+    SYN_SENT = "syn-sent"
+    SYN_RECV = "syn-recv"
+    ESTABLISHED = "established"
+    FIN_WAIT = "fin-wait"  # the originator closed its half
+    CLOSE_WAIT = "close-wait"  # the responder closed its half
+    LAST_ACK = "last-ack"  # both halves closed, waiting for the last ACK
+    TIME_WAIT = "time-wait"
+    CLOSED = "closed"  # reset
+    UDP_UNREPLIED = "unreplied"
+    UDP_ASSURED = "assured"
+    ICMP_REQUEST = "echo-request"
+    ICMP_REPLIED = "echo-replied"
+
+
+S = ConnState
+# States in which an ordinary packet changes nothing, so the engine's fast path may take it.
+FAST_STATES = frozenset({S.ESTABLISHED, S.UDP_ASSURED})
+INITIAL_STATE = {TCP: S.SYN_SENT, UDP: S.UDP_UNREPLIED, ICMP: S.ICMP_REQUEST, ICMPV6: S.ICMP_REQUEST}
+
+
+class Flag(Enum):
+    """The one TCP flag that drives a transition (RST > SYN/ACK > SYN > FIN > ACK)."""
+
+    RST = "rst"
+    SYNACK = "synack"
+    SYN = "syn"
+    FIN = "fin"
+    ACK = "ack"
+    NONE = "none"
+
+
+def flag_class(flags: int) -> Flag:
+    if flags & RST:
+        return Flag.RST
+    if flags & SYN:
+        return Flag.SYNACK if flags & ACK else Flag.SYN
+    if flags & FIN:
+        return Flag.FIN
+    if flags & ACK:
+        return Flag.ACK
+    return Flag.NONE
+
+
+F = Flag
+ORIG, REPLY = True, False
+# (state, from the originator?, flag) -> next state. Anything absent leaves the state as it is;
+# RST from either side closes in any state (handled before the table).
+TCP_TRANSITIONS: dict[tuple[ConnState, bool, Flag], ConnState] = {
+    (S.SYN_SENT, REPLY, F.SYNACK): S.SYN_RECV,
+    (S.SYN_SENT, REPLY, F.SYN): S.SYN_RECV,  # simultaneous open
+    (S.SYN_RECV, ORIG, F.ACK): S.ESTABLISHED,
+    (S.SYN_RECV, ORIG, F.FIN): S.FIN_WAIT,
+    (S.ESTABLISHED, ORIG, F.FIN): S.FIN_WAIT,
+    (S.ESTABLISHED, REPLY, F.FIN): S.CLOSE_WAIT,
+    (S.FIN_WAIT, REPLY, F.FIN): S.LAST_ACK,
+    (S.CLOSE_WAIT, ORIG, F.FIN): S.LAST_ACK,
+    (S.LAST_ACK, ORIG, F.ACK): S.TIME_WAIT,
+    (S.LAST_ACK, REPLY, F.ACK): S.TIME_WAIT,
+}
+
+
+def tcp_next(state: ConnState, from_orig: bool, flags: int) -> ConnState:
+    """The TCP state after a packet with `flags` from the originator (True) or responder."""
+    fc = flag_class(flags)
+    if fc is Flag.RST:
+        return S.CLOSED
+    return TCP_TRANSITIONS.get((state, from_orig, fc), state)
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds an entry may stay idle in each state (lab defaults: short, so expiry is visible)."""
+
+    syn_s: float = 10.0
+    established_s: float = 300.0
+    half_closed_s: float = 60.0
+    closing_s: float = 10.0
+    udp_s: float = 30.0
+    udp_assured_s: float = 120.0
+    icmp_s: float = 10.0
+    expectation_s: float = 30.0
+    tombstone_s: float = 120.0  # how long a deleted key's version is remembered
+    no_state_s: float = 5.0  # how long a key pulled in vain is dropped without asking again
+
+    def __post_init__(self) -> None:
+        for name in self.__dataclass_fields__:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"Timeouts.{name} must be > 0 seconds, got {getattr(self, name)}")
+
+    def by_state(self) -> dict[ConnState, float]:
+        return {
+            S.SYN_SENT: self.syn_s,
+            S.SYN_RECV: self.syn_s,
+            S.ESTABLISHED: self.established_s,
+            S.FIN_WAIT: self.half_closed_s,
+            S.CLOSE_WAIT: self.half_closed_s,
+            S.LAST_ACK: self.closing_s,
+            S.TIME_WAIT: self.closing_s,
+            S.CLOSED: self.closing_s,
+            S.UDP_UNREPLIED: self.udp_s,
+            S.UDP_ASSURED: self.udp_assured_s,
+            S.ICMP_REQUEST: self.icmp_s,
+            S.ICMP_REPLIED: self.icmp_s,
+        }
+
+
+class Helper(Protocol):
+    """A protocol helper attached to a connection (engine.ftp.FtpHelper)."""
+
+    name: str
+
+    def state(self) -> list[Any]: ...
+
+
+class Conn:
+    """One connection entry. `orig_low` says the originator is the key's lower endpoint."""
+
+    __slots__ = (
+        "bucket",
+        "created",
+        "extra",
+        "fast",
+        "helper",
+        "hold",
+        "key",
+        "last_seen",
+        "orig_low",
+        "owner",
+        "sched",
+        "state",
+        "trigger",
+        "version",
+    )
+
+    def __init__(
+        self,
+        key: bytes,
+        orig_low: bool,
+        state: ConnState,
+        owner: str,
+        version: int,
+        bucket: int,
+        now: float,
+        helper: Any = None,
+        trigger: str = "new",
+    ) -> None:
+        self.key = key
+        self.orig_low = orig_low
+        self.state = state
+        self.owner = owner
+        self.version = version
+        self.bucket = bucket
+        self.created = now
+        self.last_seen = now
+        self.helper = helper
+        self.extra: dict[str, Any] = {}
+        self.trigger = trigger
+        self.hold = 0  # the sync id its packets wait on, 0 when none
+        self.sched = -1.0  # the deadline it is queued under for expiry, -1 when not queued
+        self.fast = False  # may take the engine's fast path (kept up to date by ConnTable.refresh)
+
+    @property
+    def proto(self) -> int:
+        return self.key[0]
+
+    def __repr__(self) -> str:
+        return f"Conn({self.key.hex()}, {self.state.value}, owner={self.owner}, v{self.version})"
+
+
+class Expectation:
+    """A related connection that may open once: src_port 0 means any source port."""
+
+    __slots__ = (
+        "created",
+        "deadline",
+        "dst_ip",
+        "dst_port",
+        "helper",
+        "key",
+        "master",
+        "owner",
+        "proto",
+        "sched",
+        "src_ip",
+        "src_port",
+        "timeout_s",
+        "trigger",
+        "version",
+    )
+
+    def __init__(
+        self,
+        proto: int,
+        src_ip: bytes,
+        src_port: int,
+        dst_ip: bytes,
+        dst_port: int,
+        master: bytes,
+        owner: str,
+        version: int,
+        now: float,
+        timeout_s: float,
+        helper: str = "",
+        trigger: str = "",
+    ) -> None:
+        self.proto = proto
+        self.src_ip = src_ip
+        self.src_port = src_port
+        self.dst_ip = dst_ip
+        self.dst_port = dst_port
+        self.key = expectation_key(proto, src_ip, src_port, dst_ip, dst_port)
+        self.master = master
+        self.owner = owner
+        self.version = version
+        self.created = now
+        self.timeout_s = timeout_s
+        self.deadline = now + timeout_s
+        self.helper = helper
+        self.trigger = trigger
+        self.sched = -1.0
+
+
+EXPECT_TAG = b"E"  # 69: not a protocol we track, so expectation keys never collide with connection keys
+
+
+def expectation_key(proto: int, src_ip: bytes, src_port: int, dst_ip: bytes, dst_port: int) -> bytes:
+    """Directional: the expected first packet goes from src to dst."""
+    return (
+        EXPECT_TAG
+        + bytes((proto,))
+        + src_ip
+        + src_port.to_bytes(2, "big")
+        + dst_ip
+        + dst_port.to_bytes(2, "big")
+    )
+
+
+class EventKind(Enum):
+    NEW = "new"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class StateEvent:
+    """A change the sync layer must hear about; the store already holds the new version/tombstone."""
+
+    kind: EventKind
+    key: bytes
+    scope: Scope
+    trigger: Trigger = Trigger.MODIFIED
+
+
+@dataclass(slots=True)
+class Tombstone:
+    version: int
+    owner: str
+    scope: Scope
+    bucket: int
+
+
+def next_version(old: int, now: float) -> int:
+    """A version above `old` that is also above any this key had before (clock-based floor), so a
+    reused 5-tuple beats a tombstone a peer still keeps even after ours was forgotten."""
+    return max(old + 1, int(now * 1000), 1)
+
+
+class ConnTable:
+    """Own connections, backup copies of other nodes' connections, expectations and tombstones.
+
+    Only this node's own entries expire here; a backup copy lives until its owner deletes it or
+    it is promoted (then it gets a fresh idle period)."""
+
+    def __init__(self, node: str, timeouts: Timeouts) -> None:
+        self.node = node
+        self.timeouts = timeouts
+        self.timeout_by_state = timeouts.by_state()
+        self.conns: dict[bytes, Conn] = {}
+        self.expects: dict[bytes, Expectation] = {}
+        self.tombs: dict[bytes, Tombstone] = {}
+        self._tomb_queue: deque[tuple[float, bytes, int]] = deque()
+        self._heap: list[tuple[float, int, Conn | Expectation]] = []
+        self._seq = itertools.count()
+        self.events: list[StateEvent] = []
+
+    # ---- bookkeeping --------------------------------------------------------------------
+    def refresh(self, e: Conn) -> None:
+        """Recompute whether the fast path may handle this entry."""
+        e.fast = (
+            e.owner == self.node and e.hold == 0 and e.helper is None and e.state in FAST_STATES
+        )
+
+    def deadline(self, e: Conn) -> float:
+        return e.last_seen + self.timeout_by_state[e.state]
+
+    def schedule(self, e: Conn) -> None:
+        """Queue an own entry for expiry, unless it is already queued no later than needed."""
+        d = self.deadline(e)
+        if e.sched < 0 or d < e.sched:
+            e.sched = d
+            heapq.heappush(self._heap, (d, next(self._seq), e))
+
+    def _schedule_expect(self, x: Expectation) -> None:
+        x.sched = x.deadline
+        heapq.heappush(self._heap, (x.deadline, next(self._seq), x))
+
+    def version_floor(self, key: bytes) -> int:
+        t = self.tombs.get(key)
+        return t.version if t is not None else 0
+
+    def bury(self, key: bytes, version: int, owner: str, scope: Scope, bucket: int, now: float) -> None:
+        self.tombs[key] = Tombstone(version, owner, scope, bucket)
+        self._tomb_queue.append((now + self.timeouts.tombstone_s, key, version))
+
+    def emit(self, kind: EventKind, key: bytes, scope: Scope, trigger: Trigger = Trigger.MODIFIED) -> None:
+        self.events.append(StateEvent(kind, key, scope, trigger))
+
+    # ---- connections --------------------------------------------------------------------
+    def add(self, e: Conn, now: float) -> None:
+        """A new own connection: NEW event."""
+        self.tombs.pop(e.key, None)
+        self.conns[e.key] = e
+        self.refresh(e)
+        self.schedule(e)
+        self.emit(EventKind.NEW, e.key, Scope.NODE)
+
+    def changed(self, e: Conn, trigger: str, now: float) -> None:
+        """An own connection changed in a way peers must learn: new version, UPDATE event."""
+        e.version = next_version(e.version, now)
+        e.trigger = trigger
+        self.refresh(e)
+        if e.owner == self.node:
+            self.schedule(e)
+        self.emit(EventKind.UPDATE, e.key, Scope.NODE)
+
+    def delete(self, e: Conn, trigger: str, now: float, *, event: bool = True) -> None:
+        """Remove an entry, leaving a tombstone with a higher version (DELETE event if `event`)."""
+        if self.conns.get(e.key) is not e:
+            return
+        del self.conns[e.key]
+        e.trigger = trigger
+        e.version = next_version(e.version, now) if event else e.version
+        self.bury(e.key, e.version, e.owner, Scope.NODE, e.bucket, now)
+        if event:
+            self.emit(EventKind.DELETE, e.key, Scope.NODE)
+
+    # ---- expectations -------------------------------------------------------------------
+    def expect(self, x: Expectation, now: float) -> None:
+        """Store an own expectation (replacing an identical one): NEW or UPDATE event, COMMON scope."""
+        old = self.expects.get(x.key)
+        floor = old.version if old is not None else self.version_floor(x.key)
+        x.version = next_version(floor, now)
+        self.tombs.pop(x.key, None)
+        self.expects[x.key] = x
+        self._schedule_expect(x)
+        kind = EventKind.NEW if old is None else EventKind.UPDATE
+        self.emit(kind, x.key, Scope.COMMON, Trigger.RELATED)
+
+    def put_expect(self, x: Expectation) -> None:
+        """A remote expectation (already versioned): no event."""
+        self.tombs.pop(x.key, None)
+        self.expects[x.key] = x
+        self._schedule_expect(x)
+
+    def find_expect(self, proto: int, src: bytes, sport: int, dst: bytes, dport: int) -> Expectation | None:
+        if not self.expects:
+            return None
+        x = self.expects.get(expectation_key(proto, src, sport, dst, dport))
+        if x is None:
+            x = self.expects.get(expectation_key(proto, src, 0, dst, dport))
+        return x
+
+    def unexpect(self, x: Expectation, trigger: str, now: float, *, event: bool = True) -> None:
+        """Remove an expectation; with `event`, a DELETE every node hears (it admitted its one connection
+        or it timed out at its creator)."""
+        if self.expects.get(x.key) is not x:
+            return
+        del self.expects[x.key]
+        x.trigger = trigger
+        if event:
+            x.version = next_version(x.version, now)
+        self.bury(x.key, x.version, x.owner, Scope.COMMON, -1, now)
+        if event:
+            self.emit(EventKind.DELETE, x.key, Scope.COMMON, Trigger.RELATED)
+
+    # ---- time ---------------------------------------------------------------------------
+    def expire(self, now: float) -> int:
+        """Delete what timed out by `now`; returns how many entries and expectations went."""
+        gone = 0
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            d, _, obj = heapq.heappop(heap)
+            if obj.sched != d:
+                continue  # superseded by a later schedule
+            obj.sched = -1.0
+            if isinstance(obj, Conn):
+                if self.conns.get(obj.key) is not obj or obj.owner != self.node:
+                    continue
+                real = self.deadline(obj)
+                if real <= now:
+                    self.delete(obj, "expired", now)
+                    gone += 1
+                else:
+                    self.schedule(obj)
+            else:
+                if self.expects.get(obj.key) is not obj:
+                    continue
+                # Every node drops a stale expectation; only its creator tells the others.
+                self.unexpect(obj, "expired", now, event=obj.owner == self.node)
+                gone += 1
+        q = self._tomb_queue
+        while q and q[0][0] <= now:
+            _, key, version = q.popleft()
+            t = self.tombs.get(key)
+            if t is not None and t.version == version:
+                del self.tombs[key]
+        return gone

@@ -1,0 +1,497 @@
+"""The gateway engine core: packets in, verdicts out, state changes and sync requests aside; no I/O."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from engine.conntrack import (
+    INITIAL_STATE,
+    Conn,
+    ConnState,
+    ConnTable,
+    EventKind,
+    Expectation,
+    StateEvent,
+    Timeouts,
+    next_version,
+    tcp_next,
+)
+from engine.ftp import Anomaly, Expect, FtpHelper, Refuse, make_helper
+from engine.packet import (
+    ACK,
+    ICMP,
+    ICMP_ECHO_REPLY,
+    ICMP_ECHO_REQUEST,
+    ICMPV6,
+    RST,
+    SYN,
+    TCP,
+    UDP,
+    Packet,
+    Reason,
+    addr_text,
+    endpoint_text,
+    parse,
+    split_key,
+)
+from engine.rules import Action, EngineError, RuleSet
+from engine.store import EngineStore
+from sync.records import Scope
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Decision",
+    "Engine",
+    "EngineError",
+    "EventKind",
+    "StateEvent",
+    "SyncKind",
+    "SyncRequest",
+    "Timeouts",
+    "Verdict",
+]
+
+
+class Verdict(Enum):
+    ACCEPT = "accept"
+    DROP = "drop"
+    REJECT = "reject"
+    HOLD = "hold"  # keep the packet until sync_done(sync_id) (NetfilterQueue retain())
+
+
+class SyncKind(Enum):
+    PUSH = "push"  # send these keys to the cluster and tell me when they are acked (claims 15-17)
+    PULL = "pull"  # ask the cluster for these unknown keys (claim 14)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    verdict: Verdict
+    reason: str
+    sync_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SyncRequest:
+    sync_id: int
+    keys: tuple[bytes, ...]
+    scope: Scope
+    deadline: float
+    kind: SyncKind = SyncKind.PUSH
+
+
+class _Pending:
+    __slots__ = ("conn_key", "deadline", "keys", "kind")
+
+    def __init__(
+        self, kind: SyncKind, keys: tuple[bytes, ...], conn_key: bytes | None, deadline: float
+    ) -> None:
+        self.kind = kind
+        self.keys = keys
+        self.conn_key = conn_key
+        self.deadline = deadline
+
+
+_ACCEPT_ESTABLISHED = Decision(Verdict.ACCEPT, str(Reason.ESTABLISHED))
+_PROTO_NAMES = {TCP: "tcp", UDP: "udp", ICMP: "icmp", ICMPV6: "icmpv6"}
+_REOPENABLE = frozenset({ConnState.TIME_WAIT, ConnState.CLOSED})
+
+
+class Engine:
+    """One node's packet-screening core (the patent's first software entity).
+
+    `process` decides each packet; state changes pile up as events (`drain_events`) and syncs
+    the engine needs before releasing held packets as requests (`drain_sync_requests`)."""
+
+    def __init__(
+        self,
+        node: str,
+        rules: RuleSet,
+        timeouts: Timeouts | None = None,
+        hold_related: bool = True,
+        pull_unknown: bool = True,
+        *,
+        hold_timeout_s: float = 0.2,
+        max_held_syncs: int = 256,
+    ) -> None:
+        if not node:
+            raise EngineError("Engine needs the node's name (e.g. 'n1')")
+        self.node = node
+        self.rules = rules
+        self.timeouts = timeouts if timeouts is not None else Timeouts()
+        self.hold_related = hold_related
+        self.pull_unknown = pull_unknown
+        self.hold_timeout_s = hold_timeout_s
+        self.max_held_syncs = max_held_syncs
+        self.table = ConnTable(node, self.timeouts)
+        self._conns = self.table.conns  # the same dict, bound once for the fast path
+        self._now = 0.0
+        self.store = EngineStore(self.table, lambda: self._now)
+        self._counts: dict[str, int] = {}
+        self._n_fast = 0
+        self._decisions: dict[tuple[Verdict, str], Decision] = {}
+        self._requests: list[SyncRequest] = []
+        self._pending: dict[int, _Pending] = {}
+        self._pulls: dict[bytes, int] = {}
+        self._no_state: dict[bytes, float] = {}
+        self._no_state_queue: deque[tuple[float, bytes]] = deque()
+        self._next_sync = 1
+
+    # ---- the packet path ----------------------------------------------------------------
+    def process(self, data: bytes, now: float, mark: int = 0) -> Decision:
+        """Decide one raw IP packet. Never raises: a bad packet is a counted drop."""
+        self._now = now
+        try:
+            # Fast path: an IPv4 packet without options or fragmentation, of an own established
+            # flow, that changes no state. Anything unusual falls through to the full path.
+            if len(data) >= 28 and data[0] == 0x45 and not (data[6] & 0x3F or data[7]):
+                proto = data[9]
+                if proto == 6:
+                    total = (data[2] << 8) | data[3]
+                    flags = data[33]
+                    if (
+                        40 <= total <= len(data)
+                        and flags & 0x17 == 0x10  # ACK, no SYN/FIN/RST
+                        and data[32] >= 0x50
+                        and (data[32] >> 4) * 4 + 20 <= total
+                    ):
+                        a = data[12:16] + data[20:22]
+                        b = data[16:20] + data[22:24]
+                        e = self._conns.get(b"\x06" + a + b if a <= b else b"\x06" + b + a)
+                        if e is not None and e.fast:
+                            e.last_seen = now
+                            self._n_fast += 1
+                            return _ACCEPT_ESTABLISHED
+                elif proto == 17:
+                    total = (data[2] << 8) | data[3]
+                    if 28 <= total <= len(data) and 8 <= ((data[24] << 8) | data[25]) <= total - 20:
+                        a = data[12:16] + data[20:22]
+                        b = data[16:20] + data[22:24]
+                        e = self._conns.get(b"\x11" + a + b if a <= b else b"\x11" + b + a)
+                        if e is not None and e.fast:
+                            e.last_seen = now
+                            self._n_fast += 1
+                            return _ACCEPT_ESTABLISHED
+            return self._full(data, now, mark)
+        except Exception:
+            log.exception("engine failed on a %d-byte packet; dropped", len(data))
+            return self._decide(Verdict.DROP, Reason.ENGINE_ERROR)
+
+    def _decide(self, verdict: Verdict, reason: str) -> Decision:
+        reason = str(reason)  # a Reason member counts under its plain name
+        c = self._counts
+        c[reason] = c.get(reason, 0) + 1
+        vk = "verdict-" + verdict.value
+        c[vk] = c.get(vk, 0) + 1
+        d = self._decisions.get((verdict, reason))
+        if d is None:
+            d = self._decisions[(verdict, reason)] = Decision(verdict, str(reason))
+        return d
+
+    def _hold(self, sync_id: int, reason: Reason) -> Decision:
+        c = self._counts
+        for k in (str(reason), "verdict-hold", "held"):
+            c[k] = c.get(k, 0) + 1
+        return Decision(Verdict.HOLD, str(reason), sync_id)
+
+    def _count(self, name: str) -> None:
+        self._counts[name] = self._counts.get(name, 0) + 1
+
+    def _full(self, data: bytes, now: float, mark: int) -> Decision:
+        p = parse(data)
+        if not isinstance(p, Packet):
+            return self._decide(Verdict.DROP, p)
+        if p.inner_key is not None:
+            # An ICMP error about a packet of a connection we carry belongs to that connection.
+            if p.inner_key in self._conns:
+                return self._decide(Verdict.ACCEPT, Reason.RELATED_ICMP)
+            return self._decide(Verdict.DROP, Reason.ICMP_ERROR_NO_STATE)
+        e = self._conns.get(p.key)
+        if e is not None:
+            d = self._tracked(e, p, data, now)
+            if d is not None:
+                return d
+        return self._untracked(p, data, now, mark)
+
+    def _tracked(self, e: Conn, p: Packet, data: bytes, now: float) -> Decision | None:
+        """A packet of a known connection: track its state; the rules are not consulted.
+        None when the packet starts a new connection on a closed entry's 5-tuple."""
+        table = self.table
+        if e.owner != self.node:
+            # A packet of another node's connection reached us: we carry it now (claim 14).
+            e.owner = self.node
+            e.last_seen = now
+            table.changed(e, "adopted", now)
+            self._count("adopted")
+        from_orig = p.low == e.orig_low
+        proto = p.proto
+        held: Decision | None = None
+        if proto == TCP:
+            flags = p.flags
+            if from_orig and flags & (SYN | ACK) == SYN and e.state in _REOPENABLE:
+                table.delete(e, "reopened", now)
+                return None
+            if e.helper is not None and p.payload_off < p.end:
+                held = self._help(e, p, data, from_orig, now)
+                if held is not None and held.verdict is not Verdict.HOLD:
+                    return held
+            e.last_seen = now
+            new = tcp_next(e.state, from_orig, flags)
+            if new is not e.state:
+                e.state = new
+                table.changed(e, "tcp:" + new.value, now)
+        elif proto == UDP:
+            e.last_seen = now
+            if not from_orig and e.state is ConnState.UDP_UNREPLIED:
+                e.state = ConnState.UDP_ASSURED
+                table.changed(e, "udp:assured", now)
+        else:
+            e.last_seen = now
+            if (
+                not from_orig
+                and e.state is ConnState.ICMP_REQUEST
+                and p.icmp_type == ICMP_ECHO_REPLY[proto]
+            ):
+                e.state = ConnState.ICMP_REPLIED
+                table.changed(e, "icmp:replied", now)
+        if held is not None:
+            return held
+        if e.hold:
+            return self._hold(e.hold, Reason.HELD)
+        return self._decide(Verdict.ACCEPT, Reason.ESTABLISHED)
+
+    def _help(self, e: Conn, p: Packet, data: bytes, from_orig: bool, now: float) -> Decision | None:
+        """Run the connection's helper on this segment: a drop, a hold, or None (go on)."""
+        h = e.helper
+        assert isinstance(h, FtpHelper)
+        snap = h.snapshot()
+        expects: list[Expect] = []
+        for f in h.feed(from_orig, p.seq, data[p.payload_off : p.end]):
+            if isinstance(f, Refuse):
+                h.restore(snap)  # its retransmission must be refused too
+                log.warning("%s: %s on %s; dropped", self.node, f.reason, self._describe(e))
+                return self._decide(Verdict.DROP, f.reason)
+            if isinstance(f, Anomaly):
+                self._count(str(f.reason))
+            else:
+                expects.append(f)
+        if not expects:
+            return None
+        if self.hold_related and len(self._pending) >= self.max_held_syncs:
+            h.restore(snap)
+            return self._decide(Verdict.DROP, Reason.HOLD_CAP)
+        keys = []
+        for f in expects:
+            x = Expectation(
+                f.proto, f.src_ip, f.src_port, f.dst_ip, f.dst_port, e.key, self.node, 0,
+                now, self.timeouts.expectation_s, h.name, f.reason,
+            )
+            self.table.expect(x, now)
+            keys.append(x.key)
+            self._count(f.reason)
+            self._count("expectations")
+        if not self.hold_related:
+            return None
+        sync_id = self._new_sync(SyncKind.PUSH, tuple(keys), Scope.COMMON, now, e.key)
+        e.hold = sync_id
+        self.table.refresh(e)
+        return self._hold(sync_id, Reason.HOLD_RELATED)
+
+    def _untracked(self, p: Packet, data: bytes, now: float, mark: int) -> Decision:
+        """A packet no entry knows: an expected related connection, a pull, or the rules."""
+        table = self.table
+        proto = p.proto
+        is_tcp = proto == TCP
+        opens = not is_tcp or p.flags & (SYN | ACK) == SYN
+        if opens and table.expects:
+            x = table.find_expect(proto, p.src, p.sport, p.dst, p.dport)
+            if x is not None:
+                table.unexpect(x, "used", now)  # it admits exactly one connection
+                e = Conn(
+                    p.key, p.low, INITIAL_STATE[proto], self.node,
+                    next_version(table.version_floor(p.key), now), mark, now,
+                    trigger="related:" + x.trigger,
+                )
+                e.extra["master"] = x.master.hex()
+                table.add(e, now)
+                return self._decide(Verdict.ACCEPT, Reason.RELATED)
+        if not opens:
+            return self._unknown_tcp(p, now)
+        if proto != UDP and proto != TCP and p.icmp_type != ICMP_ECHO_REQUEST[proto]:
+            return self._decide(Verdict.DROP, Reason.NO_STATE)  # an echo reply nobody asked for
+        rule = self.rules.match(
+            p.family,
+            proto,
+            int.from_bytes(p.src, "big"),
+            int.from_bytes(p.dst, "big"),
+            p.dport if is_tcp or proto == UDP else None,
+        )
+        if rule is None:
+            return self._decide(Verdict.DROP, Reason.NO_RULE_MATCH)
+        if rule.log:
+            log.info(
+                "%s: rule %s %s %s %s -> %s", self.node, rule.name, rule.action.value,
+                _PROTO_NAMES.get(proto, proto), endpoint_text(p.src, p.sport),
+                endpoint_text(p.dst, p.dport),
+            )
+        if rule.action is Action.DROP:
+            return self._decide(Verdict.DROP, "rule-drop:" + rule.name)
+        if rule.action is Action.REJECT:
+            return self._decide(Verdict.REJECT, "rule-reject:" + rule.name)
+        helper = make_helper(rule.helper, p.src, p.dst) if rule.helper else None
+        e = Conn(
+            p.key, p.low, INITIAL_STATE[proto], self.node,
+            next_version(table.version_floor(p.key), now), mark, now, helper,
+            trigger="rule:" + rule.name,
+        )
+        table.add(e, now)
+        self._count("rule-accept:" + rule.name)
+        return self._decide(Verdict.ACCEPT, Reason.NEW)
+
+    def _unknown_tcp(self, p: Packet, now: float) -> Decision:
+        """Mid-stream TCP with no entry: maybe another node carries it; ask once, then drop."""
+        key = p.key
+        if not self.pull_unknown or p.flags & RST:
+            return self._decide(Verdict.DROP, Reason.NO_STATE)
+        until = self._no_state.get(key)
+        if until is not None and until > now:
+            return self._decide(Verdict.DROP, Reason.NO_STATE)
+        sync_id = self._pulls.get(key)
+        if sync_id is not None:
+            return self._hold(sync_id, Reason.HELD)
+        if len(self._pending) >= self.max_held_syncs:
+            return self._decide(Verdict.DROP, Reason.HOLD_CAP)
+        sync_id = self._new_sync(SyncKind.PULL, (key,), Scope.NODE, now, None)
+        self._pulls[key] = sync_id
+        return self._hold(sync_id, Reason.HOLD_PULL)
+
+    def _new_sync(
+        self, kind: SyncKind, keys: tuple[bytes, ...], scope: Scope, now: float, conn_key: bytes | None
+    ) -> int:
+        sync_id = self._next_sync
+        self._next_sync += 1
+        deadline = now + self.hold_timeout_s
+        self._pending[sync_id] = _Pending(kind, keys, conn_key, deadline)
+        self._requests.append(SyncRequest(sync_id, keys, scope, deadline, kind))
+        return sync_id
+
+    # ---- the node's side ----------------------------------------------------------------
+    def drain_events(self) -> list[StateEvent]:
+        events = self.table.events
+        self.table.events = []
+        return events
+
+    def drain_sync_requests(self) -> list[SyncRequest]:
+        reqs = self._requests
+        self._requests = []
+        return reqs
+
+    def sync_done(self, sync_id: int, acked: bool, now: float) -> None:
+        """The sync `sync_id` finished (acked, or not by its deadline): release what waits on it.
+        For a pull, a key still unknown afterwards is dropped ("no-state") for a while."""
+        self._now = now
+        p = self._pending.pop(sync_id, None)
+        if p is None:
+            self._count("sync-done-unknown")
+            return
+        self._count("released-by-ack" if acked else "released-by-timeout")
+        if p.kind is SyncKind.PUSH:
+            e = self._conns.get(p.conn_key) if p.conn_key is not None else None
+            if e is not None and e.hold == sync_id:
+                e.hold = 0
+                self.table.refresh(e)
+            return
+        for key in p.keys:
+            if self._pulls.get(key) == sync_id:
+                del self._pulls[key]
+            if key not in self._conns:
+                until = now + self.timeouts.no_state_s
+                self._no_state[key] = until
+                self._no_state_queue.append((until, key))
+
+    def expire(self, now: float) -> None:
+        """Delete what timed out by `now` (DELETE events for own entries and own expectations)."""
+        self._now = now
+        gone = self.table.expire(now)
+        if gone:
+            self._counts["expired"] = self._counts.get("expired", 0) + gone
+        q = self._no_state_queue
+        while q and q[0][0] <= now:
+            until, key = q.popleft()
+            if self._no_state.get(key) == until:
+                del self._no_state[key]
+
+    @property
+    def held_syncs(self) -> int:
+        """Syncs that packets are waiting on now."""
+        return len(self._pending)
+
+    @property
+    def counters(self) -> dict[str, int]:
+        c = dict(self._counts)
+        if self._n_fast:
+            c["established"] = c.get("established", 0) + self._n_fast
+            c["verdict-accept"] = c.get("verdict-accept", 0) + self._n_fast
+        return c
+
+    # ---- the console's view -------------------------------------------------------------
+    def rows(self, scope: str) -> Iterator[dict[str, Any]]:
+        """Rows for the console: scope "own" (this node's connections), "backup" (copies of other
+        nodes' connections) or "common" (expectations and other cluster-wide records)."""
+        now = self._now
+        if scope in ("own", "backup"):
+            mine = scope == "own"
+            for e in list(self._conns.values()):
+                if (e.owner == self.node) == mine:
+                    yield self._conn_row(e, now)
+        elif scope == "common":
+            for x in list(self.table.expects.values()):
+                yield {
+                    "key": x.key.hex(),
+                    "proto": _PROTO_NAMES.get(x.proto, str(x.proto)),
+                    "src": endpoint_text(x.src_ip, x.src_port or None),
+                    "dst": endpoint_text(x.dst_ip, x.dst_port),
+                    "state": "expected",
+                    "owner": x.owner,
+                    "age_s": round(now - x.created, 3),
+                    "trigger": x.trigger,
+                    "version": x.version,
+                    "bucket": -1,
+                    "kind": "expect",
+                }
+            for r in list(self.store.common.values()):
+                yield {
+                    "key": r.key.hex(), "proto": "", "src": "", "dst": "", "state": "",
+                    "owner": r.owner, "age_s": 0.0, "trigger": "", "version": r.version,
+                    "bucket": r.bucket, "kind": "common",
+                }
+        else:
+            raise EngineError(f"rows(scope={scope!r}): expected 'own', 'backup' or 'common'")
+
+    def _conn_row(self, e: Conn, now: float) -> dict[str, Any]:
+        proto, a, ap, b, bp = split_key(e.key)
+        icmp = proto in (ICMP, ICMPV6)
+        (sa, sp), (da, dp) = ((a, ap), (b, bp)) if e.orig_low else ((b, bp), (a, ap))
+        return {
+            "key": e.key.hex(),
+            "proto": _PROTO_NAMES.get(proto, str(proto)),
+            "src": addr_text(sa) if icmp else endpoint_text(sa, sp),
+            "dst": addr_text(da) if icmp else endpoint_text(da, dp),
+            "state": e.state.value,
+            "owner": e.owner,
+            "age_s": round(now - e.created, 3),
+            "trigger": e.trigger,
+            "version": e.version,
+            "bucket": e.bucket,
+            "kind": "conn",
+        }
+
+    def _describe(self, e: Conn) -> str:
+        r = self._conn_row(e, self._now)
+        return f"{r['proto']} {r['src']} -> {r['dst']}"

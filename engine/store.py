@@ -1,0 +1,244 @@
+"""The engine's tables seen as sync records (a sync.records.StateStore): own, backup and common state."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from engine.conntrack import (
+    EXPECT_TAG,
+    Conn,
+    ConnState,
+    ConnTable,
+    Expectation,
+    next_version,
+)
+from engine.ftp import make_helper
+from engine.packet import ICMP, ICMPV6, TCP, UDP, split_key
+from sync.records import NO_BUCKET, Record, Scope
+
+log = logging.getLogger(__name__)
+
+_PROTOS = frozenset({TCP, UDP, ICMP, ICMPV6})
+
+
+def conn_record(e: Conn) -> Record:
+    """Connection record data (positional): state, orig_low, created, last_seen, helper name,
+    helper state, extra as [k, v, ...], trigger."""
+    h = e.helper
+    extra: list[Any] = []
+    for k, v in e.extra.items():
+        extra += [k, v]
+    return Record(
+        e.key,
+        Scope.NODE,
+        e.owner,
+        e.version,
+        e.bucket,
+        [
+            e.state.value,
+            e.orig_low,
+            e.created,
+            e.last_seen,
+            h.name if h is not None else "",
+            h.state() if h is not None else [],
+            extra,
+            e.trigger,
+        ],
+    )
+
+
+def expect_record(x: Expectation) -> Record:
+    """Expectation record data (positional): proto, src ip, src port (0 = any), dst ip, dst port,
+    master key, timeout_s, created, helper name, trigger."""
+    return Record(
+        x.key,
+        Scope.COMMON,
+        x.owner,
+        x.version,
+        NO_BUCKET,
+        [x.proto, x.src_ip, x.src_port, x.dst_ip, x.dst_port, x.master, x.timeout_s,
+         x.created, x.helper, x.trigger],
+    )
+
+
+def _check_conn_key(key: bytes) -> None:
+    if len(key) not in (13, 37) or key[0] not in _PROTOS:
+        raise ValueError(f"not a connection key: {key.hex()}")
+
+
+class EngineStore:
+    """StateStore over a ConnTable. Remote records become backup copies (no events: the sync layer
+    already knows them); common records that are not expectations are kept as given."""
+
+    def __init__(self, table: ConnTable, clock: Callable[[], float]) -> None:
+        self.table = table
+        self._clock = clock
+        self.common: dict[bytes, Record] = {}
+        self.rejected = 0  # malformed records refused by apply
+
+    # ---- reading ------------------------------------------------------------------------
+    def get(self, key: bytes) -> Record | None:
+        t = self.table
+        e = t.conns.get(key)
+        if e is not None:
+            return conn_record(e)
+        x = t.expects.get(key)
+        if x is not None:
+            return expect_record(x)
+        r = self.common.get(key)
+        if r is not None:
+            return r
+        tomb = t.tombs.get(key)
+        if tomb is not None:
+            return Record(key, tomb.scope, tomb.owner, tomb.version, tomb.bucket, [], True)
+        return None
+
+    def _version(self, key: bytes) -> int | None:
+        t = self.table
+        e = t.conns.get(key)
+        if e is not None:
+            return e.version
+        x = t.expects.get(key)
+        if x is not None:
+            return x.version
+        r = self.common.get(key)
+        if r is not None:
+            return r.version
+        tomb = t.tombs.get(key)
+        return tomb.version if tomb is not None else None
+
+    def records(
+        self,
+        *,
+        owner: str | None = None,
+        scope: Scope | None = None,
+        buckets: Iterable[int] | None = None,
+    ) -> Iterator[Record]:
+        wanted = None if buckets is None else set(buckets)
+        if scope is None or scope is Scope.NODE:
+            for e in list(self.table.conns.values()):
+                if owner is not None and e.owner != owner:
+                    continue
+                if wanted is not None and e.bucket not in wanted:
+                    continue
+                yield conn_record(e)
+        if scope is None or scope is Scope.COMMON:
+            if wanted is not None and NO_BUCKET not in wanted:
+                return
+            for x in list(self.table.expects.values()):
+                if owner is None or x.owner == owner:
+                    yield expect_record(x)
+            for r in list(self.common.values()):
+                if owner is None or r.owner == owner:
+                    yield r
+
+    # ---- writing ------------------------------------------------------------------------
+    def apply(self, record: Record) -> bool:
+        cur = self._version(record.key)
+        if cur is not None and record.version <= cur:
+            return False
+        try:
+            if record.deleted:
+                self._remove(record)
+            elif record.scope is Scope.NODE:
+                self._apply_conn(record)
+            elif record.key[:1] == EXPECT_TAG:
+                self._apply_expect(record)
+            else:
+                self.common[record.key] = Record(
+                    record.key, record.scope, record.owner, record.version,
+                    record.bucket, list(record.data), False,
+                )
+        except (ValueError, TypeError, IndexError, KeyError) as exc:
+            self.rejected += 1
+            log.warning("refused record %s from %s: %s", record.key.hex(), record.owner, exc)
+            return False
+        return True
+
+    def _remove(self, record: Record) -> None:
+        t = self.table
+        key = record.key
+        t.conns.pop(key, None)
+        t.expects.pop(key, None)
+        self.common.pop(key, None)
+        t.bury(key, record.version, record.owner, record.scope, record.bucket, self._clock())
+
+    def _apply_conn(self, record: Record) -> None:
+        key = record.key
+        _check_conn_key(key)
+        d = record.data
+        state = ConnState(d[0])
+        orig_low = bool(d[1])
+        created, last_seen = float(d[2]), float(d[3])
+        helper_name, helper_state = str(d[4]), list(d[5])
+        flat = list(d[6])
+        extra = {str(flat[i]): flat[i + 1] for i in range(0, len(flat) - 1, 2)}
+        trigger = str(d[7])
+        helper = None
+        if helper_name:
+            _, a, _, b, _ = split_key(key)
+            client, server = (a, b) if orig_low else (b, a)
+            helper = make_helper(helper_name, client, server, helper_state)
+        t = self.table
+        e = t.conns.get(key)
+        if e is None:
+            e = Conn(key, orig_low, state, record.owner, record.version, record.bucket, created)
+            t.tombs.pop(key, None)
+            t.conns[key] = e
+        e.orig_low = orig_low
+        e.state = state
+        e.owner = record.owner
+        e.version = record.version
+        e.bucket = record.bucket
+        e.created = created
+        e.last_seen = last_seen
+        e.helper = helper
+        e.extra = extra
+        e.trigger = trigger
+        t.refresh(e)
+        if e.owner == t.node:
+            e.last_seen = max(last_seen, self._clock())
+            t.schedule(e)
+
+    def _apply_expect(self, record: Record) -> None:
+        d = record.data
+        proto, src_ip, src_port = int(d[0]), bytes(d[1]), int(d[2])
+        dst_ip, dst_port, master = bytes(d[3]), int(d[4]), bytes(d[5])
+        timeout_s, created = float(d[6]), float(d[7])
+        x = Expectation(
+            proto, src_ip, src_port, dst_ip, dst_port, master, record.owner, record.version,
+            self._clock(), timeout_s, str(d[8]), str(d[9]),
+        )
+        if x.key != record.key:
+            raise ValueError("expectation data does not match its key")
+        x.created = created
+        self.table.put_expect(x)
+
+    def promote(self, buckets: Iterable[int], new_owner: str) -> list[Record]:
+        wanted = set(buckets)
+        t = self.table
+        now = self._clock()
+        out = []
+        for e in list(t.conns.values()):
+            if e.bucket in wanted and e.owner != new_owner:
+                e.owner = new_owner
+                e.version = next_version(e.version, now)
+                e.trigger = "promoted"
+                if new_owner == t.node:
+                    # A fresh idle period: the copy's last_seen is as old as the last sync.
+                    e.last_seen = max(e.last_seen, now)
+                    t.schedule(e)
+                t.refresh(e)
+                out.append(conn_record(e))
+        return out
+
+    def drop_owner(self, owner: str) -> int:
+        t = self.table
+        gone = [k for k, e in t.conns.items() if e.owner == owner]
+        for k in gone:
+            del t.conns[k]
+        for k in [k for k, tb in t.tombs.items() if tb.scope is Scope.NODE and tb.owner == owner]:
+            del t.tombs[k]
+        return len(gone)

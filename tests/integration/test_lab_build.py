@@ -115,6 +115,13 @@ def test_every_node_starts_owning_no_bucket_and_is_recorded(
     assert set(record.namespace_names()) <= netns_list()
     assert iptables.owned_buckets(ns_name(spec, "n2")) == []
     assert oct(record.run_dir.stat().st_mode & 0o777) == "0o700"
+    n1 = ns_name(spec, "n1")
+    keys = ["net.ipv4.ip_forward", "net.ipv4.conf.inside.rp_filter"]
+    keys += ["net.ipv4.conf.outside.send_redirects", "net.ipv6.conf.sync.disable_ipv6"]
+    values = iptables.run_in_ns(n1, ["sysctl", "-n", *keys]).stdout.split()
+    assert values == ["1", "0", "0", "1"]
+    for ns in (n1, ns_name(spec, "c1"), ns_name(spec, "fabric")):
+        assert iptables.run_in_ns(ns, ["ip", "-6", "-o", "addr"]).stdout == ""
 
 
 def test_c1_pings_s1_through_the_cluster(lab: tuple[LabSpec, LabRecord]) -> None:
@@ -198,6 +205,21 @@ def test_cut_links_isolates_a_node_and_restore_brings_it_back(
     finally:
         restore_links(record, "n1")
     assert ping(spec, "c1", "s1", count=2)
+
+
+def test_sync_segment_connects_nodes_and_block_sync_drops_on_it(
+    lab: tuple[LabSpec, LabRecord],
+) -> None:
+    spec, _ = lab
+    n1, n2 = ns_name(spec, "n1"), ns_name(spec, "n2")
+    n2_sync = str(spec.node("n2").sync_ip)
+    assert probe(n1, "ping", n2_sync, "--count", "2").returncode == 0
+    iptables.block_sync(n2, 1.0)
+    try:
+        assert probe(n1, "ping", n2_sync).returncode != 0
+    finally:
+        iptables.unblock_sync(n2)
+    assert probe(n1, "ping", n2_sync, "--count", "2").returncode == 0
 
 
 def test_teardown_removes_exactly_the_record(

@@ -145,3 +145,11 @@ class MemoryStore:
         for k in gone:
             del self._records[k]
         return len(gone)
+
+
+class SyncError(Exception):
+    """Root of the sync layer's errors (sync/ imports nothing above it, so it has its own root)."""
+
+
+class SyncUsageError(SyncError):
+    """The caller misused the sync API (our bug, not a peer's): the message says what to fix."""

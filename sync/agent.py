@@ -1,0 +1,1020 @@
+"""The sync agent: one per gateway node, a pure protocol object (bytes and a clock in,
+datagrams and events out) that replicates records with triggers, backup groups and views."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter, OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from sync.channel import Channel, Outgoing
+from sync.membership import LIVE, MemberState, View, compute_view, view_from_wire
+from sync.policy import PeriodicSend, SyncPolicy, make_policy
+from sync.records import Record, Scope, StateStore, SyncUsageError, Trigger
+from sync.wire import (
+    TRIGGER_CODE,
+    UNRELIABLE,
+    BadFrame,
+    BadFrameKind,
+    Frame,
+    MsgType,
+    batch_records,
+    decode_frame,
+    encode_frame,
+    record_from_wire,
+    record_to_wire,
+    trigger_from_wire,
+)
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncConfig:
+    """Everything a node's agent needs to know about the cluster; identical on every node
+    except `node`. The order of `nodes` defines node ids and the cyclic ring."""
+
+    lab_id: str
+    key: bytes
+    node: str
+    nodes: tuple[tuple[str, Address], ...]
+    buckets: int
+    backups: int = 1
+    policy: str = "hybrid"
+    interval_ms: int = 1000
+    differential: bool = True
+    heartbeat_ms: int = 10
+    miss_limit: int = 5
+    rto_initial_ms: int = 20
+    rto_max_ms: int = 400
+    window: int = 256
+    max_frame_bytes: int = 1400
+    join_wait_ms: int = 0  # 0: 2 * heartbeat_ms * miss_limit (time to hear the others)
+    request_timeout_ms: int = 500
+    provenance_keys: int = 10_000
+
+    def __post_init__(self) -> None:
+        names = [n for n, _ in self.nodes]
+        if len(set(names)) != len(names):
+            raise SyncUsageError(f"node names must be unique, got {names}")
+        if self.node not in names:
+            raise SyncUsageError(f"this node {self.node!r} is not among the configured nodes {names}")
+        if not self.key:
+            raise SyncUsageError("the sync HMAC key must not be empty")
+        if self.buckets < 1 or self.backups < 0 or self.heartbeat_ms < 1 or self.miss_limit < 1:
+            raise SyncUsageError("buckets >= 1, backups >= 0, heartbeat_ms >= 1, miss_limit >= 1 required")
+        if self.window < 1 or self.max_frame_bytes < 512:
+            raise SyncUsageError("window >= 1 and max_frame_bytes >= 512 required")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(n for n, _ in self.nodes)
+
+
+# ---- events -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUp:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDown:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ViewChanged:
+    view: View
+
+
+@dataclass(frozen=True, slots=True)
+class BucketsGained:
+    """The agent has already promoted the state of these buckets to this node."""
+
+    buckets: tuple[int, ...]
+    promoted: int
+
+
+@dataclass(frozen=True, slots=True)
+class BucketsLost:
+    buckets: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncCompleted:
+    token: int
+    acked: bool
+    peers: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StateReply:
+    key: bytes
+    found: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncProgress:
+    peer: str
+    received: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncComplete:
+    records: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveComplete:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class RecordApplied:
+    key: bytes
+    sender: str
+    trigger: Trigger
+
+
+SyncEvent = (
+    PeerUp
+    | PeerDown
+    | ViewChanged
+    | BucketsGained
+    | BucketsLost
+    | SyncCompleted
+    | StateReply
+    | ResyncProgress
+    | ResyncComplete
+    | LeaveComplete
+    | RecordApplied
+)
+
+
+class Mode(Enum):
+    """This node's own idea of where it stands (announced in every heartbeat)."""
+
+    JOINING = 0
+    ACTIVE = 1
+    LEAVING = 2  # pushing everything to its backups
+    LEFT = 3  # pushed and acked; asks the leader for a view without it
+    GONE = 4  # view without it adopted: silent
+
+    @classmethod
+    def from_wire(cls, v: Any) -> Mode:
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 4:
+            raise BadFrame(BadFrameKind.BAD_PAYLOAD, f"bad mode {v!r}")
+        return cls(v)
+
+
+# ---- per-peer bookkeeping ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class PeerStats:
+    sent: Counter[str] = field(default_factory=Counter)
+    received: Counter[str] = field(default_factory=Counter)
+    acked: int = 0
+    retransmitted: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+
+@dataclass(slots=True)
+class Peer:
+    name: str
+    addr: Address
+    index: int
+    channel: Channel
+    inc: int = 0
+    retired: deque[int] = field(default_factory=lambda: deque(maxlen=16))
+    up: bool = False
+    last_heard: float = 0.0
+    last_useq: int = 0
+    mode: Mode = Mode.JOINING
+    ready: bool = False
+    epoch: int = 0
+    view_sent_epoch: int = -1
+    bulk_requested: bool = False
+    bulk_done: bool = False
+    bulk_total: int = 0
+    bulk_received: int = 0
+    stats: PeerStats = field(default_factory=PeerStats)
+
+
+@dataclass(slots=True)
+class _Token:
+    deadline: float
+    waiting: set[tuple[str, int]]
+    peers: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class _Request:
+    deadline: float
+    waiting: set[str]
+
+
+class SyncAgent:
+    """State replication for one node. Drive it with `start`, `receive`, `tick` and the
+    trigger calls; send what `datagrams()` returns; handle what `events()` returns."""
+
+    def __init__(
+        self, config: SyncConfig, store: StateStore, now: float, incarnation: int | None = None
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.node = config.node
+        self.names = config.names
+        self.index = self.names.index(self.node)
+        # Random per process start so peers notice a restart; never 0 (0 means "unknown").
+        self.incarnation = incarnation or random.SystemRandom().randrange(1, 2**62)
+        self._hb_s = config.heartbeat_ms / 1000.0
+        self._dead_s = self._hb_s * config.miss_limit
+        self._join_wait_s = (config.join_wait_ms or 2 * config.heartbeat_ms * config.miss_limit) / 1000.0
+        self._budget = config.max_frame_bytes - (
+            96 + len(config.lab_id.encode()) + max(len(n.encode()) for n in self.names)
+        )
+        self.peers: dict[str, Peer] = {}
+        for i, (name, addr) in enumerate(config.nodes):
+            if name != self.node:
+                ch = Channel(config.window, config.rto_initial_ms / 1000.0, config.rto_max_ms / 1000.0)
+                self.peers[name] = Peer(name, (addr[0], int(addr[1])), i, ch)
+        self.policy: SyncPolicy = make_policy(
+            config.policy, config.interval_ms, config.differential, now
+        )
+        states = {n: MemberState.OFFLINE for n in self.names}
+        states[self.node] = MemberState.JOINING
+        self.view: View = compute_view(self.names, states, config.buckets, config.backups, 0)
+        self.mode = Mode.JOINING
+        self._owned: set[int] = set()
+        self._now = now
+        self._started = False
+        self._join_started = now
+        self._ready = False
+        self._next_hb = now
+        self._useq = 0
+        self._max_epoch_seen = 0
+        self._out: list[tuple[Address, bytes]] = []
+        self._events: list[SyncEvent] = []
+        self._dirty: set[bytes] = set()
+        self._tokens: dict[int, _Token] = {}
+        self._next_token = 1
+        self._seq_tokens: dict[tuple[str, int], list[int]] = {}
+        self._seq_keys: dict[tuple[str, int], list[bytes]] = {}
+        self._requests: dict[bytes, _Request] = {}
+        self._leave_pending: set[tuple[str, int]] = set()
+        self._frozen = False
+        self._credit = 0
+        self._bad: Counter[str] = Counter()
+        self._counters: Counter[str] = Counter()
+        self._latency_ms: deque[float] = deque(maxlen=1024)
+        self._prov: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
+
+    # ---- public API -----------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """Announce this incarnation and begin joining (owns no buckets until resynced)."""
+        self._now = now
+        self._started = True
+        self._join_started = now
+        self.policy.start(now)
+        for p in self.peers.values():
+            self._send_unreliable(p, MsgType.HELLO, self._hb_payload())
+        self._next_hb = now + self._hb_s
+
+    def receive(self, data: bytes, src: Address, now: float) -> None:
+        """Handle one datagram. Never raises: bad input is dropped and counted."""
+        self._now = now
+        if self.mode is Mode.GONE:
+            return
+        try:
+            self._receive(data, src, now)
+        except BadFrame as exc:
+            self._bad[exc.kind.value] += 1
+            log.debug("%s: dropped frame from %s: %s", self.node, src, exc)
+        except Exception:  # a bug of ours must not kill the node's loop
+            self._bad["internal-error"] += 1
+            log.exception("%s: internal error handling a frame from %s", self.node, src)
+        try:
+            self._send_acks()
+            self._pump(now)
+        except Exception:
+            self._bad["internal-error"] += 1
+            log.exception("%s: internal error after a frame from %s", self.node, src)
+
+    def tick(self, now: float) -> None:
+        """Timers: heartbeats, failure detection, membership, periodic sync, retransmits."""
+        self._now = now
+        if not self._started or self.mode is Mode.GONE:
+            return
+        if self.mode is Mode.JOINING:
+            self._joining(now)
+        if now >= self._next_hb:
+            self._next_hb = now + self._hb_s
+            for p in self.peers.values():
+                self._send_unreliable(p, MsgType.HEARTBEAT, self._hb_payload())
+        for p in self.peers.values():
+            if p.up and now - p.last_heard > self._dead_s:
+                p.up = False
+                self._counters["peer-down"] += 1
+                log.info("%s: peer %s down (silent %.0f ms)", self.node, p.name, (now - p.last_heard) * 1e3)
+                self._events.append(PeerDown(p.name))
+                self._request_done_with(p.name)
+        if self._is_leader():
+            self._lead(now)
+        self._leaving(now)
+        due = self.policy.period_due(now)
+        if due is PeriodicSend.CHANGED:
+            self._send_dirty(now, Trigger.PERIODIC)
+        elif due is PeriodicSend.ALL:
+            self._send_all(now, Trigger.PERIODIC)
+        self._deadlines(now)
+        self._pump(now)
+
+    def changed(self, key: bytes, now: float, trigger: Trigger = Trigger.MODIFIED) -> None:
+        """A record changed in the store (claims 2-5): send it now, or queue it for the period."""
+        self._now = now
+        rec = self.store.get(key)
+        if rec is None:
+            return
+        if rec.scope is Scope.NODE and rec.owner != self.node:
+            self._counters["changed-not-own"] += 1
+            return
+        if self.policy.send_now():
+            self._send_records(self._group_by_targets([rec]), trigger, now)
+            self.policy.sent_on_demand(now)
+        else:
+            self._dirty.add(key)
+        self._pump(now)
+
+    def sync_and_notify(
+        self,
+        keys: Iterable[bytes],
+        now: float,
+        timeout_s: float,
+        peers: Iterable[str] | None = None,
+        trigger: Trigger = Trigger.RELATED,
+    ) -> int:
+        """Send the records now and emit SyncCompleted(token, acked, peers) once every peer
+        acked (acked=True) or at the deadline (acked=False). Returns the token."""
+        self._now = now
+        token = self._next_token
+        self._next_token += 1
+        recs = [r for r in (self.store.get(k) for k in keys) if r is not None]
+        if peers is None:
+            groups = self._group_by_targets(recs)
+        else:
+            chosen = [self.peers[n] for n in peers if n in self.peers]
+            groups = {tuple(p.name for p in chosen): recs} if chosen and recs else {}
+        sent = self._send_records(groups, trigger, now, track=True)
+        names = tuple(sorted({n for n, _ in sent}))
+        if sent:
+            self._tokens[token] = _Token(now + timeout_s, set(sent), names)
+            for ps in sent:
+                self._seq_tokens.setdefault(ps, []).append(token)
+            self.policy.sent_on_demand(now)
+        else:
+            self._events.append(SyncCompleted(token, True, ()))
+        self._pump(now)
+        return token
+
+    def request_state(self, key: bytes, now: float, timeout_s: float | None = None) -> None:
+        """Claim 14: ask the live nodes for a record this node lacks; StateReply later."""
+        self._now = now
+        if key in self._requests:
+            return
+        targets = [p for p in self.peers.values() if p.up]
+        if not targets:
+            self._events.append(StateReply(key, False))
+            return
+        t = self.config.request_timeout_ms / 1000.0 if timeout_s is None else timeout_s
+        self._requests[key] = _Request(now + t, {p.name for p in targets})
+        for p in targets:
+            self._queue(p, MsgType.STATE_REQUEST, [key])
+        self._pump(now)
+
+    def full_sync(self, now: float) -> None:
+        """Claim 6: send all state now."""
+        self._now = now
+        self._send_all(now, Trigger.FULL_SYNC)
+        self._pump(now)
+
+    def set_policy(self, name: str, interval_ms: int, differential: bool) -> None:
+        """Switch policy at run time. Changes queued for a period go out on the next tick
+        if the new policy sends on demand."""
+        self.policy = make_policy(name, interval_ms, differential, self._now)
+        if self.policy.send_now() and self._dirty:
+            self._send_dirty(self._now, Trigger.MODIFIED)
+            self._pump(self._now)
+
+    def leave(self, now: float) -> None:
+        """Claim 13: push everything to the backups, wait for acks, then ask to leave."""
+        self._now = now
+        if self.mode is not Mode.ACTIVE:
+            # Nothing is owned: leaving is immediate.
+            self.mode = Mode.LEFT
+            return
+        self.mode = Mode.LEAVING
+        self._send_dirty(now, Trigger.LEAVE)
+        own = list(self.store.records(owner=self.node, scope=Scope.NODE))
+        group = tuple(n for n in self.view.backups_of(self.node) if self.peers[n].up)
+        sent = self._send_records({group: own} if group and own else {}, Trigger.LEAVE, now, track=True)
+        self._leave_pending = set(sent)
+        log.info("%s: leaving, pushed %d records to %s", self.node, len(own), list(group))
+        self._pump(now)
+
+    def datagrams(self) -> list[tuple[Address, bytes]]:
+        out, self._out = self._out, []
+        return out
+
+    def events(self) -> list[SyncEvent]:
+        ev, self._events = self._events, []
+        return ev
+
+    def freeze(self, frozen: bool) -> None:
+        """Step-through: hold new reliable frames (heartbeats and acks keep flowing)."""
+        self._frozen = frozen
+        self._credit = 0
+        if not frozen:
+            self._pump(self._now)
+
+    def step(self) -> int:
+        """Release one held reliable frame; returns how many were released (0 or 1)."""
+        if not self._frozen:
+            return 0
+        self._credit += 1
+        before = self._credit
+        self._pump(self._now)
+        released = before - self._credit
+        self._credit = 0
+        return released
+
+    def held(self) -> int:
+        """Reliable frames waiting to be sent (held by a freeze or behind a window)."""
+        return sum(p.channel.unsent() for p in self.peers.values())
+
+    @property
+    def owned_buckets(self) -> list[int]:
+        return sorted(self._owned)
+
+    def stats(self) -> dict[str, Any]:
+        lat = sorted(self._latency_ms)
+
+        def pct(q: float) -> float | None:
+            return round(lat[min(len(lat) - 1, int(q * len(lat)))], 3) if lat else None
+
+        return {
+            "node": self.node,
+            "incarnation": self.incarnation,
+            "mode": self.mode.name.lower(),
+            "epoch": self.view.epoch,
+            "policy": self.policy.name,
+            "interval_ms": self.policy.interval_ms,
+            "differential": self.policy.differential,
+            "owned_buckets": sorted(self._owned),
+            "peers": {
+                p.name: {
+                    "up": p.up,
+                    "sent": dict(p.stats.sent),
+                    "received": dict(p.stats.received),
+                    "acked": p.stats.acked,
+                    "retransmitted": p.stats.retransmitted,
+                    "bytes_sent": p.stats.bytes_sent,
+                    "bytes_received": p.stats.bytes_received,
+                    "unacked": len(p.channel.unacked),
+                }
+                for p in self.peers.values()
+            },
+            "bad_frames": dict(self._bad),
+            "counters": dict(self._counters),
+            "ack_latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "samples": len(lat)},
+            "held": self.held(),
+            "frozen": self._frozen,
+        }
+
+    def provenance(self, key: bytes) -> dict[str, Any] | None:
+        p = self._prov.get(key)
+        if p is None:
+            return None
+        return {
+            "trigger": p["trigger"],
+            "sent_at": p["sent_at"],
+            "sent_to": sorted(p["sent_to"]),
+            "acked_by": dict(p["acked_by"]),
+        }
+
+    # ---- receive path -----------------------------------------------------------------
+
+    def _receive(self, data: bytes, src: Address, now: float) -> None:
+        c = self.config
+        f = decode_frame(data, c.key, c.lab_id, c.max_frame_bytes)
+        p = self.peers.get(f.sender)
+        if p is None:
+            raise BadFrame(BadFrameKind.UNKNOWN_SENDER, f.sender)
+        if (src[0], int(src[1])) != p.addr:
+            raise BadFrame(BadFrameKind.WRONG_SOURCE, f"{f.sender} from {src}")
+        if f.to_inc not in (0, self.incarnation):
+            raise BadFrame(BadFrameKind.STALE, "addressed to an earlier incarnation of this node")
+        if f.incarnation != p.inc:
+            if f.incarnation in p.retired:
+                raise BadFrame(BadFrameKind.STALE, "from an earlier incarnation of the peer")
+            if p.inc:
+                self._peer_restarted(p)
+            p.inc = f.incarnation
+            p.last_useq = 0
+        if f.type in UNRELIABLE:
+            if f.seq <= p.last_useq:
+                raise BadFrame(BadFrameKind.STALE, f"unreliable seq {f.seq} <= {p.last_useq}")
+            p.last_useq = f.seq
+        p.last_heard = now
+        if not p.up:
+            p.up = True
+            log.info("%s: peer %s up", self.node, p.name)
+            self._events.append(PeerUp(p.name))
+        self._max_epoch_seen = max(self._max_epoch_seen, f.epoch)
+        p.stats.received[f.type.name.lower()] += 1
+        p.stats.bytes_received += len(data)
+        for o in p.channel.on_ack(f.ack):
+            self._acked(p, o, now)
+        if f.type in UNRELIABLE:
+            if f.type is not MsgType.ACK:
+                pl = f.payload
+                if not isinstance(pl, list) or len(pl) != 2 or not isinstance(pl[1], bool):
+                    raise BadFrame(BadFrameKind.BAD_PAYLOAD, "heartbeat")
+                # Mode, readiness and epoch come together from one heartbeat, so the leader
+                # never pairs a fresh epoch with a stale mode.
+                p.mode, p.ready, p.epoch = Mode.from_wire(pl[0]), pl[1], f.epoch
+                if f.type is MsgType.HELLO:
+                    # A (re)started peer: answer at once so it learns our incarnation.
+                    self._send_unreliable(p, MsgType.HEARTBEAT, self._hb_payload())
+            return
+        d = p.channel.on_data(f.seq, f.type, f.payload)
+        if d.duplicate:
+            raise BadFrame(BadFrameKind.STALE, f"replayed seq {f.seq}")
+        if d.beyond_window:
+            self._counters["beyond-window"] += 1
+        for _, t, payload in d.messages:
+            try:
+                self._dispatch(p, t, payload, now)
+            except BadFrame as exc:
+                self._bad[exc.kind.value] += 1
+                log.debug("%s: bad %s payload from %s: %s", self.node, t.name, p.name, exc)
+
+    def _dispatch(self, p: Peer, t: MsgType, pl: Any, now: float) -> None:
+        if t is MsgType.RECORDS:
+            if not isinstance(pl, list) or len(pl) != 2 or not isinstance(pl[1], list):
+                raise BadFrame(BadFrameKind.BAD_PAYLOAD, "records")
+            trig = trigger_from_wire(pl[0])
+            recs = [record_from_wire(a) for a in pl[1]]
+            for r in recs:
+                if self.store.apply(r):
+                    self._counters["records-applied"] += 1
+                    if trig is not Trigger.RESYNC:
+                        self._events.append(RecordApplied(r.key, p.name, trig))
+                else:
+                    self._counters["records-stale"] += 1
+            if trig is Trigger.RESYNC and self.mode is Mode.JOINING:
+                before = p.bulk_received
+                p.bulk_received += len(recs)
+                if p.bulk_received // 1000 != before // 1000:
+                    self._events.append(ResyncProgress(p.name, p.bulk_received, p.bulk_total))
+        elif t is MsgType.BULK_REQUEST:
+            self._answer_bulk(p, now)
+        elif t is MsgType.BULK_START:
+            total = pl[0] if isinstance(pl, list) and pl and isinstance(pl[0], int) else 0
+            p.bulk_total, p.bulk_received, p.bulk_done = total, 0, False
+            self._events.append(ResyncProgress(p.name, 0, total))
+        elif t is MsgType.BULK_END:
+            p.bulk_done = True
+            self._events.append(ResyncProgress(p.name, p.bulk_received, p.bulk_total))
+        elif t is MsgType.STATE_REQUEST:
+            if not isinstance(pl, list) or len(pl) != 1 or not isinstance(pl[0], bytes):
+                raise BadFrame(BadFrameKind.BAD_PAYLOAD, "state request")
+            rec = self.store.get(pl[0])
+            found = rec is not None and not rec.deleted
+            self._queue(p, MsgType.STATE_REPLY, [pl[0], record_to_wire(rec) if rec and found else None])
+        elif t is MsgType.STATE_REPLY:
+            if not isinstance(pl, list) or len(pl) != 2 or not isinstance(pl[0], bytes):
+                raise BadFrame(BadFrameKind.BAD_PAYLOAD, "state reply")
+            self._state_reply(p, pl[0], None if pl[1] is None else record_from_wire(pl[1]))
+        elif t is MsgType.VIEW:
+            v = view_from_wire(pl, self.names, self.config.buckets, self.config.backups)
+            if v is None:
+                raise BadFrame(BadFrameKind.BAD_VIEW, "view is not the function of its states")
+            if self._newer(v):
+                self._adopt(v, now)
+        elif t is MsgType.LEAVE:
+            p.mode = Mode.LEFT
+
+    def _state_reply(self, p: Peer, key: bytes, rec: Record | None) -> None:
+        req = self._requests.get(key)
+        if req is None:
+            return
+        if rec is not None:
+            self.store.apply(rec)
+            del self._requests[key]
+            self._events.append(StateReply(key, True))
+            return
+        req.waiting.discard(p.name)
+        if not req.waiting:
+            del self._requests[key]
+            self._events.append(StateReply(key, False))
+
+    def _request_done_with(self, name: str) -> None:
+        """A peer went down: it will not answer our state requests."""
+        for key, req in list(self._requests.items()):
+            req.waiting.discard(name)
+            if not req.waiting:
+                del self._requests[key]
+                self._events.append(StateReply(key, False))
+
+    def _peer_restarted(self, p: Peer) -> None:
+        log.info("%s: peer %s restarted (new incarnation); channel reset", self.node, p.name)
+        self._counters["peer-restarted"] += 1
+        p.retired.append(p.inc)
+        p.channel.reset()
+        p.view_sent_epoch = -1
+        p.bulk_requested = p.bulk_done = False
+        p.bulk_total = p.bulk_received = 0
+        # Sequence numbers restart: forget what the old ones meant.
+        for d in (self._seq_tokens, self._seq_keys):
+            for k in [k for k in d if k[0] == p.name]:
+                del d[k]
+        self._leave_pending = {k for k in self._leave_pending if k[0] != p.name}
+
+    def _acked(self, p: Peer, o: Outgoing, now: float) -> None:
+        p.stats.acked += 1
+        if o.tries == 1 and o.first_sent is not None:  # Karn: retransmitted ones are ambiguous
+            self._latency_ms.append((now - o.first_sent) * 1000.0)
+        ps = (p.name, o.seq)
+        for key in self._seq_keys.pop(ps, ()):
+            prov = self._prov.get(key)
+            if prov is not None:
+                prov["acked_by"][p.name] = now
+        for token in self._seq_tokens.pop(ps, ()):
+            tk = self._tokens.get(token)
+            if tk is None:
+                continue
+            tk.waiting.discard(ps)
+            if not tk.waiting:
+                del self._tokens[token]
+                self._events.append(SyncCompleted(token, True, tk.peers))
+        self._leave_pending.discard(ps)
+
+    # ---- membership -------------------------------------------------------------------
+
+    def _hb_payload(self) -> list[Any]:
+        return [self.mode.value, self._ready]
+
+    def _is_leader(self) -> bool:
+        """Lowest-id live node, preferring nodes active in the current view."""
+        if self.mode not in (Mode.JOINING, Mode.ACTIVE):
+            return False
+        cands = [(self.index, self.node)] + [
+            (p.index, p.name)
+            for p in self.peers.values()
+            if p.up and p.mode in (Mode.JOINING, Mode.ACTIVE)
+        ]
+        active = [c for c in cands if self.view.state(c[1]) is MemberState.ACTIVE]
+        return min(active or cands)[1] == self.node
+
+    def _desired_states(self) -> dict[str, MemberState]:
+        v = self.view
+        out: dict[str, MemberState] = {}
+        for name in self.names:
+            cur = v.state(name)
+            if name == self.node:
+                ok = self.mode is Mode.ACTIVE or (self.mode is Mode.JOINING and self._ready)
+                out[name] = MemberState.ACTIVE if ok else MemberState.JOINING
+                continue
+            p = self.peers[name]
+            if not p.up:
+                out[name] = MemberState.FAILED if cur in LIVE else cur
+            elif p.mode in (Mode.LEFT, Mode.GONE):
+                out[name] = MemberState.OFFLINE
+            elif p.mode is Mode.LEAVING:
+                out[name] = cur
+            elif p.mode is Mode.JOINING:
+                if cur is MemberState.ACTIVE:
+                    # Active in a view it has seen, yet joining: it lost its state (restart,
+                    # reset), so its successor must take over first. A lower epoch only means
+                    # its heartbeat left before it learned of its activation.
+                    out[name] = MemberState.JOINING if p.epoch >= v.epoch else cur
+                elif p.ready and p.epoch == v.epoch:
+                    out[name] = MemberState.ACTIVE
+                else:
+                    out[name] = MemberState.JOINING
+            else:  # it believes it is active; the view decides, it will learn from it
+                out[name] = cur
+        return out
+
+    def _lead(self, now: float) -> None:
+        desired = self._desired_states()
+        if desired != self.view.members:
+            epoch = max(self.view.epoch, self._max_epoch_seen) + 1
+            v = compute_view(
+                self.names, desired, self.config.buckets, self.config.backups, epoch, self.node
+            )
+            log.info("%s: proposing view %d %s", self.node, epoch, {k: s.value for k, s in desired.items()})
+            self._adopt(v, now)
+        for p in self.peers.values():
+            if p.up and p.epoch < self.view.epoch and p.view_sent_epoch < self.view.epoch:
+                p.view_sent_epoch = self.view.epoch
+                self._queue(p, MsgType.VIEW, self.view.to_wire())
+
+    def _newer(self, v: View) -> bool:
+        cur = self.view
+        if v.epoch != cur.epoch:
+            return v.epoch > cur.epoch
+        # Same epoch from two proposers (a leader change): the lower-id proposer wins.
+        if v.states == cur.states or v.proposer not in self.names:
+            return False
+        return cur.proposer not in self.names or self.names.index(v.proposer) < self.names.index(cur.proposer)
+
+    def _owning(self) -> bool:
+        return self.mode in (Mode.ACTIVE, Mode.LEAVING, Mode.LEFT)
+
+    def _adopt(self, v: View, now: float) -> None:
+        old = self.view
+        self.view = v
+        self._max_epoch_seen = max(self._max_epoch_seen, v.epoch)
+        mine = v.state(self.node)
+        left = False
+        if self.mode is Mode.JOINING and mine is MemberState.ACTIVE and self._ready:
+            self.mode = Mode.ACTIVE
+            log.info("%s: active in view %d", self.node, v.epoch)
+        elif self.mode is Mode.ACTIVE and mine is not MemberState.ACTIVE:
+            log.warning("%s: view %d says %s; rejoining", self.node, v.epoch, mine.value)
+            self._rejoin(now)
+        elif self.mode in (Mode.LEAVING, Mode.LEFT) and mine is MemberState.OFFLINE:
+            self.mode = Mode.GONE
+            left = True
+        self._events.append(ViewChanged(v))
+        new_owned = set(v.buckets_of(self.node)) if self._owning() else set()
+        lost = sorted(self._owned - new_owned)
+        gained = sorted(new_owned - self._owned)
+        self._owned = new_owned
+        self._reconcile(v)
+        if lost:
+            self._events.append(BucketsLost(tuple(lost)))
+        promoted: list[Record] = []
+        if gained:
+            # State first, then traffic: promote before the node may accept these buckets.
+            promoted = self.store.promote(gained, self.node)
+            self._events.append(BucketsGained(tuple(gained), len(promoted)))
+            log.info("%s: gained buckets %s, promoted %d records", self.node, gained, len(promoted))
+        # Forget copies we no longer need to hold: of nodes that failed or left (their state
+        # is promoted by now) and of nodes whose backup group we are no longer in.
+        backing = set(v.backed_up_by(self.node))
+        for name in self.names:
+            if name == self.node or name in backing:
+                continue
+            gone = v.state(name) in (MemberState.FAILED, MemberState.OFFLINE) and old.state(name) in LIVE
+            if gone or name in old.backed_up_by(self.node):
+                dropped = self.store.drop_owner(name)
+                if dropped:
+                    log.info("%s: dropped %d copies of %s's records", self.node, dropped, name)
+        failover = any(
+            old.state(n) in LIVE and v.state(n) is MemberState.FAILED for n in self.names
+        )
+        trig = Trigger.FAILOVER if failover else Trigger.REBALANCE
+        if self.mode in (Mode.ACTIVE, Mode.LEAVING, Mode.LEFT):
+            new_group = set(v.backups_of(self.node))
+            was_active = old.state(self.node) is MemberState.ACTIVE
+            old_group = set(old.backups_of(self.node)) if was_active else set()
+            # New backups get everything (Fig. 7, 702-703), except joiners that had a bulk resync.
+            added = tuple(sorted(n for n in new_group - old_group if old.state(n) is not MemberState.JOINING))
+            if added:
+                own = list(self.store.records(owner=self.node, scope=Scope.NODE))
+                self._send_records({added: own} if own else {}, trig, now)
+            rest = tuple(sorted(new_group - set(added)))
+            if promoted and rest:
+                self._send_records({rest: promoted}, trig, now)
+        if self.mode is Mode.JOINING:
+            self._joining(now)
+        if left:
+            log.info("%s: left the cluster (view %d)", self.node, v.epoch)
+            self._events.append(LeaveComplete())
+
+    def _reconcile(self, v: View) -> None:
+        """Records of buckets that moved between two live nodes (a rebalance) now belong to
+        the bucket's new owner. Do locally what its promote does (owner := new owner,
+        version + 1) if we back it up, so both agree; otherwise keep a tombstone of that
+        version, so that no stale copy lingers here and none can come back later."""
+        for r in list(self.store.records(scope=Scope.NODE)):
+            new_owner = v.owner(r.bucket)
+            if (
+                new_owner is None
+                or new_owner == r.owner
+                or new_owner == self.node
+                or r.owner not in self.names
+                or v.state(r.owner) is not MemberState.ACTIVE
+            ):
+                continue
+            keep = self.node in v.backups_of(new_owner)
+            self.store.apply(
+                Record(r.key, r.scope, new_owner, r.version + 1, r.bucket,
+                       list(r.data) if keep else [], not keep)
+            )
+
+    def _rejoin(self, now: float) -> None:
+        self.mode = Mode.JOINING
+        self._ready = False
+        self._join_started = now
+        for p in self.peers.values():
+            p.bulk_requested = p.bulk_done = False
+
+    def _joining(self, now: float) -> None:
+        """Request bulk resync from every active peer; ready once all of them answered.
+        Re-evaluated against each view: a peer that became active since must answer too."""
+        actives = [
+            p for p in self.peers.values() if p.up and self.view.state(p.name) is MemberState.ACTIVE
+        ]
+        for p in actives:
+            if not p.bulk_requested:
+                p.bulk_requested = True
+                p.bulk_done = False
+                self._queue(p, MsgType.BULK_REQUEST, [])
+        ready = now - self._join_started >= self._join_wait_s and all(p.bulk_done for p in actives)
+        if ready and not self._ready:
+            n = sum(p.bulk_received for p in actives)
+            log.info("%s: resync complete, %d records from %s", self.node, n, [p.name for p in actives])
+            self._events.append(ResyncComplete(n))
+        self._ready = ready
+
+    def _answer_bulk(self, p: Peer, now: float) -> None:
+        """Claim 12: common records, our records if the joiner will back us up, and the
+        records of buckets we own that will move to it."""
+        states = self.view.members
+        states[p.name] = MemberState.ACTIVE
+        c = self.config
+        fut = compute_view(self.names, states, c.buckets, c.backups, 0).with_joiners_active()
+        out: dict[bytes, Record] = {r.key: r for r in self.store.records(scope=Scope.COMMON)}
+        if p.name in fut.backups_of(self.node):
+            out.update((r.key, r) for r in self.store.records(owner=self.node, scope=Scope.NODE))
+        moving = [b for b in self._owned if fut.owner(b) == p.name]
+        if moving:
+            out.update((r.key, r) for r in self.store.records(scope=Scope.NODE, buckets=moving))
+        recs = list(out.values())
+        self._queue(p, MsgType.BULK_START, [len(recs)])
+        for batch in batch_records(recs, self._budget):
+            self._queue(p, MsgType.RECORDS, [TRIGGER_CODE[Trigger.RESYNC], batch])
+        self._queue(p, MsgType.BULK_END, [len(recs)])
+        self._counters["bulk-answered"] += 1
+        log.info("%s: bulk resync to %s: %d records", self.node, p.name, len(recs))
+
+    def _leaving(self, now: float) -> None:
+        if self.mode is Mode.LEAVING and not self._leave_pending:
+            self.mode = Mode.LEFT
+            for p in self.peers.values():
+                if p.up:
+                    self._queue(p, MsgType.LEAVE, [])
+        if self.mode is Mode.LEFT and not any(
+            p.up and self.view.state(p.name) is MemberState.ACTIVE for p in self.peers.values()
+        ):
+            # Nobody left to hand over to: leaving is complete on our own.
+            self.mode = Mode.GONE
+            self._owned = set()
+            self._events.append(LeaveComplete())
+
+    # ---- sending ------------------------------------------------------------------------
+
+    def _targets(self, rec: Record) -> tuple[str, ...]:
+        if rec.scope is Scope.COMMON:
+            return tuple(p.name for p in self.peers.values() if p.up)
+        if rec.owner != self.node:
+            return ()
+        names = set(self.view.backups_of(self.node))
+        joiners = {n for n, s in self.view.members.items() if s is MemberState.JOINING and n != self.node}
+        if joiners:
+            # A pending handover: joiners that will back us up or own this bucket get changes now.
+            fut = self.view.with_joiners_active()
+            names |= set(fut.backups_of(self.node)) & joiners
+            o = fut.owner(rec.bucket)
+            if o in joiners:
+                names.add(o)
+        return tuple(sorted(n for n in names if self.peers[n].up))
+
+    def _group_by_targets(self, recs: Iterable[Record]) -> dict[tuple[str, ...], list[Record]]:
+        groups: dict[tuple[str, ...], list[Record]] = {}
+        for r in recs:
+            t = self._targets(r)
+            if t:
+                groups.setdefault(t, []).append(r)
+        return groups
+
+    def _send_records(
+        self,
+        groups: dict[tuple[str, ...], list[Record]],
+        trigger: Trigger,
+        now: float,
+        track: bool = False,
+    ) -> list[tuple[str, int]]:
+        """Queue records, batched, to each group of peers. Returns (peer, seq) sent if track."""
+        sent: list[tuple[str, int]] = []
+        code = TRIGGER_CODE[trigger]
+        keep_prov = trigger is not Trigger.RESYNC
+        for names, recs in groups.items():
+            for batch in batch_records(recs, self._budget):
+                keys = [w[0] for w in batch]
+                for n in names:
+                    seq = self._queue(self.peers[n], MsgType.RECORDS, [code, batch])
+                    if keep_prov:
+                        self._seq_keys[(n, seq)] = keys
+                    if track:
+                        sent.append((n, seq))
+                if keep_prov:
+                    for k in keys:
+                        self._note(k, trigger, names, now)
+                self._counters["records-sent"] += len(batch) * len(names)
+        return sent
+
+    def _note(self, key: bytes, trigger: Trigger, names: tuple[str, ...], now: float) -> None:
+        self._prov[key] = {"trigger": trigger.value, "sent_at": now, "sent_to": set(names), "acked_by": {}}
+        self._prov.move_to_end(key)
+        while len(self._prov) > self.config.provenance_keys:
+            self._prov.popitem(last=False)
+
+    def _send_dirty(self, now: float, trigger: Trigger) -> None:
+        if not self._dirty:
+            return
+        recs = [r for r in (self.store.get(k) for k in self._dirty) if r is not None]
+        self._dirty.clear()
+        self._send_records(self._group_by_targets(recs), trigger, now)
+
+    def _send_all(self, now: float, trigger: Trigger) -> None:
+        recs: list[Record] = list(self.store.records(owner=self.node, scope=Scope.NODE))
+        recs += self.store.records(scope=Scope.COMMON)
+        recs += [r for r in (self.store.get(k) for k in self._dirty) if r is not None and r.deleted]
+        self._dirty.clear()
+        self._send_records(self._group_by_targets(recs), trigger, now)
+
+    def _queue(self, p: Peer, mtype: MsgType, payload: Any) -> int:
+        return p.channel.queue(mtype, payload)
+
+    def _frame(self, p: Peer, mtype: MsgType, seq: int, payload: Any) -> bytes:
+        f = Frame(
+            self.node,
+            self.incarnation,
+            p.inc,
+            self.view.epoch,
+            seq,
+            p.channel.cum_ack,
+            mtype,
+            payload,
+            self.config.lab_id,
+        )
+        p.channel.ack_pending = False
+        data = encode_frame(f, self.config.key)
+        p.stats.sent[mtype.name.lower()] += 1
+        p.stats.bytes_sent += len(data)
+        self._out.append((p.addr, data))
+        return data
+
+    def _send_unreliable(self, p: Peer, mtype: MsgType, payload: Any) -> None:
+        self._useq += 1
+        self._frame(p, mtype, self._useq, payload)
+
+    def _send_acks(self) -> None:
+        for p in self.peers.values():
+            if p.channel.ack_pending:
+                self._send_unreliable(p, MsgType.ACK, None)
+
+    def _pump(self, now: float) -> None:
+        """Transmit what the channels allow: new frames (unless frozen) and retransmissions."""
+        for p in self.peers.values():
+            if not p.up or not p.channel.unacked:
+                continue
+            max_new = self._credit if self._frozen else None
+            for o, retransmit in p.channel.due(now, max_new):
+                if retransmit:
+                    p.stats.retransmitted += 1
+                elif self._frozen:
+                    self._credit -= 1
+                self._frame(p, o.type, o.seq, o.payload)
+
+    def _deadlines(self, now: float) -> None:
+        for token, tk in list(self._tokens.items()):
+            if now >= tk.deadline:
+                del self._tokens[token]
+                for ps in tk.waiting:
+                    lst = self._seq_tokens.get(ps)
+                    if lst and token in lst:
+                        lst.remove(token)
+                        if not lst:
+                            del self._seq_tokens[ps]
+                self._events.append(SyncCompleted(token, False, tk.peers))
+        for key, req in list(self._requests.items()):
+            if now >= req.deadline:
+                del self._requests[key]
+                self._events.append(StateReply(key, False))

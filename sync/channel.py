@@ -1,0 +1,119 @@
+"""Reliable in-order delivery to one peer: sequence numbers, cumulative acks, retransmission
+with backoff and a window. Pure: the clock is passed in and frames are built by the agent."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sync.wire import MsgType
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """A reliable message waiting for its ack."""
+
+    seq: int
+    type: MsgType
+    payload: Any
+    rto_s: float
+    first_sent: float | None = None
+    last_sent: float = 0.0
+    tries: int = 0
+
+
+@dataclass(slots=True)
+class Delivery:
+    """What one received reliable frame produced: messages now deliverable in order."""
+
+    messages: list[tuple[int, MsgType, Any]]
+    duplicate: bool = False
+    beyond_window: bool = False
+
+
+class Channel:
+    """Both directions of the reliable stream with one peer incarnation."""
+
+    def __init__(self, window: int, rto_initial_s: float, rto_max_s: float) -> None:
+        self.window = window
+        self.rto_initial_s = rto_initial_s
+        self.rto_max_s = rto_max_s
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget both directions: the peer restarted, its stream starts again at 1."""
+        self.next_seq = 1
+        self.unacked: dict[int, Outgoing] = {}
+        self.recv_next = 1
+        self.recv_buf: dict[int, tuple[MsgType, Any]] = {}
+        self.ack_pending = False
+
+    @property
+    def cum_ack(self) -> int:
+        """Highest sequence number received with nothing missing before it."""
+        return self.recv_next - 1
+
+    def queue(self, mtype: MsgType, payload: Any) -> int:
+        """Queue a message for reliable delivery; returns its sequence number."""
+        seq = self.next_seq
+        self.next_seq += 1
+        self.unacked[seq] = Outgoing(seq, mtype, payload, self.rto_initial_s)
+        return seq
+
+    def on_ack(self, ack: int) -> list[Outgoing]:
+        """Process a cumulative ack; returns the messages it acknowledged (in order)."""
+        done: list[Outgoing] = []
+        # unacked is in seq order (insertion order), so stop at the first one not covered.
+        while self.unacked:
+            seq = next(iter(self.unacked))
+            if seq > ack:
+                break
+            done.append(self.unacked.pop(seq))
+        return done
+
+    def on_data(self, seq: int, mtype: MsgType, payload: Any) -> Delivery:
+        """Accept a reliable message; deliver everything now contiguous, in order."""
+        self.ack_pending = True  # always (re)ack: our previous ack may have been lost
+        if seq < self.recv_next or seq in self.recv_buf:
+            return Delivery([], duplicate=True)
+        if seq >= self.recv_next + self.window:
+            return Delivery([], beyond_window=True)
+        self.recv_buf[seq] = (mtype, payload)
+        out: list[tuple[int, MsgType, Any]] = []
+        while self.recv_next in self.recv_buf:
+            t, p = self.recv_buf.pop(self.recv_next)
+            out.append((self.recv_next, t, p))
+            self.recv_next += 1
+        return Delivery(out)
+
+    def due(self, now: float, max_new: int | None) -> list[tuple[Outgoing, bool]]:
+        """Messages to transmit now, with a flag telling retransmissions apart.
+
+        Only the first `window` unacked messages may be in flight. `max_new` caps first
+        transmissions (the agent's freeze/step); retransmissions of sent ones are not capped."""
+        out: list[tuple[Outgoing, bool]] = []
+        new = 0
+        for o in itertools.islice(self.unacked.values(), self.window):
+            if o.first_sent is None:
+                if max_new is not None and new >= max_new:
+                    # Frozen: keep order, nothing behind a held message goes first.
+                    break
+                new += 1
+                o.first_sent = now
+                o.last_sent = now
+                o.tries = 1
+                out.append((o, False))
+            elif now - o.last_sent >= o.rto_s:
+                o.last_sent = now
+                o.tries += 1
+                o.rto_s = min(o.rto_s * 2, self.rto_max_s)
+                out.append((o, True))
+        return out
+
+    def unsent(self) -> int:
+        """Messages queued and never transmitted (behind the window or held by a freeze)."""
+        return sum(1 for o in self.unacked.values() if o.first_sent is None)

@@ -1,0 +1,205 @@
+"""Sync wire codec: authenticated msgpack frames and records as positional arrays."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import msgpack
+
+from sync.records import Record, Scope, SyncError, Trigger
+
+log = logging.getLogger(__name__)
+
+WIRE_VERSION = 1
+TAG_BYTES = 32  # HMAC-SHA256
+# The smallest frame that can possibly be valid: a tag plus a tiny msgpack array.
+MIN_FRAME_BYTES = TAG_BYTES + 8
+# Room kept in a datagram for the frame header around a batch of records.
+HEADER_RESERVE_BYTES = 160
+
+
+class MsgType(Enum):
+    """Message types. Values are the wire codes; never renumber one."""
+
+    HELLO = 1
+    HEARTBEAT = 2
+    ACK = 3
+    RECORDS = 4  # insert/update/delete, batched (a delete is a tombstone record)
+    BULK_REQUEST = 5
+    BULK_START = 6
+    BULK_END = 7
+    STATE_REQUEST = 8
+    STATE_REPLY = 9
+    VIEW = 10
+    LEAVE = 11
+
+
+# Heartbeats, hellos and acks are fire-and-forget; every other type rides the reliable channel.
+UNRELIABLE = frozenset({MsgType.HELLO, MsgType.HEARTBEAT, MsgType.ACK})
+_TYPES = {t.value: t for t in MsgType}
+
+
+class BadFrameKind(Enum):
+    """Why a received datagram was dropped; each kind has its own counter."""
+
+    SHORT = "short"
+    OVERSIZE = "oversize"
+    UNDECODABLE = "undecodable"
+    BAD_VERSION = "bad-version"
+    BAD_HMAC = "bad-hmac"
+    WRONG_LAB = "wrong-lab"
+    UNKNOWN_SENDER = "unknown-sender"
+    WRONG_SOURCE = "wrong-source"
+    UNKNOWN_TYPE = "unknown-type"
+    STALE = "replayed/stale"
+    BAD_PAYLOAD = "bad-payload"
+    BAD_VIEW = "bad-view"
+
+
+class BadFrame(SyncError):
+    """A received frame that must be dropped and counted (a misbehaving peer, never our bug)."""
+
+    def __init__(self, kind: BadFrameKind, detail: str = "") -> None:
+        super().__init__(f"bad sync frame ({kind.value}){': ' + detail if detail else ''}")
+        self.kind = kind
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded frame. `seq` is the reliable sequence number for reliable types and a
+    per-sender freshness counter for unreliable ones. `to_inc` is the incarnation of the
+    receiver the sender believes it talks to (0: not known yet)."""
+
+    sender: str
+    incarnation: int
+    to_inc: int
+    epoch: int
+    seq: int
+    ack: int
+    type: MsgType
+    payload: Any
+    lab: str = ""
+    version: int = WIRE_VERSION
+
+
+def _tag(key: bytes, body: bytes) -> bytes:
+    return hmac.new(key, body, hashlib.sha256).digest()
+
+
+def encode_frame(frame: Frame, key: bytes) -> bytes:
+    """Serialise and authenticate a frame: msgpack body followed by its HMAC-SHA256 tag."""
+    body: bytes = msgpack.packb(
+        [
+            frame.version,
+            frame.lab,
+            frame.sender,
+            frame.incarnation,
+            frame.to_inc,
+            frame.epoch,
+            frame.seq,
+            frame.ack,
+            frame.type.value,
+            frame.payload,
+        ],
+        use_bin_type=True,
+    )
+    return body + _tag(key, body)
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def decode_frame(data: bytes, key: bytes, lab: str, max_frame_bytes: int) -> Frame:
+    """Check and decode a datagram. Raises BadFrame (only) for anything that is not a valid
+    frame of this lab signed with its key."""
+    if len(data) < MIN_FRAME_BYTES:
+        raise BadFrame(BadFrameKind.SHORT, f"{len(data)} bytes")
+    if len(data) > max_frame_bytes:
+        raise BadFrame(BadFrameKind.OVERSIZE, f"{len(data)} bytes")
+    body, tag = data[:-TAG_BYTES], data[-TAG_BYTES:]
+    # Authenticate before parsing anything, so unauthenticated bytes never reach msgpack.
+    if not hmac.compare_digest(tag, _tag(key, body)):
+        raise BadFrame(BadFrameKind.BAD_HMAC)
+    try:
+        fields = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=False)
+    except Exception as exc:  # msgpack raises many types for garbage
+        raise BadFrame(BadFrameKind.UNDECODABLE, type(exc).__name__) from None
+    if not isinstance(fields, list) or len(fields) != 10:
+        raise BadFrame(BadFrameKind.UNDECODABLE, "not a 10-field array")
+    version, flab, sender, inc, to_inc, epoch, seq, ack, code, payload = fields
+    if version != WIRE_VERSION:
+        raise BadFrame(BadFrameKind.BAD_VERSION, repr(version))
+    if flab != lab:
+        raise BadFrame(BadFrameKind.WRONG_LAB, repr(flab))
+    if not isinstance(sender, str) or not all(_int(v) for v in (inc, to_inc, epoch, seq, ack)):
+        raise BadFrame(BadFrameKind.UNDECODABLE, "bad header field")
+    mtype = _TYPES.get(code) if isinstance(code, int) else None
+    if mtype is None:
+        raise BadFrame(BadFrameKind.UNKNOWN_TYPE, repr(code))
+    return Frame(sender, inc, to_inc, epoch, seq, ack, mtype, payload, flab, version)
+
+
+_SCOPE_CODE = {Scope.NODE: 0, Scope.COMMON: 1}
+_CODE_SCOPE = {0: Scope.NODE, 1: Scope.COMMON}
+TRIGGER_CODE = {t: i for i, t in enumerate(Trigger)}
+CODE_TRIGGER = dict(enumerate(Trigger))
+
+
+def record_to_wire(r: Record) -> list[Any]:
+    """A record as a positional array: key, scope, owner, version, bucket, data, deleted."""
+    return [r.key, _SCOPE_CODE[r.scope], r.owner, r.version, r.bucket, r.data, r.deleted]
+
+
+def record_from_wire(a: Any) -> Record:
+    """Rebuild a record from its positional array; BadFrame(BAD_PAYLOAD) if malformed."""
+    if not isinstance(a, list) or len(a) != 7:
+        raise BadFrame(BadFrameKind.BAD_PAYLOAD, "record is not a 7-field array")
+    key, scope, owner, version, bucket, data, deleted = a
+    if (
+        not isinstance(key, bytes)
+        or scope not in _CODE_SCOPE
+        or isinstance(scope, bool)
+        or not isinstance(owner, str)
+        or not _int(version)
+        or not isinstance(bucket, int)
+        or isinstance(bucket, bool)
+        or not isinstance(data, list)
+        or not isinstance(deleted, bool)
+    ):
+        raise BadFrame(BadFrameKind.BAD_PAYLOAD, "record field of the wrong type")
+    return Record(key, _CODE_SCOPE[scope], owner, version, bucket, data, deleted)
+
+
+def trigger_from_wire(code: Any) -> Trigger:
+    if isinstance(code, bool) or not isinstance(code, int) or code not in CODE_TRIGGER:
+        raise BadFrame(BadFrameKind.BAD_PAYLOAD, f"unknown trigger {code!r}")
+    return CODE_TRIGGER[code]
+
+
+def batch_records(records: Iterable[Record], budget_bytes: int) -> Iterator[list[list[Any]]]:
+    """Group records (as wire arrays) into batches whose encoding fits `budget_bytes`.
+
+    A record that alone exceeds the budget cannot travel in one datagram; it is logged and
+    skipped (the engine's records are a few dozen bytes, so this means a bug upstream)."""
+    batch: list[list[Any]] = []
+    size = 0
+    for r in records:
+        w = record_to_wire(r)
+        n = len(msgpack.packb(w, use_bin_type=True))
+        if n > budget_bytes:
+            log.error("record %r is %d bytes, more than a datagram can carry; not sent", r.key, n)
+            continue
+        if batch and size + n > budget_bytes:
+            yield batch
+            batch, size = [], 0
+        batch.append(w)
+        size += n
+    if batch:
+        yield batch

@@ -80,7 +80,8 @@ class LabRecord:
             data = json.loads(path.read_text())
             return cls(
                 lab=data["lab"],
-                run_dir=Path(data["run_dir"]),
+                # Where the record was found, not what it says: teardown deletes this folder.
+                run_dir=path.parent,
                 namespaces=[NsEntry(**n) for n in data["namespaces"]],
                 processes=[ProcEntry(**p) for p in data["processes"]],
                 created=data["created"],
@@ -229,9 +230,17 @@ def teardown(record: LabRecord) -> None:
     # Hosts and nodes first, the fabric last: by then every veth peer is already gone.
     for entry in reversed(record.namespaces):
         _remove_namespace(entry)
-    if record.run_dir.is_dir():
+    # Only a folder that holds this lab's record is removed: a wrong path never costs a tree.
+    if _is_record_dir(record):
         shutil.rmtree(record.run_dir, ignore_errors=True)
     log.info("lab %s removed", record.lab)
+
+
+def _is_record_dir(record: LabRecord) -> bool:
+    try:
+        return bool(json.loads(record.path.read_text()).get("lab") == record.lab)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def clean(run_dir: Path) -> bool:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
 
 from netns.iptables import hmark_rnd, node_rules, owned_chain_text
-from netns.record import LabRecord, labs_running, proc_start_time
+from netns.record import LabRecord, ProcEntry, labs_running, proc_start_time, teardown
 from netns.spec import LabSpecError, load_lab, spec_to_dict, validate
 
 
@@ -209,3 +210,35 @@ def test_a_record_survives_a_round_trip_through_its_file(tmp_path: Path) -> None
     back.remove_process(os.getpid())
     assert LabRecord.load(run_dir).processes == []
     assert labs_running(run_root) == ["x"]
+
+
+def test_teardown_stops_recorded_processes_but_not_a_reused_pid(tmp_path: Path) -> None:
+    import subprocess
+
+    mine = subprocess.Popen(["sleep", "30"])
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        rec = LabRecord(lab="x", run_dir=tmp_path / "x")
+        rec.run_dir.mkdir()
+        rec.add_process(mine.pid, "workload", "sleep")
+        start = proc_start_time(other.pid)
+        assert start is not None
+        # Same pid, other start time: a process that merely reuses a recorded pid.
+        rec.processes.append(ProcEntry(other.pid, start + 1, "workload", "stale"))
+        rec.save()
+        teardown(rec)
+        assert mine.wait(timeout=5) == -signal.SIGTERM
+        assert other.poll() is None
+        assert not rec.run_dir.exists()
+        teardown(rec)  # harmless the second time
+    finally:
+        for p in (mine, other):
+            p.kill()
+            p.wait()
+
+
+def test_teardown_never_removes_a_folder_without_the_record(tmp_path: Path) -> None:
+    keep = tmp_path / "keep"
+    keep.write_text("not the lab's")
+    teardown(LabRecord(lab="x", run_dir=tmp_path))
+    assert keep.exists()

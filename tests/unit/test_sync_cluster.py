@@ -1,0 +1,246 @@
+"""The sync agents as a cluster, in the simulator (fake clock, in-memory links): every trigger
+of DESIGN.md's table sends the right records to the right peers, and failover, join and
+graceful leave keep every record."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sync.agent import (
+    BucketsGained,
+    BucketsLost,
+    LeaveComplete,
+    PeerDown,
+    RecordApplied,
+    ResyncComplete,
+    StateReply,
+    SyncCompleted,
+    SyncEvent,
+)
+from sync.records import Scope, Trigger
+from sync.sim import SimCluster
+
+
+def _cluster(n: int = 3, **kw: Any) -> SimCluster:
+    c = SimCluster(n, **kw)
+    c.start()
+    assert c.run_until(c.all_active, 2.0), "cold start did not end with every node active"
+    for x in c.names:
+        c.events[x].clear()
+    return c
+
+
+def _applied(c: SimCluster, node: str, key: bytes) -> list[RecordApplied]:
+    return [e for e in c.events[node] if isinstance(e, RecordApplied) and e.key == key]
+
+
+def _of(c: SimCluster, node: str, kind: type[SyncEvent]) -> list[Any]:
+    return [e for e in c.events[node] if isinstance(e, kind)]
+
+
+def test_cold_start_gives_each_node_its_home_buckets_and_a_cyclic_backup() -> None:
+    c = _cluster(buckets=12)
+    assert c.owners() == {b: [f"n{(b - 1) % 3 + 1}"] for b in range(1, 13)}
+    assert c.agents["n1"].view.backups == {"n1": ["n2"], "n2": ["n3"], "n3": ["n1"]}
+
+
+def test_node_specific_change_goes_to_the_backup_group_only() -> None:
+    c = _cluster()
+    c.put("n1", b"conn", [1])
+    c.run(0.01)
+    assert [(e.sender, e.trigger) for e in _applied(c, "n2", b"conn")] == [("n1", Trigger.MODIFIED)]
+    assert _applied(c, "n3", b"conn") == []
+    assert c.holders(b"conn") == ["n1", "n2"]
+    prov = c.agents["n1"].provenance(b"conn")
+    assert prov is not None and prov["trigger"] == "state-modified"
+    assert prov["sent_to"] == ["n2"] and set(prov["acked_by"]) == {"n2"}
+
+
+def test_common_change_goes_to_every_node_and_deletes_follow() -> None:
+    c = _cluster()
+    c.put("n2", b"expect", [21], scope=Scope.COMMON)
+    c.run(0.01)
+    assert c.holders(b"expect") == ["n1", "n2", "n3"]
+    c.delete("n2", b"expect")
+    c.run(0.01)
+    assert c.holders(b"expect") == []
+    assert c.stores["n1"].get(b"expect").deleted  # type: ignore[union-attr]
+
+
+def test_periodic_policy_queues_changes_for_the_period_and_full_sync_sends_all_now() -> None:
+    c = _cluster()
+    for x in c.names:
+        c.agents[x].set_policy("periodic", 200, True)
+    c.put("n1", b"a", [1])
+    c.put("n1", b"shared", [2], scope=Scope.COMMON)
+    c.run(0.02)
+    assert c.holders(b"a") == ["n1"] and c.holders(b"shared") == ["n1"]
+    c.agents["n1"].full_sync(c.now)
+    c.run(0.01)
+    assert [e.trigger for e in _applied(c, "n2", b"a")] == [Trigger.FULL_SYNC]
+    assert c.holders(b"shared") == ["n1", "n2", "n3"] and c.holders(b"a") == ["n1", "n2"]
+    c.put("n1", b"b", [3])
+    c.run(0.02)
+    assert c.holders(b"b") == ["n1"]
+    c.run(0.25)
+    assert [e.trigger for e in _applied(c, "n2", b"b")] == [Trigger.PERIODIC]
+
+
+def test_hybrid_on_demand_send_resets_the_periodic_timer() -> None:
+    c = _cluster()
+    n1 = c.agents["n1"]
+    n1.set_policy("hybrid", 100, False)  # full periodic sync every 100 ms when idle
+    c.put("n1", b"a", [1])
+    c.run(0.002)
+    assert [e.trigger for e in _applied(c, "n2", b"a")] == [Trigger.MODIFIED]
+    # Keep changing something every 50 ms: the periodic full sync must never fire.
+    for i in range(6):
+        c.run(0.05)
+        c.put("n1", b"busy", [i])
+    assert not [e for e in c.events["n2"] if isinstance(e, RecordApplied) and e.trigger is Trigger.PERIODIC]
+    c.events["n2"].clear()
+    c.put("n1", b"a", [2])
+    c.run(0.2)  # idle: the full periodic sync comes; n2 has it all already so nothing applies,
+    assert n1.stats()["peers"]["n2"]["sent"]["records"] >= 9  # but it was sent
+    assert n1.policy.name == "hybrid"
+
+
+def test_killed_node_is_taken_over_by_its_backup_within_the_detection_time() -> None:
+    c = _cluster(buckets=12, heartbeat_ms=10, miss_limit=5)
+    for x in c.names:
+        for i in range(30):
+            c.put(x, f"{x}-{i}".encode(), [i])
+    c.put("n3", b"common", [0], scope=Scope.COMMON)
+    c.run(0.05)
+    t_kill = c.now
+    c.kill("n1")
+    assert c.run_until(lambda: bool(_of(c, "n2", BucketsGained)), 1.0)
+    took_ms = (c.now - t_kill) * 1000
+    assert took_ms <= 10 * 5 + 15, f"takeover took {took_ms:.0f} ms"
+    gained = _of(c, "n2", BucketsGained)[0]
+    assert gained.buckets == (1, 4, 7, 10) and gained.promoted == 30
+    c.run(0.05)
+    owners = c.owners()
+    assert all(len(v) == 1 for v in owners.values()), owners  # every bucket owned exactly once
+    assert {r.key for r in c.stores["n2"].records(owner="n2")} >= {f"n1-{i}".encode() for i in range(30)}
+    # n2's new own records (the promoted ones) are backed up at n2's backup, n3, and n3's
+    # backup duty, held by n1, is handed on to n2 (Fig. 7, 702-703).
+    for x in c.names:
+        for i in range(30):
+            assert {h for h in c.holders(f"{x}-{i}".encode()) if h in c.alive} == {"n2", "n3"}
+    assert sum(1 for _ in c.stores["n3"].records(owner="n2", scope=Scope.NODE)) == 60
+    assert sum(1 for _ in c.stores["n2"].records(owner="n3", scope=Scope.NODE)) == 30
+    assert any(isinstance(e, PeerDown) and e.name == "n1" for e in c.events["n3"])
+
+
+def test_joining_node_resyncs_before_it_owns_buckets() -> None:
+    c = _cluster(buckets=12)
+    for x in c.names:
+        for i in range(40):
+            c.put(x, f"{x}-{i}".encode(), [i])
+    c.put("n1", b"common", [0], scope=Scope.COMMON)
+    c.run(0.05)
+    c.kill("n2")
+    assert c.run_until(lambda: all(len(v) == 1 for v in c.owners().values()) and len(c.owners()[2]) == 1
+                       and c.owners()[2] == ["n3"], 1.0)
+    c.run(0.02)
+    c.revive("n2")
+    seen: list[tuple[int, bool]] = []
+
+    def settled() -> bool:
+        a = c.agents["n2"]
+        seen.append((len(a.owned_buckets), any(isinstance(e, ResyncComplete) for e in c.events["n2"])))
+        return c.all_active()
+
+    assert c.run_until(settled, 2.0)
+    assert all(done for owned, done in seen if owned), "n2 owned buckets before its resync was complete"
+    assert c.agents["n2"].owned_buckets == [2, 5, 8, 11]
+    assert len(_of(c, "n3", BucketsLost)) == 1
+    c.run(0.05)
+    # n2 holds its own (home-bucket) records again, n1's as its backup, and the common one.
+    assert {r.key for r in c.stores["n2"].records(owner="n2")} == {f"n2-{i}".encode() for i in range(40)}
+    assert sum(1 for _ in c.stores["n2"].records(owner="n1", scope=Scope.NODE)) == 40
+    assert c.stores["n2"].get(b"common") is not None
+    assert all(len(v) == 1 for v in c.owners().values())
+    # and no copies linger where they are not needed: each node holds 2/3 of the node records
+    assert [sum(1 for _ in c.stores[x].records(scope=Scope.NODE)) for x in c.names] == [80, 80, 80]
+
+
+def test_graceful_leave_loses_nothing() -> None:
+    c = _cluster(buckets=12)
+    keys = []
+    for x in c.names:
+        for i in range(50):
+            keys.append(c.put(x, f"{x}-{i}".encode(), [i]).key)
+    c.agents["n3"].leave(c.now)
+    for i in range(10):  # changes while leaving still reach the backups
+        keys.append(c.put("n3", f"late-{i}".encode(), [i]).key)
+    assert c.run_until(lambda: bool(_of(c, "n3", LeaveComplete)), 2.0)
+    assert c.agents["n3"].owned_buckets == []
+    c.kill("n3")
+    c.run(0.1)
+    owners = c.owners()
+    assert all(len(v) == 1 for v in owners.values()) and owners[3] == ["n1"]
+    for k in keys:
+        assert len([x for x in c.holders(k) if x in c.alive]) == 2, k  # owner + its backup
+    assert sum(1 for _ in c.stores["n1"].records(owner="n1")) == 50 + 60
+
+
+def test_sync_and_notify_completes_on_ack_and_times_out_on_a_dead_peer() -> None:
+    c = _cluster()
+    c.put("n1", b"ftp-exp", [1], scope=Scope.COMMON)
+    n1 = c.agents["n1"]
+    token = n1.sync_and_notify([b"ftp-exp"], c.now, timeout_s=0.2)
+    c.run(0.005)
+    done = [e for e in c.events["n1"] if isinstance(e, SyncCompleted) and e.token == token]
+    assert done == [SyncCompleted(token, True, ("n2", "n3"))]
+    c.kill("n3")
+    c.run(0.005)  # dead but not yet detected
+    token = n1.sync_and_notify([b"ftp-exp"], c.now, timeout_s=0.03, peers=["n3"])
+    c.run(0.02)
+    assert not [e for e in c.events["n1"] if isinstance(e, SyncCompleted) and e.token == token]
+    c.run(0.02)
+    done = [e for e in c.events["n1"] if isinstance(e, SyncCompleted) and e.token == token]
+    assert done == [SyncCompleted(token, False, ("n3",))]
+
+
+def test_request_state_finds_a_record_held_elsewhere() -> None:
+    c = _cluster()
+    c.put("n1", b"sess", [7])
+    c.run(0.01)
+    assert c.stores["n3"].get(b"sess") is None
+    c.agents["n3"].request_state(b"sess", c.now)
+    c.run(0.01)
+    assert _of(c, "n3", StateReply) == [StateReply(b"sess", True)]
+    assert c.stores["n3"].get(b"sess").data == [7]  # type: ignore[union-attr]
+    c.agents["n3"].request_state(b"nowhere", c.now)
+    c.run(0.01)
+    assert _of(c, "n3", StateReply)[-1] == StateReply(b"nowhere", False)
+
+
+def test_freeze_holds_data_frames_and_step_releases_one() -> None:
+    c = _cluster()
+    n1 = c.agents["n1"]
+    n1.freeze(True)
+    c.put("n1", b"a", [1])
+    c.put("n1", b"b", [2])
+    c.run(0.2)  # heartbeats keep flowing: nobody is declared down
+    assert c.holders(b"a") == ["n1"] and n1.held() == 2
+    assert not any(isinstance(e, PeerDown) for x in c.names for e in c.events[x])
+    assert n1.step() == 1
+    c.run(0.005)
+    assert c.holders(b"a") == ["n1", "n2"] and c.holders(b"b") == ["n1"]
+    n1.freeze(False)
+    c.run(0.005)
+    assert c.holders(b"b") == ["n1", "n2"]
+
+
+def test_stats_count_per_peer_and_type() -> None:
+    c = _cluster()
+    c.put("n1", b"a", [1])
+    c.run(0.01)
+    s = c.agents["n1"].stats()
+    assert s["peers"]["n2"]["sent"]["records"] >= 1 and s["peers"]["n2"]["acked"] >= 1
+    assert s["peers"]["n3"]["sent"].get("records", 0) == 0
+    assert s["ack_latency_ms"]["samples"] > 0 and s["ack_latency_ms"]["p50"] is not None
+    assert s["bad_frames"] == {}

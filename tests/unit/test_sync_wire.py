@@ -203,7 +203,7 @@ def test_fuzz_100k_random_and_mutated_frames_never_raise() -> None:
     import hmac as _hmac
 
     rng = random.Random(1234)
-    a, store, src = _agent()
+    a, _store, src = _agent()
     srcs = [src, ("10.0.0.3", 7400), ("10.0.0.9", 1)]
     valid = [encode_frame(_frame(seq=i + 1), KEY) for i in range(50)]
     t = 0.0

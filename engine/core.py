@@ -252,12 +252,12 @@ class Engine:
                 e.state = ConnState.UDP_ASSURED
                 table.changed(e, "udp:assured", now)
         else:
+            # Requests go one way and replies the other: a request from the responder (same id)
+            # is not part of this exchange and must pass the rules, which it cannot share a key with.
+            if (p.icmp_type == ICMP_ECHO_REPLY[proto]) == from_orig:
+                return self._decide(Verdict.DROP, Reason.NO_STATE)
             e.last_seen = now
-            if (
-                not from_orig
-                and e.state is ConnState.ICMP_REQUEST
-                and p.icmp_type == ICMP_ECHO_REPLY[proto]
-            ):
+            if not from_orig and e.state is ConnState.ICMP_REQUEST:
                 e.state = ConnState.ICMP_REPLIED
                 table.changed(e, "icmp:replied", now)
         if held is not None:

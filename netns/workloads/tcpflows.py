@@ -303,12 +303,15 @@ async def run_clients(args: argparse.Namespace, stop: asyncio.Event) -> int:
     if args.duration_s:
         asyncio.get_running_loop().call_later(args.duration_s, stop.set)
     all_done = asyncio.gather(*tasks)
-    while not all_done.done():
+    stopped = asyncio.create_task(stop.wait())
+    # Run until told to stop even when every flow is broken: the process's lifetime is the
+    # daemon's to decide, and its health file keeps showing what was lost.
+    while not (all_done.done() and stop.is_set()):
         now = time.monotonic()
         for f in flows:
             f.check_stall(now)
         writer.maybe_write(visible())
-        await asyncio.wait([all_done], timeout=0.1)
+        await asyncio.wait([t for t in (all_done, stopped) if not t.done()], timeout=0.1)
     all_done.result()
     writer.write(visible())
     counts: dict[str, int] = {}

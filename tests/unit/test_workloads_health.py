@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from netns.workloads import burst, ftpclient, ftpfiles, ftpserver, tcpflows, udpflows
+from netns.workloads import burst, ftpclient, ftpfiles, ftpserver, icmp, tcpflows, udpflows
 from netns.workloads.health import (
     Flow,
     FlowHealth,
@@ -138,7 +138,9 @@ def test_bad_arguments_exit_2_with_a_clear_message(
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("main", [tcpflows.main, udpflows.main, burst.main, ftpclient.main, ftpserver.main])
+@pytest.mark.parametrize(
+    "main", [tcpflows.main, udpflows.main, burst.main, ftpclient.main, ftpserver.main, icmp.main]
+)
 def test_every_program_has_help(main: object, capsys: pytest.CaptureFixture[str]) -> None:
     assert callable(main)
     with pytest.raises(SystemExit) as exc:

@@ -428,3 +428,24 @@ def test_ftp_active_session_names_a_missing_data_connection(procs: Procs, tmp_pa
     assert flow["detail"].startswith("timeout waiting for data connection"), flow["detail"]
     assert flow["data_connected"] is False
     assert flow["data_listen"].startswith(f"{LO}:")
+
+
+# ----------------------------------------------------------------------------- icmp
+
+
+def test_icmp_checksum_of_a_request_verifies() -> None:
+    from netns.workloads.icmp import checksum, echo_request
+
+    assert checksum(echo_request(0x1234, 7)) == 0  # a packet carrying its checksum sums to zero
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a raw ICMP socket needs root")
+def test_icmp_pings_loopback_without_loss(procs: Procs, tmp_path: Path) -> None:
+    health = tmp_path / "icmp.json"
+    args = ["--target", LO, "--interval-ms", "50", "--duration-s", "0.6", "--health-file", str(health)]
+    done = procs.run("icmp", *args)
+    assert done.returncode == 0, done.stderr
+    (flow,) = read_health(health)["flows"]
+    assert (flow["kind"], flow["health"], flow["lost"]) == ("icmp", "done", 0)
+    assert flow["replies"] == flow["pings_sent"] > 5
+    assert flow["src"].startswith(f"{LO}:")

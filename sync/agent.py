@@ -204,6 +204,7 @@ class Peer:
     ready: bool = False
     epoch: int = 0
     view_sent_epoch: int = -1
+    view_sent_at: float = 0.0
     bulk_requested: bool = False
     bulk_done: bool = False
     bulk_total: int = 0
@@ -728,18 +729,29 @@ class SyncAgent:
             log.info("%s: proposing view %d %s", self.node, epoch, {k: s.value for k, s in desired.items()})
             self._adopt(v, now)
         for p in self.peers.values():
-            if p.up and p.epoch < self.view.epoch and p.view_sent_epoch < self.view.epoch:
+            if not p.up:
+                continue
+            # A peer behind us, or one that believes itself active against our view (after a
+            # partition healed), gets the view; again now and then while it disagrees.
+            disagrees = p.epoch != self.view.epoch or (
+                p.mode is Mode.ACTIVE and self.view.state(p.name) is not MemberState.ACTIVE
+            )
+            resend = p.view_sent_epoch < self.view.epoch or now - p.view_sent_at > 20 * self._hb_s
+            if disagrees and resend:
                 p.view_sent_epoch = self.view.epoch
+                p.view_sent_at = now
                 self._queue(p, MsgType.VIEW, self.view.to_wire())
 
     def _newer(self, v: View) -> bool:
-        cur = self.view
-        if v.epoch != cur.epoch:
-            return v.epoch > cur.epoch
-        # Same epoch from two proposers (a leader change): the lower-id proposer wins.
-        if v.states == cur.states or v.proposer not in self.names:
-            return False
-        return cur.proposer not in self.names or self.names.index(v.proposer) < self.names.index(cur.proposer)
+        """Views are ordered by epoch, then by how many nodes they keep active (after a
+        partition heals the side that kept more nodes wins), then by the lower-id proposer."""
+
+        def rank(x: View) -> tuple[int, int, int]:
+            active = sum(1 for st in x.states if st is MemberState.ACTIVE)
+            idx = self.names.index(x.proposer) if x.proposer in self.names else len(self.names)
+            return (x.epoch, active, -idx)
+
+        return v.states != self.view.states and rank(v) > rank(self.view)
 
     def _owning(self) -> bool:
         return self.mode in (Mode.ACTIVE, Mode.LEAVING, Mode.LEFT)

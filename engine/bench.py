@@ -8,6 +8,7 @@ import logging
 import struct
 import sys
 import time
+import tracemalloc
 from typing import Any
 
 from engine.core import Engine, Verdict
@@ -37,6 +38,25 @@ def _client(i: int) -> tuple[bytes, int]:
 
 def _rate(count: int, seconds: float) -> float:
     return round(count / seconds, 1) if seconds > 0 else 0.0
+
+
+def entry_bytes(entries: int = 10_000) -> float:
+    """Memory one own TCP connection costs in the engine (entry, key, table slot, expiry slot)."""
+    engine = Engine("n1", default_rules())
+    syns = []
+    for i in range(entries):
+        c, sport = _client(i)
+        syns.append(ipv4_tcp(c, SERVER, sport, 5000 + i % 1000, 0x02))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for syn in syns:
+            engine.process(syn, 1.0, 1)
+        engine.drain_events()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    return round((after - before) / entries, 1)
 
 
 def run_engine_bench(flows: int = 1000, packets: int = 200_000) -> dict[str, Any]:
@@ -83,6 +103,7 @@ def run_engine_bench(flows: int = 1000, packets: int = 200_000) -> dict[str, Any
         "established_accepted": accepted,
         "new_connections_per_s": _rate(flows, t_new),
         "new_connection_packets_per_s": _rate(3 * flows, t_new),
+        "bytes_per_entry": entry_bytes(min(flows, 10_000) or 1),
         "python": sys.version.split()[0],
     }
 

@@ -11,6 +11,7 @@ from enum import Enum
 from typing import Any, Protocol
 
 from engine.packet import ACK, FIN, ICMP, ICMPV6, RST, SYN, TCP, UDP
+from engine.rules import EngineError
 from sync.records import Scope, Trigger
 
 log = logging.getLogger(__name__)
@@ -100,13 +101,18 @@ class Timeouts:
     udp_assured_s: float = 120.0
     icmp_s: float = 10.0
     expectation_s: float = 30.0
-    tombstone_s: float = 120.0  # how long a deleted key's version is remembered
+    # How long a deleted key's version is remembered against late inserts. Short, because new
+    # connections on a reused 5-tuple get clock-based versions anyway (next_version), and at
+    # high connection rates every second of retention costs memory.
+    tombstone_s: float = 30.0
     no_state_s: float = 5.0  # how long a key pulled in vain is dropped without asking again
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:
             if getattr(self, name) <= 0:
-                raise ValueError(f"Timeouts.{name} must be > 0 seconds, got {getattr(self, name)}")
+                raise EngineError(
+                    f"Timeouts.{name} must be more than 0 seconds, got {getattr(self, name)}"
+                )
 
     def by_state(self) -> dict[ConnState, float]:
         return {

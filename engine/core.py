@@ -98,6 +98,13 @@ class _Pending:
         self.deadline = deadline
 
 
+# Totals by verdict, beside the counters by reason.
+_VERDICT_COUNTERS = {
+    Verdict.ACCEPT: "accepted",
+    Verdict.DROP: "dropped",
+    Verdict.REJECT: "rejected",
+    Verdict.HOLD: "held",
+}
 _ACCEPT_ESTABLISHED = Decision(Verdict.ACCEPT, str(Reason.ESTABLISHED))
 _PROTO_NAMES = {TCP: "tcp", UDP: "udp", ICMP: "icmp", ICMPV6: "icmpv6"}
 _REOPENABLE = frozenset({ConnState.TIME_WAIT, ConnState.CLOSED})
@@ -187,7 +194,7 @@ class Engine:
         reason = str(reason)  # a Reason member counts under its plain name
         c = self._counts
         c[reason] = c.get(reason, 0) + 1
-        vk = "verdict-" + verdict.value
+        vk = _VERDICT_COUNTERS[verdict]
         c[vk] = c.get(vk, 0) + 1
         d = self._decisions.get((verdict, reason))
         if d is None:
@@ -196,7 +203,7 @@ class Engine:
 
     def _hold(self, sync_id: int, reason: Reason) -> Decision:
         c = self._counts
-        for k in (str(reason), "verdict-hold", "held"):
+        for k in (str(reason), "held"):
             c[k] = c.get(k, 0) + 1
         return Decision(Verdict.HOLD, str(reason), sync_id)
 
@@ -437,7 +444,7 @@ class Engine:
         c = dict(self._counts)
         if self._n_fast:
             c["established"] = c.get("established", 0) + self._n_fast
-            c["verdict-accept"] = c.get("verdict-accept", 0) + self._n_fast
+            c["accepted"] = c.get("accepted", 0) + self._n_fast
         return c
 
     # ---- the console's view -------------------------------------------------------------

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from engine.conntrack import EventKind
-from engine.core import Engine, SyncKind, Verdict
+import pytest
+
+from engine.conntrack import EventKind, Timeouts
+from engine.core import Engine, EngineError, SyncKind, Verdict
 from engine.rules import RuleSet, default_rules, parse_rules
 from sync.records import Scope
-from tests.unit.engine_packets import C1, S1, TcpFlow, udp
+from tests.unit.engine_packets import C1, S1, TcpFlow, ping6, tcp6, udp
 
 
 def _established(engine: Engine, f: TcpFlow, now: float = 1.0, mark: int = 0) -> None:
@@ -112,3 +114,23 @@ def test_rows_by_scope() -> None:
     assert set(own[0]) >= {"key", "proto", "src", "dst", "state", "owner", "age_s", "trigger",
                            "version", "bucket", "kind"}
     assert list(engine.rows("common")) == []
+
+
+def test_ipv6_flows_are_screened_and_tracked_like_ipv4() -> None:
+    rules = parse_rules([{"name": "v6-web", "action": "accept", "proto": "tcp",
+                          "src": "2001:db8:1::/64", "dst": "2001:db8:2::/64", "dport": 80}])
+    engine = Engine("n1", rules)
+    c, s = "2001:db8:1::10", "2001:db8:2::10"
+    for pkt in (tcp6(c, s, 40000, 80, "S"), tcp6(s, c, 80, 40000, "SA"), tcp6(c, s, 40000, 80, "A")):
+        assert engine.process(pkt, 1.0).verdict is Verdict.ACCEPT
+    (row,) = engine.rows("own")
+    assert (row["src"], row["dst"], row["state"]) == (f"[{c}]:40000", f"[{s}]:80", "established")
+    assert engine.process(tcp6(c, s, 40001, 81, "S"), 1.0).reason == "no-rule-match"
+    assert engine.process(ping6(c, s), 1.0).reason == "no-rule-match"
+
+
+def test_misuse_gives_an_engine_error() -> None:
+    with pytest.raises(EngineError, match="established_s"):
+        Timeouts(established_s=0)
+    with pytest.raises(EngineError, match="'own', 'backup' or 'common'"):
+        list(Engine("n1", default_rules()).rows("mine"))

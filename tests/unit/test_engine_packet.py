@@ -79,7 +79,7 @@ def test_garbage_and_truncated_packets_are_dropped_and_counted() -> None:
     assert c["truncated-ip"] == 3  # empty, and the two cut SYNs (shorter than their total length)
     assert c["bad-ip-version"] == 1
     assert c["fragment"] == 1
-    assert c["verdict-drop"] == 5
+    assert c["dropped"] == 5
     assert not list(engine.rows("own"))
 
 

@@ -1,0 +1,574 @@
+"""`syncwall bench NAME`: DESIGN.md's "Measurements", repeated, baselines measured in the same run.
+
+Each bench prints progress lines on stderr and, with --json, one JSON object on stdout
+(figures as {"median", "min", "max", "spread", "p99", "n", "samples"}). Exit 0 when the
+bench ran, whatever the figures; 1 when it could not run (the message says why).
+Targets are reported beside the figures, never asserted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from demos import baselines
+from demos.baselines import BenchError
+
+RUN_ROOT = Path("/run/syncwall")
+BENCH_LAB = "swbench"
+
+
+# ---- statistics -------------------------------------------------------------------------------
+def median(values: Sequence[float]) -> float:
+    if not values:
+        raise ValueError("median of no values")
+    return float(statistics.median(values))
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100): a value that was actually measured."""
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile must be in 0..100, got {q}")
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return float(ordered[rank - 1])
+
+
+def p99(values: Sequence[float]) -> float:
+    return percentile(values, 99)
+
+
+def spread(values: Sequence[float]) -> float:
+    """max - min: how far apart the repeated runs landed."""
+    if not values:
+        raise ValueError("spread of no values")
+    return float(max(values) - min(values))
+
+
+def summarize(values: Sequence[float], digits: int = 3) -> dict[str, Any]:
+    """Median, p99, min, max and spread of repeated measurements (None figures when there are none)."""
+    vals = [float(v) for v in values]
+    if not vals:
+        return {"median": None, "p99": None, "min": None, "max": None, "spread": None, "n": 0,
+                "samples": []}
+    return {
+        "median": round(median(vals), digits),
+        "p99": round(p99(vals), digits),
+        "min": round(min(vals), digits),
+        "max": round(max(vals), digits),
+        "spread": round(spread(vals), digits),
+        "n": len(vals),
+        "samples": [round(v, digits) for v in vals],
+    }
+
+
+def ratio(num: Sequence[float], den: Sequence[float]) -> dict[str, Any]:
+    """Run-by-run ratios (each pair measured in the same run), summarized."""
+    pairs = [a / b for a, b in zip(num, den, strict=False) if b]
+    return summarize(pairs, 3)
+
+
+# ---- progress and machine -----------------------------------------------------------------------
+class Progress:
+    """Progress lines on stderr with the time since the bench started."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.t0 = time.monotonic()
+
+    def __call__(self, msg: str) -> None:
+        sys.stderr.write(f"[{self.name} {time.monotonic() - self.t0:6.1f}s] {msg}\n")
+        sys.stderr.flush()
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
+            "python": platform.python_version(), "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+# ---- the lab, driven like an operator would -------------------------------------------------------
+def sw(*args: str, timeout_s: float = 90) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True,
+                       timeout=timeout_s)
+    if p.returncode != 0:
+        raise BenchError(f"syncwall {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()[-400:]}")
+    return p
+
+
+def lab_request(lab: str, msg: dict[str, Any], timeout_s: float = 10.0) -> dict[str, Any]:
+    from netns.control import ControlClient, ControlError
+
+    c = ControlClient(RUN_ROOT / lab / "control.sock", timeout_s)
+    try:
+        reply = c.request(msg)
+    except ControlError as e:
+        raise BenchError(f"lab {lab!r} does not answer: {e}") from e
+    finally:
+        c.close()
+    if not reply.get("ok", True):
+        raise BenchError(f"lab {lab!r} refused {msg.get('cmd')}: {reply.get('error')}")
+    return reply
+
+
+def lab_nodes(lab: str) -> dict[str, dict[str, Any]]:
+    return {n["name"]: n for n in lab_request(lab, {"cmd": "status"})["nodes"]}
+
+
+def wait_until(what: str, pred: Callable[[], Any], timeout_s: float, every_s: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(every_s)
+    raise BenchError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+@contextlib.contextmanager
+def bench_lab(lab: str | None, progress: Progress, policy: str | None = None) -> Iterator[str]:
+    """A running lab: the one named by --lab (left running), else our own default-topology lab."""
+    if lab:
+        if not (RUN_ROOT / lab / "control.sock").exists():
+            raise BenchError(f"lab {lab!r} is not running; start it with `syncwall up` or drop --lab")
+        yield lab
+        return
+    if (RUN_ROOT / BENCH_LAB / "control.sock").exists():
+        raise BenchError(f"a bench lab {BENCH_LAB!r} is already running (another bench?); "
+                         f"stop it with `syncwall --lab {BENCH_LAB} down`")
+    with tempfile.TemporaryDirectory(prefix="swbench-") as tmp:
+        lab_file = Path(tmp) / "lab.toml"
+        # The default topology under our own name, so a lab someone else runs is never touched.
+        lab_file.write_text(f'name = "{BENCH_LAB}"\n' + (f'policy = "{policy}"\n' if policy else ""))
+        progress(f"starting lab {BENCH_LAB!r} (default topology): syncwall up")
+        sw("up", str(lab_file), "--json")
+        try:
+            wait_until("three active nodes", lambda: all(
+                n["state"] == "active" and n["buckets"] for n in lab_nodes(BENCH_LAB).values()), 30)
+            yield BENCH_LAB
+        finally:
+            progress(f"stopping lab {BENCH_LAB!r}: syncwall down")
+            try:
+                sw("--lab", BENCH_LAB, "down")
+            except BenchError as e:
+                progress(f"down failed ({e}); cleaning by record")
+                with contextlib.suppress(BenchError):
+                    sw("--lab", BENCH_LAB, "clean", "--force")
+
+
+def traffic(lab: str, *args: str) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(sw("--lab", lab, "traffic", *args).stdout)
+    return out
+
+
+def flows(lab: str, prefix: str) -> list[dict[str, Any]]:
+    snap = lab_request(lab, {"cmd": "snapshot", "max_events": 0})
+    return [f for f in snap.get("flows", [])
+            if str(f.get("workload", "")).startswith(prefix) or str(f.get("name", "")).startswith(prefix)]
+
+
+def stop_traffic(lab: str) -> None:
+    with contextlib.suppress(BenchError):
+        lab_request(lab, {"cmd": "traffic", "action": "stop"})
+    time.sleep(0.5)
+    with contextlib.suppress(BenchError):
+        lab_request(lab, {"cmd": "traffic", "action": "clear"})
+
+
+# ---- benches ------------------------------------------------------------------------------------
+def bench_throughput(runs: int, lab: str | None, progress: Progress) -> dict[str, Any]:
+    duration_s = float(os.environ.get("SWBENCH_DURATION_S", "3"))
+    raw = baselines.measure(duration_s, runs, baselines.MODES, progress)
+    s = raw["samples"]
+    out: dict[str, Any] = {
+        "what": "64-byte UDP packets/s and one TCP stream's Mbit/s through one gateway namespace "
+                "(bench-owned sender/gateway/receiver), every mode measured in every run",
+        "duration_s": duration_s, "udp_sender": raw.get("udp_sender"), "notes": raw["notes"],
+        "modes": {m: {"pps": summarize(v["pps"], 0), "mbps": summarize(v["mbps"], 0)} for m, v in s.items()},
+        "ratios": {},
+    }
+    pairs = {
+        "engine_pps_vs_c": ("engine", "c", "pps"),
+        "engine_gso_pps_vs_c": ("engine-gso", "c", "pps"),
+        "python_pps_vs_c": ("python", "c", "pps"),
+        "c_pps_vs_kernel": ("c", "kernel", "pps"),
+        "engine_mbps_vs_kernel": ("engine", "kernel", "mbps"),
+        "engine_gso_mbps_vs_kernel": ("engine-gso", "kernel", "mbps"),
+        "python_gso_mbps_vs_python": ("python-gso", "python", "mbps"),
+        "python_gso_mbps_vs_kernel": ("python-gso", "kernel", "mbps"),
+    }
+    for name, (a, b, metric) in pairs.items():
+        if a in s and b in s:
+            out["ratios"][name] = ratio(s[a][metric], s[b][metric])
+    out["targets"] = {"engine_pps_vs_c": ">= 0.75", "engine_mbps_vs_kernel": ">= 0.50"}
+    out["not_measured"] = "through the 3-node cluster: the lab's hosts share the same 2 cores"
+    return out
+
+
+def _burst_local(topo: baselines.Topology, count: int) -> float:
+    """Connections/s of the burst workload from sender to receiver in the bench topology."""
+    health = topo.tmp / f"burst-{time.monotonic_ns()}.json"
+    p = topo.popen(topo.sender, [sys.executable, "-m", "netns.workloads.burst", "--server",
+                                 baselines.RECEIVER_IP, "--port", str(baselines.IPERF_PORT), "--count",
+                                 str(count), "--rate", "100000", "--health-file", str(health)],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        p.wait(timeout=120)
+    finally:
+        topo.stop(p)
+    flow = json.loads(health.read_text())["flows"][0]
+    if flow.get("failures"):
+        raise BenchError(f"burst: {flow.get('detail')}")
+    return float(flow["conn_per_s"])
+
+
+def _burst_lab(lab: str, count: int) -> float:
+    started = traffic(lab, "start", "burst", "--count", str(count), "--rate", "100000")
+    name = str(started.get("name", "burst"))
+    done = wait_until(f"burst {name}", lambda: [f for f in flows(lab, name)
+                                                if f["health"] in ("done", "failed")], 120, 0.2)
+    f = done[0]
+    if f["health"] != "done":
+        raise BenchError(f"burst through the cluster: {f.get('detail')}")
+    return float(f["conn_per_s"])
+
+
+def bench_conn_rate(runs: int, lab: str | None, progress: Progress) -> dict[str, Any]:
+    count = int(os.environ.get("SWBENCH_CONNS", "2000"))
+    local: dict[str, list[float]] = {"kernel": [], "engine": []}
+    cluster: dict[str, list[float]] = {"sync_on_hybrid": [], "sync_off_periodic_60s": []}
+    notes: list[str] = []
+    # The single-gateway figures come first, in our own topology, then the cluster's.
+    with baselines.Topology() as topo:
+        server = topo.popen(topo.receiver, [sys.executable, "-m", "netns.workloads.tcpflows", "server",
+                                            "--bind", baselines.RECEIVER_IP, "--port",
+                                            str(baselines.IPERF_PORT)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        baselines.wait_port(topo.receiver, baselines.IPERF_PORT)
+        cfg = baselines.write_engine_config(topo)
+        for i in range(runs):
+            for mode in local:
+                with baselines.consumer(topo, mode, None, cfg):
+                    rate = _burst_local(topo, count)
+                local[mode].append(rate)
+                progress(f"run {i + 1}/{runs} single gateway, {mode}: {rate:,.0f} conn/s")
+        topo.stop(server)
+    with bench_lab(lab, progress) as name:
+        for i in range(runs):
+            for mode, policy in (("sync_on_hybrid", ("hybrid", "--interval-ms", "1000")),
+                                 ("sync_off_periodic_60s", ("periodic", "--interval-ms", "60000"))):
+                sw("--lab", name, "policy", *policy)
+                rate = _burst_lab(name, count)
+                cluster[mode].append(rate)
+                progress(f"run {i + 1}/{runs} cluster, {mode}: {rate:,.0f} conn/s")
+        sw("--lab", name, "policy", "hybrid", "--interval-ms", "1000")
+        stop_traffic(name)
+    notes.append("sync off = periodic policy with a 60 s interval (no sync during the burst)")
+    notes.append(f"client: netns.workloads.burst (Python asyncio), {count} connections, "
+                 "connect + 16-byte echo + close each")
+    cost = [1 - a / b for a, b in zip(cluster["sync_on_hybrid"], cluster["sync_off_periodic_60s"],
+                                      strict=False) if b]
+    return {
+        "what": "new TCP connections/s (connect, echo, close)",
+        "single_gateway": {m: summarize(v, 0) for m, v in local.items()},
+        "cluster": {m: summarize(v, 0) for m, v in cluster.items()},
+        "sync_cost_fraction": summarize(cost, 3),
+        "engine_vs_kernel": ratio(local["engine"], local["kernel"]),
+        "targets": {"sync_cost_fraction": "<= 0.10"},
+        "notes": notes,
+    }
+
+
+def bench_sync_latency(runs: int, lab: str | None, progress: Progress) -> dict[str, Any]:
+    count = int(os.environ.get("SWBENCH_CONNS", "1000"))
+    p50s: list[float] = []
+    p99s: list[float] = []
+    with bench_lab(lab, progress) as name:
+        sw("--lab", name, "policy", "hybrid", "--interval-ms", "1000")
+        for i in range(runs):
+            _burst_lab(name, count)
+            for n in lab_nodes(name).values():
+                lat = n.get("sync", {}).get("ack_latency_ms", {})
+                if lat.get("p50") is not None:
+                    p50s.append(float(lat["p50"]))
+                    p99s.append(float(lat["p99"]))
+            progress(f"run {i + 1}/{runs}: p50 {p50s[-3:]} p99 {p99s[-3:]} ms (per node)")
+        stop_traffic(name)
+    return {
+        "what": "owner -> backup: from the owner sending a changed record to the backup's ack, "
+                "i.e. applied on the backup and the ack back (a round trip: an upper bound of the "
+                "one-way apply latency); real node processes in the lab, each new connection of a "
+                f"{count}-connection burst is one change",
+        "p50_ms": summarize(p50s), "p99_ms": summarize(p99s),
+        "targets": {"p50_ms": "<= 1", "p99_ms": "<= 5"},
+    }
+
+
+def bench_failover(runs: int, lab: str | None, progress: Progress) -> dict[str, Any]:
+    n_flows = int(os.environ.get("SWBENCH_FLOWS", "100"))
+    victim = "n1"
+    detect: list[float] = []
+    takeover: list[float] = []
+    totals: list[int] = []
+    survived: list[int] = []
+    with bench_lab(lab, progress) as name:
+        traffic(name, "start", "tcp", "--flows", str(n_flows))
+        tcp = lambda: [f for f in flows(name, "tcp-") if f.get("kind") == "tcp"]  # noqa: E731
+        wait_until(f"{n_flows} healthy flows", lambda: len(tcp()) >= n_flows and all(
+            f["health"] == "healthy" for f in tcp()), 60, 0.2)
+        for i in range(runs):
+            time.sleep(1.0)  # let the daemon map every flow to its node
+            before = {f["name"]: f for f in tcp()}
+            on_victim = [k for k, f in before.items() if f.get("node") == victim]
+            killed = lab_request(name, {"cmd": "kill", "node": victim}, 30)
+            killed_at = float(killed.get("killed_at", time.time()))
+
+            def took_over(killed_at: float = killed_at) -> dict[str, Any] | None:
+                for n in lab_nodes(name).values():
+                    lt = n.get("last_takeover")
+                    if n["name"] != victim and lt and float(lt["t"]) > killed_at:
+                        return dict(lt)
+                return None
+
+            lt = wait_until("a backup to take the killed node's buckets", took_over, 10, 0.02)
+            total_ms = (float(lt["t"]) - killed_at) * 1000
+            takeover.append(total_ms)
+            detect.append(total_ms - float(lt["takeover_ms"]))
+            # Flows paused by the outage resume on TCP's retransmission timer; then judge them.
+            time.sleep(3.0)
+            after = {f["name"]: f for f in tcp()}
+            ok = [k for k in before if after.get(k, {}).get("health") == "healthy"
+                  and after[k].get("bytes", 0) > before[k].get("bytes", 0)]
+            totals.append(len(before))
+            survived.append(len(ok))
+            progress(f"run {i + 1}/{runs}: detect {detect[-1]:.0f} ms, takeover {total_ms:.0f} ms, "
+                     f"{len(ok)}/{len(before)} flows survived ({len(on_victim)} were on {victim})")
+            lab_request(name, {"cmd": "revive", "node": victim}, 30)
+            wait_until(f"{victim} active again", lambda: (n := lab_nodes(name)[victim])["state"] == "active"
+                       and n["buckets"], 30, 0.1)
+        stop_traffic(name)
+    return {
+        "what": "kill -9 of a node under long-lived TCP flows; detect = kill -> failure detected "
+                "by the backup; takeover = kill -> backup accepting the dead node's buckets (state "
+                "promoted first), after which the next packet of each flow is forwarded",
+        "detect_ms": summarize(detect, 1), "takeover_ms": summarize(takeover, 1),
+        "flows_total": summarize(totals, 0), "flows_survived": summarize(survived, 0),
+        "targets": {"takeover_ms": "median <= 150, p99 <= 300", "flows_survived": "= flows_total"},
+    }
+
+
+def bench_ftp(runs: int, lab: str | None, progress: Progress) -> dict[str, Any]:
+    sessions = int(os.environ.get("SWBENCH_SESSIONS", "8"))
+    out: dict[str, Any] = {"what": f"{sessions} active-mode FTP sessions per run and policy; cross-node = "
+                                   "the data connection landed on another node than the control one",
+                           "policies": {}}
+    with bench_lab(lab, progress) as name:
+        for policy, interval in (("on-demand", "1000"), ("hybrid", "1000"), ("periodic", "60000")):
+            sw("--lab", name, "policy", policy, "--interval-ms", interval)
+            ok_cross: list[float] = []
+            all_cross: list[float] = []
+            succeeded: list[float] = []
+            for i in range(runs):
+                started = traffic(name, "start", "ftp", "--mode", "active", "--sessions", str(sessions))
+                wname = str(started["name"])
+                wait_until("FTP sessions", lambda: len([f for f in flows(name, wname)  # noqa: B023
+                                                        if f["health"] in ("done", "failed")]) >= sessions,
+                           90, 0.2)
+                time.sleep(1.5)  # the daemon maps data connections to nodes while they close
+                fl = [f for f in flows(name, wname) if f["health"] in ("done", "failed")]
+                cross = [f for f in fl
+                         if f.get("node") and f.get("data_node") and f["node"] != f["data_node"]]
+                unmapped_failed = [f for f in fl if f["health"] == "failed" and not f.get("data_node")]
+                all_cross.append(len(cross) + len(unmapped_failed))
+                ok_cross.append(len([f for f in cross if f["health"] == "done"]))
+                succeeded.append(len([f for f in fl if f["health"] == "done"]))
+                progress(f"{policy} run {i + 1}/{runs}: {succeeded[-1]}/{len(fl)} done, cross-node "
+                         f"{ok_cross[-1]}/{all_cross[-1]} succeeded")
+            holds = [(n.get("hold_ms_p50"), n.get("hold_ms_p99")) for n in lab_nodes(name).values()]
+            out["policies"][policy] = {
+                "sessions_done": summarize(succeeded, 0),
+                "cross_node": summarize(all_cross, 0),
+                "cross_node_succeeded": summarize(ok_cross, 0),
+                "hold_ms_p50_per_node": [h[0] for h in holds],
+                "hold_ms_p99_per_node": [h[1] for h in holds],
+            }
+        sw("--lab", name, "policy", "hybrid", "--interval-ms", "1000")
+        stop_traffic(name)
+    out["notes"] = ["hold times are each node's last 1000 holds (status hold_ms_p50/p99); "
+                    "cross-node failures whose data connection never reached a node table are "
+                    "counted as cross-node"]
+    out["targets"] = {"hold_ms": "p50 <= 2, p99 <= 10"}
+    return out
+
+
+def _fill(store: Any, owner: str, n: int, buckets: Sequence[int]) -> None:
+    from sync.records import Record, Scope
+
+    for i in range(n):
+        key = i.to_bytes(4, "big") + owner.encode().ljust(4, b"\0") + bytes(5)  # 13-byte 5-tuple key
+        store.put_local(Record(key, Scope.NODE, owner, 1, buckets[i % len(buckets)],
+                               [6, 3, 1000 + i, 5001, 1_700_000_000, 0], False))
+
+
+def bench_resync(runs: int, lab: str | None, progress: Progress) -> dict[str, Any]:
+    """A joining node's bulk resync of N entries, in the sync simulator (real agents, simulated links)."""
+    from sync.agent import ResyncComplete
+    from sync.sim import SimCluster
+
+    sizes = [int(x) for x in os.environ.get("SWBENCH_RESYNC_SIZES", "10000,100000").split(",")]
+    out: dict[str, Any] = {"what": "n2 rejoins a 2-node cluster where n1 owns N entries that n2 backs up: "
+                                   "wall time (all agents' CPU, one process) and simulated time from "
+                                   "n2's start to its ResyncComplete",
+                           "where": "sync/sim.py SimCluster: real SyncAgent code and wire codec, "
+                                    "in-memory links (0.2 ms delay), not the lab",
+           "notes": ["simulated time includes the joining agent's wait to hear its peers "
+                     "(2 x heartbeat_ms x miss_limit = 100 ms) before it asks for state"],
+           "sizes": {}}
+    for n in sizes:
+        walls: list[float] = []
+        sims: list[float] = []
+        got: list[float] = []
+        for i in range(runs):
+            sim = SimCluster(2, seed=i)
+            sim.start()
+            if not sim.run_until(sim.all_active, 5.0):
+                raise BenchError("the simulated cluster did not settle")
+            sim.kill("n2")
+            sim.run_until(lambda s=sim: len(s.agents["n1"].owned_buckets) == s.base.buckets, 5.0)  # type: ignore[misc]
+            _fill(sim.stores["n1"], "n1", n, sim.agents["n1"].owned_buckets)
+            t_sim = sim.now
+            t0 = time.perf_counter()
+            sim.revive("n2")
+
+            def done(s: SimCluster = sim) -> bool:
+                return any(isinstance(e, ResyncComplete) for e in s.events["n2"])
+
+            sim.events["n2"].clear()
+            if not sim.run_until(done, 60.0):
+                raise BenchError(f"n2 did not finish resyncing {n} entries in 60 s of simulated time")
+            walls.append(time.perf_counter() - t0)
+            sims.append(sim.now - t_sim)
+            ev = next(e for e in sim.events["n2"] if isinstance(e, ResyncComplete))
+            got.append(ev.records)
+            progress(f"{n} entries, run {i + 1}/{runs}: {walls[-1]:.2f} s wall, {sims[-1]:.3f} s simulated, "
+                     f"{ev.records} received")
+        out["sizes"][str(n)] = {"wall_s": summarize(walls), "simulated_s": summarize(sims),
+                                "records_received": summarize(got, 0)}
+    out["targets"] = {"100000": "wall_s <= 1"}
+    return out
+
+
+def _store_bytes(n: int) -> float:
+    """Bytes per entry of MemoryStore holding n connection records (tracemalloc)."""
+    from sync.records import MemoryStore
+
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        store = MemoryStore()
+        _fill(store, "n1", n, [1, 2, 3])
+        used = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    del store
+    return used / n
+
+
+def bench_memory(runs: int, lab: str | None, progress: Progress) -> dict[str, Any]:
+    from sync.records import Scope
+    from sync.sim import SimCluster
+
+    per_node_conns = int(os.environ.get("SWBENCH_CONNS_PER_NODE", "2000"))
+    out: dict[str, Any] = {"what": f"each node owns {per_node_conns} connections; entries each node holds "
+                                   "(own + backup copies) once synced, cyclic backup groups (1 backup) "
+                                   "vs full mesh (every other node backs up)",
+                           "where": "sync/sim.py SimCluster (real agents, in-memory links)",
+                           "nodes": {}}
+    for n in (3, 4, 6):
+        row: dict[str, Any] = {}
+        for label, backups in (("cyclic", 1), ("full_mesh", n - 1)):
+            sim = SimCluster(n, backups=backups, seed=1)
+            sim.start()
+            if not sim.run_until(sim.all_active, 10.0):
+                raise BenchError(f"the simulated {n}-node cluster did not settle")
+            for name in sim.names:
+                owned = sim.agents[name].owned_buckets
+                for i in range(per_node_conns):
+                    sim.put(name, f"{name}-{i}".encode().ljust(13, b"\0"), [6, 1, i],
+                            bucket=owned[i % len(owned)])
+                    if i % 200 == 0:
+                        sim.step()
+            sim.run(2.0)
+            held = [sum(1 for r in sim.stores[x].records() if not r.deleted and r.scope is Scope.NODE)
+                    for x in sim.names]
+            row[label] = {"entries_per_node": summarize(held, 0), "backups": backups,
+                          "sync_bytes": sim.stats.bytes, "sync_datagrams": sim.stats.sent}
+            progress(f"{n} nodes {label}: entries per node {held}, {sim.stats.bytes:,} sync bytes")
+        row["cyclic_vs_full_mesh"] = round(row["cyclic"]["entries_per_node"]["median"]
+                                           / row["full_mesh"]["entries_per_node"]["median"], 3)
+        out["nodes"][str(n)] = row
+    sizes = [_store_bytes(20000) for _ in range(max(1, runs))]
+    out["bytes_per_entry"] = {"store": "sync.records.MemoryStore, 13-byte key, 6-field record",
+                              **summarize(sizes, 0)}
+    per_entry = out["bytes_per_entry"]["median"]
+    for row in out["nodes"].values():
+        for label in ("cyclic", "full_mesh"):
+            row[label]["bytes_per_node_est"] = int(row[label]["entries_per_node"]["median"] * per_entry)
+    out["targets"] = {"3 nodes cyclic_vs_full_mesh": "<= 2/3 + a small constant"}
+    return out
+
+
+BENCHES: dict[str, tuple[Callable[[int, str | None, Progress], dict[str, Any]], int]] = {
+    "throughput": (bench_throughput, 3),
+    "conn-rate": (bench_conn_rate, 3),
+    "sync-latency": (bench_sync_latency, 3),
+    "failover": (bench_failover, 5),
+    "ftp": (bench_ftp, 3),
+    "resync": (bench_resync, 3),
+    "memory": (bench_memory, 3),
+}
+
+
+def run_bench(name: str, as_json: bool, lab: str | None, runs: int) -> int:
+    """Run one bench; print its JSON (or a readable summary) on stdout. 0 when it ran."""
+    if name not in BENCHES:
+        sys.stderr.write(f"syncwall: no bench {name!r}; benches are {', '.join(BENCHES)}\n")
+        return 2
+    fn, default_runs = BENCHES[name]
+    runs = runs or default_runs
+    progress = Progress(name)
+    t0 = time.monotonic()
+    info = machine()
+    progress(f"{runs} run(s) on {info['cpus']} CPUs ({info['cpu_model']}), load {info['loadavg_at_start']}")
+    try:
+        result = fn(runs, lab, progress)
+    except (BenchError, OSError, subprocess.SubprocessError) as e:
+        sys.stderr.write(f"syncwall: bench {name} could not run: {e}\n")
+        return 1
+    doc = {"bench": name, "runs": runs, "elapsed_s": round(time.monotonic() - t0, 1), "machine": info,
+           "command": f"syncwall bench {name} --json --runs {runs}", **result}
+    if as_json:
+        sys.stdout.write(json.dumps(doc) + "\n")
+    else:
+        sys.stdout.write(json.dumps(doc, indent=1) + "\n")
+    return 0

@@ -38,6 +38,8 @@ from netns.workloads.health import Flow, FlowHealth, FlowKind, HealthWriter, fmt
 log = logging.getLogger(__name__)
 
 EXIT_SOME_FAILED = 1
+# With --sessions 0 (run until stopped) the health file keeps only the most recent sessions.
+KEPT_SESSIONS = 500
 
 
 class FtpMode(Enum):
@@ -215,7 +217,7 @@ def run_sessions(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info("%s FTP sessions to %s:%d fetching %s", mode.value, args.server, args.port, args.file)
-    index = 0
+    index = failed = 0
     next_t = time.monotonic()
     try:
         while args.sessions == 0 or index < args.sessions:
@@ -229,17 +231,23 @@ def run_sessions(args: argparse.Namespace) -> int:
             writer.write(flows)
             run_session(flow, args.server, args.port, mode, args.file, args.timeout_s, args.bind_ip)
             writer.write(flows)
+            failed += flow.health is FlowHealth.FAILED
             index += 1
             next_t += args.interval_ms / 1000.0
-            time.sleep(max(0.0, next_t - time.monotonic()))
+            if args.sessions and index >= args.sessions:
+                break
+            # Rewrite while idle so that a fresh "updated" tells the daemon we are alive.
+            while (left_s := next_t - time.monotonic()) > 0:
+                time.sleep(min(left_s, writer.interval_s))
+                writer.write(flows)
+            del flows[:-KEPT_SESSIONS]
     except _Stopped:
         if flows and not flows[-1].health.final:
             flows[-1].set_health(FlowHealth.DONE, "interrupted by stop before it completed")
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     writer.write(flows)
-    failed = sum(f.health is FlowHealth.FAILED for f in flows)
-    log.info("%d sessions, %d failed", len(flows), failed)
+    log.info("%d sessions, %d failed", index, failed)
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 

@@ -449,3 +449,16 @@ def test_icmp_pings_loopback_without_loss(procs: Procs, tmp_path: Path) -> None:
     assert (flow["kind"], flow["health"], flow["lost"]) == ("icmp", "done", 0)
     assert flow["replies"] == flow["pings_sent"] > 5
     assert flow["src"].startswith(f"{LO}:")
+
+
+def test_ftp_client_runs_until_sigterm_and_stops_cleanly(
+    procs: Procs, ftp_server: int, tmp_path: Path
+) -> None:
+    health = tmp_path / "ftp.json"
+    args = ["--server", LO, "--port", str(ftp_server), "--mode", "passive", "--sessions", "0"]
+    client = procs.start("ftpclient", *args, "--interval-ms", "100", "--health-file", str(health))
+    wait_health(health, lambda fs: sum(f["health"] == "done" for f in fs) >= 3, 5, "3 sessions done")
+    rc, err = stop(client)
+    assert rc == 0, err
+    assert "Traceback" not in err
+    assert health_of(read_health(health)["flows"]) == {"done"}

@@ -789,7 +789,8 @@ class SyncAgent:
         # is promoted by now) and of nodes whose backup group we are no longer in.
         backing = set(v.backed_up_by(self.node))
         for name in self.names:
-            if name == self.node or name in backing:
+            if name == self.node or name in backing or self.mode is Mode.JOINING:
+                # (a joiner keeps what its bulk resync brought: it will need it when active)
                 continue
             gone = v.state(name) in (MemberState.FAILED, MemberState.OFFLINE) and old.state(name) in LIVE
             if gone or name in old.backed_up_by(self.node):
@@ -813,6 +814,10 @@ class SyncAgent:
             if promoted and rest:
                 self._send_records({rest: promoted}, trig, now)
         if self.mode is Mode.JOINING:
+            # What the peers must send us depends on the view (who owns which bucket now,
+            # whom we will back up): ask again under the new one. Versions make it idempotent.
+            for p in self.peers.values():
+                p.bulk_requested = p.bulk_done = False
             self._joining(now)
         if left:
             log.info("%s: left the cluster (view %d)", self.node, v.epoch)
@@ -840,6 +845,11 @@ class SyncAgent:
             )
 
     def _rejoin(self, now: float) -> None:
+        """We were declared failed (cut off, or too slow): our buckets went to others, who
+        promoted our state. What we hold may have been promoted by us in isolation and
+        would shadow newer versions, so reset node state and take the bulk resync."""
+        dropped = sum(self.store.drop_owner(n) for n in self.names)
+        log.warning("%s: rejoining; dropped %d node records held before", self.node, dropped)
         self.mode = Mode.JOINING
         self._ready = False
         self._join_started = now

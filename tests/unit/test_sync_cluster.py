@@ -244,3 +244,51 @@ def test_stats_count_per_peer_and_type() -> None:
     assert s["peers"]["n3"]["sent"].get("records", 0) == 0
     assert s["ack_latency_ms"]["samples"] > 0 and s["ack_latency_ms"]["p50"] is not None
     assert s["bad_frames"] == {}
+
+
+def _settled(c: SimCluster) -> bool:
+    return c.all_active() and all(len(v) == 1 for v in c.owners().values())
+
+
+def _each_record_at_owner_and_backup(c: SimCluster, per_node: int) -> None:
+    view = c.agents["n1"].view
+    for x in c.names:
+        for i in range(per_node):
+            key = f"{x}-{i}".encode()
+            recs = {h: c.stores[h].get(key) for h in c.holders(key) if h in c.alive}
+            owners = {r.owner for r in recs.values() if r is not None}
+            assert len(owners) == 1, (key, recs)
+            owner = owners.pop()
+            assert set(recs) == {owner, *view.backups_of(owner)}, (key, set(recs))
+
+
+def test_a_restart_faster_than_detection_still_resyncs_first() -> None:
+    c = _cluster()
+    for x in c.names:
+        for i in range(20):
+            c.put(x, f"{x}-{i}".encode(), [i])
+    c.run(0.05)
+    c.kill("n2")
+    c.run(0.01)  # back before anyone noticed it was gone: only its new incarnation tells
+    c.revive("n2")
+    assert c.run_until(lambda: _settled(c), 2.0)
+    c.run(0.05)
+    _each_record_at_owner_and_backup(c, 20)
+    assert sum(1 for _ in c.stores["n2"].records(owner="n2")) == 20
+
+
+def test_a_healed_partition_ends_with_one_owner_per_bucket_and_no_stale_copies() -> None:
+    c = _cluster()
+    for x in c.names:
+        for i in range(20):
+            c.put(x, f"{x}-{i}".encode(), [i])
+    c.run(0.05)
+    c.cut.add("n1")  # n1 alone takes every bucket; n2 and n3 take n1's
+    c.run(0.3)
+    c.cut.discard("n1")
+    assert c.run_until(lambda: _settled(c), 2.0)
+    c.run(0.05)
+    _each_record_at_owner_and_backup(c, 20)
+    c.put("n3", b"n3-5", [99])  # n1's copy must not shadow n3's newer versions
+    c.run(0.01)
+    assert c.stores["n1"].get(b"n3-5").data == [99]  # type: ignore[union-attr]

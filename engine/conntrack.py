@@ -8,8 +8,9 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any
 
+from engine.ftp import FtpHelper
 from engine.packet import ACK, FIN, ICMP, ICMPV6, RST, SYN, TCP, UDP
 from engine.rules import EngineError
 from sync.records import Scope, Trigger
@@ -131,14 +132,6 @@ class Timeouts:
         }
 
 
-class Helper(Protocol):
-    """A protocol helper attached to a connection (engine.ftp.FtpHelper)."""
-
-    name: str
-
-    def state(self) -> list[Any]: ...
-
-
 class Conn:
     """One connection entry. `orig_low` says the originator is the key's lower endpoint."""
 
@@ -168,7 +161,7 @@ class Conn:
         version: int,
         bucket: int,
         now: float,
-        helper: Any = None,
+        helper: FtpHelper | None = None,
         trigger: str = "new",
     ) -> None:
         self.key = key

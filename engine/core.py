@@ -21,7 +21,7 @@ from engine.conntrack import (
     next_version,
     tcp_next,
 )
-from engine.ftp import Anomaly, Expect, FtpHelper, Refuse, make_helper
+from engine.ftp import Anomaly, Expect, Refuse, make_helper
 from engine.packet import (
     ACK,
     ICMP,
@@ -276,7 +276,8 @@ class Engine:
     def _help(self, e: Conn, p: Packet, data: bytes, from_orig: bool, now: float) -> Decision | None:
         """Run the connection's helper on this segment: a drop, a hold, or None (go on)."""
         h = e.helper
-        assert isinstance(h, FtpHelper)
+        if h is None:
+            return None
         snap = h.snapshot()
         expects: list[Expect] = []
         for f in h.feed(from_orig, p.seq, data[p.payload_off : p.end]):

@@ -1,0 +1,454 @@
+"""The console application: polls the lab through a LabLink and lets the operator act on it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any
+
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.theme import Theme
+from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from app.console.cards import ClusterView, NodeCard
+from app.console.dialogs import (
+    TRAFFIC,
+    ConfirmScreen,
+    HelpScreen,
+    PolicyScreen,
+    QuitScreen,
+    TrafficScreen,
+)
+from app.console.link import LabLink, LinkError, RequestRefused, checked
+from app.console.model import Scope
+from app.console.tables import ConnectionsPane, DiffTable, FlowsPane, TimelinePane
+
+log = logging.getLogger(__name__)
+
+PRESENT_THEME = Theme(
+    name="syncwall-present",
+    primary="#3b82f6",
+    secondary="#ffffff",
+    accent="#ffd700",
+    warning="#ffb000",
+    error="#ff3b3b",
+    success="#00e676",
+    foreground="#ffffff",
+    background="#000000",
+    surface="#0a0a0a",
+    panel="#202020",
+    dark=True,
+)
+
+# Actions that change the lab: hidden in viewer mode (the daemon refuses them from viewers too).
+LAB_ACTIONS = frozenset({
+    "kill", "crash", "revive", "offline", "policy", "full_sync", "traffic", "traffic_kind",
+    "freeze", "step",
+})
+NODE_STATE_ACTIONS = {  # action -> node states in which it applies
+    "kill": {"active"},
+    "crash": {"active"},
+    "offline": {"active"},
+    "revive": {"failed", "offline"},
+}
+VIEWS = ("connections", "timeline", "flows")
+
+
+class ConsoleApp(App[str]):
+    """The syncwall console. `run()` returns "keep" or "stop": what to do with the lab."""
+
+    CSS_PATH = "console.tcss"
+    TITLE = "syncwall"
+
+    BINDINGS = [
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("q", "quit_console", "Quit"),
+        Binding("space", "toggle_pause", "Pause"),
+        Binding("slash", "filter", "Filter", key_display="/"),
+        Binding("c", "view('connections')", "Connections", show=False),
+        Binding("t", "view('timeline')", "Sync timeline", show=False),
+        Binding("f", "view('flows')", "Flows board", show=False),
+        Binding("left_square_bracket", "scope(-1)", "Scope ←", show=False, key_display="["),
+        Binding("right_square_bracket", "scope(1)", "Scope →", show=False, key_display="]"),
+        Binding("s", "sort", "Sort", show=False),
+        Binding("k", "kill", "Kill"),
+        Binding("x", "crash", "Crash"),
+        Binding("r", "revive", "Revive"),
+        Binding("o", "offline", "Offline"),
+        Binding("p", "policy", "Policy"),
+        Binding("y", "full_sync", "Sync all"),
+        Binding("a", "traffic", "Traffic"),
+        Binding("z", "freeze", "Freeze"),
+        Binding("n", "step", "Step"),
+        Binding("escape", "close_filter", "Close filter", show=False),
+        *(Binding(str(i), f"select_node({i})", f"Node {i}", show=False) for i in range(1, 10)),
+    ]
+
+    def __init__(
+        self,
+        link: LabLink,
+        *,
+        viewer: bool = False,
+        present: bool = False,
+        poll_interval_s: float | None = 0.25,
+        table_limit: int = 500,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.link = link
+        self.viewer = viewer
+        self.present = present
+        self.poll_interval_s = poll_interval_s
+        self.table_limit = table_limit
+        self.clock = clock
+        self.paused = False
+        self.snapshot: dict[str, Any] = {}
+        self.link_trouble = ""
+        self._poll_worker: Worker[Any] | None = None
+        self._binding_state: tuple[Any, ...] = ()
+        if present:
+            self.register_theme(PRESENT_THEME)
+
+    # ---- layout ----------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False, icon="◆")
+        yield Static("connecting to the lab…", id="headline")
+        yield ClusterView()
+        with TabbedContent(id="views", initial="connections"):
+            with TabPane("Connections", id="connections"):
+                yield ConnectionsPane()
+            with TabPane("Sync timeline", id="timeline"):
+                yield TimelinePane()
+            with TabPane("Flows", id="flows"):
+                yield FlowsPane()
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        if self.present:
+            self.theme = PRESENT_THEME.name
+            self.screen.add_class("-present")
+        self.sub_title = "viewer" if self.viewer else ""
+        self.poll()
+        if self.poll_interval_s:
+            self.set_interval(self.poll_interval_s, self._tick)
+        self.query_one("#conn-table", DiffTable).focus()
+
+    @property
+    def selected_node(self) -> str:
+        return self.query_one(ClusterView).selected
+
+    def node_state(self, name: str | None = None) -> str:
+        name = name or self.selected_node
+        for node in self.snapshot.get("nodes", []):
+            if node.get("name") == name:
+                return str(node.get("state", ""))
+        return ""
+
+    # ---- polling ---------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        if self.paused:
+            return
+        if self._poll_worker is not None and self._poll_worker.is_running:
+            return  # a slow lab: do not pile requests up behind it
+        self.poll()
+
+    def poll(self) -> None:
+        self._poll_worker = self._fetch(self.query_one(ConnectionsPane).request(self.table_limit))
+
+    @work(thread=True, exclusive=True, group="poll", exit_on_error=False)
+    def _fetch(self, table_request: dict[str, Any]) -> None:
+        snapshot = checked(self.link.request({"cmd": "snapshot"}))
+        table: dict[str, Any] | None = None
+        if table_request.get("node"):
+            try:
+                table = checked(self.link.request(table_request))
+            except RequestRefused as exc:
+                table = {"ok": True, "node": table_request["node"],
+                         "scope": table_request["scope"], "rows": [], "total": 0,
+                         "note": str(exc)}
+        if not get_current_worker().is_cancelled:
+            self.call_from_thread(self._apply, snapshot, table)
+
+    async def _apply(self, snapshot: dict[str, Any], table: dict[str, Any] | None) -> None:
+        self.snapshot = snapshot
+        now_s = self.clock()
+        if self.link_trouble:
+            self.notify("The lab answers again.", title="link")
+            self.link_trouble = ""
+        cluster = self.query_one(ClusterView)
+        first = not cluster.selected
+        await cluster.update_nodes(list(snapshot.get("nodes", [])))
+        conns = self.query_one(ConnectionsPane)
+        if first and cluster.selected:
+            conns.show(node=cluster.selected)
+        if table is not None:
+            conns.apply(table, now_s)
+        self.query_one(TimelinePane).apply(list(snapshot.get("events", [])))
+        self.query_one(FlowsPane).apply(list(snapshot.get("flows", [])))
+        self._update_headline()
+        self.title = f"syncwall · lab {snapshot.get('lab', '?')}"
+        self.sub_title = (
+            f"{'viewer · ' if self.viewer else ''}policy {snapshot.get('policy', '?')} "
+            f"{snapshot.get('interval_ms', '?')} ms · t={float(snapshot.get('time', 0.0)):.1f}s"
+        )
+        state = (tuple(n.get("state") for n in snapshot.get("nodes", [])), snapshot.get("frozen"),
+                 snapshot.get("queued", 0) > 0, self.selected_node)
+        if state != self._binding_state:
+            self._binding_state = state
+            self.refresh_bindings()
+
+    def _update_headline(self) -> None:
+        parts: list[str] = []
+        if self.link_trouble:
+            parts.append(f"⚠ {self.link_trouble}")
+        if self.paused:
+            parts.append("⏸ PAUSED (space resumes)")
+        if self.snapshot.get("frozen"):
+            parts.append(f"❄ SYNC FROZEN: {self.snapshot.get('queued', 0)} queued (n steps, z resumes)")
+        headline = str(self.snapshot.get("headline") or "")
+        if headline:
+            parts.append(headline)
+        box = self.query_one("#headline", Static)
+        box.update("  ·  ".join(parts) or "all nodes in step")
+        box.set_class(bool(headline), "-takeover")
+        box.set_class(bool(self.link_trouble), "-trouble")
+
+    @on(Worker.StateChanged)
+    def _worker_changed(self, event: Worker.StateChanged) -> None:
+        if event.state is not WorkerState.ERROR:
+            return
+        error = event.worker.error
+        if event.worker.group == "poll":
+            message = f"lab unreachable: {error}" if isinstance(error, LinkError) else str(error)
+            if message != self.link_trouble:
+                self.notify(message, title="polling the lab", severity="error")
+            self.link_trouble = message
+            self._update_headline()
+            return
+        title = "the lab refused" if isinstance(error, RequestRefused) else "link error"
+        self.notify(str(error), title=title, severity="error", timeout=8)
+
+    # ---- acting on the lab -----------------------------------------------------------------
+
+    @work(thread=True, group="action", exit_on_error=False)
+    def send(self, msg: dict[str, Any], done: str) -> dict[str, Any]:
+        reply = checked(self.link.request(msg))
+        self.call_from_thread(self._acted, done)
+        return reply
+
+    def _acted(self, done: str) -> None:
+        self.notify(done, title="done", timeout=3)
+        self.poll()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in LAB_ACTIONS and self.viewer:
+            return False
+        if action in NODE_STATE_ACTIONS:
+            return True if self.node_state() in NODE_STATE_ACTIONS[action] else None
+        if action == "step":
+            return True if self.snapshot.get("frozen") else None
+        if action == "select_node":
+            return (bool(parameters) and int(str(parameters[0])) <= len(
+                self.snapshot.get("nodes", []))) or None
+        return True
+
+    def _allowed(self, action: str) -> bool:
+        if self.check_action(action, ()) is True:
+            return True
+        if self.viewer and action in LAB_ACTIONS:
+            self.notify("viewers cannot act on the lab", severity="warning")
+        else:
+            self.notify(f"{action.replace('_', ' ')} does not apply now", severity="warning")
+        return False
+
+    def _confirmed(self, question: str, yes: str, msg: dict[str, Any], done: str) -> None:
+        def answer(ok: bool | None) -> None:
+            if ok:
+                self.send(msg, done)
+
+        self.push_screen(ConfirmScreen(question, yes), answer)
+
+    def action_kill(self) -> None:
+        node = self.selected_node
+        if self._allowed("kill"):
+            self._confirmed(f"Kill {node}? Its process gets SIGKILL; its backup must take over.",
+                            f"Kill {node}", {"cmd": "kill", "node": node}, f"{node} killed")
+
+    def action_crash(self) -> None:
+        node = self.selected_node
+        if self._allowed("crash"):
+            self._confirmed(f"Crash {node}? Its links are cut with no goodbye.",
+                            f"Crash {node}", {"cmd": "crash", "node": node}, f"{node} crashed")
+
+    def action_offline(self) -> None:
+        node = self.selected_node
+        if self._allowed("offline"):
+            self._confirmed(f"Take {node} offline gracefully? It hands its buckets over first.",
+                            f"Offline {node}", {"cmd": "offline", "node": node},
+                            f"{node} went offline")
+
+    def action_revive(self) -> None:
+        node = self.selected_node
+        if self._allowed("revive"):
+            self.send({"cmd": "revive", "node": node}, f"{node} is rejoining")
+
+    def action_full_sync(self) -> None:
+        if self._allowed("full_sync"):
+            self.send({"cmd": "full_sync"}, "full sync sent")
+
+    def action_policy(self) -> None:
+        if not self._allowed("policy"):
+            return
+
+        def chosen(msg: dict[str, Any] | None) -> None:
+            if msg:
+                self.send(msg, f"policy {msg['policy']}, {msg['interval_ms']} ms")
+
+        self.push_screen(PolicyScreen(str(self.snapshot.get("policy", "hybrid")),
+                                      int(self.snapshot.get("interval_ms", 1000))), chosen)
+
+    def action_traffic(self) -> None:
+        if not self._allowed("traffic"):
+            return
+
+        def chosen(msg: dict[str, Any] | None) -> None:
+            if msg:
+                self.send(msg, f"{msg['kind']} traffic started")
+
+        self.push_screen(TrafficScreen(), chosen)
+
+    def action_traffic_kind(self, kind: str) -> None:
+        if not self._allowed("traffic_kind"):
+            return
+        for ident, _, params in TRAFFIC:
+            if ident == kind:
+                self.send({"cmd": "traffic", "action": "start", **params},
+                          f"{kind} traffic started")
+
+    def action_freeze(self) -> None:
+        if not self._allowed("freeze"):
+            return
+        if self.snapshot.get("frozen"):
+            self.send({"cmd": "resume"}, "sync channel resumed")
+        else:
+            self.send({"cmd": "freeze"}, "sync channel frozen: n releases one message")
+
+    def action_step(self) -> None:
+        if self._allowed("step"):
+            self.send({"cmd": "step"}, "one sync message released")
+
+    # ---- navigation ------------------------------------------------------------------------
+
+    def action_select_node(self, number: int) -> None:
+        nodes = [str(n.get("name")) for n in self.snapshot.get("nodes", [])]
+        if 1 <= number <= len(nodes):
+            self._select(nodes[number - 1])
+
+    def _select(self, name: str) -> None:
+        self.query_one(ClusterView).select(name)
+        self.query_one(ConnectionsPane).show(node=name)
+        self.refresh_bindings()
+
+    @on(NodeCard.Selected)
+    def _card_clicked(self, event: NodeCard.Selected) -> None:
+        self._select(event.name)
+
+    @on(ConnectionsPane.ViewChanged)
+    def _view_changed(self) -> None:
+        if not self.paused:
+            self.poll()
+
+    def action_view(self, view: str) -> None:
+        self.query_one(TabbedContent).active = view
+        table = {"connections": "#conn-table", "timeline": "#event-table",
+                 "flows": "#flow-table"}[view]
+        self.query_one(table, DiffTable).focus()
+
+    def action_scope(self, step: int) -> None:
+        pane = self.query_one(ConnectionsPane)
+        scopes = list(Scope)
+        pane.show(scope=scopes[(scopes.index(pane.scope) + step) % len(scopes)])
+        self.action_view("connections")
+
+    def action_sort(self) -> None:
+        focused = self.focused
+        table = focused if isinstance(focused, DiffTable) else self.query_one("#conn-table",
+                                                                               DiffTable)
+        self.notify(table.cycle_sort(), timeout=2)
+
+    def action_filter(self) -> None:
+        self.action_view("connections")
+        self.query_one(ConnectionsPane).open_filter()
+
+    def action_close_filter(self) -> None:
+        self.query_one(ConnectionsPane).close_filter()
+
+    def action_toggle_pause(self) -> None:
+        self.paused = not self.paused
+        self._update_headline()
+        if not self.paused:
+            self.poll()
+
+    def action_help(self) -> None:
+        rows: list[tuple[str, str, bool]] = []
+        seen: set[str] = set()
+        # the console's own keys first, then those of the focused widget (cursor keys...)
+        bindings = sorted(self.screen.active_bindings.values(), key=lambda a: a.node is not self)
+        for active in bindings:
+            binding = active.binding
+            if binding.action.startswith("select_node") or binding.description in seen:
+                continue
+            if self.check_action(binding.action.split("(")[0], ()) is False:
+                continue  # hidden here (viewer mode): not listed either
+            seen.add(binding.description)
+            rows.append((self.get_key_display(binding), binding.description, active.enabled))
+        extra = ["1..9 select a node's card and its tables; click a card or a column header too",
+                 "\\[ and ] switch own / backup / common; ctrl+p opens the command palette"]
+        self.push_screen(HelpScreen(rows, extra))
+
+    def action_quit_console(self) -> None:
+        if self.viewer:
+            self.exit("keep")
+            return
+
+        def chosen(choice: str | None) -> None:
+            if choice:
+                self.exit(choice)
+
+        self.push_screen(QuitScreen(), chosen)
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        node = self.selected_node
+        entries: list[tuple[str, str, str, Callable[[], Any]]] = [
+            ("kill", f"Kill {node}", "SIGKILL the selected node", self.action_kill),
+            ("crash", f"Crash {node}", "cut the selected node's links", self.action_crash),
+            ("offline", f"Take {node} offline", "graceful leave, no loss", self.action_offline),
+            ("revive", f"Revive {node}", "restart and rejoin", self.action_revive),
+            ("policy", "Sync policy…", "on-demand, periodic or hybrid, and the interval",
+             self.action_policy),
+            ("full_sync", "Full sync now", "every node sends all its state", self.action_full_sync),
+            ("freeze", "Freeze / resume the sync channel", "step-through sync",
+             self.action_freeze),
+            ("step", "Release one sync message", "while frozen", self.action_step),
+        ]
+        for ident, label, _ in TRAFFIC:
+            entries.append(("traffic_kind", f"Start traffic: {label}", "workload",
+                            partial(self.action_traffic_kind, ident)))
+        for action, title, help_text, callback in entries:
+            if self.check_action(action, ()) is True:
+                yield SystemCommand(title, help_text, callback)
+
+
+def run_console(link: LabLink, viewer: bool = False, present: bool = False) -> str:
+    """Run the console until the operator quits; returns "keep" or "stop" (the lab's fate)."""
+    result = ConsoleApp(link, viewer=viewer, present=present).run()
+    return "stop" if result == "stop" and not viewer else "keep"

@@ -1,0 +1,744 @@
+"""A fake lab for the console: the whole control API in memory, driven by a clock tests advance.
+
+It behaves like the default lab seen from the daemon's socket: three nodes with cyclic backups,
+12 buckets, a few hundred connections, flows, a sync timeline; killing a node marks it failed at
+once and, one detection time later, its backup takes over its buckets and connections with an
+event and a headline. Everything is a function of the clock and a seeded RNG, so tests and
+snapshots see the same lab every time.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+STEP_S = 0.25  # the fake lab's simulation tick: churn, flow bytes, periodic sync
+MAX_CATCH_UP_S = 30.0  # a clock jump longer than this is not simulated tick by tick
+EVENTS_KEPT = 400
+EVENTS_IN_SNAPSHOT = 120
+
+
+class FakeClock:
+    """A clock that only moves when told to (tests)."""
+
+    def __init__(self, start_s: float = 0.0) -> None:
+        self.now_s = start_s
+
+    def __call__(self) -> float:
+        return self.now_s
+
+    def advance(self, dt_s: float) -> None:
+        self.now_s += dt_s
+
+
+class WallClock:
+    """Seconds since creation, from the monotonic clock (the fake lab tried by hand)."""
+
+    def __init__(self) -> None:
+        self._start = time.monotonic()
+
+    def __call__(self) -> float:
+        return time.monotonic() - self._start
+
+
+class NodeState(Enum):
+    ACTIVE = "active"
+    FAILED = "failed"
+    OFFLINE = "offline"
+    JOINING = "joining"
+
+
+class Policy(Enum):
+    ON_DEMAND = "on-demand"
+    PERIODIC = "periodic"
+    HYBRID = "hybrid"
+
+
+class FlowKind(Enum):
+    TCP = "tcp"
+    UDP = "udp"
+    FTP = "ftp"
+    BURST = "burst"
+
+
+@dataclass(slots=True)
+class FakeNode:
+    name: str
+    index: int
+    state: NodeState = NodeState.ACTIVE
+    held: int = 0
+    failed_at_s: float | None = None
+    sent: deque[float] = field(default_factory=deque)  # send times of sync messages
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class FakeConn:
+    key: str
+    proto: str
+    src: str
+    dst: str
+    state: str
+    bucket: int
+    owner: str
+    created_s: float
+    trigger: str = "state-modified"
+    version: int = 1
+    copies: dict[str, int] = field(default_factory=dict)  # backup node -> version it holds
+    common: bool = False
+    expires_s: float | None = None
+    flow: str | None = None
+
+
+@dataclass(slots=True)
+class FakeFlow:
+    name: str
+    kind: FlowKind
+    client: str
+    server: str
+    src: str
+    dst: str
+    conn_key: str
+    started_s: float
+    rate_bps: float
+    bytes: int = 0
+    health: str = "healthy"
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class QueuedMessage:
+    key: str
+    version: int
+    to: list[str]
+    trigger: str
+    queued_s: float
+    sender: str
+    holds_packet: bool = False
+
+
+CLIENTS = {"c1": "198.18.1.10", "c2": "198.18.1.11"}
+SERVERS = {"s1": "198.18.2.10", "s2": "198.18.2.11"}
+TCP_STATES = ("SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "TIME_WAIT")
+
+
+class FakeLab:
+    """Implements `request(msg) -> reply` for every command of the lab daemon's control API."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float] | None = None,
+        *,
+        connections: int = 300,
+        nodes: int = 3,
+        buckets: int = 12,
+        seed: int = 7,
+        detect_ms: float = 120.0,
+        join_ms: float = 400.0,
+        churn: bool = True,
+    ) -> None:
+        self.clock: Callable[[], float] = clock or FakeClock()
+        self._rng = random.Random(seed)
+        self.name = "default"
+        self.policy = Policy.HYBRID
+        self.interval_ms = 1000
+        self.buckets = buckets
+        self.detect_s = detect_ms / 1000
+        self.join_s = join_ms / 1000
+        self.churn = churn
+        self.headline = ""
+        self.frozen = False
+        self.queue: deque[QueuedMessage] = deque()
+        self.requests: list[dict[str, Any]] = []  # every request seen, for tests
+        self.nodes = {f"n{i + 1}": FakeNode(f"n{i + 1}", i) for i in range(nodes)}
+        self._order = list(self.nodes)
+        self.bucket_owner = {b: self._home(b) for b in range(1, buckets + 1)}
+        self.backups: dict[str, list[str]] = {}
+        self.conns: dict[str, FakeConn] = {}
+        self.flows: dict[str, FakeFlow] = {}
+        self.events: deque[dict[str, Any]] = deque(maxlen=EVENTS_KEPT)
+        self._event_id = 0
+        self._conn_id = 0
+        self._port = 40000
+        self._flow_seq: dict[FlowKind, int] = dict.fromkeys(FlowKind, 0)
+        self._scheduled: list[tuple[float, int, Callable[[], None]]] = []
+        self._sched_seq = 0
+        self._dirty: set[str] = set()  # periodic policy: keys changed since the last period
+        self._next_period_s = 0.0
+        now = self.clock()
+        self._sim_s = now
+        self._regroup()
+        for _ in range(connections):
+            self._new_conn(now, sync=False)
+        for conn in self.conns.values():
+            conn.copies = dict.fromkeys(self.backups[conn.owner], conn.version)
+        self._add_common("ruleset", "rule-set v3", now)
+        self._add_common("blocklist", "blocked 203.0.113.66", now)
+        for _ in range(3):
+            self._start_flow(FlowKind.TCP, now)
+        self._start_flow(FlowKind.UDP, now)
+        self._event(now, "n1", "lab", "lab up: 3 nodes, hybrid sync every 1000 ms")
+
+    # ---- the control API -------------------------------------------------------------------
+
+    def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+        self.requests.append(dict(msg))
+        now = self.clock()
+        self._advance(now)
+        cmd = msg.get("cmd")
+        handler = getattr(self, f"_cmd_{cmd}", None) if isinstance(cmd, str) else None
+        if handler is None:
+            return {"ok": False, "error": f"unknown command {cmd!r}"}
+        try:
+            reply: dict[str, Any] = handler(msg, now)
+        except _Refused as exc:
+            return {"ok": False, "error": str(exc)}
+        return reply
+
+    def _cmd_status(self, msg: dict[str, Any], now: float) -> dict[str, Any]:
+        snap = self._cmd_snapshot(msg, now)
+        snap.pop("events")
+        snap.pop("flows")
+        return snap
+
+    def _cmd_snapshot(self, msg: dict[str, Any], now: float) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "lab": self.name,
+            "daemon_pid": 4242,
+            "policy": self.policy.value,
+            "interval_ms": self.interval_ms,
+            "sync_port": 7400,
+            "buckets": self.buckets,
+            "time": round(now, 3),
+            "headline": self.headline,
+            "frozen": self.frozen,
+            "queued": len(self.queue),
+            "nodes": [self._node_dict(n, now) for n in self.nodes.values()],
+            "flows": [self._flow_dict(f, now) for f in self.flows.values()],
+            "events": list(self.events)[-EVENTS_IN_SNAPSHOT:],
+        }
+
+    def _cmd_table(self, msg: dict[str, Any], now: float) -> dict[str, Any]:
+        node = self._node(msg.get("node"))
+        scope = msg.get("scope", "own")
+        if scope not in ("own", "backup", "common"):
+            raise _Refused(f"unknown scope {scope!r}: use own, backup or common")
+        limit = int(msg.get("limit", 500))
+        needle = str(msg.get("filter", "")).lower()
+        reply: dict[str, Any] = {"ok": True, "node": node.name, "scope": scope}
+        if node.state in (NodeState.FAILED, NodeState.OFFLINE):
+            reply.update(rows=[], total=0, note=f"{node.name} is {node.state.value}: no tables")
+            return reply
+        rows = [self._row(c, node.name, scope, now) for c in self._scope_conns(node.name, scope)]
+        if needle:
+            rows = [r for r in rows if needle in _haystack(r)]
+        reply.update(rows=rows[:limit], total=len(rows))
+        return reply
+
+    def _cmd_kill(self, msg: dict[str, Any], now: float) -> dict[str, Any]:
+        return self._fail(msg, now, "killed (SIGKILL to the node process)")
+
+    def _cmd_crash(self, msg: dict[str, Any], now: float) -> dict[str, Any]:
+        return self._fail(msg, now, "crashed (links cut, process frozen)")
+
+    def _fail(self, msg: dict[str, Any], now: float, how: str) -> dict[str, Any]:
+        node = self._node(msg.get("node"))
+        if node.state is not NodeState.ACTIVE:
+            raise _Refused(f"{node.name} is {node.state.value}; only an active node can fail")
+        node.state = NodeState.FAILED
+        node.failed_at_s = now
+        node.held = 0
+        self._event(now, node.name, "action", f"{node.name} {how}")
+        self._schedule(now + self.detect_s, lambda: self._take_over(node.name, graceful=False))
+        return {"ok": True}
+
+    def _cmd_offline(self, msg: dict[str, Any], now: float) -> dict[str, Any]:
+        node = self._node(msg.get("node"))
+        if node.state is not NodeState.ACTIVE:
+            raise _Refused(f"{node.name} is {node.state.value}; only an active node can leave")
+        node.failed_at_s = now
+        self._event(now, node.name, "action", f"{node.name} leaving: pushing all state first")
+        node.state = NodeState.OFFLINE
+        self._take_over(node.name, graceful=True)
+        return {"ok": True}
+
+    def _cmd_revive(self, msg: dict[str, Any], now: float) -> dict[str, Any]:
+        node = self._node(msg.get("node"))
+        if node.state not in (NodeState.FAILED, NodeState.OFFLINE):
+            raise _Refused(
+                f"{node.name} is {node.state.value}; only a failed or offline node can be revived"
+            )
+        node.state = NodeState.JOINING
+        self._event(now, node.name, "join", f"{node.name} restarted: hello, asking for bulk state")
+        self._schedule(now + self.join_s, lambda: self._join(node.name, now))
+        return {"ok": True}
+
+    def _cmd_policy(self, msg: dict[str, Any], now: float) -> dict[str, Any]:
+        try:
+            policy = Policy(msg.get("policy", self.policy.value))
+        except ValueError:
+            raise _Refused(
+                f"unknown policy {msg.get('policy')!r}: use on-demand, periodic or hybrid"
+            ) from None
+        interval_ms = int(msg.get("interval_ms", self.interval_ms))
+        if not 10 <= interval_ms <= 60_000:
+            raise _Refused(f"interval {interval_ms} ms is out of range (10..60000)")
+        self.policy, self.interval_ms = policy, interval_ms
+        self._next_period_s = now + interval_ms / 1000
+        self._event(now, "n1", "policy", f"sync policy {policy.value}, every {interval_ms} ms")
+        return {"ok": True}
+
+    def _cmd_full_sync(self, msg: dict[str, Any], now: float) -> dict[str, Any]:
+        sent = 0
+        for conn in self.conns.values():
+            if self.nodes[conn.owner].state is NodeState.ACTIVE:
+                conn.trigger = "full-sync"
+                self._send(conn, now, "full-sync", quiet=True)
+                sent += 1
+        self._event(now, "n1", "full-sync", f"full sync: {sent} records sent to backups")
+        return {"ok": True, "records": sent}
+
+    def _cmd_traffic(self, msg: dict[str, Any], now: float) -> dict[str, Any]:
+        try:
+            kind = FlowKind(msg.get("kind", ""))
+        except ValueError:
+            raise _Refused(f"unknown traffic kind {msg.get('kind')!r}: tcp, udp, ftp or burst") from None
+        action = msg.get("action", "start")
+        if action == "stop":
+            gone = [f for f in self.flows.values() if f.kind is kind]
+            for flow in gone:
+                self._drop_conn(flow.conn_key, now)
+                del self.flows[flow.name]
+            return {"ok": True, "stopped": [f.name for f in gone]}
+        if action != "start":
+            raise _Refused(f"unknown traffic action {action!r}: start or stop")
+        count = int(msg.get("count", 200 if kind is FlowKind.BURST else 1))
+        if kind is FlowKind.BURST:
+            names = [self._burst(count, now)]
+        else:
+            names = [self._start_flow(kind, now) for _ in range(count)]
+        return {"ok": True, "started": names}
+
+    def _cmd_freeze(self, msg: dict[str, Any], now: float) -> dict[str, Any]:
+        self.frozen = True
+        self._event(now, "n1", "freeze", "sync channel frozen: messages wait for a step")
+        return {"ok": True, "queued": len(self.queue)}
+
+    def _cmd_step(self, msg: dict[str, Any], now: float) -> dict[str, Any]:
+        if not self.queue:
+            raise _Refused("no sync message is waiting; make a change first (or resume)")
+        released = self._deliver(self.queue.popleft(), now, how="stepped")
+        return {"ok": True, "released": released, "queued": len(self.queue)}
+
+    def _cmd_resume(self, msg: dict[str, Any], now: float) -> dict[str, Any]:
+        count = len(self.queue)
+        while self.queue:
+            self._deliver(self.queue.popleft(), now, how="released")
+        self.frozen = False
+        self._event(now, "n1", "freeze", f"sync channel resumed: {count} messages released")
+        return {"ok": True, "released": count}
+
+    def _cmd_down(self, msg: dict[str, Any], now: float) -> dict[str, Any]:
+        return {"ok": True}
+
+    # ---- simulation ------------------------------------------------------------------------
+
+    def _advance(self, now: float) -> None:
+        if now - self._sim_s > MAX_CATCH_UP_S:
+            self._sim_s = now - MAX_CATCH_UP_S
+        while self._sim_s + STEP_S <= now:
+            self._sim_s += STEP_S
+            self._run_due(self._sim_s)
+            self._tick(self._sim_s)
+        self._run_due(now)
+
+    def _schedule(self, due_s: float, action: Callable[[], None]) -> None:
+        self._sched_seq += 1
+        self._scheduled.append((due_s, self._sched_seq, action))
+        self._scheduled.sort(key=lambda item: (item[0], item[1]))
+
+    def _run_due(self, upto_s: float) -> None:
+        while self._scheduled and self._scheduled[0][0] <= upto_s:
+            due_s, _, action = self._scheduled.pop(0)
+            saved = self._sim_s
+            self._sim_s = due_s  # actions see the time they were due, not the poll time
+            action()
+            self._sim_s = max(saved, due_s)
+
+    def _tick(self, now: float) -> None:
+        for flow in self.flows.values():
+            self._update_flow(flow, now)
+        for key in [k for k, c in self.conns.items() if c.expires_s and c.expires_s <= now]:
+            self._drop_conn(key, now)
+        if self.churn:
+            live = [c for c in self.conns.values() if not c.common and self._alive(c.owner)]
+            for conn in self._rng.sample(live, min(len(live), 2)):
+                self._modify(conn, now)
+        if self.policy is not Policy.ON_DEMAND and now >= self._next_period_s:
+            self._next_period_s = now + self.interval_ms / 1000
+            self._periodic(now)
+
+    def _modify(self, conn: FakeConn, now: float) -> None:
+        if conn.proto == "tcp":
+            i = TCP_STATES.index(conn.state) if conn.state in TCP_STATES else 2
+            conn.state = TCP_STATES[min(i + 1, 2) if i < 2 else 2]
+        conn.version += 1
+        conn.trigger = "state-modified"
+        if self.policy is Policy.PERIODIC:
+            self._dirty.add(conn.key)
+        else:
+            self._send(conn, now, "state-modified")
+
+    def _periodic(self, now: float) -> None:
+        keys = sorted(self._dirty)
+        self._dirty.clear()
+        for key in keys:
+            conn = self.conns.get(key)
+            if conn is not None and self._alive(conn.owner):
+                conn.trigger = "periodic"
+                self._send(conn, now, "periodic", quiet=True)
+        if keys:
+            self._event(now, "n1", "periodic", f"periodic sync: {len(keys)} changed records sent")
+
+    def _send(self, conn: FakeConn, now: float, trigger: str, *, quiet: bool = False,
+              holds_packet: bool = False) -> None:
+        peers = self._peers_of(conn)
+        if not peers:
+            return
+        self.nodes[conn.owner].sent.append(now)
+        msg = QueuedMessage(conn.key, conn.version, peers, trigger, now, conn.owner, holds_packet)
+        if self.frozen:
+            self.queue.append(msg)
+            if holds_packet:
+                self.nodes[conn.owner].held += 1
+            self._event(now, conn.owner, "queued",
+                        f"{trigger}: {conn.key} v{conn.version} waits (channel frozen)",
+                        key=conn.key, peers=peers, trigger=trigger)
+            return
+        self._deliver(msg, now, how="sent", quiet=quiet)
+
+    def _deliver(self, msg: QueuedMessage, now: float, *, how: str, quiet: bool = False
+                 ) -> dict[str, Any]:
+        conn = self.conns.get(msg.key)
+        acked = [p for p in msg.to if self._alive(p)]
+        if conn is not None:
+            for peer in acked:
+                conn.copies[peer] = max(conn.copies.get(peer, 0), msg.version)
+        if msg.holds_packet and how != "sent":  # "sent" never queued, so never counted held
+            sender = self.nodes[msg.sender]
+            sender.held = max(0, sender.held - 1)
+        latency_ms = round((now - msg.queued_s) * 1000 + 0.2 + self._rng.random() * 0.4, 2)
+        verb = {"sent": "sync", "stepped": "step", "released": "release"}[how]
+        text = f"{msg.trigger}: {msg.key} v{msg.version} -> {', '.join(msg.to)}"
+        if msg.holds_packet:
+            text += " (held packet released on ack)"
+        event = {"kind": verb, "node": msg.sender, "key": msg.key, "peers": acked,
+                 "latency_ms": latency_ms, "trigger": msg.trigger, "text": text}
+        if not quiet:
+            self._event(now, msg.sender, verb, text, key=msg.key, peers=acked,
+                        latency_ms=latency_ms, trigger=msg.trigger)
+        return event
+
+    def _take_over(self, failed: str, *, graceful: bool) -> None:
+        now = self._sim_s
+        node = self.nodes[failed]
+        if node.state not in (NodeState.FAILED, NodeState.OFFLINE):
+            return  # revived before anyone noticed
+        # its backup first; if that one is down too (not yet regrouped), the next live node
+        i = self._order.index(failed)
+        ring = self.backups.get(failed, []) + self._order[i + 1:] + self._order[:i]
+        successor = next((b for b in ring if self._alive(b)), None)
+        moved = [c for c in self.conns.values() if c.owner == failed and not c.common]
+        buckets = sorted(b for b, o in self.bucket_owner.items() if o == failed)
+        took_ms = (now - (now if node.failed_at_s is None else node.failed_at_s)) * 1000
+        if successor is None:
+            for conn in moved:
+                self._drop_conn(conn.key, now)
+            self.headline = f"no live backup for {failed}: {len(moved)} connections lost"
+            self._event(now, failed, "takeover", self.headline)
+            self._regroup()
+            return
+        if not graceful:
+            self._event(now, successor, "peer-down",
+                        f"{successor} missed {failed}'s heartbeats: {failed} is down",
+                        peers=[failed], latency_ms=round(took_ms, 1))
+        for b in buckets:
+            self.bucket_owner[b] = successor
+        trigger = "graceful-leave" if graceful else "node-failed"
+        for conn in moved:
+            conn.owner = successor
+            conn.version += 1
+            conn.trigger = trigger
+            conn.copies = {}
+        for other in self.conns.values():
+            other.copies.pop(failed, None)
+        self._regroup()
+        for conn in moved:
+            self._send(conn, now, trigger, quiet=True)
+        if graceful:
+            self.headline = (f"{failed} left gracefully: {successor} took over {len(moved)} "
+                             f"connections with no loss")
+        else:
+            self.headline = (f"{successor} took over {len(moved)} connections of {failed} "
+                             f"in {took_ms:.0f} ms")
+        self._event(now, successor, "takeover",
+                    f"{self.headline}; buckets {', '.join(map(str, buckets)) or 'none'}",
+                    peers=[failed], latency_ms=round(took_ms, 1), trigger=trigger)
+
+    def _join(self, name: str, started_s: float) -> None:
+        now = self._sim_s
+        node = self.nodes[name]
+        if node.state is not NodeState.JOINING:
+            return
+        node.state = NodeState.ACTIVE
+        node.failed_at_s = None
+        self._regroup()
+        resynced = 0
+        for conn in self.conns.values():
+            if name in self._peers_of(conn):
+                conn.copies[name] = conn.version
+                resynced += 1
+        self._event(now, name, "resync", f"{name} received {resynced} records in bulk",
+                    trigger="resync-request")
+        back = sorted(b for b, o in self.bucket_owner.items() if self._home(b) == name and o != name)
+        moved = 0
+        for b in back:
+            self.bucket_owner[b] = name
+        for conn in self.conns.values():
+            if not conn.common and conn.bucket in back:
+                conn.owner = name
+                conn.version += 1
+                conn.trigger = "rebalance"
+                conn.copies = {}
+                self._send(conn, now, "rebalance", quiet=True)
+                moved += 1
+        took_ms = (now - started_s) * 1000
+        self.headline = (f"{name} rejoined: took back {len(back)} buckets and {moved} "
+                         f"connections in {took_ms:.0f} ms")
+        self._event(now, name, "rebalance", self.headline, latency_ms=round(took_ms, 1),
+                    trigger="rebalance")
+
+    # ---- building blocks -------------------------------------------------------------------
+
+    def _home(self, bucket: int) -> str:
+        return self._order[(bucket - 1) % len(self._order)]
+
+    def _alive(self, name: str) -> bool:
+        return self.nodes[name].state is NodeState.ACTIVE
+
+    def _regroup(self) -> None:
+        """Cyclic backup groups among live nodes: each node is backed up by the next one."""
+        live = [n for n in self._order if self._alive(n)]
+        self.backups = {n: [] for n in self._order}
+        if len(live) > 1:
+            for i, name in enumerate(live):
+                self.backups[name] = [live[(i + 1) % len(live)]]
+
+    def _backs_up(self, name: str) -> list[str]:
+        return [n for n, group in self.backups.items() if name in group]
+
+    def _peers_of(self, conn: FakeConn) -> list[str]:
+        if conn.common:
+            return [n for n in self._order if n != conn.owner and self._alive(n)]
+        return [p for p in self.backups.get(conn.owner, []) if self._alive(p)]
+
+    def _scope_conns(self, name: str, scope: str) -> list[FakeConn]:
+        if scope == "own":
+            return [c for c in self.conns.values() if c.owner == name and not c.common]
+        if scope == "backup":
+            return [c for c in self.conns.values() if not c.common and name in c.copies]
+        return [c for c in self.conns.values() if c.common and (c.owner == name or name in c.copies)]
+
+    def _row(self, conn: FakeConn, node: str, scope: str, now: float) -> dict[str, Any]:
+        version = conn.copies.get(node, conn.version) if scope != "own" else conn.version
+        return {
+            "key": conn.key,
+            "proto": conn.proto,
+            "src": conn.src,
+            "dst": conn.dst,
+            "state": conn.state,
+            "owner": conn.owner,
+            "synced_to": sorted(p for p, v in conn.copies.items() if v == conn.version),
+            "age_s": round(now - conn.created_s, 1),
+            "trigger": conn.trigger,
+            "version": version,
+            "bucket": conn.bucket,
+        }
+
+    def _next_key(self) -> str:
+        self._conn_id += 1
+        return f"k{self._conn_id:05d}"
+
+    def _new_conn(self, now: float, *, sync: bool = True, proto: str | None = None,
+                  server: str | None = None, dport: int | None = None,
+                  expires_s: float | None = None, flow: str | None = None) -> FakeConn:
+        proto = proto or ("tcp" if self._rng.random() < 0.75 else "udp")
+        client = self._rng.choice(list(CLIENTS))
+        server = server or "s1"
+        self._port = 40000 + (self._port - 39999) % 20000
+        dport = dport or (5001 if proto == "tcp" else 5002)
+        key = self._next_key()
+        bucket = self._rng.randint(1, self.buckets)
+        owner = self.bucket_owner[bucket]
+        if not self._alive(owner):
+            owner = next((n for n in self._order if self._alive(n)), owner)
+        conn = FakeConn(
+            key=key, proto=proto, src=f"{CLIENTS[client]}:{self._port}",
+            dst=f"{SERVERS[server]}:{dport}", state="ESTABLISHED" if proto == "tcp" else "ASSURED",
+            bucket=bucket, owner=owner, created_s=now, expires_s=expires_s, flow=flow,
+        )
+        self.conns[key] = conn
+        if sync:
+            conn.state = "SYN_SENT" if proto == "tcp" else "NEW"
+            if self.policy is Policy.PERIODIC:
+                self._dirty.add(key)
+            else:
+                self._send(conn, now, "state-modified", quiet=expires_s is not None)
+        return conn
+
+    def _add_common(self, kind: str, text: str, now: float, owner: str = "n1") -> FakeConn:
+        key = self._next_key()
+        conn = FakeConn(key=key, proto=kind, src=text, dst="*", state="active", bucket=-1,
+                        owner=owner, created_s=now, common=True)
+        conn.copies = {n: 1 for n in self._order if n != owner and self._alive(n)}
+        self.conns[key] = conn
+        return conn
+
+    def _drop_conn(self, key: str, now: float) -> None:
+        conn = self.conns.pop(key, None)
+        self._dirty.discard(key)
+        if conn is not None and conn.flow in self.flows and conn.expires_s is None:
+            self.flows[conn.flow].health = "broken"
+            self.flows[conn.flow].detail = "connection state lost"
+
+    def _start_flow(self, kind: FlowKind, now: float) -> str:
+        self._flow_seq[kind] += 1
+        name = f"{kind.value}-{self._flow_seq[kind]:03d}"
+        if kind is FlowKind.FTP:
+            ctrl = self._new_conn(now, proto="tcp", server="s2", dport=21, flow=name)
+            owner = ctrl.owner
+            expect = self._add_common("expectation", f"ftp-data {SERVERS['s2']}:20 -> {ctrl.src}",
+                                      now, owner=owner)
+            expect.copies = {}
+            expect.trigger = "related-connection"
+            # claim 15: the PORT/227 packet waits until every node knows the expectation
+            self._send(expect, now, "related-connection", holds_packet=True)
+            conn, rate, detail = ctrl, 250_000.0, "passive RETR big.bin"
+        else:
+            conn = self._new_conn(now, proto=kind.value, flow=name)
+            rate = 125_000.0 if kind is FlowKind.TCP else 12_500.0
+            detail = "sequence-checked stream" if kind is FlowKind.TCP else "echo every 100 ms"
+        client = next(c for c, ip in CLIENTS.items() if conn.src.startswith(ip + ":"))
+        server = next(s for s, ip in SERVERS.items() if conn.dst.startswith(ip + ":"))
+        self.flows[name] = FakeFlow(name, kind, client, server, conn.src, conn.dst, conn.key,
+                                    now, rate, detail=detail)
+        return name
+
+    def _burst(self, count: int, now: float) -> str:
+        self._flow_seq[FlowKind.BURST] += 1
+        name = f"burst-{self._flow_seq[FlowKind.BURST]:03d}"
+        first = None
+        for i in range(count):
+            conn = self._new_conn(now, proto="tcp", expires_s=now + 2.0 + (i % 12) * 0.25,
+                                  flow=name)
+            first = first or conn
+        assert first is not None or count == 0
+        self._event(now, "n1", "traffic", f"burst {name}: {count} short connections",
+                    trigger="state-modified")
+        self.flows[name] = FakeFlow(name, FlowKind.BURST, "c1", "s1", first.src if first else "",
+                                    first.dst if first else "", first.key if first else "",
+                                    now, 0.0, detail=f"{count} short connections")
+        return name
+
+    def _update_flow(self, flow: FakeFlow, now: float) -> None:
+        if flow.kind is FlowKind.BURST:
+            left = sum(1 for c in self.conns.values() if c.flow == flow.name)
+            flow.detail = f"{left} of the burst still open" if left else "burst finished"
+            return
+        conn = self.conns.get(flow.conn_key)
+        if conn is None:
+            flow.health = "broken"
+            return
+        if self._alive(conn.owner):
+            flow.health = "healthy"
+            flow.bytes += int(flow.rate_bps * STEP_S)
+        else:
+            flow.health = "stalled"
+
+    def _flow_dict(self, flow: FakeFlow, now: float) -> dict[str, Any]:
+        conn = self.conns.get(flow.conn_key)
+        if flow.kind is FlowKind.BURST:
+            owners = {c.owner for c in self.conns.values() if c.flow == flow.name}
+            node = ",".join(sorted(owners)) or "-"
+        else:
+            node = conn.owner if conn is not None else "-"
+        health = flow.health
+        if flow.kind is not FlowKind.BURST:
+            health = "broken" if conn is None else health if self._alive(conn.owner) else "stalled"
+        return {
+            "name": flow.name, "kind": flow.kind.value, "client": flow.client,
+            "server": flow.server, "src": flow.src, "dst": flow.dst, "health": health,
+            "bytes": flow.bytes, "node": node, "age_s": round(now - flow.started_s, 1),
+            "detail": flow.detail,
+        }
+
+    def _node_dict(self, node: FakeNode, now: float) -> dict[str, Any]:
+        while node.sent and node.sent[0] < now - 1.0:
+            node.sent.popleft()
+        dead = node.state in (NodeState.FAILED, NodeState.OFFLINE)
+        own = backup = common = 0
+        if not dead:
+            for conn in self.conns.values():
+                if conn.common:
+                    common += conn.owner == node.name or node.name in conn.copies
+                elif conn.owner == node.name:
+                    own += 1
+                elif node.name in conn.copies:
+                    backup += 1
+        return {
+            "name": node.name,
+            "state": node.state.value,
+            "buckets": sorted(b for b, o in self.bucket_owner.items() if o == node.name),
+            "backs_up": self._backs_up(node.name),
+            "backups": list(self.backups.get(node.name, [])),
+            "sync_address": f"198.18.0.{11 + node.index}",
+            "own": own,
+            "backup": backup,
+            "common": common,
+            "held": node.held,
+            "sync_msgs_per_s": 0.0 if dead else float(sum(1 for t in node.sent if t <= now)),
+            "pid": None if dead else 1000 + node.index,
+            "counters": {"accepted": own * 7, "held": node.held},
+        }
+
+    def _node(self, name: Any) -> FakeNode:
+        if name not in self.nodes:
+            raise _Refused(f"no node {name!r}: the lab has {', '.join(self.nodes)}")
+        return self.nodes[name]
+
+    def _event(self, now: float, node: str, kind: str, text: str, *, key: str = "",
+               peers: list[str] | None = None, latency_ms: float | None = None,
+               trigger: str = "") -> None:
+        self._event_id += 1
+        self.events.append({
+            "id": self._event_id, "t": round(now, 3), "node": node, "kind": kind, "text": text,
+            "key": key, "peers": list(peers or []), "latency_ms": latency_ms, "trigger": trigger,
+        })
+
+
+class _Refused(Exception):
+    """A request the lab turns down; becomes `{"ok": false, "error": ...}`."""
+
+
+def _haystack(row: dict[str, Any]) -> str:
+    return " ".join(str(row.get(k, "")) for k in ("key", "proto", "src", "dst", "state", "owner",
+                                                  "trigger")).lower()

@@ -1,0 +1,218 @@
+"""Pure helpers for the console: row diffs, cell formatting, takeover tracking (no Textual here)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+Cells = tuple[str, ...]
+
+# Triggers that mean "this row arrived here because a node went away or came back".
+TAKEOVER_TRIGGERS = frozenset({"node-failed", "graceful-leave", "rebalance"})
+MAX_TRACKED = 200_000  # row owners remembered for highlighting
+
+
+class Scope(Enum):
+    OWN = "own"
+    BACKUP = "backup"
+    COMMON = "common"
+
+
+@dataclass(frozen=True, slots=True)
+class RowDiff:
+    """What changed between two versions of a table, keyed by row key."""
+
+    removed: list[str] = field(default_factory=list)
+    changed: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # key -> (column, value)
+    added: list[tuple[str, Cells]] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.removed or self.changed or self.added)
+
+
+def diff_rows(old: dict[str, Cells], new: Iterable[tuple[str, Cells]]) -> RowDiff:
+    """Compare the rows on screen with the rows just fetched; only the differences come back."""
+    diff = RowDiff()
+    seen: set[str] = set()
+    for key, cells in new:
+        if key in seen:
+            continue  # a key twice in one reply: keep the first, DataTable keys must be unique
+        seen.add(key)
+        before = old.get(key)
+        if before is None:
+            diff.added.append((key, cells))
+        elif before != cells:
+            diff.changed[key] = [(i, v) for i, (a, v) in enumerate(zip(before, cells, strict=True)) if a != v]
+    diff.removed.extend(k for k in old if k not in seen)
+    return diff
+
+
+def fmt_age(age_s: float) -> str:
+    """Whole seconds, so that the age cell changes at most once a second."""
+    s = int(age_s)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+CONN_COLUMNS: Sequence[tuple[str, str]] = (
+    ("proto", "Proto"),
+    ("endpoints", "Endpoints"),
+    ("state", "State"),
+    ("owner", "Owner"),
+    ("synced_to", "Synced to"),
+    ("age", "Age"),
+    ("trigger", "Last trigger"),
+)
+OWNER_COLUMN = 3
+
+
+def conn_cells(row: dict[str, Any]) -> Cells:
+    synced = row.get("synced_to") or []
+    return (
+        str(row.get("proto", "")),
+        f"{row.get('src', '')} → {row.get('dst', '')}",
+        str(row.get("state", "")),
+        str(row.get("owner", "")),
+        ",".join(map(str, synced)) if synced else "-",
+        fmt_age(float(row.get("age_s", 0.0))),
+        str(row.get("trigger", "")),
+    )
+
+
+FLOW_COLUMNS: Sequence[tuple[str, str]] = (
+    ("name", "Flow"),
+    ("kind", "Kind"),
+    ("path", "Client → server"),
+    ("health", "Health"),
+    ("bytes", "Bytes"),
+    ("node", "Node"),
+    ("age", "Age"),
+    ("detail", "Detail"),
+)
+HEALTH_COLUMN = 3
+
+
+def flow_cells(flow: dict[str, Any]) -> Cells:
+    return (
+        str(flow.get("name", "")),
+        str(flow.get("kind", "")),
+        f"{flow.get('client', '')} → {flow.get('server', '')}",
+        str(flow.get("health", "")),
+        fmt_bytes(float(flow.get("bytes", 0))),
+        str(flow.get("node", "")),
+        fmt_age(float(flow.get("age_s", 0.0))),
+        str(flow.get("detail", "")),
+    )
+
+
+EVENT_COLUMNS: Sequence[tuple[str, str]] = (
+    ("t", "Time"),
+    ("node", "Node"),
+    ("kind", "Kind"),
+    ("peers", "Peers"),
+    ("latency", "Ack ms"),
+    ("text", "What happened"),
+)
+
+
+def event_key(event: dict[str, Any]) -> str:
+    """The daemon numbers its events; without an id, the event's content identifies it."""
+    if "id" in event:
+        return str(event["id"])
+    return f"{event.get('t')}|{event.get('node')}|{event.get('kind')}|{event.get('text')}"
+
+
+def event_cells(event: dict[str, Any]) -> Cells:
+    latency = event.get("latency_ms")
+    return (
+        f"{float(event.get('t', 0.0)):8.3f}",
+        str(event.get("node", "")),
+        str(event.get("kind", "")),
+        ",".join(event.get("peers") or []) or "-",
+        "-" if latency is None else f"{float(latency):.2f}",
+        str(event.get("text", "")),
+    )
+
+
+def provenance(events: Sequence[dict[str, Any]], selected: dict[str, Any]) -> list[str]:
+    """Lines telling where a sync event came from: the event, then everything about its key."""
+    lines = [
+        f"[b]{selected.get('kind', '')}[/b] at t={float(selected.get('t', 0.0)):.3f}s "
+        f"on {selected.get('node', '')}",
+        f"  {selected.get('text', '')}",
+    ]
+    if selected.get("trigger"):
+        lines.append(f"  trigger: {selected['trigger']}")
+    if selected.get("peers"):
+        lines.append(f"  sent to: {', '.join(selected['peers'])}")
+    if selected.get("latency_ms") is not None:
+        lines.append(f"  acked after {float(selected['latency_ms']):.2f} ms")
+    key = selected.get("key")
+    if key:
+        chain = [e for e in events if e.get("key") == key]
+        lines.append(f"  record {key}: {len(chain)} event(s) in the timeline")
+        for e in chain[-8:]:
+            mark = "▶" if event_key(e) == event_key(selected) else " "
+            lines.append(f"  {mark} {float(e.get('t', 0.0)):8.3f} {e.get('kind', '')}: {e.get('text', '')}")
+    return lines
+
+
+class OwnerTracker:
+    """Remembers who owned each row last, to light up rows whose owner just changed.
+
+    A row lights up when its owner differs from the one last seen for its key, or when it
+    newly appears in a view already on screen carrying a takeover trigger (rows a backup took
+    over come from its backup table, which may not be the view on screen).
+    """
+
+    def __init__(self, hold_s: float = 4.0) -> None:
+        self.hold_s = hold_s
+        self._owner: dict[str, str] = {}
+        self._lit: dict[str, float] = {}  # key -> when it lit up
+
+    def observe(self, rows: Iterable[dict[str, Any]], now_s: float, *, fresh_view: bool) -> set[str]:
+        """Record the rows of one fetch; return the keys that just lit up."""
+        lit: set[str] = set()
+        if len(self._owner) > MAX_TRACKED:
+            self._owner.clear()  # bursts of short connections: forget rather than grow forever
+        for row in rows:
+            key = str(row.get("key"))
+            owner = str(row.get("owner", ""))
+            before = self._owner.get(key)
+            moved = before is not None and before != owner
+            arrived = (before is None and not fresh_view
+                       and row.get("trigger") in TAKEOVER_TRIGGERS)
+            if moved or arrived:
+                lit.add(key)
+            self._owner[key] = owner
+        for key in lit:
+            self._lit[key] = now_s
+        return lit
+
+    def is_lit(self, key: str, now_s: float) -> bool:
+        at = self._lit.get(key)
+        return at is not None and now_s - at < self.hold_s
+
+    def expire(self, now_s: float) -> set[str]:
+        """Forget highlights older than hold_s; return the keys that went dark."""
+        dark = {k for k, at in self._lit.items() if now_s - at >= self.hold_s}
+        for key in dark:
+            del self._lit[key]
+        return dark
+
+    def lit_keys(self) -> set[str]:
+        return set(self._lit)

@@ -1,0 +1,281 @@
+"""Live tables refreshed by diff: connections per node and scope, the sync timeline, the flows board."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import DataTable, Input, Static, Tab, Tabs
+
+from app.console.model import (
+    CONN_COLUMNS,
+    EVENT_COLUMNS,
+    FLOW_COLUMNS,
+    HEALTH_COLUMN,
+    OWNER_COLUMN,
+    Cells,
+    OwnerTracker,
+    RowDiff,
+    Scope,
+    conn_cells,
+    diff_rows,
+    event_cells,
+    event_key,
+    flow_cells,
+    provenance,
+)
+
+Renderer = Callable[[str, int, str], "str | Text"]  # (row key, column index, value) -> cell
+
+LIT_STYLE = "bold black on dark_orange"
+HEALTH_STYLE = {"healthy": "bold green", "stalled": "bold yellow", "broken": "bold red"}
+
+
+def plain(key: str, column: int, value: str) -> str | Text:
+    return value
+
+
+class DiffTable(DataTable[Any]):
+    """A DataTable that takes the whole fetched table each tick and applies only the difference.
+
+    Rows keep their keys (and Row objects) across updates; the table is cleared only when the
+    view itself changes (another node or scope), never on a tick.
+    """
+
+    def __init__(self, columns: Sequence[tuple[str, str]], renderer: Renderer = plain,
+                 **kwargs: Any) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        self._columns = list(columns)
+        self.renderer = renderer
+        self.on_screen: dict[str, Cells] = {}
+        self.sort_column: str | None = None
+        self.sort_reverse = False
+        self.restyle: set[str] = set()  # keys whose look changed although their values did not
+
+    def on_mount(self) -> None:
+        for key, label in self._columns:
+            self.add_column(label, key=key)
+
+    def reset(self) -> None:
+        """Forget every row: used when the view switches to another node or scope."""
+        self.clear()
+        self.on_screen.clear()
+
+    def apply(self, rows: Sequence[tuple[str, Cells]]) -> RowDiff:
+        diff = diff_rows(self.on_screen, rows)
+        restyle = self.restyle - {k for k, _ in diff.added}
+        self.restyle = set()
+        if diff.empty and not restyle:
+            return diff
+        with self.app.batch_update():
+            for key in diff.removed:
+                self.remove_row(key)
+                del self.on_screen[key]
+            for key, changes in diff.changed.items():
+                cells = list(self.on_screen[key])
+                for column, value in changes:
+                    cells[column] = value
+                    self.update_cell(key, self._columns[column][0],
+                                     self.renderer(key, column, value))
+                self.on_screen[key] = tuple(cells)
+            for key in restyle:
+                if key in self.on_screen:
+                    for column, value in enumerate(self.on_screen[key]):
+                        self.update_cell(key, self._columns[column][0],
+                                         self.renderer(key, column, value))
+            for key, cells in diff.added:
+                self.add_row(*(self.renderer(key, i, v) for i, v in enumerate(cells)), key=key)
+                self.on_screen[key] = cells
+            if self.sort_column and (diff.added or diff.changed):
+                self._sort()
+        return diff
+
+    def cycle_sort(self) -> str:
+        """Sort by the next column (ascending, then descending); returns a caption for it."""
+        names = [k for k, _ in self._columns]
+        if self.sort_column is None:
+            self.sort_column, self.sort_reverse = names[0], False
+        elif not self.sort_reverse:
+            self.sort_reverse = True
+        else:
+            i = names.index(self.sort_column)
+            self.sort_column, self.sort_reverse = names[(i + 1) % len(names)], False
+        self._sort()
+        return f"sorted by {self.sort_column} {'↓' if self.sort_reverse else '↑'}"
+
+    def sort_by(self, column: str) -> None:
+        if self.sort_column == column:
+            self.sort_reverse = not self.sort_reverse
+        else:
+            self.sort_column, self.sort_reverse = column, False
+        self._sort()
+
+    def _sort(self) -> None:
+        if self.sort_column:
+            self.sort(self.sort_column, key=lambda v: str(v), reverse=self.sort_reverse)
+
+    @on(DataTable.HeaderSelected)
+    def _header(self, event: DataTable.HeaderSelected) -> None:
+        event.stop()
+        self.sort_by(str(event.column_key.value))
+
+
+class ConnectionsPane(Vertical):
+    """One node's connection table, with tabs for own / backup / common state and a filter."""
+
+    class ViewChanged(Message):
+        """The scope or filter changed: fetch again now instead of waiting for the next tick."""
+
+    def __init__(self) -> None:
+        super().__init__(id="connections-pane")
+        self.node = ""
+        self.scope = Scope.OWN
+        self.filter = ""
+        self.tracker = OwnerTracker()
+        self._fresh = True  # the next fetch is the first of this view: nothing lights up
+        self.now_s = 0.0
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="conn-bar"):
+            yield Tabs(*(Tab(s.value, id=f"scope-{s.value}") for s in Scope), id="scope-tabs")
+            yield Static("", id="totals")
+        yield Input(placeholder="filter rows (Enter to keep, Esc to clear)", id="filter")
+        yield DiffTable(CONN_COLUMNS, self._render_cell, id="conn-table")
+
+    @property
+    def table(self) -> DiffTable:
+        return self.query_one("#conn-table", DiffTable)
+
+    def _render_cell(self, key: str, column: int, value: str) -> str | Text:
+        if column == OWNER_COLUMN and self.tracker.is_lit(key, self.now_s):
+            return Text(f"{value} ★", style=LIT_STYLE)
+        return value
+
+    def request(self, limit: int) -> dict[str, Any]:
+        return {"cmd": "table", "node": self.node, "scope": self.scope.value,
+                "filter": self.filter, "limit": limit}
+
+    def show(self, node: str | None = None, scope: Scope | None = None) -> None:
+        """Switch the view; the table empties and refills on the next fetch."""
+        changed = False
+        if node is not None and node != self.node:
+            self.node, changed = node, True
+        if scope is not None and scope != self.scope:
+            self.scope, changed = scope, True
+            self.query_one(Tabs).active = f"scope-{scope.value}"
+        if changed:
+            self.table.reset()
+            self._fresh = True
+            self.post_message(self.ViewChanged())
+
+    def apply(self, reply: dict[str, Any], now_s: float) -> RowDiff | None:
+        """Show a `table` reply, if it is still the view on screen."""
+        if reply.get("node") not in (None, self.node) or reply.get("scope") not in (
+                None, self.scope.value):
+            return None  # answer to a view the operator has already left
+        self.now_s = now_s
+        rows = list(reply.get("rows", []))
+        lit = self.tracker.observe(rows, now_s, fresh_view=self._fresh)
+        self._fresh = False
+        table = self.table
+        table.restyle |= lit | self.tracker.expire(now_s)
+        diff = table.apply([(str(r["key"]), conn_cells(r)) for r in rows])
+        if lit and table.sort_column is None:
+            # rows just taken over float to the top, where the operator is looking
+            table.sort("owner", key=lambda cell: not isinstance(cell, Text))
+            table.move_cursor(row=0, animate=False)
+        total = int(reply.get("total", len(rows)))
+        note = reply.get("note")
+        caption = f"{self.node} · {self.scope.value} · "
+        caption += f"{len(rows)} of {total} rows" if total > len(rows) else f"{total} rows"
+        if self.filter:
+            caption += f" · filter '{self.filter}'"
+        if note:
+            caption += f" · {note}"
+        self.query_one("#totals", Static).update(caption)
+        return diff
+
+    @on(Tabs.TabActivated, "#scope-tabs")
+    def _scope_tab(self, event: Tabs.TabActivated) -> None:
+        event.stop()
+        if event.tab.id:
+            self.show(scope=Scope(event.tab.id.removeprefix("scope-")))
+
+    def open_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.add_class("-open")
+        box.focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        self.filter = event.value.strip()
+        self.table.reset()
+        self._fresh = True
+        self.post_message(self.ViewChanged())
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.table.focus()
+
+    def close_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.value = ""
+        box.remove_class("-open")
+        self.table.focus()
+
+
+class TimelinePane(Vertical):
+    """The sync timeline: every trigger and message, newest first; the selected one's provenance."""
+
+    def __init__(self) -> None:
+        super().__init__(id="timeline-pane")
+        self.events: list[dict[str, Any]] = []
+        self._by_key: dict[str, dict[str, Any]] = {}
+
+    def compose(self) -> ComposeResult:
+        table = DiffTable(EVENT_COLUMNS, id="event-table")
+        table.sort_column, table.sort_reverse = "t", True
+        yield table
+        with VerticalScroll(id="provenance-box"):
+            yield Static("Select an event to see where it came from.", id="provenance")
+
+    def apply(self, events: list[dict[str, Any]]) -> RowDiff:
+        self.events = events
+        self._by_key = {event_key(e): e for e in events}
+        return self.query_one(DiffTable).apply([(event_key(e), event_cells(e)) for e in events])
+
+    @on(DataTable.RowHighlighted, "#event-table")
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        selected = self._by_key.get(str(event.row_key.value))
+        if selected is not None:
+            self.query_one("#provenance", Static).update("\n".join(provenance(self.events, selected)))
+
+
+def _flow_render(key: str, column: int, value: str) -> str | Text:
+    if column == HEALTH_COLUMN:
+        return Text(value, style=HEALTH_STYLE.get(value, ""), justify="left")
+    return value
+
+
+class FlowsPane(Vertical):
+    """Every traffic flow: health, bytes moved, and the node carrying it now."""
+
+    def __init__(self) -> None:
+        super().__init__(id="flows-pane")
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="flow-summary")
+        yield DiffTable(FLOW_COLUMNS, _flow_render, id="flow-table")
+
+    def apply(self, flows: list[dict[str, Any]]) -> RowDiff:
+        counts = {h: sum(1 for f in flows if f.get("health") == h) for h in HEALTH_STYLE}
+        summary = "  ".join(f"[{HEALTH_STYLE[h]}]{n} {h}[/]" for h, n in counts.items())
+        self.query_one("#flow-summary", Static).update(f"{len(flows)} flows  {summary}")
+        return self.query_one(DiffTable).apply([(str(f.get("name")), flow_cells(f)) for f in flows])

@@ -1,0 +1,71 @@
+"""Snapshot tests: what the console looks like, at a fixed size, on a fake lab with a fake clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from textual.pilot import Pilot
+
+from tests.tui.snap_app import PRESENT_SIZE, SIZE, advance, build_app, settle
+
+pytestmark = pytest.mark.tui
+
+
+def test_cluster_and_connections(snap_compare: Any) -> None:
+    assert snap_compare(build_app(), terminal_size=SIZE, run_before=settle)
+
+
+def test_takeover(snap_compare: Any) -> None:
+    async def kill_n1_watch_n2(pilot: Pilot[Any]) -> None:
+        await settle(pilot)
+        await pilot.press("k", "y", "2")
+        await settle(pilot)
+        await advance(pilot, 0.5)
+
+    assert snap_compare(build_app(), terminal_size=SIZE, run_before=kill_n1_watch_n2)
+
+
+def test_timeline_with_provenance(snap_compare: Any) -> None:
+    async def open_timeline(pilot: Pilot[Any]) -> None:
+        await advance(pilot, 1.0)
+        await pilot.press("t", "down", "down")
+        await settle(pilot)
+
+    assert snap_compare(build_app(), terminal_size=SIZE, run_before=open_timeline)
+
+
+def test_flows_board_while_frozen(snap_compare: Any) -> None:
+    async def freeze_and_ftp(pilot: Pilot[Any]) -> None:
+        await settle(pilot)
+        await pilot.press("z")
+        await settle(pilot)
+        pilot.app.link.request({"cmd": "traffic", "action": "start", "kind": "ftp"})
+        await advance(pilot, 2.0)
+        await pilot.press("f")
+
+    assert snap_compare(build_app(), terminal_size=SIZE, run_before=freeze_and_ftp)
+
+
+def test_help(snap_compare: Any) -> None:
+    async def help_screen(pilot: Pilot[Any]) -> None:
+        await settle(pilot)
+        await pilot.press("question_mark")
+
+    assert snap_compare(build_app(), terminal_size=SIZE, run_before=help_screen)
+
+
+def test_presentation_mode_takeover_at_100x30(snap_compare: Any) -> None:
+    async def kill(pilot: Pilot[Any]) -> None:
+        await settle(pilot)
+        pilot.app.link.request({"cmd": "kill", "node": "n1"})
+        await pilot.press("2")
+        await settle(pilot)
+        await advance(pilot, 0.5)
+
+    app = build_app(present=True)
+    assert snap_compare(app, terminal_size=PRESENT_SIZE, run_before=kill)
+
+
+def test_viewer_mode(snap_compare: Any) -> None:
+    assert snap_compare(build_app(viewer=True), terminal_size=SIZE, run_before=settle)

@@ -25,6 +25,7 @@ from typing import Any
 
 from netns.workloads.common import (
     EXIT_OK,
+    EXIT_SETUP,
     add_common_args,
     ip_arg,
     non_negative_int,
@@ -33,7 +34,7 @@ from netns.workloads.common import (
     setup_logging,
 )
 from netns.workloads.ftpfiles import FILES, file_content
-from netns.workloads.health import Flow, FlowHealth, FlowKind, HealthWriter, fmt_addr
+from netns.workloads.health import Flow, FlowHealth, FlowKind, HealthWriter, WorkloadError, fmt_addr
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    return run_sessions(args)
+    try:
+        return run_sessions(args)
+    except WorkloadError as exc:
+        log.error("%s", exc)
+        return EXIT_SETUP
 
 
 if __name__ == "__main__":

@@ -118,7 +118,10 @@ class HealthWriter:
         self.interval_s = interval_s
         self.workload = workload
         self._last_write = 0.0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WorkloadError(f"cannot create the folder for health file {self.path}: {exc}") from None
 
     def document(self, flows: Iterable[Flow]) -> dict[str, Any]:
         return {

@@ -27,6 +27,7 @@ from sync.wire import (
     encode_frame,
     record_from_wire,
     record_to_wire,
+    records_from_blob,
     trigger_from_wire,
 )
 
@@ -573,10 +574,10 @@ class SyncAgent:
 
     def _dispatch(self, p: Peer, t: MsgType, pl: Any, now: float) -> None:
         if t is MsgType.RECORDS:
-            if not isinstance(pl, list) or len(pl) != 2 or not isinstance(pl[1], list):
+            if not isinstance(pl, list) or len(pl) != 2:
                 raise BadFrame(BadFrameKind.BAD_PAYLOAD, "records")
             trig = trigger_from_wire(pl[0])
-            recs = [record_from_wire(a) for a in pl[1]]
+            recs = records_from_blob(pl[1])
             for r in recs:
                 if self.store.apply(r):
                     self._counters["records-applied"] += 1
@@ -890,7 +891,7 @@ class SyncAgent:
         recs = list(out.values())
         self._queue(p, MsgType.BULK_START, [len(recs)])
         for batch in batch_records(recs, self._budget):
-            self._queue(p, MsgType.RECORDS, [TRIGGER_CODE[Trigger.RESYNC], batch])
+            self._queue(p, MsgType.RECORDS, [TRIGGER_CODE[Trigger.RESYNC], batch.blob])
         self._queue(p, MsgType.BULK_END, [len(recs)])
         self._counters["bulk-answered"] += 1
         log.info("%s: bulk resync to %s: %d records", self.node, p.name, len(recs))
@@ -948,9 +949,9 @@ class SyncAgent:
         keep_prov = trigger is not Trigger.RESYNC
         for names, recs in groups.items():
             for batch in batch_records(recs, self._budget):
-                keys = [w[0] for w in batch]
+                keys = batch.keys
                 for n in names:
-                    seq = self._queue(self.peers[n], MsgType.RECORDS, [code, batch])
+                    seq = self._queue(self.peers[n], MsgType.RECORDS, [code, batch.blob])
                     if keep_prov:
                         self._seq_keys[(n, seq)] = keys
                     if track:
@@ -958,7 +959,7 @@ class SyncAgent:
                 if keep_prov:
                     for k in keys:
                         self._note(k, trigger, names, now)
-                self._counters["records-sent"] += len(batch) * len(names)
+                self._counters["records-sent"] += len(keys) * len(names)
         return sent
 
     def _note(self, key: bytes, trigger: Trigger, names: tuple[str, ...], now: float) -> None:

@@ -24,6 +24,7 @@ from sync.wire import (
     encode_frame,
     record_from_wire,
     record_to_wire,
+    records_from_blob,
 )
 
 KEY = b"sim-key-0123456789abcdef"
@@ -39,7 +40,8 @@ def _frame(**kw: object) -> Frame:
 
 
 def test_frame_round_trip_and_tamper_detection() -> None:
-    f = _frame(type=MsgType.RECORDS, payload=[1, [[b"k", 0, "n2", 3, 4, [1, "x"], False]]])
+    blob = msgpack.packb([b"k", 0, "n2", 3, 4, [1, "x"], False])
+    f = _frame(type=MsgType.RECORDS, payload=[1, blob])
     data = encode_frame(f, KEY)
     assert decode_frame(data, KEY, "sim", 1400) == f
     for i in (0, len(data) // 2, len(data) - 1):
@@ -67,9 +69,10 @@ def test_records_round_trip_as_positional_arrays() -> None:
 def test_batches_fill_datagrams_below_the_budget() -> None:
     recs = [Record(i.to_bytes(13, "big"), Scope.NODE, "n1", 1, 3, [i, i * 2, "est"]) for i in range(500)]
     batches = list(batch_records(recs, 1200))
-    assert sum(len(b) for b in batches) == 500
+    assert [r.key for b in batches for r in records_from_blob(b.blob)] == [r.key for r in recs]
+    assert [k for b in batches for k in b.keys] == [r.key for r in recs]
     assert len(batches) < 500 // 10  # many records per datagram
-    assert all(len(msgpack.packb(b)) <= 1200 + 5 for b in batches)
+    assert all(len(b.blob) <= 1200 for b in batches)
 
 
 def _agent() -> tuple[SyncAgent, MemoryStore, tuple[str, int]]:
@@ -188,7 +191,8 @@ def _payload_for(rng: random.Random, t: int) -> object:
     shapes: dict[int, object] = {
         1: [rng.randrange(5), rng.random() < 0.5],
         2: [rng.randrange(5), rng.random() < 0.5],
-        4: [rng.randrange(12), [rec, rec]],
+        4: [rng.randrange(12), b"".join(msgpack.packb(x) for x in (rec, rec, _rand_value(rng)))[
+            : rng.choice([10_000, rng.randrange(1, 40)])]],
         6: [rng.randrange(100)],
         7: [rng.randrange(100)],
         8: [rng.randbytes(3)],

@@ -20,8 +20,10 @@ import time
 from netns.workloads.common import (
     EXIT_OK,
     add_common_args,
+    add_name_arg,
     ip_arg,
     non_negative_int,
+    parse_workload_args,
     port_arg,
     positive_float,
     positive_int,
@@ -143,7 +145,7 @@ class _EchoMismatch(Exception):
 
 
 async def run_burst(args: argparse.Namespace, stop: asyncio.Event) -> int:
-    writer = HealthWriter(args.health_file, interval_s=args.health_interval_s, workload=f"burst:{args.name}")
+    writer = HealthWriter(args.health_file, interval_s=args.health_interval_s, workload=args.name)
     burst = Burst(args.name, args.server, args.port, args.bind_ip, args.timeout_s)
     limit = asyncio.Semaphore(args.concurrency)
     tasks: set[asyncio.Task[None]] = set()
@@ -210,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-connection limit for connect+echo (default 5)",
     )
     parser.add_argument("--health-file", required=True, help="where to write the health JSON")
-    parser.add_argument("--name", default="burst", help="flow name (default burst)")
+    add_name_arg(parser)
     parser.add_argument("--bind-ip", type=ip_arg, default=None, help="local source address")
     parser.add_argument(
         "--health-interval-s",
@@ -223,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_workload_args(build_parser(), argv)
     setup_logging(args.verbose)
     return run_async(lambda stop: run_burst(args, stop))
 

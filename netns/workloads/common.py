@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from netns.workloads.health import WorkloadError
 
@@ -70,6 +71,23 @@ def positive_float(text: str) -> float:
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+
+
+def add_name_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="workload name, also the prefix of its flow names (default: the health file's "
+        "name without .json, which the daemon makes unique)",
+    )
+
+
+def parse_workload_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """parse_args, then default --name to the health file's stem so that flows are traceable."""
+    args = parser.parse_args(argv)
+    if getattr(args, "name", "") is None:
+        args.name = Path(args.health_file).stem
+    return args
 
 
 def setup_logging(verbose: bool) -> None:

@@ -27,8 +27,10 @@ from netns.workloads.common import (
     EXIT_OK,
     EXIT_SETUP,
     add_common_args,
+    add_name_arg,
     ip_arg,
     non_negative_int,
+    parse_workload_args,
     port_arg,
     positive_float,
     setup_logging,
@@ -207,7 +209,7 @@ def _explain(exc: BaseException, ftp: RecordingFTP, mode: FtpMode, server: str, 
 
 
 def run_sessions(args: argparse.Namespace) -> int:
-    writer = HealthWriter(args.health_file, interval_s=0.25, workload=f"ftpclient:{args.name}")
+    writer = HealthWriter(args.health_file, interval_s=0.25, workload=args.name)
     mode = FtpMode(args.mode)
     flows: list[Flow] = []
     writer.write(flows)
@@ -284,14 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout-s", type=positive_float, default=10.0, help="socket timeout for each step (default 10)"
     )
-    parser.add_argument("--name", default="ftp", help="session name prefix (default ftp)")
+    add_name_arg(parser)
     parser.add_argument("--bind-ip", type=ip_arg, default=None, help="local source address")
     add_common_args(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_workload_args(build_parser(), argv)
     setup_logging(args.verbose)
     try:
         return run_sessions(args)

@@ -22,7 +22,9 @@ import time
 from netns.workloads.common import (
     EXIT_OK,
     add_common_args,
+    add_name_arg,
     ip_arg,
+    parse_workload_args,
     positive_float,
     positive_int,
     run_async,
@@ -160,7 +162,7 @@ class Pinger:
 
 
 async def run_pinger(args: argparse.Namespace, stop: asyncio.Event) -> int:
-    writer = HealthWriter(args.health_file, interval_s=0.25, workload=f"icmp:{args.name}")
+    writer = HealthWriter(args.health_file, interval_s=0.25, workload=args.name)
     pinger = Pinger(args.name, args.target, args.bind_ip, args.interval_ms / 1000.0)
     loop = asyncio.get_running_loop()
     loop.add_reader(pinger.sock.fileno(), pinger.on_readable)
@@ -199,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval-ms", type=positive_int, default=200, help="time between pings (default 200)"
     )
     parser.add_argument("--health-file", required=True, help="where to write the health JSON")
-    parser.add_argument("--name", default="icmp", help="flow name (default icmp)")
+    add_name_arg(parser)
     parser.add_argument("--bind-ip", type=ip_arg, default=None, help="local source address")
     parser.add_argument(
         "--duration-s",
@@ -212,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_workload_args(build_parser(), argv)
     setup_logging(args.verbose)
     if ":" in args.target:
         log.error("only IPv4 targets are supported, not %s", args.target)

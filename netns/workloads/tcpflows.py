@@ -27,8 +27,10 @@ from collections import deque
 from netns.workloads.common import (
     EXIT_OK,
     add_common_args,
+    add_name_arg,
     ip_arg,
     non_negative_int,
+    parse_workload_args,
     port_arg,
     positive_float,
     positive_int,
@@ -278,9 +280,7 @@ class TcpFlow:
 
 
 async def run_clients(args: argparse.Namespace, stop: asyncio.Event) -> int:
-    writer = HealthWriter(
-        args.health_file, interval_s=args.health_interval_s, workload=f"tcpflows:{args.name}"
-    )
+    writer = HealthWriter(args.health_file, interval_s=args.health_interval_s, workload=args.name)
     flows = [
         TcpFlow(
             i,
@@ -342,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="time between records on each flow (default 100)",
     )
     cli.add_argument("--health-file", required=True, help="where to write the health JSON")
-    cli.add_argument("--name", default="tcp", help="flow name prefix (default tcp)")
+    add_name_arg(cli)
     cli.add_argument("--bind-ip", type=ip_arg, default=None, help="local source address")
     cli.add_argument(
         "--stagger-ms",
@@ -373,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_workload_args(build_parser(), argv)
     setup_logging(args.verbose)
     if args.role == "server":
         return run_async(lambda stop: serve_echo(args.bind, args.port, stop))

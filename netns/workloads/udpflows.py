@@ -23,8 +23,10 @@ from typing import Any, cast
 from netns.workloads.common import (
     EXIT_OK,
     add_common_args,
+    add_name_arg,
     ip_arg,
     non_negative_int,
+    parse_workload_args,
     port_arg,
     positive_float,
     positive_int,
@@ -206,9 +208,7 @@ def _same(flow: UdpFlow) -> UdpFlow:
 
 async def run_clients(args: argparse.Namespace, stop: asyncio.Event) -> int:
     loop = asyncio.get_running_loop()
-    writer = HealthWriter(
-        args.health_file, interval_s=args.health_interval_s, workload=f"udpflows:{args.name}"
-    )
+    writer = HealthWriter(args.health_file, interval_s=args.health_interval_s, workload=args.name)
     flows: list[UdpFlow] = []
     local = (args.bind_ip, 0) if args.bind_ip else None
     for i in range(args.flows):
@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="time between datagrams on each flow (default 100)",
     )
     cli.add_argument("--health-file", required=True, help="where to write the health JSON")
-    cli.add_argument("--name", default="udp", help="flow name prefix (default udp)")
+    add_name_arg(cli)
     cli.add_argument("--bind-ip", type=ip_arg, default=None, help="local source address")
     cli.add_argument(
         "--stagger-ms",
@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_workload_args(build_parser(), argv)
     setup_logging(args.verbose)
     if args.role == "server":
         return run_async(lambda stop: serve_echo(args.bind, args.port, stop))

@@ -350,8 +350,11 @@ def test_ftp_sessions_retrieve_and_verify_the_file(
     health = tmp_path / "ftp.json"
     done = run_ftp(procs, ftp_server, mode, health, "--sessions", "2", "--file", "medium.bin")
     assert done.returncode == 0, done.stderr
-    flows = read_health(health)["flows"]
-    assert len(flows) == 2
+    doc = read_health(health)
+    flows = doc["flows"]
+    # Without --name, the workload is named after its health file (the daemon's workload name).
+    assert doc["workload"] == "ftp"
+    assert [f["name"] for f in flows] == ["ftp-001", "ftp-002"]
     for f in flows:
         assert (f["kind"], f["health"], f["mode"]) == ("ftp", "done", mode), f["detail"]
         assert f["bytes"] == 100 * 1024

@@ -259,6 +259,8 @@ class SyncAgent:
         self.view: View = compute_view(self.names, states, config.buckets, config.backups, 0)
         self.mode = Mode.JOINING
         self._owned: set[int] = set()
+        self._future_of: View | None = None
+        self._future_view: View = self.view
         self._now = now
         self._started = False
         self._join_started = now
@@ -921,12 +923,19 @@ class SyncAgent:
         joiners = {n for n, s in self.view.members.items() if s is MemberState.JOINING and n != self.node}
         if joiners:
             # A pending handover: joiners that will back us up or own this bucket get changes now.
-            fut = self.view.with_joiners_active()
+            fut = self._future()
             names |= set(fut.backups_of(self.node)) & joiners
             o = fut.owner(rec.bucket)
             if o in joiners:
                 names.add(o)
         return tuple(sorted(n for n in names if self.peers[n].up))
+
+    def _future(self) -> View:
+        """The view once every joiner is active, cached per view (asked for every record)."""
+        if self._future_of is not self.view:
+            self._future_of = self.view
+            self._future_view = self.view.with_joiners_active()
+        return self._future_view
 
     def _group_by_targets(self, recs: Iterable[Record]) -> dict[tuple[str, ...], list[Record]]:
         groups: dict[tuple[str, ...], list[Record]] = {}

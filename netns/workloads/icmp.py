@@ -134,7 +134,7 @@ class Pinger:
             pause_ms = (now - max(self._progress_mono, sent_at)) * 1000.0
             self.longest_pause_ms = max(self.longest_pause_ms, pause_ms)
             self._progress_mono = now
-            self._unanswered_since = None
+            self._unanswered_since = min(self._outstanding.values(), default=None)
             self.received += 1
             self.flow.bytes += len(packet)
             self.flow.last_progress = time.time()

@@ -101,7 +101,7 @@ class UdpFlow(asyncio.DatagramProtocol):
         self.last_error = ""
         self.longest_pause_ms = 0.0
         self._outstanding: dict[int, float] = {}  # seq -> monotonic send time
-        self._lost: set[int] = set()
+        self._lost: dict[int, float] = {}  # seq -> send time, kept to measure late arrivals
         self._progress_mono = time.monotonic()
         self._unanswered_since: float | None = None  # first send since the last echo
 
@@ -123,16 +123,16 @@ class UdpFlow(asyncio.DatagramProtocol):
         if seq in self._outstanding:
             sent_at = self._outstanding.pop(seq)
         elif seq in self._lost:
-            self._lost.discard(seq)
+            sent_at = self._lost.pop(seq)
             self.late += 1
-            sent_at = now
         else:
             self.duplicates += 1
             return
         pause_ms = (now - max(self._progress_mono, sent_at)) * 1000.0
         self.longest_pause_ms = max(self.longest_pause_ms, pause_ms)
         self._progress_mono = now
-        self._unanswered_since = None
+        # Still waiting for anything sent earlier that has not come back (nor been given up).
+        self._unanswered_since = min(self._outstanding.values(), default=None)
         self.received += 1
         self.flow.bytes += len(data)
         self.flow.last_progress = time.time()
@@ -163,8 +163,7 @@ class UdpFlow(asyncio.DatagramProtocol):
         """Count overdue datagrams as lost and update stall state and report fields."""
         for seq, t in list(self._outstanding.items()):
             if now_mono - t > lost_after_s:
-                del self._outstanding[seq]
-                self._lost.add(seq)
+                self._lost[seq] = self._outstanding.pop(seq)
         if self._unanswered_since is not None and self.flow.health is FlowHealth.HEALTHY:
             waiting_s = now_mono - max(self._progress_mono, self._unanswered_since)
             if waiting_s > STALL_AFTER_S:

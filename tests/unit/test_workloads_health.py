@@ -147,3 +147,45 @@ def test_every_program_has_help(main: object, capsys: pytest.CaptureFixture[str]
         main(["--help"])
     assert exc.value.code == 0
     assert "usage:" in capsys.readouterr().out
+
+
+class _FakeDatagramTransport:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def get_extra_info(self, name: str) -> object:
+        return ("127.0.0.1", 40000) if name == "sockname" else None
+
+    def is_closing(self) -> bool:
+        return False
+
+    def sendto(self, data: bytes, addr: object = None) -> None:
+        self.sent.append(data)
+
+    def close(self) -> None:
+        pass
+
+
+def test_udp_accounting_counts_loss_stall_and_late_arrivals() -> None:
+    import time
+
+    flow = udpflows.UdpFlow(0, "u-001", "127.0.0.1", 5002, interval_s=0.05)
+    transport = _FakeDatagramTransport()
+    flow.connection_made(transport)  # type: ignore[arg-type]
+    for _ in range(3):
+        flow.send_next()
+    flow.datagram_received(transport.sent[0], ("127.0.0.1", 5002))
+    flow.settle(time.monotonic() + 5)  # nothing more came back for 5 s
+    assert flow.flow.health is FlowHealth.STALLED
+    assert (flow.flow.extra["lost"], flow.flow.extra["loss_pct"]) == (2, 66.67)
+    flow.datagram_received(transport.sent[2], ("127.0.0.1", 5002))  # a late echo
+    flow.datagram_received(transport.sent[2], ("127.0.0.1", 5002))  # and a duplicate of it
+    flow.datagram_received(b"garbage", ("127.0.0.1", 5002))
+    flow.settle(time.monotonic())
+    assert flow.flow.health is FlowHealth.HEALTHY
+    extra = flow.flow.extra
+    assert (extra["lost"], extra["late"], extra["duplicates"], extra["corrupt"]) == (1, 1, 1, 1)
+    assert extra["datagrams_received"] == 2
+    flow.finish()
+    assert flow.flow.health is FlowHealth.DONE
+    assert flow.flow.detail == "stopped: 1 of 3 datagrams lost (33.33%)"

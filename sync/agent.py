@@ -580,13 +580,17 @@ class SyncAgent:
                 raise BadFrame(BadFrameKind.BAD_PAYLOAD, "records")
             trig = trigger_from_wire(pl[0])
             recs = records_from_blob(pl[1])
-            for r in recs:
-                if self.store.apply(r):
-                    self._counters["records-applied"] += 1
-                    if trig is not Trigger.RESYNC:
+            apply = self.store.apply
+            if trig is Trigger.RESYNC:  # bulk: no per-record events
+                applied = sum(1 for r in recs if apply(r))
+            else:
+                applied = 0
+                for r in recs:
+                    if apply(r):
+                        applied += 1
                         self._events.append(RecordApplied(r.key, p.name, trig))
-                else:
-                    self._counters["records-stale"] += 1
+            self._counters["records-applied"] += applied
+            self._counters["records-stale"] += len(recs) - applied
             if trig is Trigger.RESYNC and self.mode is Mode.JOINING:
                 before = p.bulk_received
                 p.bulk_received += len(recs)

@@ -3,7 +3,6 @@ with backoff and a window. Pure: the clock is passed in and frames are built by 
 
 from __future__ import annotations
 
-import itertools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +47,8 @@ class Channel:
         """Forget both directions: the peer restarted, its stream starts again at 1."""
         self.next_seq = 1
         self.unacked: dict[int, Outgoing] = {}
+        self.next_unsent = 1
+        self.rto_due_s = float("inf")  # earliest time a retransmission may be due
         self.recv_next = 1
         self.recv_buf: dict[int, tuple[MsgType, Any]] = {}
         self.ack_pending = False
@@ -96,24 +97,38 @@ class Channel:
         Only the first `window` unacked messages may be in flight. `max_new` caps first
         transmissions (the agent's freeze/step); retransmissions of sent ones are not capped."""
         out: list[tuple[Outgoing, bool]] = []
-        new = 0
-        for o in itertools.islice(self.unacked.values(), self.window):
-            if o.first_sent is None:
-                if max_new is not None and new >= max_new:
-                    # Frozen: keep order, nothing behind a held message goes first.
-                    break
-                new += 1
-                o.first_sent = now
-                o.last_sent = now
-                o.tries = 1
-                out.append((o, False))
-            elif now - o.last_sent >= o.rto_s:
-                o.last_sent = now
-                o.tries += 1
-                o.rto_s = min(o.rto_s * 2, self.rto_max_s)
-                out.append((o, True))
+        unacked = self.unacked
+        if not unacked:
+            return out
+        first = next(iter(unacked))
+        self.next_unsent = max(self.next_unsent, first)
+        if now >= self.rto_due_s:
+            # Scan what is in flight only when some retransmission timer may have expired.
+            soonest = float("inf")
+            for seq in range(first, self.next_unsent):
+                o = unacked.get(seq)
+                if o is None:
+                    continue
+                if now - o.last_sent >= o.rto_s:
+                    o.last_sent = now
+                    o.tries += 1
+                    o.rto_s = min(o.rto_s * 2, self.rto_max_s)
+                    out.append((o, True))
+                soonest = min(soonest, o.last_sent + o.rto_s)
+            self.rto_due_s = soonest
+        limit = min(self.next_seq, first + self.window)
+        if max_new is not None:
+            # Frozen: keep order, nothing behind a held message goes first.
+            limit = min(limit, self.next_unsent + max_new)
+        while self.next_unsent < limit:
+            o = unacked[self.next_unsent]
+            self.next_unsent += 1
+            o.first_sent = o.last_sent = now
+            o.tries = 1
+            self.rto_due_s = min(self.rto_due_s, now + o.rto_s)
+            out.append((o, False))
         return out
 
     def unsent(self) -> int:
         """Messages queued and never transmitted (behind the window or held by a freeze)."""
-        return sum(1 for o in self.unacked.values() if o.first_sent is None)
+        return self.next_seq - max(self.next_unsent, next(iter(self.unacked), self.next_seq))

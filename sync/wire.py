@@ -159,19 +159,20 @@ def record_to_wire(r: Record) -> list[Any]:
 
 def record_from_wire(a: Any) -> Record:
     """Rebuild a record from its positional array; BadFrame(BAD_PAYLOAD) if malformed."""
-    if not isinstance(a, list) or len(a) != 7:
+    if type(a) is not list or len(a) != 7:
         raise BadFrame(BadFrameKind.BAD_PAYLOAD, "record is not a 7-field array")
     key, scope, owner, version, bucket, data, deleted = a
+    # `type(x) is int` on purpose: it refuses bools, which isinstance would let through.
     if (
-        not isinstance(key, bytes)
+        type(key) is not bytes
+        or type(scope) is not int
         or scope not in _CODE_SCOPE
-        or isinstance(scope, bool)
-        or not isinstance(owner, str)
-        or not _int(version)
-        or not isinstance(bucket, int)
-        or isinstance(bucket, bool)
-        or not isinstance(data, list)
-        or not isinstance(deleted, bool)
+        or type(owner) is not str
+        or type(version) is not int
+        or version < 0
+        or type(bucket) is not int
+        or type(data) is not list
+        or type(deleted) is not bool
     ):
         raise BadFrame(BadFrameKind.BAD_PAYLOAD, "record field of the wrong type")
     return Record(key, _CODE_SCOPE[scope], owner, version, bucket, data, deleted)

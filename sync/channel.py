@@ -68,6 +68,9 @@ class Channel:
     def on_ack(self, ack: int) -> list[Outgoing]:
         """Process a cumulative ack; returns the messages it acknowledged (in order)."""
         done: list[Outgoing] = []
+        # An ack can only cover what was sent; a larger one (a confused peer) must not
+        # silently drop messages that never left.
+        ack = min(ack, self.next_unsent - 1)
         # unacked is in seq order (insertion order), so stop at the first one not covered.
         while self.unacked:
             seq = next(iter(self.unacked))

@@ -94,3 +94,17 @@ def test_backups_converge_with_20pct_loss_reordering_and_duplication(
     for x in c.names:
         total.update(c.agents[x].stats()["bad_frames"])
     assert "internal-error" not in total and "bad-hmac" not in total
+
+
+def test_window_backoff_and_acks_that_cover_unsent_messages() -> None:
+    ch = Channel(window=4, rto_initial_s=0.02, rto_max_s=0.08)
+    for i in range(10):
+        ch.queue(MsgType.RECORDS, i)
+    assert [o.seq for o, re in ch.due(0.0, None)] == [1, 2, 3, 4]  # the window
+    assert ch.due(0.01, None) == []
+    assert [(o.seq, re) for o, re in ch.due(0.02, None)] == [(1, True), (2, True), (3, True), (4, True)]
+    assert ch.due(0.05, None) == []  # backed off to 40 ms
+    assert len(ch.due(0.06, None)) == 4
+    assert [o.seq for o in ch.on_ack(9)] == [1, 2, 3, 4]  # only what was sent can be acked
+    assert [o.seq for o, _ in ch.due(0.07, 1)] == [5]  # a freeze releases one at a time
+    assert ch.unsent() == 5

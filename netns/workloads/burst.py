@@ -42,6 +42,8 @@ from netns.workloads.tcpflows import RECORD_SIZE, encode_record
 
 log = logging.getLogger(__name__)
 
+STOP_GRACE_S = 1.0
+
 
 class Burst:
     """Counts of one burst; `one()` makes and checks a single short connection."""
@@ -133,6 +135,9 @@ class Burst:
     def finish(self) -> None:
         self.update(time.monotonic())
         summary = f"{self.successes} of {self.attempted} connections succeeded"
+        abandoned = self.attempted - self.successes - self.failures
+        if abandoned:
+            summary += f" ({abandoned} abandoned at stop)"
         if self.failures:
             reasons = ", ".join(f"{n} {r}" for r, n in sorted(self.reasons.items()))
             self.flow.set_health(FlowHealth.FAILED, f"{summary}; failed: {reasons}")
@@ -176,9 +181,15 @@ async def run_burst(args: argparse.Namespace, stop: asyncio.Event) -> int:
         if delay_s > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay_s)
+    # On a stop, connections still open get a short grace, then are abandoned (not failed),
+    # so that the daemon's shutdown is not held up by per-connection timeouts.
+    grace_end = time.monotonic() + STOP_GRACE_S
     while tasks:
         burst.update(time.monotonic())
         writer.maybe_write([burst.flow])
+        if stop.is_set() and time.monotonic() > grace_end:
+            for task in tasks:
+                task.cancel()
         await asyncio.wait(set(tasks), timeout=0.1)
     burst.finish()
     writer.write([burst.flow])

@@ -176,10 +176,15 @@ class Topology:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_port(self.receiver, IPERF_PORT)
-            argv = ["iperf3", "-c", RECEIVER_IP, "-p", str(IPERF_PORT), "-t", f"{duration_s:g}", "-J",
+            # iperf3 takes whole seconds (and -t 0 means "forever").
+            seconds = max(1, round(duration_s))
+            argv = ["iperf3", "-c", RECEIVER_IP, "-p", str(IPERF_PORT), "-t", str(seconds), "-J",
                     "--connect-timeout", "3000", *extra]
-            proc = run(["ip", "netns", "exec", self.sender, *argv], check=False,
-                       timeout_s=duration_s + 20)
+            try:
+                proc = run(["ip", "netns", "exec", self.sender, *argv], check=False,
+                           timeout_s=seconds + 20)
+            except subprocess.TimeoutExpired as e:
+                raise BenchError(f"iperf3 did not finish within {seconds + 20} s") from e
             try:
                 out: dict[str, Any] = json.loads(proc.stdout)
             except ValueError as e:

@@ -1,0 +1,72 @@
+"""The bench's statistics helpers and its JSON contract, on pure inputs (no root, no lab)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from demos.bench import median, p99, percentile, ratio, run_bench, spread, summarize
+
+
+def test_median_of_odd_and_even_counts() -> None:
+    assert median([3, 1, 2]) == 2
+    assert median([4, 1, 3, 2]) == 2.5
+
+
+def test_p99_is_a_measured_value_nearest_rank() -> None:
+    values = list(range(1, 101))  # 1..100
+    assert p99(values) == 99
+    assert p99([5.0]) == 5.0
+    assert percentile([10, 20, 30, 40], 50) == 20
+    assert percentile([10, 20, 30, 40], 100) == 40
+    # with fewer than 100 samples p99 is the largest one
+    assert p99([1, 2, 3, 1000]) == 1000
+
+
+def test_spread_is_max_minus_min() -> None:
+    assert spread([5, 9, 7]) == 4
+    assert spread([3]) == 0
+
+
+def test_empty_inputs_are_refused_with_a_clear_error() -> None:
+    for fn in (median, p99, spread):
+        with pytest.raises(ValueError, match="no values"):
+            fn([])
+    with pytest.raises(ValueError, match=r"0\.\.100"):
+        percentile([1], 101)
+
+
+def test_summarize_gives_every_figure_and_keeps_samples() -> None:
+    s = summarize([120.0, 100.0, 140.0], digits=1)
+    assert s == {"median": 120.0, "p99": 140.0, "min": 100.0, "max": 140.0, "spread": 40.0, "n": 3,
+                 "samples": [120.0, 100.0, 140.0]}
+    empty = summarize([])
+    assert empty["n"] == 0 and empty["median"] is None
+
+
+def test_ratio_pairs_values_of_the_same_run() -> None:
+    r = ratio([150.0, 90.0], [200.0, 100.0])
+    assert r["samples"] == [0.75, 0.9]
+    assert r["median"] == pytest.approx(0.825)
+    assert ratio([1.0], [0.0])["n"] == 0  # a zero baseline gives no ratio, not a crash
+
+
+def test_unknown_bench_names_the_known_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_bench("nope", as_json=True, lab=None, runs=1) == 2
+    err = capsys.readouterr().err
+    assert "throughput" in err and "failover" in err
+
+
+def test_resync_bench_prints_one_json_object_and_progress(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWBENCH_RESYNC_SIZES", "500")
+    assert run_bench("resync", as_json=True, lab=None, runs=2) == 0
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert doc["bench"] == "resync" and doc["runs"] == 2
+    fig = doc["sizes"]["500"]
+    assert fig["records_received"]["median"] == 500
+    assert fig["wall_s"]["n"] == 2 and fig["wall_s"]["median"] > 0
+    assert doc["machine"]["cpus"] >= 1
+    assert "run 2/2" in err

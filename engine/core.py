@@ -161,10 +161,9 @@ class Engine:
                 proto = data[9]
                 if proto == 6:
                     total = (data[2] << 8) | data[3]
-                    flags = data[33]
                     if (
                         40 <= total <= len(data)
-                        and flags & 0x17 == 0x10  # ACK, no SYN/FIN/RST
+                        and data[33] & 0x17 == 0x10  # ACK, no SYN/FIN/RST
                         and data[32] >= 0x50
                         and (data[32] >> 4) * 4 + 20 <= total
                     ):

@@ -134,3 +134,11 @@ def test_misuse_gives_an_engine_error() -> None:
         Timeouts(established_s=0)
     with pytest.raises(EngineError, match="'own', 'backup' or 'common'"):
         list(Engine("n1", default_rules()).rows("mine"))
+
+
+def test_the_bench_runs_and_reports_its_figures() -> None:
+    from engine.bench import run_engine_bench
+
+    r = run_engine_bench(flows=20, packets=200)
+    assert r["established_accepted"] == 200  # every packet of the established flows passed
+    assert r["established_pps"] > 0 and r["new_connections_per_s"] > 0 and r["bytes_per_entry"] > 0

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from engine.core import Engine, Verdict
 from engine.packet import Packet, Reason, parse
 from engine.rules import default_rules
-from tests.unit.engine_packets import C1, S1, ping, ping6, tcp, tcp6, udp
+from tests.unit.engine_packets import C1, S1, S2, ping, ping6, tcp, tcp6, udp
 
 
 def test_both_directions_of_a_flow_share_one_key() -> None:
@@ -102,4 +102,30 @@ def test_random_bytes_never_raise_out_of_process(data: bytes, prefix: int) -> No
     heads = [b"", b"\x45\x00", b"\x45\x00\x00\x28", b"\x60\x00\x00\x00\x00\x10\x06"]
     d = engine.process(heads[prefix] + data, 1.0)
     assert d.verdict in (Verdict.ACCEPT, Verdict.DROP, Verdict.REJECT, Verdict.HOLD)
+    assert engine.counters.get("engine-error", 0) == 0
+
+
+_FLOW = [
+    tcp(C1, S2, 40021, 21, "S", 1000),
+    tcp(S2, C1, 21, 40021, "SA", 5000, 1001),
+    tcp(C1, S2, 40021, 21, "A", 1001, 5001),
+    tcp(C1, S2, 40021, 21, "PA", 1001, 5001, b"PORT 198,18,1,10,195,81\r\n"),
+    tcp(S2, C1, 21, 40021, "PA", 5001, 1026, b"227 Entering Passive Mode (198,18,2,11,195,80).\r\n"),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, len(_FLOW) - 1), st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)),
+                                                  max_size=4), st.integers(0, 120))
+def test_mutated_real_packets_never_raise(which: int, flips: list[tuple[int, int]], cut: int) -> None:
+    """Real packets of an FTP session with bytes changed and tails cut reach the deeper paths."""
+    engine = Engine("n1", default_rules())
+    for p in _FLOW[:3]:
+        engine.process(p, 1.0)
+    data = bytearray(_FLOW[which])
+    for pos, value in flips:
+        if pos < len(data):
+            data[pos] = value
+    engine.process(bytes(data[: max(1, len(data) - cut)]), 2.0)
+    engine.expire(100.0)
     assert engine.counters.get("engine-error", 0) == 0

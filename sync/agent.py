@@ -188,6 +188,9 @@ class PeerStats:
     retransmitted: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
+    acked_by_type: Counter[str] = field(default_factory=Counter)
+    retransmitted_by_type: Counter[str] = field(default_factory=Counter)
+    bytes_by_type: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass(slots=True)
@@ -495,6 +498,9 @@ class SyncAgent:
                     "retransmitted": p.stats.retransmitted,
                     "bytes_sent": p.stats.bytes_sent,
                     "bytes_received": p.stats.bytes_received,
+                    "acked_by_type": dict(p.stats.acked_by_type),
+                    "retransmitted_by_type": dict(p.stats.retransmitted_by_type),
+                    "bytes_sent_by_type": dict(p.stats.bytes_by_type),
                     "unacked": len(p.channel.unacked),
                 }
                 for p in self.peers.values()
@@ -662,6 +668,7 @@ class SyncAgent:
 
     def _acked(self, p: Peer, o: Outgoing, now: float) -> None:
         p.stats.acked += 1
+        p.stats.acked_by_type[o.type.name.lower()] += 1
         if o.tries == 1 and o.first_sent is not None:  # Karn: retransmitted ones are ambiguous
             self._latency_ms.append((now - o.first_sent) * 1000.0)
         ps = (p.name, o.seq)
@@ -1014,6 +1021,7 @@ class SyncAgent:
         data = encode_frame(f, self.config.key)
         p.stats.sent[mtype.name.lower()] += 1
         p.stats.bytes_sent += len(data)
+        p.stats.bytes_by_type[mtype.name.lower()] += len(data)
         self._out.append((p.addr, data))
         return data
 
@@ -1035,6 +1043,7 @@ class SyncAgent:
             for o, retransmit in p.channel.due(now, max_new):
                 if retransmit:
                     p.stats.retransmitted += 1
+                    p.stats.retransmitted_by_type[o.type.name.lower()] += 1
                 elif self._frozen:
                     self._credit -= 1
                 self._frame(p, o.type, o.seq, o.payload)

@@ -248,6 +248,8 @@ def test_stats_count_per_peer_and_type() -> None:
     s = c.agents["n1"].stats()
     assert s["peers"]["n2"]["sent"]["records"] >= 1 and s["peers"]["n2"]["acked"] >= 1
     assert s["peers"]["n3"]["sent"].get("records", 0) == 0
+    assert s["peers"]["n2"]["acked_by_type"]["records"] >= 1
+    assert s["peers"]["n2"]["bytes_sent_by_type"]["heartbeat"] > 0
     assert s["ack_latency_ms"]["samples"] > 0 and s["ack_latency_ms"]["p50"] is not None
     assert s["bad_frames"] == {}
 

@@ -173,7 +173,9 @@ class Conn:
         self.created = now
         self.last_seen = now
         self.helper = helper
-        self.extra: dict[str, Any] = {}
+        # Additional information (NAT details, the master of a related connection...). None
+        # until something is stored: most entries never need it, and an empty dict costs 64 B.
+        self.extra: dict[str, Any] | None = None
         self.trigger = trigger
         self.hold = 0  # the sync id its packets wait on, 0 when none
         self.sched = -1.0  # the deadline it is queued under for expiry, -1 when not queued

@@ -325,7 +325,7 @@ class Engine:
                     next_version(table.version_floor(p.key), now), mark, now,
                     trigger="related:" + x.trigger,
                 )
-                e.extra["master"] = x.master.hex()
+                e.extra = {"master": x.master.hex()}
                 table.add(e, now)
                 return self._decide(Verdict.ACCEPT, Reason.RELATED)
         if not opens:

@@ -28,8 +28,9 @@ def conn_record(e: Conn) -> Record:
     helper state, extra as [k, v, ...], trigger."""
     h = e.helper
     extra: list[Any] = []
-    for k, v in e.extra.items():
-        extra += [k, v]
+    if e.extra:
+        for k, v in e.extra.items():
+            extra += [k, v]
     return Record(
         e.key,
         Scope.NODE,
@@ -195,7 +196,7 @@ class EngineStore:
         e.created = created
         e.last_seen = last_seen
         e.helper = helper
-        e.extra = extra
+        e.extra = extra or None
         e.trigger = trigger
         t.refresh(e)
         if e.owner == t.node:

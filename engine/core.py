@@ -186,7 +186,7 @@ class Engine:
                             return _ACCEPT_ESTABLISHED
             return self._full(data, now, mark)
         except Exception:
-            log.exception("engine failed on a %d-byte packet; dropped", len(data))
+            log.exception("engine failed on a packet; dropped it (counted as engine-error)")
             return self._decide(Verdict.DROP, Reason.ENGINE_ERROR)
 
     def _decide(self, verdict: Verdict, reason: str) -> Decision:

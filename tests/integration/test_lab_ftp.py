@@ -81,7 +81,7 @@ def test_periodic_only_cross_node_ftp_fails_and_status_says_why(lab: dict[str, A
         for s in ok:  # those that worked stayed on the control connection's node
             assert not s.get("data_node") or s["data_node"] == s["node"]
         after = counters()
-        no_expectation = sum(after[n].get("no-rule", 0) - before[n].get("no-rule", 0) for n in after)
+        no_expectation = sum(after[n].get("no-rule-match", 0) - before[n].get("no-rule-match", 0) for n in after)
         assert no_expectation >= len(failed), "data node: no rule, no expectation"
         assert sum(after[n].get("released_by_ack", 0) for n in after) == sum(
             before[n].get("released_by_ack", 0) for n in before), "periodic-only sync holds nothing"

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pyroute2 import IPRoute
+from pyroute2 import config as pr_config
 from pyroute2 import netns as pr_netns
 
 from netns import iptables
@@ -17,6 +18,11 @@ from netns.spec import FABRIC, LabError, LabSpec, spec_to_dict
 from netns.spec import ns_name as _ns_name
 
 log = logging.getLogger(__name__)
+
+# pyroute2 forks a child to enter a namespace and stops it with SIGTERM. The child inherits
+# the parent's Python signal handlers and asyncio's wakeup fd, so without this the daemon's
+# event loop would see every such SIGTERM as its own and shut the lab down.
+pr_config.disable_mp_signal = True
 
 FORWARD_MODES = ("nfqueue", "accept")
 BRIDGES = {"sync": "br-sync", "inside": "br-in", "outside": "br-out"}

@@ -111,6 +111,7 @@ class LabDaemon:
 
     # ---- events -----------------------------------------------------------------------------
     def note(self, kind: str, text: str, node: str = "lab", **extra: Any) -> None:
+        log.info("%s %s: %s", node, kind, text)
         ev = {"t": time.time(), "node": node, "kind": kind, "text": text, **extra}
         self.add_event(ev)
 
@@ -451,6 +452,7 @@ class LabDaemon:
         if cmd == "traffic":
             return await self.traffic(req)
         if cmd == "down":
+            self.note("action", "down requested")
             self.stop.set()
             return {"ok": True, "daemon_pid": os.getpid()}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
@@ -651,8 +653,12 @@ class LabDaemon:
 async def amain(spec: LabSpec, run_dir: Path, lab_file: Path | None) -> int:
     d = LabDaemon(spec, run_dir, lab_file)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, d.stop.set)
+    def on_signal(sig: signal.Signals) -> None:
+        d.note("lab", f"{sig.name} received: going down")
+        d.stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(sig, on_signal, sig)
     sock_path = run_dir / "control.sock"
     with contextlib.suppress(FileNotFoundError):
         sock_path.unlink()

@@ -46,6 +46,8 @@ CNFQ_DIR = Path(__file__).resolve().parent / "cnfq"
 CNFQ_SOURCE = CNFQ_DIR / "nfq_accept.c"
 BLAST_SOURCE = CNFQ_DIR / "udp_blast.c"
 WARMUP_S = 0.5
+SENDER_CPU = 0
+CONSUMER_CPU = 1
 
 Progress = Callable[[str], None]
 
@@ -218,7 +220,7 @@ class Topology:
         raise BenchError(f"the receiver's UDP counter rule is missing in {self.receiver}")
 
     def _blast_pps(self, duration_s: float, blaster: Path) -> float:
-        p = self.popen(self.sender, [str(blaster), RECEIVER_IP, str(BLAST_PORT),
+        p = self.popen(self.sender, [*pin(SENDER_CPU), str(blaster), RECEIVER_IP, str(BLAST_PORT),
                                      f"{duration_s + WARMUP_S + 1:g}", str(UDP_PAYLOAD_BYTES)],
                        stdout=subprocess.DEVNULL)
         try:
@@ -233,6 +235,17 @@ class Topology:
     def tcp_mbps(self, duration_s: float) -> float:
         out = self.iperf([], duration_s)
         return float(out["end"]["sum_received"]["bits_per_second"]) / 1e6
+
+
+def pin(cpu: int) -> list[str]:
+    """taskset prefix: the sender on one core, the queue consumer on the other, the same in every mode.
+
+    Without it the scheduler sometimes puts both on one core and the figures swing by 2x.
+    Empty (no pinning) on a single core or without taskset.
+    """
+    if (os.cpu_count() or 1) < 2 or shutil.which("taskset") is None:
+        return []
+    return ["taskset", "-c", str(cpu)]
 
 
 def run(argv: list[str], check: bool = True, input_text: str | None = None,
@@ -308,13 +321,14 @@ def consumer(topo: Topology, mode: str, c_exe: Path | None, node_cfg: Path | Non
     p: subprocess.Popen[bytes] | None = None
     if mode == "c":
         assert c_exe is not None
-        p = topo.popen(topo.gateway, [str(c_exe), str(QUEUE_NUM), "--gso"], stdout=subprocess.PIPE)
+        p = topo.popen(topo.gateway, [*pin(CONSUMER_CPU), str(c_exe), str(QUEUE_NUM), "--gso"],
+                       stdout=subprocess.PIPE)
         wait_ready(p, "the C NFQUEUE loop")
     elif mode in ("python", "python-gso"):
         argv = [sys.executable, "-m", "demos.baselines", "pyloop", "--queue", str(QUEUE_NUM)]
         if mode == "python-gso":
             argv += ["--gso", "--range", os.environ.get("SWB_RANGE", "65535")]
-        p = topo.popen(topo.gateway, argv, stdout=subprocess.PIPE)
+        p = topo.popen(topo.gateway, [*pin(CONSUMER_CPU), *argv], stdout=subprocess.PIPE)
         wait_ready(p, "the Python NFQUEUE loop")
     elif mode in ("engine", "engine-gso"):
         assert node_cfg is not None
@@ -376,8 +390,8 @@ def start_engine_node(topo: Topology, cfg_path: Path, gso: bool = False) -> subp
         argv = [sys.executable, "-m", "demos.baselines", "engine-gso", "--config", str(cfg_path)]
     else:
         argv = [sys.executable, "-m", "engine.node", "--config", str(cfg_path)]
-    p = topo.popen(topo.gateway, [*argv, "--log", str(log_path)], stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    p = topo.popen(topo.gateway, [*pin(CONSUMER_CPU), *argv, "--log", str(log_path)],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + READY_TIMEOUT_S
     last = ""
     while time.monotonic() < deadline:

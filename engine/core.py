@@ -136,6 +136,8 @@ class Engine:
         self.pull_unknown = pull_unknown
         self.hold_timeout_s = hold_timeout_s
         self.max_held_syncs = max_held_syncs
+        # The buckets this node forwards (set by the node from its view); None: all of them.
+        self.owned_buckets: frozenset[int] | None = None
         self.table = ConnTable(node, self.timeouts)
         self._conns = self.table.conns  # the same dict, bound once for the fast path
         self._now = 0.0
@@ -229,8 +231,10 @@ class Engine:
         """A packet of a known connection: track its state; the rules are not consulted.
         None when the packet starts a new connection on a closed entry's 5-tuple."""
         table = self.table
-        if e.owner != self.node:
-            # A packet of another node's connection reached us: we carry it now (claim 14).
+        if e.owner != self.node and (self.owned_buckets is None or e.bucket in self.owned_buckets):
+            # A packet of another node's connection reached us in a bucket we own: we carry it
+            # now (claim 14). Outside our buckets it is the brief overlap of a handover, when the
+            # old owner still forwards: let it pass without taking the connection over.
             e.owner = self.node
             e.last_seen = now
             table.changed(e, "adopted", now)

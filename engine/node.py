@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sync.agent import SyncAgent, SyncConfig
-
 from engine.core import Decision, Engine, SyncRequest, Verdict
 from engine.rules import parse_rules
+from sync.agent import SyncAgent, SyncConfig
 from sync.records import Scope, Trigger
 
 log = logging.getLogger(__name__)
@@ -85,6 +84,7 @@ class Node:
         self.cfg = cfg
         self.use_nfqueue = use_nfqueue
         self.engine = Engine(cfg.node, parse_rules(cfg.rules), hold_related=cfg.policy != "periodic")
+        self.engine.owned_buckets = frozenset()  # nothing until the view gives us buckets
         key = Path(cfg.key_file).read_bytes()
         self.sync_addr = next((ip, port) for name, ip, port in cfg.nodes if name == cfg.node)
         now = time.monotonic()
@@ -122,6 +122,8 @@ class Node:
         }
         self.down_at: dict[str, float] = {}
         self.last_takeover: dict[str, Any] | None = None
+        self.pending_gain: tuple[list[int], int, float] | None = None
+        self.applied: list[int] = []
         self.iptables_lock = asyncio.Lock()
         self.leaving = False
         self.stop_event = asyncio.Event()
@@ -243,7 +245,8 @@ class Node:
                 self.note("takeover", f"took buckets {sorted(ev.buckets)}, promoted "
                           f"{ev.promoted} connection(s)", buckets=sorted(ev.buckets),
                           promoted=ev.promoted)
-                self._apply_view(now, gained=(sorted(ev.buckets), ev.promoted))
+                self.pending_gain = (sorted(ev.buckets), ev.promoted, now)
+                self._apply_view(now)
             elif name == "BucketsLost":
                 self.note("handover", f"gave up buckets {sorted(ev.buckets)}",
                           buckets=sorted(ev.buckets))
@@ -256,31 +259,41 @@ class Node:
             else:
                 self.note("sync", name)
 
-    def _apply_view(self, now: float, gained: tuple[list[int], int] | None = None) -> None:
+    def _apply_view(self, now: float) -> None:
         view = self.agent.view
         owned = sorted(b for b, owner in enumerate(view.bucket_owner, start=1) if owner == self.cfg.node)
         if owned == self.owned:
+            self._record_takeover(owned)
             return
         self.owned = owned
-        asyncio.get_running_loop().create_task(self._set_buckets(owned, now, gained))
+        self.engine.owned_buckets = frozenset(owned)
+        asyncio.get_running_loop().create_task(self._set_buckets(owned))
 
-    async def _set_buckets(self, owned: list[int], t0: float, gained: tuple[list[int], int] | None) -> None:
+    async def _set_buckets(self, owned: list[int]) -> None:
         async with self.iptables_lock:
             if owned != self.owned:
                 return  # a newer view already superseded this one
             await self._iptables_restore(owned_buckets_rules(owned))
-        if gained:
-            done = time.monotonic()
-            since = min(self.down_at.values()) if self.down_at else t0
-            self.last_takeover = {
-                "buckets": gained[0],
-                "promoted": gained[1],
-                "takeover_ms": round((done - since) * 1000, 1),
-                "apply_ms": round((done - t0) * 1000, 1),
-                "t": time.time(),
-            }
-            self.note("buckets", f"accepting buckets {owned} ({(done - t0) * 1000:.1f} ms to apply)")
-            self.down_at.clear()
+            self.applied = owned
+        self.note("buckets", f"accepting buckets {owned}", buckets=owned)
+        self._record_takeover(owned)
+
+    def _record_takeover(self, applied: list[int]) -> None:
+        """Once the gained buckets are in the accepted set, the takeover is complete: time it."""
+        gain = self.pending_gain
+        if gain is None or self.applied != applied or not set(gain[0]) <= set(applied):
+            return
+        self.pending_gain = None
+        done = time.monotonic()
+        since = min(self.down_at.values()) if self.down_at else gain[2]
+        self.last_takeover = {
+            "buckets": gain[0],
+            "promoted": gain[1],
+            "detect_to_accept_ms": round((done - since) * 1000, 1),
+            "apply_ms": round((done - gain[2]) * 1000, 1),
+            "t": time.time(),
+        }
+        self.down_at.clear()
 
     async def _iptables_restore(self, text: str) -> None:
         if not self.use_nfqueue:

@@ -101,6 +101,8 @@ class LabDaemon:
         self.policy = spec.policy
         self.interval_ms = spec.interval_ms
         self.headline = ""
+        self.failed_at: float | None = None
+        self.last_takeover: dict[str, Any] | None = None
         self.seen_takeovers: set[float] = set()
         self.flow_nodes: dict[str, str] = {}
         self.stop = asyncio.Event()
@@ -274,10 +276,17 @@ class LabDaemon:
                         if n.name != np.name and n.status.get("state") in ("failed", "offline")
                     ]
                     of = ", ".join(failed) or "a peer"
-                    self.headline = (
-                        f"{np.name} took over {take['promoted']} connections of {of} "
-                        f"in {take['takeover_ms']:.0f} ms"
-                    )
+                    if self.failed_at is not None and take["t"] > self.failed_at:
+                        # From the operator's kill/crash to the backup accepting the buckets.
+                        take = {**take, "takeover_ms": round((take["t"] - self.failed_at) * 1000, 1)}
+                        self.failed_at = None
+                    ms = take.get("takeover_ms", take["detect_to_accept_ms"])
+                    n = take["promoted"]
+                    if failed:
+                        self.headline = f"{np.name} took over {n} connections of {of} in {ms:.0f} ms"
+                    else:
+                        self.headline = f"{np.name} joined and took back buckets with {n} connections"
+                    self.last_takeover = {"node": np.name, "of": failed, **take}
                     self.note("takeover", self.headline, node=np.name, **take)
             elif np.intent == "crashed":
                 np.status = {**np.status, "state": "failed", "held": 0}
@@ -339,17 +348,18 @@ class LabDaemon:
         state = st.get("state", "joining")
         if np.intent == "crashed":
             state = "failed"
+        live = state not in ("failed", "offline")
         return {
             "name": np.name,
             "state": state,
             "intent": np.intent,
             "buckets": st.get("buckets", []) if state not in ("failed", "offline") else [],
-            "backs_up": st.get("backs_up", []),
-            "backups": st.get("backups", []),
+            "backs_up": st.get("backs_up", []) if live else [],
+            "backups": st.get("backups", []) if live else [],
             "sync_address": str(spec_node.sync_ip),
-            "own": st.get("own", 0),
-            "backup": st.get("backup", 0),
-            "common": st.get("common", 0),
+            "own": st.get("own", 0) if live else 0,
+            "backup": st.get("backup", 0) if live else 0,
+            "common": st.get("common", 0) if live else 0,
             "held": st.get("held", 0),
             "sync_msgs_per_s": round(np.rate_hist[-1], 1) if np.rate_hist else 0.0,
             "sync_rate_history": [round(x, 1) for x in np.rate_hist],
@@ -375,6 +385,7 @@ class LabDaemon:
             "uptime_s": round(time.time() - self.started, 1),
             "time": time.time(),
             "headline": self.headline,
+            "last_takeover": self.last_takeover,
             "nodes": [self.node_view(n) for n in self.nodes.values()],
             "workloads": {k: {"pid": p.pid, **m} for k, (p, m) in self.workloads.items()},
         }
@@ -476,6 +487,7 @@ class LabDaemon:
         if np.proc is None or np.proc.returncode is not None:
             return {"ok": False, "error": f"{np.name} is not running"}
         np.intent = "killed"
+        self.failed_at = time.time()
         np.proc.send_signal(signal.SIGKILL)
         await np.proc.wait()
         assert self.record is not None
@@ -488,6 +500,7 @@ class LabDaemon:
             return {"ok": False, "error": f"{np.name} is {np.intent}, not active"}
         assert self.record is not None
         np.intent = "crashed"
+        self.failed_at = time.time()
         await asyncio.to_thread(lab_build.cut_links, self.record, np.name)
         self.note("action", f"crash {np.name}: all its links cut at once", node=np.name)
         return {"ok": True, "crashed_at": time.time()}

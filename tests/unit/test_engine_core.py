@@ -142,3 +142,22 @@ def test_the_bench_runs_and_reports_its_figures() -> None:
     r = run_engine_bench(flows=20, packets=200)
     assert r["established_accepted"] == 200  # every packet of the established flows passed
     assert r["established_pps"] > 0 and r["new_connections_per_s"] > 0 and r["bytes_per_entry"] > 0
+
+
+def test_a_packet_of_a_peer_connection_outside_our_buckets_passes_without_adoption() -> None:
+    # During a handover the old owner forwards a few more packets of buckets it just gave up;
+    # it must not take those connections back (the new owner already promoted them).
+    owner = Engine("n1", default_rules())
+    f = TcpFlow(C1, S1, 40000, 5001)
+    _established(owner, f, mark=4)
+    (rec,) = owner.store.records()
+    old = Engine("n2", default_rules())
+    old.owned_buckets = frozenset({2, 5})
+    assert old.store.apply(rec)
+    d = old.process(f.c2s(b"late"), 2.0, mark=4)
+    assert d.verdict is Verdict.ACCEPT
+    assert [r["owner"] for r in old.rows("backup")] == ["n1"] and list(old.rows("own")) == []
+    assert old.drain_events() == [] and "adopted" not in old.counters
+    old.owned_buckets = frozenset({4})
+    old.process(f.c2s(b"ours now"), 2.1, mark=4)
+    assert [r["owner"] for r in old.rows("own")] == ["n2"]

@@ -568,24 +568,32 @@ class SyncAgent:
                     # A (re)started peer: answer at once so it learns our incarnation.
                     self._send_unreliable(p, MsgType.HEARTBEAT, self._hb_payload())
             return
-        d = p.channel.on_data(f.seq, f.type, f.payload)
+        # The sender's epoch travels with the message: records sent under an older view than
+        # ours may no longer be ours to hold.
+        d = p.channel.on_data(f.seq, f.type, (f.epoch, f.payload))
         if d.duplicate:
             raise BadFrame(BadFrameKind.STALE, f"replayed seq {f.seq}")
         if d.beyond_window:
             self._counters["beyond-window"] += 1
-        for _, t, payload in d.messages:
+        for _, t, (epoch, payload) in d.messages:
             try:
-                self._dispatch(p, t, payload, now)
+                self._dispatch(p, t, payload, now, epoch)
             except BadFrame as exc:
                 self._bad[exc.kind.value] += 1
                 log.debug("%s: bad %s payload from %s: %s", self.node, t.name, p.name, exc)
 
-    def _dispatch(self, p: Peer, t: MsgType, pl: Any, now: float) -> None:
+    def _dispatch(self, p: Peer, t: MsgType, pl: Any, now: float, epoch: int) -> None:
         if t is MsgType.RECORDS:
             if not isinstance(pl, list) or len(pl) != 2:
                 raise BadFrame(BadFrameKind.BAD_PAYLOAD, "records")
             trig = trigger_from_wire(pl[0])
             recs = records_from_blob(pl[1])
+            if epoch < self.view.epoch and self.mode is not Mode.JOINING:
+                # Sent under an older view: keep only what we still hold in ours.
+                keep = {self.node, *self.view.backed_up_by(self.node)}
+                n = len(recs)
+                recs = [r for r in recs if r.scope is Scope.COMMON or r.owner in keep]
+                self._counters["records-outdated"] += n - len(recs)
             apply = self.store.apply
             if trig is Trigger.RESYNC:  # bulk: no per-record events
                 applied = sum(1 for r in recs if apply(r))
@@ -799,18 +807,16 @@ class SyncAgent:
             promoted = self.store.promote(gained, self.node)
             self._events.append(BucketsGained(tuple(gained), len(promoted)))
             log.info("%s: gained buckets %s, promoted %d records", self.node, gained, len(promoted))
-        # Forget copies we no longer need to hold: of nodes that failed or left (their state
-        # is promoted by now) and of nodes whose backup group we are no longer in.
-        backing = set(v.backed_up_by(self.node))
-        for name in self.names:
-            if name == self.node or name in backing or self.mode is Mode.JOINING:
-                # (a joiner keeps what its bulk resync brought: it will need it when active)
-                continue
-            gone = v.state(name) in (MemberState.FAILED, MemberState.OFFLINE) and old.state(name) in LIVE
-            if gone or name in old.backed_up_by(self.node):
-                dropped = self.store.drop_owner(name)
-                if dropped:
-                    log.info("%s: dropped %d copies of %s's records", self.node, dropped, name)
+        # Forget copies we no longer need: an active node holds node records of itself and of
+        # the nodes it backs up, nothing else (failed nodes' state is promoted by now). A joiner
+        # keeps what its bulk resync brought: it will need it once active.
+        if self.mode is not Mode.JOINING:
+            keep = {self.node, *v.backed_up_by(self.node)}
+            for name in self.names:
+                if name not in keep:
+                    dropped = self.store.drop_owner(name)
+                    if dropped:
+                        log.info("%s: dropped %d copies of %s's records", self.node, dropped, name)
         failover = any(
             old.state(n) in LIVE and v.state(n) is MemberState.FAILED for n in self.names
         )
@@ -819,14 +825,35 @@ class SyncAgent:
             new_group = set(v.backups_of(self.node))
             was_active = old.state(self.node) is MemberState.ACTIVE
             old_group = set(old.backups_of(self.node)) if was_active else set()
-            # New backups get everything (Fig. 7, 702-703), except joiners that had a bulk resync.
-            added = tuple(sorted(n for n in new_group - old_group if old.state(n) is not MemberState.JOINING))
+            # New backups get everything (Fig. 7, 702-703), except joiners whose bulk resync,
+            # asked under the old view, already brought our records for this very role.
+            had_bulk = set(self._future_for(old).backups_of(self.node))
+            added = tuple(sorted(
+                n for n in new_group - old_group
+                if not (old.state(n) is MemberState.JOINING and n in had_bulk)
+            ))
+            sent: list[tuple[str, int]] = []
             if added:
                 own = list(self.store.records(owner=self.node, scope=Scope.NODE))
-                self._send_records({added: own} if own else {}, trig, now)
-            rest = tuple(sorted(new_group - set(added)))
-            if promoted and rest:
-                self._send_records({rest: promoted}, trig, now)
+                sent += self._send_records({added: own} if own else {}, trig, now, track=True)
+            if promoted:
+                # To our backups and to joiners that will back us up (their bulk resync may
+                # predate this promotion).
+                groups = {
+                    g: recs
+                    for t, recs in self._group_by_targets(promoted).items()
+                    if (g := tuple(n for n in t if n not in added))
+                }
+                sent += self._send_records(groups, trig, now, track=True)
+            if self.mode in (Mode.LEAVING, Mode.LEFT):
+                # Leaving: only acks from our current backups count, and what we just sent
+                # them must be acked too before we ask to go.
+                self._leave_pending = {
+                    ps for ps in self._leave_pending if ps[0] in new_group and self.peers[ps[0]].up
+                }
+                if sent:
+                    self._leave_pending.update(sent)
+                    self.mode = Mode.LEAVING
         if self.mode is Mode.JOINING:
             # What the peers must send us depends on the view (who owns which bucket now,
             # whom we will back up): ask again under the new one. Versions make it idempotent.
@@ -840,8 +867,9 @@ class SyncAgent:
     def _reconcile(self, v: View) -> None:
         """Records of buckets that moved between two live nodes (a rebalance) now belong to
         the bucket's new owner. Do locally what its promote does (owner := new owner,
-        version + 1) if we back it up, so both agree; otherwise keep a tombstone of that
-        version, so that no stale copy lingers here and none can come back later."""
+        version + 1), so every copy agrees; copies we do not need are dropped right after
+        by owner. (A tombstone here would block the new owner's push of that same version
+        should we become its backup later.)"""
         for r in list(self.store.records(scope=Scope.NODE)):
             new_owner = v.owner(r.bucket)
             if (
@@ -852,10 +880,8 @@ class SyncAgent:
                 or v.state(r.owner) is not MemberState.ACTIVE
             ):
                 continue
-            keep = self.node in v.backups_of(new_owner)
             self.store.apply(
-                Record(r.key, r.scope, new_owner, r.version + 1, r.bucket,
-                       list(r.data) if keep else [], not keep)
+                Record(r.key, r.scope, new_owner, r.version + 1, r.bucket, list(r.data), r.deleted)
             )
 
     def _rejoin(self, now: float) -> None:
@@ -864,6 +890,11 @@ class SyncAgent:
         would shadow newer versions, so reset node state and take the bulk resync."""
         dropped = sum(self.store.drop_owner(n) for n in self.names)
         log.warning("%s: rejoining; dropped %d node records held before", self.node, dropped)
+        # Common records carry their own versions: offer ours, in case the others lack some
+        # (they formed a view without us); a receiver keeps whichever is newer.
+        common = list(self.store.records(scope=Scope.COMMON))
+        if common:
+            self._send_records(self._group_by_targets(common), Trigger.REBALANCE, now)
         self.mode = Mode.JOINING
         self._ready = False
         self._join_started = now
@@ -943,9 +974,12 @@ class SyncAgent:
 
     def _future(self) -> View:
         """The view once every joiner is active, cached per view (asked for every record)."""
-        if self._future_of is not self.view:
-            self._future_of = self.view
-            self._future_view = self.view.with_joiners_active()
+        return self._future_for(self.view)
+
+    def _future_for(self, v: View) -> View:
+        if self._future_of is not v:
+            self._future_of = v
+            self._future_view = v.with_joiners_active()
         return self._future_view
 
     def _group_by_targets(self, recs: Iterable[Record]) -> dict[tuple[str, ...], list[Record]]:
@@ -1003,14 +1037,18 @@ class SyncAgent:
         self._send_records(self._group_by_targets(recs), trigger, now)
 
     def _queue(self, p: Peer, mtype: MsgType, payload: Any) -> int:
-        return p.channel.queue(mtype, payload)
+        return p.channel.queue(mtype, payload, self.view.epoch)
 
-    def _frame(self, p: Peer, mtype: MsgType, seq: int, payload: Any) -> bytes:
+    def _frame(
+        self, p: Peer, mtype: MsgType, seq: int, payload: Any, epoch: int | None = None
+    ) -> bytes:
         f = Frame(
             self.node,
             self.incarnation,
             p.inc,
-            self.view.epoch,
+            # A reliable message keeps the epoch of the view it was decided under, even when
+            # retransmitted later.
+            self.view.epoch if epoch is None else epoch,
             seq,
             p.channel.cum_ack,
             mtype,
@@ -1046,7 +1084,7 @@ class SyncAgent:
                     p.stats.retransmitted_by_type[o.type.name.lower()] += 1
                 elif self._frozen:
                     self._credit -= 1
-                self._frame(p, o.type, o.seq, o.payload)
+                self._frame(p, o.type, o.seq, o.payload, o.epoch)
 
     def _deadlines(self, now: float) -> None:
         for token, tk in list(self._tokens.items()):

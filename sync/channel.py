@@ -20,6 +20,7 @@ class Outgoing:
     type: MsgType
     payload: Any
     rto_s: float
+    epoch: int = 0
     first_sent: float | None = None
     last_sent: float = 0.0
     tries: int = 0
@@ -58,11 +59,11 @@ class Channel:
         """Highest sequence number received with nothing missing before it."""
         return self.recv_next - 1
 
-    def queue(self, mtype: MsgType, payload: Any) -> int:
+    def queue(self, mtype: MsgType, payload: Any, epoch: int = 0) -> int:
         """Queue a message for reliable delivery; returns its sequence number."""
         seq = self.next_seq
         self.next_seq += 1
-        self.unacked[seq] = Outgoing(seq, mtype, payload, self.rto_initial_s)
+        self.unacked[seq] = Outgoing(seq, mtype, payload, self.rto_initial_s, epoch)
         return seq
 
     def on_ack(self, ack: int) -> list[Outgoing]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from app.console.app import ConsoleApp
@@ -19,7 +18,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.fake:
         parser.error("only --fake is wired here; `syncwall console` attaches to a real lab")
-    logging.basicConfig(level=logging.WARNING)
     lab = FakeLab(WallClock(), connections=args.connections)
     result = ConsoleApp(lab, viewer=args.viewer, present=args.present).run()
     sys.stdout.write(f"console quit: {result or 'keep'} the lab\n")

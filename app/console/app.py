@@ -112,6 +112,7 @@ class ConsoleApp(App[str]):
         self.link_trouble = ""
         self._poll_worker: Worker[Any] | None = None
         self._binding_state: tuple[Any, ...] = ()
+        self._headline_text = ""
         if present:
             self.register_theme(PRESENT_THEME)
 
@@ -174,8 +175,15 @@ class ConsoleApp(App[str]):
                 table = {"ok": True, "node": table_request["node"],
                          "scope": table_request["scope"], "rows": [], "total": 0,
                          "note": str(exc)}
-        if not get_current_worker().is_cancelled:
-            self.call_from_thread(self._apply, snapshot, table)
+        if get_current_worker().is_cancelled:
+            return
+        try:
+            # textual types call_from_thread's callback as returning Never
+            self.call_from_thread(self._apply, snapshot, table)  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.exception("unusable reply from the lab")
+            raise LinkError(f"the lab sent a reply the console cannot read ({exc!r}); "
+                            "is the console as new as the lab daemon?") from exc
 
     async def _apply(self, snapshot: dict[str, Any], table: dict[str, Any] | None) -> None:
         self.snapshot = snapshot
@@ -191,19 +199,30 @@ class ConsoleApp(App[str]):
             conns.show(node=cluster.selected)
         if table is not None:
             conns.apply(table, now_s)
-        self.query_one(TimelinePane).apply(list(snapshot.get("events", [])))
-        self.query_one(FlowsPane).apply(list(snapshot.get("flows", [])))
+        self._apply_hidden_views()
         self._update_headline()
-        self.title = f"syncwall · lab {snapshot.get('lab', '?')}"
-        self.sub_title = (
-            f"{'viewer · ' if self.viewer else ''}policy {snapshot.get('policy', '?')} "
-            f"{snapshot.get('interval_ms', '?')} ms · t={float(snapshot.get('time', 0.0)):.1f}s"
-        )
+        title = f"syncwall · lab {snapshot.get('lab', '?')}"
+        sub_title = (f"{'viewer · ' if self.viewer else ''}policy {snapshot.get('policy', '?')} "
+                     f"{snapshot.get('interval_ms', '?')} ms")
+        if (title, sub_title) != (self.title, self.sub_title):  # the header re-lays out on change
+            self.title, self.sub_title = title, sub_title
         state = (tuple(n.get("state") for n in snapshot.get("nodes", [])), snapshot.get("frozen"),
                  snapshot.get("queued", 0) > 0, self.selected_node)
         if state != self._binding_state:
             self._binding_state = state
             self.refresh_bindings()
+
+    def _apply_hidden_views(self) -> None:
+        """Timeline and flows are refreshed only while on screen (and when switched to)."""
+        active = self.query_one(TabbedContent).active
+        if active == "timeline":
+            self.query_one(TimelinePane).apply(list(self.snapshot.get("events", [])))
+        elif active == "flows":
+            self.query_one(FlowsPane).apply(list(self.snapshot.get("flows", [])))
+
+    @on(TabbedContent.TabActivated, "#views")
+    def _view_shown(self) -> None:
+        self._apply_hidden_views()
 
     def _update_headline(self) -> None:
         parts: list[str] = []
@@ -217,7 +236,10 @@ class ConsoleApp(App[str]):
         if headline:
             parts.append(headline)
         box = self.query_one("#headline", Static)
-        box.update("  ·  ".join(parts) or "all nodes in step")
+        text = "  ·  ".join(parts) or "all nodes in step"
+        if text != self._headline_text:  # fixed height: no layout pass needed
+            self._headline_text = text
+            box.update(text, layout=False)
         box.set_class(bool(headline), "-takeover")
         box.set_class(bool(self.link_trouble), "-trouble")
 
@@ -401,7 +423,8 @@ class ConsoleApp(App[str]):
         rows: list[tuple[str, str, bool]] = []
         seen: set[str] = set()
         # the console's own keys first, then those of the focused widget (cursor keys...)
-        bindings = sorted(self.screen.active_bindings.values(), key=lambda a: a.node is not self)
+        bindings = sorted(self.screen.active_bindings.values(),
+                          key=lambda a: (a.node is not self, a.binding.action == "quit"))
         for active in bindings:
             binding = active.binding
             if binding.action.startswith("select_node") or binding.description in seen:
@@ -413,6 +436,10 @@ class ConsoleApp(App[str]):
         extra = ["1..9 select a node's card and its tables; click a card or a column header too",
                  "\\[ and ] switch own / backup / common; ctrl+p opens the command palette"]
         self.push_screen(HelpScreen(rows, extra))
+
+    async def action_quit(self) -> None:
+        """ctrl+q too asks what to do with the lab."""
+        self.action_quit_console()
 
     def action_quit_console(self) -> None:
         if self.viewer:

@@ -33,6 +33,7 @@ class NodeCard(Vertical):
         self.node: dict[str, Any] = {}
         self._history: deque[float] = deque([0.0] * HISTORY, maxlen=HISTORY)
         self.border_title = name
+        self._body = ""
 
     def compose(self) -> ComposeResult:
         yield Static("", classes="card-body")
@@ -58,7 +59,9 @@ class NodeCard(Vertical):
             f"common {node.get('common', 0)}\n"
             f"held {node.get('held', 0)}  sync {rate:.0f} msg/s"
         )
-        self.query_one(".card-body", Static).update(body)
+        if body != self._body:  # a card's size never depends on its text: skip the layout pass
+            self._body = body
+            self.query_one(".card-body", Static).update(body, layout=False)
         self.query_one(".card-spark", Sparkline).data = list(self._history)
 
     def on_click(self) -> None:

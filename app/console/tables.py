@@ -77,20 +77,21 @@ class DiffTable(DataTable[Any]):
                 self.remove_row(key)
                 del self.on_screen[key]
             for key, changes in diff.changed.items():
-                cells = list(self.on_screen[key])
+                now_cells = list(self.on_screen[key])
                 for column, value in changes:
-                    cells[column] = value
+                    now_cells[column] = value
                     self.update_cell(key, self._columns[column][0],
                                      self.renderer(key, column, value))
-                self.on_screen[key] = tuple(cells)
+                self.on_screen[key] = tuple(now_cells)
             for key in restyle:
                 if key in self.on_screen:
                     for column, value in enumerate(self.on_screen[key]):
                         self.update_cell(key, self._columns[column][0],
                                          self.renderer(key, column, value))
-            for key, cells in diff.added:
-                self.add_row(*(self.renderer(key, i, v) for i, v in enumerate(cells)), key=key)
-                self.on_screen[key] = cells
+            for key, new_cells in diff.added:
+                self.add_row(*(self.renderer(key, i, v) for i, v in enumerate(new_cells)),
+                             key=key)
+                self.on_screen[key] = new_cells
             if self.sort_column and (diff.added or diff.changed):
                 self._sort()
         return diff
@@ -139,6 +140,7 @@ class ConnectionsPane(Vertical):
         self.tracker = OwnerTracker()
         self._fresh = True  # the next fetch is the first of this view: nothing lights up
         self.now_s = 0.0
+        self._caption = ""
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="conn-bar"):
@@ -197,7 +199,9 @@ class ConnectionsPane(Vertical):
             caption += f" · filter '{self.filter}'"
         if note:
             caption += f" · {note}"
-        self.query_one("#totals", Static).update(caption)
+        if caption != self._caption:
+            self._caption = caption
+            self.query_one("#totals", Static).update(caption, layout=False)
         return diff
 
     @on(Tabs.TabActivated, "#scope-tabs")
@@ -269,6 +273,7 @@ class FlowsPane(Vertical):
 
     def __init__(self) -> None:
         super().__init__(id="flows-pane")
+        self._summary = ""
 
     def compose(self) -> ComposeResult:
         yield Static("", id="flow-summary")
@@ -277,5 +282,8 @@ class FlowsPane(Vertical):
     def apply(self, flows: list[dict[str, Any]]) -> RowDiff:
         counts = {h: sum(1 for f in flows if f.get("health") == h) for h in HEALTH_STYLE}
         summary = "  ".join(f"[{HEALTH_STYLE[h]}]{n} {h}[/]" for h, n in counts.items())
-        self.query_one("#flow-summary", Static).update(f"{len(flows)} flows  {summary}")
+        text = f"{len(flows)} flows  {summary}"
+        if text != self._summary:
+            self._summary = text
+            self.query_one("#flow-summary", Static).update(text, layout=False)
         return self.query_one(DiffTable).apply([(str(f.get("name")), flow_cells(f)) for f in flows])

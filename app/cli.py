@@ -26,13 +26,12 @@ def err(msg: str) -> None:
 
 
 def pid_alive(pid: int) -> bool:
+    """True while the process runs; a zombie (dead, not yet reaped) counts as gone."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def running_labs() -> list[str]:
@@ -42,14 +41,16 @@ def running_labs() -> list[str]:
 
 
 def daemon_pid(lab: str) -> int | None:
-    """The pid of the lab's daemon if it is alive."""
+    """The pid of the lab's daemon if it is alive (same start time as recorded, not a zombie)."""
+    from netns.record import LabRecord, RecordError, alive
+
     try:
-        rec = json.loads((RUN_ROOT / lab / "record.json").read_text())
-    except (OSError, ValueError):
+        rec = LabRecord.load(RUN_ROOT / lab)
+    except (OSError, ValueError, RecordError):
         return None
-    for p in rec.get("processes", []):
-        if p.get("role") == "daemon" and pid_alive(int(p["pid"])):
-            return int(p["pid"])
+    for p in rec.processes:
+        if p.role == "daemon" and alive(p):
+            return p.pid
     return None
 
 

@@ -123,6 +123,7 @@ class Node:
         self.down_at: dict[str, float] = {}
         self.last_takeover: dict[str, Any] | None = None
         self.pending_gain: tuple[list[int], int, float] | None = None
+        self.bucket_task: asyncio.Task[None] | None = None
         self.applied: list[int] = []
         self.iptables_lock = asyncio.Lock()
         self.leaving = False
@@ -267,7 +268,7 @@ class Node:
             return
         self.owned = owned
         self.engine.owned_buckets = frozenset(owned)
-        asyncio.get_running_loop().create_task(self._set_buckets(owned))
+        self.bucket_task = asyncio.get_running_loop().create_task(self._set_buckets(owned))
 
     async def _set_buckets(self, owned: list[int]) -> None:
         async with self.iptables_lock:
@@ -388,6 +389,10 @@ class Node:
         tick = asyncio.create_task(self.ticker())
         try:
             await self.stop_event.wait()
+            if self.bucket_task is not None:
+                # A leaving node gives its buckets up in iptables before it goes.
+                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(self.bucket_task), 2.0)
         finally:
             tick.cancel()
             server.close()
@@ -401,6 +406,13 @@ class Node:
                 nfq.unbind()
             with contextlib.suppress(FileNotFoundError):
                 ctl_path.unlink()
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in others:
+                t.cancel()
+            if others:
+                _, pending = await asyncio.wait(others, timeout=1.0)
+                for t in pending:
+                    log.warning("task did not stop: %r", t)
 
     # ---- control socket -------------------------------------------------------------------
     async def serve_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -416,8 +428,8 @@ class Node:
                         reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
                 writer.write(json.dumps(reply, default=str).encode() + b"\n")
                 await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # the client went away, or the node is stopping
         finally:
             writer.close()
 

@@ -273,7 +273,9 @@ class LabDaemon:
                     failed = [
                         n.name
                         for n in self.nodes.values()
-                        if n.name != np.name and n.status.get("state") in ("failed", "offline")
+                        if n.name != np.name
+                        and (n.intent in ("killed", "crashed", "offline")
+                             or n.status.get("state") == "failed")
                     ]
                     of = ", ".join(failed) or "a peer"
                     if self.failed_at is not None and take["t"] > self.failed_at:

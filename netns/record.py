@@ -146,7 +146,8 @@ def proc_start_time(pid: int) -> int | None:
     return int(fields[22 - 3])
 
 
-def _alive(entry: ProcEntry) -> bool:
+def alive(entry: ProcEntry) -> bool:
+    """True while the recorded process runs: same pid, same start time, not a zombie."""
     start = proc_start_time(entry.pid)
     if start is None:
         return False
@@ -162,20 +163,20 @@ def _alive(entry: ProcEntry) -> bool:
 
 def _signal(entries: list[ProcEntry], sig: signal.Signals) -> None:
     for e in entries:
-        if _alive(e):
+        if alive(e):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(e.pid, sig)
 
 
 def stop_processes(entries: list[ProcEntry], wait_s: float = TERM_WAIT_S) -> None:
     """SIGTERM, a short wait, then SIGKILL; only processes whose start time still matches."""
-    live = [e for e in entries if _alive(e)]
+    live = [e for e in entries if alive(e)]
     if not live:
         return
     _signal(live, signal.SIGTERM)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        live = [e for e in live if _alive(e)]
+        live = [e for e in live if alive(e)]
         if not live:
             return
         time.sleep(0.02)
@@ -183,7 +184,7 @@ def stop_processes(entries: list[ProcEntry], wait_s: float = TERM_WAIT_S) -> Non
         log.warning("process %d (%s %s) ignored SIGTERM; killing it", e.pid, e.role, e.name)
     _signal(live, signal.SIGKILL)
     deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline and any(_alive(e) for e in live):
+    while time.monotonic() < deadline and any(alive(e) for e in live):
         time.sleep(0.02)
 
 

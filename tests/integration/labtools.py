@@ -17,7 +17,9 @@ RUN_ROOT = Path("/run/syncwall")
 
 def sw(*args: str, check: bool = True, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     """Run `syncwall ARGS` the way a user does; fail with its stderr when it fails."""
-    p = subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True,
+    # Name the lab every time: other labs (a bench, another test) may run beside this one.
+    lab = [] if "--lab" in args else ["--lab", "default"]
+    p = subprocess.run([sys.executable, "-m", "app.cli", *lab, *args], capture_output=True, text=True,
                        timeout=timeout)
     if check and p.returncode != 0:
         raise AssertionError(f"syncwall {' '.join(args)} failed ({p.returncode}):\n{p.stderr}{p.stdout}")

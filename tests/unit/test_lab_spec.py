@@ -34,7 +34,7 @@ def test_the_default_lab_is_the_one_in_the_design() -> None:
     assert (spec.buckets, spec.backups, spec.policy, spec.interval_ms) == (12, 1, "hybrid", 1000)
     assert (spec.heartbeat_ms, spec.miss_limit, spec.sync_port, spec.hold_timeout_ms) == (
         10,
-        5,
+        10,
         7400,
         200,
     )

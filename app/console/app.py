@@ -179,13 +179,15 @@ class ConsoleApp(App[str]):
             return
         try:
             # textual types call_from_thread's callback as returning Never
-            self.call_from_thread(self._apply, snapshot, table)  # type: ignore[arg-type]
+            self.call_from_thread(self._apply, snapshot, table,  # type: ignore[arg-type]
+                                  table_request)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             log.exception("unusable reply from the lab")
             raise LinkError(f"the lab sent a reply the console cannot read ({exc!r}); "
                             "is the console as new as the lab daemon?") from exc
 
-    async def _apply(self, snapshot: dict[str, Any], table: dict[str, Any] | None) -> None:
+    async def _apply(self, snapshot: dict[str, Any], table: dict[str, Any] | None,
+                     asked: dict[str, Any] | None = None) -> None:
         self.snapshot = snapshot
         now_s = self.clock()
         if self.link_trouble:
@@ -198,7 +200,7 @@ class ConsoleApp(App[str]):
         if first and cluster.selected:
             conns.show(node=cluster.selected)
         if table is not None:
-            conns.apply(table, now_s)
+            conns.apply(table, now_s, asked)
         self._apply_hidden_views()
         self._update_headline()
         title = f"syncwall · lab {snapshot.get('lab', '?')}"
@@ -263,10 +265,13 @@ class ConsoleApp(App[str]):
     @work(thread=True, group="action", exit_on_error=False)
     def send(self, msg: dict[str, Any], done: str) -> dict[str, Any]:
         reply = checked(self.link.request(msg))
-        self.call_from_thread(self._acted, done)
+        self.call_from_thread(self._acted, done, reply)
         return reply
 
-    def _acted(self, done: str) -> None:
+    def _acted(self, done: str, reply: dict[str, Any]) -> None:
+        released = reply.get("released")
+        if isinstance(released, dict) and released.get("text"):
+            done = f"{done}: {released['text']}"  # step-through: say which message went
         self.notify(done, title="done", timeout=3)
         self.poll()
 

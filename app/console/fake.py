@@ -484,6 +484,11 @@ class FakeLab:
         self._regroup()
         for conn in moved:
             self._send(conn, now, trigger, quiet=True)
+        # claim 11: backup duties are handed on, so new backups get their copies at once
+        for conn in self.conns.values():
+            if not conn.common and conn.owner != successor and any(
+                    p not in conn.copies for p in self._peers_of(conn)):
+                self._send(conn, now, trigger, quiet=True)
         if graceful:
             self.headline = (f"{failed} left gracefully: {successor} took over {len(moved)} "
                              f"connections with no loss")

@@ -175,11 +175,15 @@ class ConnectionsPane(Vertical):
             self._fresh = True
             self.post_message(self.ViewChanged())
 
-    def apply(self, reply: dict[str, Any], now_s: float) -> RowDiff | None:
+    def apply(self, reply: dict[str, Any], now_s: float,
+              asked: dict[str, Any] | None = None) -> RowDiff | None:
         """Show a `table` reply, if it is still the view on screen."""
+        view = (self.node, self.scope.value, self.filter)
+        if asked is not None and (asked.get("node"), asked.get("scope"), asked.get("filter")) != view:
+            return None  # answer to a view the operator has already left
         if reply.get("node") not in (None, self.node) or reply.get("scope") not in (
                 None, self.scope.value):
-            return None  # answer to a view the operator has already left
+            return None
         self.now_s = now_s
         rows = list(reply.get("rows", []))
         lit = self.tracker.observe(rows, now_s, fresh_view=self._fresh)

@@ -308,6 +308,8 @@ def test_step_through_releases_one_sync_message_at_a_time() -> None:
         await pilot.press("n")
         await settle(pilot)
         assert len(lab.queue) == queued - 1
+        assert any(n.message.startswith("one sync message released: state-modified: k")
+                   for n in app._notifications)
         await pilot.press("z")
         await settle(pilot)
         assert not lab.frozen and "FROZEN" not in text_of(app, "#headline")

@@ -269,6 +269,26 @@ def cmd_traffic(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fault(args: argparse.Namespace) -> int:
+    need_root()
+    lab = pick_lab(args.lab)
+    msg: dict[str, Any] = {"cmd": "fault", "kind": args.kind}
+    if args.node:
+        msg["node"] = args.node
+    if args.rate is not None:
+        if not 0 <= args.rate <= 1:
+            raise CliError("--rate is a fraction between 0 and 1")
+        msg["rate"] = args.rate
+    if args.groups:
+        msg["groups"] = [g.split(",") for g in args.groups.split("/")]
+    if args.delay_ms is not None:
+        msg["delay_ms"] = args.delay_ms
+    reply = call(lab, msg, timeout_s=30)
+    reply.pop("ok", None)
+    print(json.dumps(reply))
+    return 0
+
+
 def cmd_exec(args: argparse.Namespace) -> int:
     need_root()
     lab = pick_lab(args.lab)
@@ -389,6 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int)
     p.add_argument("--rate", type=int)
     p.add_argument("--name")
+    p = add("fault", cmd_fault, "inject a fault on the sync segment: loss, partition, slow, heal")
+    p.add_argument("kind", choices=["loss", "partition", "slow", "heal"])
+    p.add_argument("--node", help="the node (loss, slow)")
+    p.add_argument("--rate", type=float, help="loss: fraction of sync datagrams dropped, 0..1")
+    p.add_argument("--groups", help="partition: e.g. n1/n2,n3 (nodes in different groups cannot sync)")
+    p.add_argument("--delay-ms", type=int, help="slow: how late the node handles sync input")
     p = add("exec", cmd_exec, "run a program inside a lab host or node")
     p.add_argument("host")
     p.add_argument("cmd", nargs=argparse.REMAINDER)

@@ -124,6 +124,7 @@ class Node:
         self.last_takeover: dict[str, Any] | None = None
         self.pending_gain: tuple[list[int], int, float] | None = None
         self.bucket_task: asyncio.Task[None] | None = None
+        self.sync_delay_s = 0.0
         self.applied: list[int] = []
         self.iptables_lock = asyncio.Lock()
         self.leaving = False
@@ -330,7 +331,16 @@ class Node:
             except OSError as e:
                 log.debug("recvfrom failed: %s", e)
                 break
-            self.agent.receive(data, src, now)
+            if self.sync_delay_s > 0:
+                asyncio.get_running_loop().call_later(self.sync_delay_s, self._late_receive, data, src)
+            else:
+                self.agent.receive(data, src, now)
+        self.handle_agent_events(now)
+        self.flush()
+
+    def _late_receive(self, data: bytes, src: tuple[str, int]) -> None:
+        now = time.monotonic()
+        self.agent.receive(data, src, now)
         self.handle_agent_events(now)
         self.flush()
 
@@ -465,6 +475,11 @@ class Node:
             self.note("trigger", "going offline: pushing all state, handing over buckets",
                       trigger=Trigger.LEAVE.value)
             self.flush()
+            return {"ok": True}
+        if cmd == "slow":
+            # Fault injection: this node handles sync datagrams late, like an overloaded peer.
+            self.sync_delay_s = max(0, int(req.get("delay_ms", 0))) / 1000
+            self.note("fault", f"sync input delayed by {self.sync_delay_s * 1000:.0f} ms")
             return {"ok": True}
         if cmd == "freeze":
             self.agent.freeze(bool(req.get("on", True)))

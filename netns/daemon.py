@@ -110,6 +110,7 @@ class LabDaemon:
         self.started = time.time()
         self.ready = False
         self.traffic_seq = 0
+        self.faults_active: list[dict[str, Any]] = []
 
     # ---- events -----------------------------------------------------------------------------
     def note(self, kind: str, text: str, node: str = "lab", **extra: Any) -> None:
@@ -388,6 +389,7 @@ class LabDaemon:
             "time": time.time(),
             "headline": self.headline,
             "last_takeover": self.last_takeover,
+            "faults": self.faults_active,
             "nodes": [self.node_view(n) for n in self.nodes.values()],
             "workloads": {k: {"pid": p.pid, **m} for k, (p, m) in self.workloads.items()},
         }
@@ -464,6 +466,8 @@ class LabDaemon:
             return {"ok": True}
         if cmd == "traffic":
             return await self.traffic(req)
+        if cmd == "fault":
+            return await self.fault(req)
         if cmd == "down":
             self.note("action", "down requested")
             self.stop.set()
@@ -643,6 +647,24 @@ class LabDaemon:
             return {"ok": False, "error": f"traffic kind must be tcp, udp, burst or ftp, not {kind!r}"}
         await self.start_workload(name, client, args, {"kind": kind})
         return {"ok": True, "name": name, "health_file": health}
+
+    async def fault(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Fault injection on the sync segment (loss, partition, slow peer, heal): see netns/faults.py."""
+        from netns import faults
+
+        assert self.record is not None
+        kind = str(req.get("kind", ""))
+        if kind == "slow":
+            np = self._node(req)
+            if np.link is None:
+                return {"ok": False, "error": f"{np.name} is not running"}
+            reply = await np.link.request({"cmd": "slow", "delay_ms": int(req.get("delay_ms", 0))})
+        else:
+            reply = await asyncio.to_thread(faults.apply_fault, self.spec, self.record, req)
+        if reply.get("ok"):
+            self.faults_active = faults.describe_active(self.faults_active, req)
+            self.note("fault", f"fault {kind}: {json.dumps({k: v for k, v in req.items() if k != 'cmd'})}")
+        return reply
 
     # ---- life -------------------------------------------------------------------------------
     async def shutdown(self) -> None:

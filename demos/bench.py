@@ -225,23 +225,6 @@ def bench_throughput(runs: int, lab: str | None, progress: Progress) -> dict[str
     return out
 
 
-def _burst_local(topo: baselines.Topology, count: int) -> tuple[float, int]:
-    """Connections/s of the burst workload from sender to receiver in the bench topology."""
-    health = topo.tmp / f"burst-{time.monotonic_ns()}.json"
-    p = topo.popen(topo.sender, [sys.executable, "-m", "netns.workloads.burst", "--server",
-                                 baselines.RECEIVER_IP, "--port", str(baselines.IPERF_PORT), "--count",
-                                 str(count), "--rate", "100000", "--health-file", str(health)],
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        p.wait(timeout=120)
-    finally:
-        topo.stop(p)
-    flow = json.loads(health.read_text())["flows"][0]
-    if not flow.get("successes"):
-        raise BenchError(f"burst: {flow.get('detail')}")
-    return float(flow["conn_per_s"]), int(flow.get("failures", 0))
-
-
 def _burst_lab(lab: str, count: int, rate: int = 100000) -> tuple[float, int]:
     """(connections/s, failed connections) of one burst through the cluster."""
     started = traffic(lab, "start", "burst", "--count", str(count), "--rate", str(rate))
@@ -254,43 +237,82 @@ def _burst_lab(lab: str, count: int, rate: int = 100000) -> tuple[float, int]:
     return float(f["conn_per_s"]), int(f.get("failures", 0))
 
 
+CONN_PORT_LAB = 5100  # inside the default rules' tcp 5000-5999
+CONN_WORKERS = 4
+
+
+def _parse_conn_rate(out: str) -> tuple[float, int]:
+    """(connections/s, failed) from the C client's 'ok N failed M seconds S' line."""
+    parts = out.split()
+    try:
+        ok, failed, seconds = int(parts[1]), int(parts[3]), float(parts[5])
+    except (IndexError, ValueError) as e:
+        raise BenchError(f"conn_rate client said {out.strip()!r}") from e
+    if not ok:
+        raise BenchError(f"no connection succeeded ({failed} failed)")
+    return ok / seconds, failed
+
+
+def _lab_server_ip(lab: str) -> str:
+    from app.cli import load_lab_of
+
+    spec = load_lab_of(lab)
+    return str(next(h.ip for h in spec.hosts if h.role == "server"))
+
+
 def bench_conn_rate(runs: int, lab: str | None, progress: Progress) -> dict[str, Any]:
-    count = int(os.environ.get("SWBENCH_CONNS", "2000"))
+    duration_s = float(os.environ.get("SWBENCH_DURATION_S", "3"))
     local: dict[str, list[float]] = {"kernel": [], "engine": []}
     local_failed: dict[str, list[float]] = {m: [] for m in local}
     cluster: dict[str, list[float]] = {"sync_on_hybrid": [], "sync_off_periodic_60s": []}
     cluster_failed: dict[str, list[float]] = {m: [] for m in cluster}
     notes: list[str] = []
-    # The single-gateway figures come first, in our own topology, then the cluster's.
-    with baselines.Topology() as topo:
-        server = topo.popen(topo.receiver, [sys.executable, "-m", "netns.workloads.tcpflows", "server",
-                                            "--bind", baselines.RECEIVER_IP, "--port",
-                                            str(baselines.IPERF_PORT)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        baselines.wait_port(topo.receiver, baselines.IPERF_PORT)
-        cfg = baselines.write_engine_config(topo)
-        for i in range(runs):
-            for mode in local:
-                with baselines.consumer(topo, mode, None, cfg):
-                    rate, failed = _burst_local(topo, count)
-                local[mode].append(rate)
-                local_failed[mode].append(failed)
-                progress(f"run {i + 1}/{runs} single gateway, {mode}: {rate:,.0f} conn/s, {failed} failed")
-        topo.stop(server)
-    with bench_lab(lab, progress) as name:
-        for i in range(runs):
-            for mode, policy in (("sync_on_hybrid", ("hybrid", "--interval-ms", "1000")),
-                                 ("sync_off_periodic_60s", ("periodic", "--interval-ms", "60000"))):
-                sw("--lab", name, "policy", *policy)
-                rate, failed = _burst_lab(name, count)
-                cluster[mode].append(rate)
-                cluster_failed[mode].append(failed)
-                progress(f"run {i + 1}/{runs} cluster, {mode}: {rate:,.0f} conn/s, {failed} failed")
-        sw("--lab", name, "policy", "hybrid", "--interval-ms", "1000")
-        stop_traffic(name)
-    notes.append("sync off = periodic policy with a 60 s interval (no sync during the burst)")
-    notes.append(f"client: netns.workloads.burst (Python asyncio), {count} connections, "
-                 "connect + 16-byte echo + close each")
+    with tempfile.TemporaryDirectory(prefix="swbench-") as tmp:
+        exe, why = baselines.build_c(Path(tmp), baselines.CNFQ_DIR / "conn_rate.c", [])
+        if exe is None:
+            raise BenchError(f"the C connection client could not be built: {why}")
+        # Single gateway first, in our own topology (the engine alone, no peer: sync off), then the cluster.
+        with baselines.Topology() as topo:
+            server = topo.popen(topo.receiver, [str(exe), "server", str(baselines.IPERF_PORT)],
+                                stdout=subprocess.DEVNULL)
+            baselines.wait_port(topo.receiver, baselines.IPERF_PORT)
+            cfg = baselines.write_engine_config(topo)
+            for i in range(runs):
+                for mode in local:
+                    with baselines.consumer(topo, mode, None, cfg):
+                        out = baselines.run(["ip", "netns", "exec", topo.sender, str(exe), "client",
+                                             baselines.RECEIVER_IP, str(baselines.IPERF_PORT),
+                                             f"{duration_s:g}", str(CONN_WORKERS)], timeout_s=duration_s + 30)
+                    rate, failed = _parse_conn_rate(out.stdout)
+                    local[mode].append(rate)
+                    local_failed[mode].append(failed)
+                    progress(f"run {i + 1}/{runs} single gateway, {mode}: {rate:,.0f} conn/s, "
+                             f"{failed} failed")
+            topo.stop(server)
+        with bench_lab(lab, progress) as name:
+            ip = _lab_server_ip(name)
+            server_p = subprocess.Popen([sys.executable, "-m", "app.cli", "--lab", name, "exec", "s1", "--",
+                                         str(exe), "server", str(CONN_PORT_LAB)], stdout=subprocess.DEVNULL)
+            try:
+                time.sleep(0.5)
+                for i in range(runs):
+                    for mode, policy in (("sync_on_hybrid", ("hybrid", "--interval-ms", "1000")),
+                                         ("sync_off_periodic_60s", ("periodic", "--interval-ms", "60000"))):
+                        sw("--lab", name, "policy", *policy)
+                        time.sleep(0.5)
+                        out = sw("--lab", name, "exec", "c1", "--", str(exe), "client", ip,
+                                 str(CONN_PORT_LAB), f"{duration_s:g}", str(CONN_WORKERS),
+                                 timeout_s=duration_s + 30)
+                        rate, failed = _parse_conn_rate(out.stdout)
+                        cluster[mode].append(rate)
+                        cluster_failed[mode].append(failed)
+                        progress(f"run {i + 1}/{runs} cluster, {mode}: {rate:,.0f} conn/s, {failed} failed")
+                sw("--lab", name, "policy", "hybrid", "--interval-ms", "1000")
+            finally:
+                baselines.stop_process(server_p)
+    notes.append("sync off = periodic policy with a 60 s interval (no sync during the measurement)")
+    notes.append(f"client and server: demos/cnfq/conn_rate.c, {CONN_WORKERS} client processes, each "
+                 f"connect + 16-byte echo + close in a loop for {duration_s:g} s")
     cost = [1 - a / b for a, b in zip(cluster["sync_on_hybrid"], cluster["sync_off_periodic_60s"],
                                       strict=False) if b]
     return {

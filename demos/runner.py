@@ -1,0 +1,276 @@
+"""Runs the scripted demos: step by step for the console, or headless (`syncwall demo NAME --headless`)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from demos.scenarios import SCENARIOS, DemoContext, DemoError, Link, Scenario, Step
+from netns.control import ControlClient, ControlError
+
+log = logging.getLogger(__name__)
+
+RUN_ROOT = Path("/run/syncwall")
+UP_TIMEOUT_S = 90.0
+DOWN_TIMEOUT_S = 60.0
+
+
+def list_demos() -> list[tuple[str, str]]:
+    """(name, title) of every demo, in the order a lesson would take them."""
+    return [(s.name, s.title) for s in SCENARIOS.values()]
+
+
+def scenario(name: str) -> Scenario:
+    try:
+        return SCENARIOS[name]
+    except KeyError:
+        raise DemoError(f"no demo {name!r}; demos are {', '.join(SCENARIOS)}") from None
+
+
+@dataclass(slots=True)
+class ExpectationResult:
+    text: str
+    ok: bool
+    details: str
+
+
+@dataclass(slots=True)
+class StepResult:
+    caption: str
+    ok: bool
+    details: str
+    duration_s: float
+    expectations: list[ExpectationResult] = field(default_factory=list)
+    skipped: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class DemoRun:
+    """One run of a demo against a lab reached through `link` (anything with `request(msg)`).
+
+    The console drives it with `run_next()` (one step per call); `run_all()` plays it through.
+    A step whose action fails ends the run: the steps after it are reported as skipped.
+    """
+
+    def __init__(self, name: str, link: Link | None, lab: str = "") -> None:
+        self.scenario = scenario(name)
+        if self.scenario.needs_lab and link is None:
+            raise DemoError(f"demo {name!r} needs a running lab")
+        if self.scenario.needs_lab and not lab and link is not None:
+            lab = str(link.request({"cmd": "status"}).get("lab", ""))
+        self.ctx = DemoContext(link, lab)
+        self.results: list[StepResult] = []
+        self.started = time.monotonic()
+        self.aborted = False
+
+    @property
+    def name(self) -> str:
+        return self.scenario.name
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        return self.scenario.steps
+
+    @property
+    def index(self) -> int:
+        """The step `run_next` will run."""
+        return len(self.results)
+
+    @property
+    def done(self) -> bool:
+        return self.aborted or self.index >= len(self.steps)
+
+    @property
+    def ok(self) -> bool:
+        return self.done and len(self.results) == len(self.steps) and all(r.ok for r in self.results)
+
+    @property
+    def figures(self) -> dict[str, Any]:
+        return self.ctx.figures
+
+    def run_next(self) -> StepResult:
+        if self.done:
+            raise DemoError(f"demo {self.name!r} has no more steps")
+        step = self.steps[self.index]
+        t0 = time.monotonic()
+        try:
+            seen = step.action(self.ctx)
+        except (DemoError, ControlError, subprocess.TimeoutExpired, OSError) as e:
+            log.warning("demo %s: step %r failed: %s", self.name, step.caption, e)
+            res = StepResult(step.caption, False, f"the step could not finish: {e}", round(time.monotonic() - t0, 2))
+            self.results.append(res)
+            self.aborted = True
+            for later in self.steps[self.index:]:
+                self.results.append(StepResult(later.caption, False, "skipped: an earlier step failed", 0.0,
+                                               skipped=True))
+            return res
+        checks = []
+        for exp in step.expect:
+            try:
+                c = exp.check(self.ctx)
+                checks.append(ExpectationResult(exp.text, c.ok, c.details))
+            except (DemoError, ControlError) as e:
+                checks.append(ExpectationResult(exp.text, False, f"could not check: {e}"))
+        res = StepResult(step.caption, all(c.ok for c in checks), seen, round(time.monotonic() - t0, 2), checks)
+        self.results.append(res)
+        return res
+
+    def run_all(self, on_step: Callable[[int, Step], None] | None = None,
+                on_result: Callable[[StepResult], None] | None = None) -> bool:
+        while not self.done:
+            if on_step is not None:
+                on_step(self.index, self.steps[self.index])
+            res = self.run_next()
+            if on_result is not None:
+                on_result(res)
+        return self.ok
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "demo": self.name,
+            "title": self.scenario.title,
+            "lab": self.ctx.lab or None,
+            "ok": self.ok,
+            "steps": [r.as_dict() for r in self.results],
+            "figures": self.figures,
+            "spurious_failures": sorted(set(self.ctx.mem.get("spurious", []))),
+            "duration_s": round(time.monotonic() - self.started, 2),
+        }
+
+
+# ---- a lab of the demo's own ------------------------------------------------------------------
+def _cli(*args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True,
+                          timeout=timeout_s, check=False)
+
+
+@contextlib.contextmanager
+def own_lab(name: str) -> Iterator[str]:
+    """Start lab `name` (the default lab under another name) and always take it down again."""
+    from app.cli import daemon_pid
+
+    if daemon_pid(name):
+        raise DemoError(f"lab {name!r} already runs (another demo run?); stop it with "
+                        f"`syncwall down --lab {name}` and try again")
+    tmp = Path(tempfile.mkdtemp(prefix="syncwall-demo-"))
+    lab_file = tmp / f"{name}.toml"
+    lab_file.write_text(f'name = "{name}"\n')
+    started = False
+    try:
+        p = _cli("up", str(lab_file), "--json", timeout_s=UP_TIMEOUT_S)
+        started = True
+        if p.returncode != 0:
+            raise DemoError(f"could not start lab {name!r}: {p.stderr.strip() or p.stdout.strip()}")
+        yield name
+    finally:
+        if started:
+            _take_down(name)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _take_down(name: str) -> None:
+    # Ctrl-C during the teardown would leave namespaces behind: finish it first.
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        p = _cli("down", "--lab", name, "--json", timeout_s=DOWN_TIMEOUT_S)
+        if p.returncode != 0:
+            log.warning("down %s: %s", name, p.stderr.strip())
+        if (RUN_ROOT / name / "record.json").exists():
+            _cli("clean", "--lab", name, "--force", timeout_s=DOWN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        _cli("clean", "--lab", name, "--force", timeout_s=DOWN_TIMEOUT_S)
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+# ---- `syncwall demo NAME` ------------------------------------------------------------------------
+def run_demo(name: str, headless: bool, as_json: bool, lab: str | None) -> int:
+    """Run a demo end to end; exit status 0 only if every expectation held.
+
+    Without `lab` the demo starts a lab of its own and tears it down at the end, also on
+    failure and Ctrl-C. Captions go to stdout, or to stderr with --json (stdout then holds
+    one JSON object). Not headless on a terminal: Enter advances each step.
+    """
+    out = sys.stderr if as_json else sys.stdout
+
+    def say(text: str) -> None:
+        print(text, file=out, flush=True)
+
+    try:
+        sc = scenario(name)
+    except DemoError as e:
+        if as_json:
+            print(json.dumps({"demo": name, "ok": False, "error": str(e)}))
+        print(f"syncwall: {e}", file=sys.stderr)
+        return 1
+    interactive = not headless and sys.stdin.isatty() and not as_json
+    old_term = signal.signal(signal.SIGTERM, _sigterm)
+    run: DemoRun | None = None
+    error = ""
+    try:
+        say(f"== {sc.title} ==")
+        with contextlib.ExitStack() as stack:
+            client: ControlClient | None = None
+            lab_name = ""
+            if sc.needs_lab:
+                if lab:
+                    lab_name = lab
+                else:
+                    say(f"starting lab {sc.lab_name!r} for this demo ...")
+                    lab_name = stack.enter_context(own_lab(sc.lab_name))
+                client = ControlClient(RUN_ROOT / lab_name / "control.sock", timeout_s=15.0)
+                stack.callback(client.close)
+            run = DemoRun(name, client, lab_name)
+
+            def before(i: int, step: Step) -> None:
+                say(f"\n[{i + 1}/{len(sc.steps)}] {step.caption}")
+                if interactive:
+                    input("   (Enter to run this step) ")
+
+            def after(res: StepResult) -> None:
+                if res.skipped:
+                    return
+                for line in res.details.splitlines():
+                    say(f"   {line}")
+                for c in res.expectations:
+                    say(f"   {'ok  ' if c.ok else 'FAIL'} {c.text}: {c.details}")
+                if not res.expectations and not res.ok:
+                    say("   FAIL")
+
+            run.run_all(before, after)
+            say("\n" + ("every expectation held" if run.ok else "SOME EXPECTATIONS FAILED")
+                + (f" ({run.figures['headline']})" if run.figures.get("headline") else ""))
+    except KeyboardInterrupt:
+        error = "interrupted"
+        say("\ninterrupted: the demo's lab was taken down")
+    except (DemoError, ControlError, OSError, subprocess.TimeoutExpired) as e:
+        error = str(e)
+        print(f"syncwall: {e}", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+    ok = run is not None and run.ok and not error
+    if as_json:
+        report = run.report() if run is not None else {"demo": name, "steps": [], "figures": {}}
+        report["ok"] = ok
+        if error:
+            report["error"] = error
+        print(json.dumps(report, default=str))
+    return 0 if ok else (130 if error == "interrupted" else 1)

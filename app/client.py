@@ -5,13 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from app.console.link import LinkError
 from netns.control import ControlClient, ControlError
 
 READ_ONLY = frozenset({"status", "snapshot", "table"})
-
-
-class LinkError(Exception):
-    """The lab cannot be reached or refused the request."""
 
 
 class DaemonLink:

@@ -483,11 +483,15 @@ class Node:
             return {"ok": True}
         if cmd == "freeze":
             self.agent.freeze(bool(req.get("on", True)))
-            return {"ok": True}
-        if cmd == "step":
-            self.agent.step()
+            self.note("step", "sync channel frozen" if req.get("on", True) else "sync channel resumed")
             self.flush()
-            return {"ok": True}
+            return {"ok": True, "queued": self.agent.held()}
+        if cmd == "step":
+            released = self.agent.step()
+            self.flush()
+            if released:
+                self.note("step", "released one sync message")
+            return {"ok": True, "released": released, "queued": self.agent.held()}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
     def status(self) -> dict[str, Any]:
@@ -528,6 +532,7 @@ class Node:
             "hold_ms_p50": lat[len(lat) // 2] if lat else None,
             "hold_ms_p99": lat[int(len(lat) * 0.99)] if lat else None,
             "uptime_s": round(time.monotonic() - self.started, 3),
+            "queued": self.agent.held(),
         }
 
     def table(self, scope: str, needle: str, limit: int) -> dict[str, Any]:

@@ -111,6 +111,8 @@ class LabDaemon:
         self.ready = False
         self.traffic_seq = 0
         self.faults_active: list[dict[str, Any]] = []
+        self.frozen = False
+        self.event_seq = 0
 
     # ---- events -----------------------------------------------------------------------------
     def note(self, kind: str, text: str, node: str = "lab", **extra: Any) -> None:
@@ -119,6 +121,8 @@ class LabDaemon:
         self.add_event(ev)
 
     def add_event(self, ev: dict[str, Any]) -> None:
+        self.event_seq += 1
+        ev["id"] = self.event_seq
         self.events.append(ev)
         self.trace.write(json.dumps(ev, default=str) + "\n")
 
@@ -390,6 +394,8 @@ class LabDaemon:
             "headline": self.headline,
             "last_takeover": self.last_takeover,
             "faults": self.faults_active,
+            "frozen": self.frozen,
+            "queued": self.queued(),
             "nodes": [self.node_view(n) for n in self.nodes.values()],
             "workloads": {k: {"pid": p.pid, **m} for k, (p, m) in self.workloads.items()},
         }
@@ -458,12 +464,18 @@ class LabDaemon:
             )
             self.note("policy", f"sync policy set to {policy}, interval {self.interval_ms} ms")
             return {"ok": True, "policy": policy, "interval_ms": self.interval_ms}
-        if cmd in ("full_sync", "freeze", "step"):
+        if cmd == "full_sync":
             await self._all_nodes(req)
+            self.note("trigger", "full sync requested on every node")
             return {"ok": True}
-        if cmd == "resume":
-            await self._all_nodes({"cmd": "freeze", "on": False})
-            return {"ok": True}
+        if cmd in ("freeze", "resume"):
+            self.frozen = cmd == "freeze"
+            await self._all_nodes({"cmd": "freeze", "on": self.frozen})
+            self.note("step", "sync channel frozen: step releases one message" if self.frozen
+                      else "sync channel resumed")
+            return {"ok": True, "frozen": self.frozen}
+        if cmd == "step":
+            return await self.step()
         if cmd == "traffic":
             return await self.traffic(req)
         if cmd == "fault":
@@ -473,6 +485,30 @@ class LabDaemon:
             self.stop.set()
             return {"ok": True, "daemon_pid": os.getpid()}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def _running(self) -> list[NodeProc]:
+        return [n for n in self.nodes.values()
+                if n.link is not None and n.proc is not None and n.proc.returncode is None]
+
+    async def step(self) -> dict[str, Any]:
+        """Release one held sync message, from the node that has waited longest with one queued."""
+        if not self.frozen:
+            return {"ok": False, "error": "the sync channel is not frozen (freeze it first)"}
+        for np in self._running():
+            assert np.link is not None
+            if int(np.status.get("queued", 0) or 0) <= 0:
+                continue
+            r = await np.link.request({"cmd": "step"})
+            if r.get("released"):
+                np.status["queued"] = r.get("queued", 0)
+                text = f"{np.name} sent one sync message ({r.get('queued', 0)} still queued there)"
+                self.note("step", text, node=np.name)
+                return {"ok": True, "released": {"node": np.name, "text": text},
+                        "queued": self.queued()}
+        return {"ok": True, "released": None, "queued": self.queued()}
+
+    def queued(self) -> int:
+        return sum(int(n.status.get("queued", 0) or 0) for n in self._running())
 
     def _node(self, req: dict[str, Any]) -> NodeProc:
         name = req.get("node")

@@ -263,7 +263,7 @@ class SyncAgent:
         self.mode = Mode.JOINING
         self._owned: set[int] = set()
         self._future_of: View | None = None
-        self._future_view: View = self.view
+        self._futures: dict[str, View] = {}
         self._now = now
         self._started = False
         self._join_started = now
@@ -827,7 +827,7 @@ class SyncAgent:
             old_group = set(old.backups_of(self.node)) if was_active else set()
             # New backups get everything (Fig. 7, 702-703), except joiners whose bulk resync,
             # asked under the old view, already brought our records for this very role.
-            had_bulk = set(self._future_for(old).backups_of(self.node))
+            had_bulk = {j for j, f in self._joiner_futures(old).items() if j in f.backups_of(self.node)}
             added = tuple(sorted(
                 n for n in new_group - old_group
                 if not (old.state(n) is MemberState.JOINING and n in had_bulk)
@@ -922,10 +922,7 @@ class SyncAgent:
     def _answer_bulk(self, p: Peer, now: float) -> None:
         """Claim 12: common records, our records if the joiner will back us up, and the
         records of buckets we own that will move to it."""
-        states = self.view.members
-        states[p.name] = MemberState.ACTIVE
-        c = self.config
-        fut = compute_view(self.names, states, c.buckets, c.backups, 0).with_joiners_active()
+        fut = self._activated(self.view, p.name)
         out: dict[bytes, Record] = {r.key: r for r in self.store.records(scope=Scope.COMMON)}
         if p.name in fut.backups_of(self.node):
             out.update((r.key, r) for r in self.store.records(owner=self.node, scope=Scope.NODE))
@@ -962,25 +959,31 @@ class SyncAgent:
         if rec.owner != self.node:
             return ()
         names = set(self.view.backups_of(self.node))
-        joiners = {n for n, s in self.view.members.items() if s is MemberState.JOINING and n != self.node}
-        if joiners:
-            # A pending handover: joiners that will back us up or own this bucket get changes now.
-            fut = self._future()
-            names |= set(fut.backups_of(self.node)) & joiners
-            o = fut.owner(rec.bucket)
-            if o in joiners:
-                names.add(o)
+        # A pending handover: a joiner that would back us up, or own this record's bucket,
+        # once activated gets the change now. Joiners are activated one by one or together;
+        # the view with that joiner alone activated covers both (anyone activated with it
+        # can only take roles from it, never give it new ones).
+        for j, fut in self._joiner_futures(self.view).items():
+            if j in fut.backups_of(self.node) or fut.owner(rec.bucket) == j:
+                names.add(j)
         return tuple(sorted(n for n in names if self.peers[n].up))
 
-    def _future(self) -> View:
-        """The view once every joiner is active, cached per view (asked for every record)."""
-        return self._future_for(self.view)
-
-    def _future_for(self, v: View) -> View:
+    def _joiner_futures(self, v: View) -> dict[str, View]:
+        """joiner -> the view with it activated, cached per view (asked for every record)."""
         if self._future_of is not v:
             self._future_of = v
-            self._future_view = v.with_joiners_active()
-        return self._future_view
+            self._futures = {
+                j: self._activated(v, j)
+                for j, st in v.members.items()
+                if st is MemberState.JOINING and j != self.node
+            }
+        return self._futures
+
+    def _activated(self, v: View, joiner: str) -> View:
+        states = v.members
+        states[joiner] = MemberState.ACTIVE
+        c = self.config
+        return compute_view(self.names, states, c.buckets, c.backups, v.epoch)
 
     def _group_by_targets(self, recs: Iterable[Record]) -> dict[tuple[str, ...], list[Record]]:
         groups: dict[tuple[str, ...], list[Record]] = {}

@@ -110,8 +110,9 @@ class DemoRun:
         try:
             seen = step.action(self.ctx)
         except (DemoError, ControlError, subprocess.TimeoutExpired, OSError) as e:
-            log.warning("demo %s: step %r failed: %s", self.name, step.caption, e)
-            res = StepResult(step.caption, False, f"the step could not finish: {e}", round(time.monotonic() - t0, 2))
+            log.info("demo %s: step %r failed: %s", self.name, step.caption, e)
+            res = StepResult(step.caption, False, f"the step could not finish: {e}",
+                             round(time.monotonic() - t0, 2))
             self.results.append(res)
             self.aborted = True
             for later in self.steps[self.index:]:

@@ -368,6 +368,7 @@ def bench_sync_latency(runs: int, lab: str | None, progress: Progress) -> dict[s
 
 
 SURVIVE_WAIT_S = 8.0
+TAKEOVER_WAIT_S = 10.0
 REVIVE_SETTLE_S = 2.0  # the revived node resyncs and takes its buckets back before the next kill
 
 
@@ -404,6 +405,7 @@ def bench_failover(runs: int, lab: str | None, progress: Progress) -> dict[str, 
     takeovers: list[dict[str, Any]] = []
     victim_total: list[int] = []
     victim_ok: list[int] = []
+    no_takeover = 0
     with bench_lab(lab, progress) as name:
         traffic(name, "start", "tcp", "--flows", str(n_flows))
         tcp = lambda: [f for f in flows(name, "tcp-") if f.get("kind") == "tcp"]  # noqa: E731
@@ -427,18 +429,22 @@ def bench_failover(runs: int, lab: str | None, progress: Progress) -> dict[str, 
                         return {**lt, "node": n["name"]}
                 return None
 
-            lt = wait_until("a backup to take the killed node's buckets", took_over, 10, 0.02)
-            total_ms = (float(lt["t"]) - killed_at) * 1000
-            takeover.append(total_ms)
-            takeovers.append({k: lt.get(k) for k in ("node", "buckets", "promoted", "detect_to_accept_ms",
-                                                     "apply_ms")})
-            # The node reports detection -> buckets accepted; older nodes called it takeover_ms.
-            accept_ms = lt.get("detect_to_accept_ms", lt.get("takeover_ms"))
-            if accept_ms is None:
-                raise BenchError(f"the node's last_takeover has no detect_to_accept_ms: {lt}")
-            detect.append(total_ms - float(accept_ms))
-            # Flows paused by the outage resume on TCP's retransmission timer: a flow survived
-            # when it moves again (healthy, more bytes); broken/failed is final.
+            try:
+                lt = wait_until("a backup to take the killed node's buckets", took_over,
+                                TAKEOVER_WAIT_S, 0.02)
+            except BenchError:
+                lt = None
+                no_takeover += 1
+                progress(f"run {i + 1}/{runs}: no takeover seen within {TAKEOVER_WAIT_S:g} s")
+            if lt is not None:
+                total_ms = (float(lt["t"]) - killed_at) * 1000
+                takeover.append(total_ms)
+                takeovers.append({k: lt.get(k) for k in ("node", "buckets", "promoted", "detect_to_accept_ms",
+                                                         "apply_ms")})
+                # The node reports detection -> buckets accepted; older nodes called it takeover_ms.
+                accept_ms = lt.get("detect_to_accept_ms", lt.get("takeover_ms"))
+                if accept_ms is not None:
+                    detect.append(total_ms - float(accept_ms))
             # Judged against a snapshot taken after the takeover: bytes counted before the kill prove nothing.
             mid = {f["name"]: f for f in tcp()}
             base = {k: mid.get(k, f) for k, f in before.items()}
@@ -447,7 +453,9 @@ def bench_failover(runs: int, lab: str | None, progress: Progress) -> dict[str, 
             victim_ok.append(len(ok & set(on_victim)))
             totals.append(len(before))
             survived.append(len(ok))
-            progress(f"run {i + 1}/{runs}: detect {detect[-1]:.0f} ms, takeover {total_ms:.0f} ms, "
+            timing = (f"detect {detect[-1]:.0f} ms, takeover {takeover[-1]:.0f} ms" if lt is not None
+                      and detect else "no takeover")
+            progress(f"run {i + 1}/{runs}: {timing}, "
                      f"{len(ok)}/{len(before)} flows survived, {len(lost)} broken "
                      f"({victim_ok[-1]}/{len(on_victim)} of those on {victim} survived)")
             lab_request(name, {"cmd": "revive", "node": victim}, 30)
@@ -463,7 +471,7 @@ def bench_failover(runs: int, lab: str | None, progress: Progress) -> dict[str, 
         "detect_ms": summarize(detect, 1), "takeover_ms": summarize(takeover, 1),
         "flows_total": summarize(totals, 0), "flows_survived": summarize(survived, 0),
         "victim_flows": summarize(victim_total, 0), "victim_flows_survived": summarize(victim_ok, 0),
-        "takeovers": takeovers,
+        "takeovers": takeovers, "runs_without_takeover": no_takeover,
         "targets": {"takeover_ms": "median <= 150, p99 <= 300", "flows_survived": "= flows_total"},
     }
 

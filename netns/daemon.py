@@ -262,7 +262,10 @@ class LabDaemon:
             st = await np.link.request({"cmd": "status"}, timeout_s=1.0)
             if st.get("ok"):
                 np.status = st
-                sent = int(st.get("sync", {}).get("frames_sent", 0) or 0)
+                # Sync messages, not heartbeats: what the on-demand policy is about.
+                peers = st.get("sync", {}).get("peers", {})
+                sent = sum(int(v) for p in peers.values() for k, v in p.get("sent", {}).items()
+                           if k != "heartbeat")
                 now = time.monotonic()
                 np.msgs_hist.append((now, sent))
                 if len(np.msgs_hist) >= 2:
@@ -273,6 +276,8 @@ class LabDaemon:
                     np.events_since = max(np.events_since, e["t"])
                     self.add_event(e)
                 take = st.get("last_takeover")
+                if take and take["t"] not in self.seen_takeovers and not take["promoted"] and not self.ready:
+                    self.seen_takeovers.add(take["t"])  # the initial assignment of buckets, not a takeover
                 if take and take["t"] not in self.seen_takeovers:
                     self.seen_takeovers.add(take["t"])
                     failed = [

@@ -1,0 +1,86 @@
+"""The real console on a real lab, driven like a person would: tmux send-keys, capture-pane."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.labtools import RUN_ROOT, netns_names, sw, sw_json, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")]
+
+LAB = "tmuxe2e"
+SOCKET = "syncwall-e2e"  # our own tmux server: nothing else's sessions are touched
+
+
+def tmux(*args: str) -> str:
+    return subprocess.run(["tmux", "-L", SOCKET, *args], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def screen() -> str:
+    return tmux("capture-pane", "-p", "-t", "console")
+
+
+def see(what: str, pred: Callable[[str], bool], timeout_s: float = 15) -> str:
+    def ready() -> str | None:
+        s = screen()
+        return s if pred(s) else None
+
+    shot: str = wait_for(what, ready, timeout_s, 0.2)
+    return shot
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[None]:
+    lab_file = tmp_path / "lab.toml"
+    lab_file.write_text(f'name = "{LAB}"\n')
+    before = netns_names()
+    sw_json("up", str(lab_file))
+    made = netns_names() - before
+    try:
+        yield
+    finally:
+        subprocess.run(["tmux", "-L", SOCKET, "kill-server"], capture_output=True)
+        sw("down", "--lab", LAB, check=False)
+        if (RUN_ROOT / LAB / "record.json").exists():
+            sw("clean", "--lab", LAB, "--force", check=False)
+        assert not netns_names() & made
+
+
+def test_console_shows_the_cluster_and_a_keyboard_kill_moves_connections_to_the_backup(lab: None) -> None:
+    sw("traffic", "start", "tcp", "--flows", "24", "--lab", LAB)
+    # COLUMNS/LINES from the test runner would override the terminal's real size.
+    cmd = f"cd {Path.cwd()} && env -u COLUMNS -u LINES {sys.executable} -m app.cli --lab {LAB} console"
+    tmux("-f", "/dev/null", "new-session", "-d", "-s", "console", "-x", "120", "-y", "40", cmd)
+    shot = see("three active node cards", lambda s: s.count("ACTIVE") == 3 and "n1" in s and "n3" in s)
+    assert "buckets 1 4 7 10" in shot
+    see("n1's connections in its table", lambda s: "established" in s and "198.18.1.10" in s)
+
+    tmux("send-keys", "-t", "console", "1")
+    time.sleep(0.5)
+    tmux("send-keys", "-t", "console", "k")
+    see("the kill confirmation", lambda s: "Kill n1?" in s)
+    tmux("send-keys", "-t", "console", "y")
+    shot = see("n1 failed and the takeover headline",
+               lambda s: "n1 ✖ FAILED" in s and "took over" in s, 20)
+    assert "n2 took over" in shot, "n1's backup is n2"
+
+    tmux("send-keys", "-t", "console", "2")
+    shot = see("n2's table holding n1's connections, highlighted",
+               lambda s: "n2 · own" in s and "n2 ★" in s)
+    assert "buckets 1 2 4 5 7 8 10 11" in shot
+
+    tmux("send-keys", "-t", "console", "q")
+    see("the quit dialog", lambda s: "Keep it running" in s)
+    tmux("send-keys", "-t", "console", "k")
+    wait_for("the console to exit", lambda: subprocess.run(
+        ["tmux", "-L", SOCKET, "has-session", "-t", "console"], capture_output=True).returncode != 0, 10)
+    assert sw("status", "--lab", LAB).returncode == 0, "keep: the lab still runs after the console quits"

@@ -357,6 +357,9 @@ class Node:
     async def ticker(self) -> None:
         last_expire = time.monotonic()
         while not self.stop_event.is_set():
+            # Read what peers sent before judging them: after a stall of this process their
+            # heartbeats wait in the socket, and they are alive.
+            self.on_sync_readable()
             now = time.monotonic()
             self.agent.tick(now)
             self._drain_engine(now)

@@ -172,8 +172,8 @@ def own_lab(name: str) -> Iterator[str]:
     lab_file.write_text(f'name = "{name}"\n')
     started = False
     try:
+        started = True  # from here on a Ctrl-C may leave a half-built lab: always take it down
         p = _cli("up", str(lab_file), "--json", timeout_s=UP_TIMEOUT_S)
-        started = True
         if p.returncode != 0:
             raise DemoError(f"could not start lab {name!r}: {p.stderr.strip() or p.stdout.strip()}")
         yield name
@@ -186,8 +186,17 @@ def own_lab(name: str) -> Iterator[str]:
 def _take_down(name: str) -> None:
     # Ctrl-C during the teardown would leave namespaces behind: finish it first.
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from app.cli import daemon_pid
+
     try:
         p = _cli("down", "--lab", name, "--json", timeout_s=DOWN_TIMEOUT_S)
+        if p.returncode != 0 and daemon_pid(name):
+            # Interrupted while the lab was still being built: let the daemon finish, then stop it.
+            deadline = time.monotonic() + UP_TIMEOUT_S
+            while daemon_pid(name) and time.monotonic() < deadline and not any(
+                    (RUN_ROOT / name / f).exists() for f in ("ready", "failed")):
+                time.sleep(0.1)
+            p = _cli("down", "--lab", name, "--json", timeout_s=DOWN_TIMEOUT_S)
         if p.returncode != 0:
             log.warning("down %s: %s", name, p.stderr.strip())
         if (RUN_ROOT / name / "record.json").exists():

@@ -427,6 +427,8 @@ class SyncAgent:
     def leave(self, now: float) -> None:
         """Claim 13: push everything to the backups, wait for acks, then ask to leave."""
         self._now = now
+        if self.mode in (Mode.LEAVING, Mode.LEFT, Mode.GONE):
+            return  # already on its way out
         if self.mode is not Mode.ACTIVE:
             # Nothing is owned: leaving is immediate.
             self.mode = Mode.LEFT

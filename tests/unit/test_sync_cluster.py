@@ -86,6 +86,19 @@ def test_periodic_policy_queues_changes_for_the_period_and_full_sync_sends_all_n
     assert [e.trigger for e in _applied(c, "n2", b"b")] == [Trigger.PERIODIC]
 
 
+def test_switching_to_on_demand_at_run_time_sends_what_the_period_held_back() -> None:
+    c = _cluster()
+    n1 = c.agents["n1"]
+    n1.set_policy("periodic", 10_000, True)
+    c.put("n1", b"waiting", [1])
+    c.run(0.05)
+    assert c.holders(b"waiting") == ["n1"]
+    n1.set_policy("on-demand", 1000, True)
+    c.run(0.005)
+    assert c.holders(b"waiting") == ["n1", "n2"]
+    assert n1.stats()["policy"] == "on-demand"
+
+
 def test_hybrid_on_demand_send_resets_the_periodic_timer() -> None:
     c = _cluster()
     n1 = c.agents["n1"]

@@ -126,7 +126,8 @@ class DemoRun:
                 checks.append(ExpectationResult(exp.text, c.ok, c.details))
             except (DemoError, ControlError) as e:
                 checks.append(ExpectationResult(exp.text, False, f"could not check: {e}"))
-        res = StepResult(step.caption, all(c.ok for c in checks), seen, round(time.monotonic() - t0, 2), checks)
+        res = StepResult(step.caption, all(c.ok for c in checks), seen, round(time.monotonic() - t0, 2),
+                         checks)
         self.results.append(res)
         return res
 
@@ -278,7 +279,9 @@ def run_demo(name: str, headless: bool, as_json: bool, lab: str | None) -> int:
         signal.signal(signal.SIGTERM, old_term)
     ok = run is not None and run.ok and not error
     if as_json:
-        report = run.report() if run is not None else {"demo": name, "steps": [], "figures": {}}
+        report: dict[str, Any] = {"demo": name, "steps": [], "figures": {}}
+        if run is not None:
+            report = run.report()
         report["ok"] = ok
         if error:
             report["error"] = error

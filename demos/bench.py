@@ -565,8 +565,8 @@ def bench_resync(runs: int, lab: str | None, progress: Progress) -> dict[str, An
                                    "n2's start to its ResyncComplete",
                            "where": "sync/sim.py SimCluster: real SyncAgent code and wire codec, "
                                     "in-memory links (0.2 ms delay), not the lab",
-           "notes": ["simulated time includes the joining agent's wait to hear its peers "
-                     "(2 x heartbeat_ms x miss_limit = 100 ms) before it asks for state"],
+           "notes": ["both times include any wait of the joining agent to hear its peers "
+                     "before it asks for state"],
            "sizes": {}}
     for n in sizes:
         walls: list[float] = []
@@ -842,8 +842,28 @@ def run_bench(name: str, as_json: bool, lab: str | None, runs: int) -> int:
     if as_json:
         sys.stdout.write(json.dumps(doc) + "\n")
     else:
-        sys.stdout.write(json.dumps(doc, indent=1) + "\n")
+        sys.stdout.write("\n".join(readable(doc)) + "\n")
     return 0
+
+
+def readable(doc: dict[str, Any], prefix: str = "") -> list[str]:
+    """The figures of a bench result as lines: `path: median [min-max] p99 (n runs)`."""
+    lines: list[str] = []
+    for k, v in doc.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict) and "median" in v and "samples" in v:
+            if v["n"]:
+                lines.append(f"{path}: {v['median']:g} [{v['min']:g}-{v['max']:g}] p99 {v['p99']:g} "
+                             f"({v['n']} samples)")
+            else:
+                lines.append(f"{path}: no samples")
+        elif isinstance(v, dict) and k != "machine":
+            lines += readable(v, f"{path}.")
+        elif prefix == "" and k in ("bench", "command", "what", "elapsed_s"):
+            lines.append(f"{path}: {v}")
+        elif isinstance(v, list) and k == "notes":
+            lines += [f"{path}: {n}" for n in v]
+    return lines
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from demos.bench import median, p99, percentile, ratio, run_bench, spread, summarize
+from demos.bench import median, p99, percentile, ratio, readable, run_bench, spread, summarize
 
 
 def test_median_of_odd_and_even_counts() -> None:
@@ -70,3 +70,14 @@ def test_resync_bench_prints_one_json_object_and_progress(
     assert fig["wall_s"]["n"] == 2 and fig["wall_s"]["median"] > 0
     assert doc["machine"]["cpus"] >= 1
     assert "run 2/2" in err
+
+
+def test_readable_output_names_each_figure_with_median_and_range() -> None:
+    doc = {"bench": "x", "machine": {"cpus": 2}, "takeover_ms": summarize([130.0, 152.0, 159.0], 1),
+           "modes": {"c": {"pps": summarize([1.0, 3.0], 0)}, "none": {"pps": summarize([])}}}
+    lines = readable(doc)
+    assert "bench: x" in lines
+    assert "takeover_ms: 152 [130-159] p99 159 (3 samples)" in lines
+    assert "modes.c.pps: 2 [1-3] p99 3 (2 samples)" in lines
+    assert "modes.none.pps: no samples" in lines
+    assert not any("cpus" in line for line in lines)

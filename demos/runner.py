@@ -148,6 +148,7 @@ class DemoRun:
             "lab": self.ctx.lab or None,
             "ok": self.ok,
             "steps": [r.as_dict() for r in self.results],
+            "headline": str(self.figures.get("headline", "")),
             "figures": self.figures,
             "spurious_failures": sorted(set(self.ctx.mem.get("spurious", []))),
             "duration_s": round(time.monotonic() - self.started, 2),

@@ -324,6 +324,9 @@ def basics_blocked(ctx: DemoContext) -> str:
     fl = ctx.flows([ctx.mem["tcp"]])
     judge(ctx, "others", all(f["health"] == "healthy" for f in fl),
           f"{sum(f['health'] == 'healthy' for f in fl)} of {len(fl)} allowed flows still healthy")
+    ctx.figures["headline"] = (f"{ctx.figures.get('rule_evaluations')} rule evaluations carried "
+                               f"{ctx.figures.get('established_fast_path')} fast-path packets; TCP 7000 "
+                               f"dropped as no-rule-match on {', '.join(who) or 'no node'}")
     return f"TCP 7000 {'was refused' if outcome != 'connected' else 'got through'}; " \
            f"dropped on {', '.join(who) or 'no node'} as no-rule-match"
 
@@ -549,6 +552,10 @@ def ftp_periodic(ctx: DemoContext) -> str:
 def ftp_who(ctx: DemoContext) -> str:
     nrm = delta(ctx.mem["p0"], ctx.mem["p1"], "no-rule-match")
     failed = ctx.mem.get("p_failed", [])
+    fig = ctx.figures
+    fig["headline"] = (f"hybrid: {fig.get('hybrid_sessions_ok')}/{FTP_SESSIONS} sessions ok "
+                       f"({fig.get('hybrid_cross_node')} across nodes), PORT held "
+                       f"{fig.get('hold_ms_p50')} ms median; periodic: {len(failed)}/{FTP_SESSIONS} failed")
     ctx.figures["periodic_no_rule_match"] = nrm
     judge(ctx, "dropped", sum(nrm.values()) >= len(failed) > 0,
           f"no-rule-match drops: {per_node(nrm)} for {len(failed)} failed sessions")
@@ -738,6 +745,8 @@ def policies_table(ctx: DemoContext) -> str:
                  r["held_packets"], "-" if r["hold_ms_p50"] is None else r["hold_ms_p50"])
         lines.append("  ".join(f"{c:>11}" for c in cells))
     judge(ctx, "table", len(rows) == 3, f"{len(rows)} policies measured")
+    ctx.figures["headline"] = "; ".join(f"{p}: {r['flows_lost']} flows lost, {r['sync_msgs']} sync msgs"
+                                        for p, r in rows.items())
     return "\n".join(lines)
 
 
@@ -845,6 +854,8 @@ def jl_join(ctx: DemoContext) -> str:
 def jl_after(ctx: DemoContext) -> str:
     survived, lost = judge_flows(ctx, ctx.mem["names"], ctx.mem["t_back"])
     ctx.figures["join_flows_lost"] = len(lost)
+    ctx.figures["headline"] = (f"{LEAVER} left with {ctx.figures.get('leave_flows_lost')} flows lost and "
+                               f"rejoined in {ctx.figures.get('join_s')} s with {len(lost)} lost")
     judge(ctx, "zero2", not lost, f"{len(survived)} of {JOIN_FLOWS} flows kept moving; {lost_text(lost)}")
     return f"{len(survived)}/{JOIN_FLOWS} flows alive"
 
@@ -929,11 +940,15 @@ def groups_run(ctx: DemoContext) -> str:
     rows = []
     for n in GROUP_SIZES:
         cyc, mesh = simulate(n, 1), simulate(n, n - 1)
+        for r in (cyc, mesh):
+            r["memory_bytes_per_node"] = round(r["entries_per_node"] * per_rec)
         rows.append({"nodes": n, "cyclic": cyc, "mesh": mesh,
                      "memory_ratio": round(cyc["entries_total"] / mesh["entries_total"], 3),
                      "traffic_ratio": round(cyc["sync_bytes"] / mesh["sync_bytes"], 3)})
     ctx.mem["rows"] = rows
     ctx.figures["bytes_per_entry"] = round(per_rec)
+    ctx.figures["headline"] = "cyclic / full mesh entries: " + ", ".join(
+        f"{r['nodes']} nodes {r['memory_ratio']:.2f}" for r in rows)
     ctx.figures["groups"] = rows
     lines = [f"{'nodes':>5} {'entries/node cyclic':>20} {'full mesh':>10} {'memory':>7} "
              f"{'sync KiB cyclic':>16} {'full mesh':>10} {'traffic':>8}"]

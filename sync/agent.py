@@ -262,6 +262,7 @@ class SyncAgent:
         self.view: View = compute_view(self.names, states, config.buckets, config.backups, 0)
         self.mode = Mode.JOINING
         self._owned: set[int] = set()
+        self._behind_since: float | None = None
         self._future_of: View | None = None
         self._futures: dict[str, View] = {}
         self._now = now
@@ -337,8 +338,10 @@ class SyncAgent:
                 log.info("%s: peer %s down (silent %.0f ms)", self.node, p.name, (now - p.last_heard) * 1e3)
                 self._events.append(PeerDown(p.name))
                 self._request_done_with(p.name)
-        if self._is_leader():
+        if self._is_leader(now):
             self._lead(now)
+        else:
+            self._share_view(now)
         self._leaving(now)
         due = self.policy.period_due(now)
         if due is PeriodicSend.CHANGED:
@@ -701,10 +704,20 @@ class SyncAgent:
     def _hb_payload(self) -> list[Any]:
         return [self.mode.value, self._ready]
 
-    def _is_leader(self) -> bool:
+    def _is_leader(self, now: float) -> bool:
         """Lowest-id live node, preferring nodes active in the current view."""
         if self.mode not in (Mode.JOINING, Mode.ACTIVE):
             return False
+        if self._max_epoch_seen > self.view.epoch:
+            # Someone holds a newer view than ours (a node just started, or a view we missed):
+            # learn it before proposing, or a stale proposal could outrank the cluster's. Give
+            # up waiting if nobody sends it within the failure-detection time.
+            if self._behind_since is None:
+                self._behind_since = now
+            if now - self._behind_since < self._dead_s:
+                return False
+        else:
+            self._behind_since = None
         cands = [(self.index, self.node)] + [
             (p.index, p.name)
             for p in self.peers.values()
@@ -762,6 +775,15 @@ class SyncAgent:
             )
             resend = p.view_sent_epoch < self.view.epoch or now - p.view_sent_at > 20 * self._hb_s
             if disagrees and resend:
+                p.view_sent_epoch = self.view.epoch
+                p.view_sent_at = now
+                self._queue(p, MsgType.VIEW, self.view.to_wire())
+
+    def _share_view(self, now: float) -> None:
+        """Not the leader: still hand our view to peers whose heartbeats show an older one
+        (the leader may be the one that is behind)."""
+        for p in self.peers.values():
+            if p.up and p.epoch < self.view.epoch and p.view_sent_epoch < self.view.epoch:
                 p.view_sent_epoch = self.view.epoch
                 p.view_sent_at = now
                 self._queue(p, MsgType.VIEW, self.view.to_wire())
@@ -914,7 +936,12 @@ class SyncAgent:
                 p.bulk_requested = True
                 p.bulk_done = False
                 self._queue(p, MsgType.BULK_REQUEST, [])
-        ready = now - self._join_started >= self._join_wait_s and all(p.bulk_done for p in actives)
+        # Without the wait a node that has heard nobody yet would think itself alone; once it
+        # hears every active member of the view it knows, it need not wait any longer.
+        in_view = [p for p in self.peers.values() if self.view.state(p.name) is MemberState.ACTIVE]
+        heard_all = bool(in_view) and all(p.up for p in in_view)
+        waited = now - self._join_started >= self._join_wait_s
+        ready = (waited or heard_all) and all(p.bulk_done for p in actives)
         if ready and not self._ready:
             n = sum(p.bulk_received for p in actives)
             log.info("%s: resync complete, %d records from %s", self.node, n, [p.name for p in actives])

@@ -233,7 +233,7 @@ def run_demo(name: str, headless: bool, as_json: bool, lab: str | None) -> int:
             print(json.dumps({"demo": name, "ok": False, "error": str(e)}))
         print(f"syncwall: {e}", file=sys.stderr)
         return 1
-    interactive = not headless and sys.stdin.isatty() and not as_json
+    interactive = [not headless and sys.stdin.isatty() and not as_json]
     old_term = signal.signal(signal.SIGTERM, _sigterm)
     run: DemoRun | None = None
     error = ""
@@ -254,8 +254,11 @@ def run_demo(name: str, headless: bool, as_json: bool, lab: str | None) -> int:
 
             def before(i: int, step: Step) -> None:
                 say(f"\n[{i + 1}/{len(sc.steps)}] {step.caption}")
-                if interactive:
-                    input("   (Enter to run this step) ")
+                if interactive[0]:
+                    try:
+                        input("   (Enter to run this step) ")
+                    except EOFError:  # input closed: play the rest through
+                        interactive[0] = False
 
             def after(res: StepResult) -> None:
                 if res.skipped:

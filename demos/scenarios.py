@@ -94,6 +94,24 @@ class DemoContext:
     def counters(self) -> dict[str, dict[str, int]]:
         return {name: dict(n.get("counters", {})) for name, n in self.nodes().items()}
 
+    def settled_counters(self, keys: Iterable[str], timeout_s: float = 5.0) -> dict[str, dict[str, int]]:
+        """Node counters once `keys` stop moving: the daemon polls the nodes every 250 ms, so a
+        packet handled just now shows up a little later."""
+        keys = tuple(keys)
+
+        def pick(c: dict[str, dict[str, int]]) -> dict[str, tuple[int, ...]]:
+            return {n: tuple(v.get(k, 0) for k in keys) for n, v in c.items()}
+
+        last = self.counters()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            time.sleep(0.6)
+            now = self.counters()
+            if pick(now) == pick(last):
+                return now
+            last = now
+        return last
+
     def traffic(self, kind: str, **kw: Any) -> str:
         reply = self.call({"cmd": "traffic", "action": "start", "kind": kind, **kw})
         return str(reply["name"])
@@ -290,8 +308,8 @@ def basics_open(ctx: DemoContext) -> str:
 
 
 def basics_table(ctx: DemoContext) -> str:
-    time.sleep(1.0)  # let some more records flow, so the fast path shows
-    c1 = ctx.counters()
+    time.sleep(0.5)  # let some more records flow, so the fast path shows
+    c1 = ctx.settled_counters(("rule-accept:tcp-services", "new"))
     rule = sum(delta(ctx.mem["c0"], c1, "rule-accept:tcp-services").values())
     est = sum(delta(ctx.mem["c0"], c1, "established").values())
     new = delta(ctx.mem["c0"], c1, "new")
@@ -306,14 +324,13 @@ def basics_table(ctx: DemoContext) -> str:
 
 
 def basics_blocked(ctx: DemoContext) -> str:
-    before = ctx.counters()
+    before = ctx.settled_counters(("no-rule-match",))
     probe = ("import socket,sys\ns=socket.socket();s.settimeout(2.0)\n"
              "try:\n s.connect(('198.18.2.10',7000));print('connected')\n"
              "except OSError as e:\n print(type(e).__name__)\n")
     p = ctx.exec("c1", [sys.executable, "-c", probe], 10)
     outcome = (p.stdout.strip() or p.stderr.strip()[-200:]) or "no output"
-    time.sleep(0.6)  # the daemon polls node counters every 250 ms
-    after = ctx.counters()
+    after = ctx.settled_counters(("no-rule-match",))
     nrm = delta(before, after, "no-rule-match")
     dropped = delta(before, after, "dropped")
     ctx.figures["blocked_packets_dropped"] = sum(dropped.values())
@@ -496,12 +513,15 @@ def session_line(s: dict[str, Any]) -> str:
     return f"{num}: control {s.get('node') or '?'} data {s.get('data_node') or '?'} {s['health']}"
 
 
+FTP_KEYS = ("released_by_ack", "released_by_timeout", "held", "no-rule-match")
+
+
 def ftp_on_demand(ctx: DemoContext) -> str:
     ctx.call({"cmd": "policy", "policy": "hybrid", "interval_ms": 1000})
-    ctx.mem["c0"] = ctx.counters()
+    ctx.mem["c0"] = ctx.settled_counters(FTP_KEYS)
     ctx.mem["t0"] = time.time()
     sessions = run_ftp(ctx, FTP_SESSIONS)
-    ctx.mem["c1"] = ctx.counters()
+    ctx.mem["c1"] = ctx.settled_counters(FTP_KEYS)
     failed = [s for s in sessions if s["health"] != "done"]
     crossed = [s for s in sessions if s.get("node") and s.get("data_node") and s["node"] != s["data_node"]]
     ctx.figures["hybrid_sessions_ok"] = len(sessions) - len(failed)
@@ -530,10 +550,10 @@ def ftp_held(ctx: DemoContext) -> str:
 
 def ftp_periodic(ctx: DemoContext) -> str:
     ctx.call({"cmd": "policy", "policy": "periodic", "interval_ms": 60000})
-    ctx.mem["p0"] = ctx.counters()
+    ctx.mem["p0"] = ctx.settled_counters(FTP_KEYS)
     t0 = time.time()
     sessions = run_ftp(ctx, FTP_SESSIONS)
-    ctx.mem["p1"] = ctx.counters()
+    ctx.mem["p1"] = ctx.settled_counters(FTP_KEYS)
     failed = [s for s in sessions if s["health"] == "failed"]
     ok = [s for s in sessions if s["health"] == "done"]
     ctx.mem["p_failed"] = failed
@@ -815,8 +835,7 @@ def jl_offline(ctx: DemoContext) -> str:
 
 def jl_zero_loss(ctx: DemoContext) -> str:
     survived, lost = judge_flows(ctx, ctx.mem["names"], ctx.mem["t_off"] + 0.3)
-    time.sleep(0.3)
-    c1 = ctx.counters()
+    c1 = ctx.settled_counters(("no-state",))
     unknown = delta(ctx.mem["c0"], c1, "no-state")
     mine = [f for f in ctx.flows(ctx.mem["names"]) if f["name"] in ctx.mem["leaver_flows"]]
     pause = max((float(f.get("longest_pause_ms") or 0) for f in mine), default=0.0)

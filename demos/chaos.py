@@ -46,6 +46,7 @@ class Round:
     takeover_s: float | None = None
     revived: bool = False
     lost: list[dict[str, Any]] = field(default_factory=list)
+    divergence: int | None = None
     note: str = ""
 
 
@@ -77,13 +78,16 @@ class Lab:
 
 
 def _settled(st: dict[str, Any]) -> bool:
-    """Every node active, every bucket owned exactly once, every backup copy complete."""
+    """Every node active and every bucket owned by exactly one of them."""
+    if not all(n["state"] == "active" for n in st["nodes"]):
+        return False
+    return sorted(b for n in st["nodes"] for b in n["buckets"]) == list(range(1, st["buckets"] + 1))
+
+
+def divergence(st: dict[str, Any]) -> int:
+    """Backup copies that differ from what their owners hold, summed over nodes (0: converged)."""
     ns = {n["name"]: n for n in st["nodes"]}
-    if not all(n["state"] == "active" for n in ns.values()):
-        return False
-    if sorted(b for n in ns.values() for b in n["buckets"]) != list(range(1, st["buckets"] + 1)):
-        return False
-    return all(n["backup"] == sum(ns[o]["own"] for o in n["backs_up"] if o in ns) for n in ns.values())
+    return sum(abs(n["backup"] - sum(ns[o]["own"] for o in n["backs_up"] if o in ns)) for n in ns.values())
 
 
 def _status_if_settled(link: Lab) -> dict[str, Any] | None:
@@ -125,26 +129,38 @@ def run_chaos(lab: str, minutes: float, seed: int, *, tcp_flows: int = 100,
     rounds: list[Round] = []
     lost_names: set[str] = set()
     ftp_seen: dict[str, str] = {}
+    ftp_names: list[str] = []
+    flows_started = 0
     try:
-        half = tcp_flows // 2
-        for client, n in (("c1", tcp_flows - half), ("c2", half)):
-            r = link.request({"cmd": "traffic", "action": "start", "kind": "tcp", "client": client,
-                              "flows": n, "interval_ms": 200})
-            _ok(r, "start TCP flows")
-            started.append(r["name"])
+        tcp_names: list[str] = []
+
+        def tcp() -> list[dict[str, Any]]:
+            return [f for f in link.flows() if f.get("workload") in tcp_names]
+
+        def start_tcp() -> None:
+            """Fresh long-lived flows (again after a round lost some, so later rounds still count)."""
+            for name in tcp_names:
+                link.request({"cmd": "traffic", "action": "stop", "name": name})
+            tcp_names.clear()
+            half = tcp_flows // 2
+            for client, n in (("c1", tcp_flows - half), ("c2", half)):
+                r = link.request({"cmd": "traffic", "action": "start", "kind": "tcp", "client": client,
+                                  "flows": n, "interval_ms": 200})
+                _ok(r, "start TCP flows")
+                started.append(r["name"])
+                tcp_names.append(r["name"])
+            if not _wait(f"{tcp_flows} healthy flows", lambda: (fl := tcp()) and len(fl) >= tcp_flows
+                         and all(f["health"] == "healthy" for f in fl), 60):
+                raise ChaosError(f"the {tcp_flows} TCP flows did not all become healthy within 60 s")
+
         for client, mode in (("c1", "active"), ("c2", "passive")):
             r = link.request({"cmd": "traffic", "action": "start", "kind": "ftp", "client": client,
                               "mode": mode, "sessions": 0, "interval_ms": 500, "timeout_s": 5})
             _ok(r, "start FTP sessions")
             started.append(r["name"])
-        tcp_names = started[:2]
-
-        def tcp() -> list[dict[str, Any]]:
-            return [f for f in link.flows() if f.get("workload") in tcp_names]
-
-        if not _wait(f"{tcp_flows} healthy flows", lambda: (fl := tcp()) and len(fl) >= tcp_flows
-                     and all(f["health"] == "healthy" for f in fl), 60):
-            raise ChaosError(f"the {tcp_flows} TCP flows did not all become healthy within 60 s")
+            ftp_names.append(r["name"])
+        start_tcp()
+        flows_started = tcp_flows
         say(f"{tcp_flows} TCP flows healthy, FTP sessions running; chaos for {minutes:g} min (seed {seed})")
         deadline = t0 + minutes * 60
         while time.monotonic() < deadline:
@@ -154,14 +170,17 @@ def run_chaos(lab: str, minutes: float, seed: int, *, tcp_flows: int = 100,
                                     note=f"cluster not settled within {SETTLE_TIMEOUT_S:.0f} s"))
                 say("cluster did not settle; waiting again")
                 continue
-            _ftp_tally(link.flows(), started[2:], ftp_seen)
+            _ftp_tally(link.flows(), ftp_names, ftp_seen)
             before = {f["name"]: f for f in tcp() if f["health"] == "healthy"}
             rounds.append(_one_round(link, st, names, rng, t0, say))
-            _ftp_tally(link.flows(), started[2:], ftp_seen)
+            _ftp_tally(link.flows(), ftp_names, ftp_seen)
             rnd = rounds[-1]
             settled_again = _wait("settled", lambda: _settled(link.status()), SETTLE_TIMEOUT_S)
             if not settled_again:
                 rnd.note += f" cluster not settled {SETTLE_TIMEOUT_S:.0f} s after the round;"
+            # Backup copies should match their owners a moment after the round (up to 5 s).
+            _wait("backups converged", lambda: divergence(link.status()) == 0, 5.0)
+            rnd.divergence = divergence(link.status())
             healthy_before = set(before)
             _wait("flows moving", lambda: all(f["health"] == "healthy" for f in tcp()
                                               if f["name"] in healthy_before), RESUME_S)  # noqa: B023
@@ -181,13 +200,15 @@ def run_chaos(lab: str, minutes: float, seed: int, *, tcp_flows: int = 100,
                     "backup_alive": rnd.backups_alive if carrier == rnd.node else True,
                 })
             if rnd.lost:
-                say(f"  {len(rnd.lost)} flow(s) lost in this round")
+                say(f"  {len(rnd.lost)} flow(s) lost in this round; starting {tcp_flows} fresh flows")
+                start_tcp()
+                flows_started += tcp_flows
     finally:
         for name in started:
             with contextlib.suppress(ChaosError):
                 link.request({"cmd": "traffic", "action": "stop", "name": name})
         _revive_all(link, names)
-    _ftp_tally(link.flows(), started[2:], ftp_seen)
+    _ftp_tally(link.flows(), ftp_names, ftp_seen)
     lost = [x for r in rounds for x in r.lost]
     lost_backup_alive = [x for x in lost if x["backup_alive"]]
     actions = [r for r in rounds if r.action in ACTIONS]
@@ -198,6 +219,7 @@ def run_chaos(lab: str, minutes: float, seed: int, *, tcp_flows: int = 100,
         "minutes": minutes,
         "duration_s": round(time.monotonic() - t0, 1),
         "tcp_flows": tcp_flows,
+        "tcp_flows_started": flows_started,
         "rounds": len(actions),
         "actions": {a: sum(1 for r in actions if r.action == a) for a in ACTIONS},
         "flows_lost": len(lost),
@@ -206,6 +228,8 @@ def run_chaos(lab: str, minutes: float, seed: int, *, tcp_flows: int = 100,
         "ftp_done": sum(1 for h in ftp_seen.values() if h == "done"),
         "ftp_failed": sum(1 for h in ftp_seen.values() if h == "failed"),
         "takeover_s": [r.takeover_s for r in actions if r.takeover_s is not None],
+        "rounds_backups_diverged": sum(1 for r in actions if r.divergence),
+        "max_backup_divergence": max((r.divergence or 0 for r in actions), default=0),
         "log": [_round_doc(r) for r in rounds],
         "ok": not lost_backup_alive,
     }
@@ -278,7 +302,7 @@ def _ftp_tally(flows: list[dict[str, Any]], workloads: list[str], seen: dict[str
 def _round_doc(r: Round) -> dict[str, Any]:
     return {"t_s": r.t_s, "action": r.action, "node": r.node, "backups": r.backups,
             "backups_alive": r.backups_alive, "takeover_s": r.takeover_s, "revived": r.revived,
-            "lost": r.lost, "note": r.note.strip()}
+            "divergence": r.divergence, "lost": r.lost, "note": r.note.strip()}
 
 
 def main(argv: list[str] | None = None) -> int:

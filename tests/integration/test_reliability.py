@@ -71,6 +71,16 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 CURRENT: list[str] = []  # the TCP workloads whose flows the running test judges
+# What the tests measured; written as JSON to $SYNCWALL_RELIABILITY_FIGURES when set (docs/reliability.md).
+FIGURES: dict[str, Any] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _figures() -> Iterator[None]:
+    yield
+    path = os.environ.get("SYNCWALL_RELIABILITY_FIGURES")
+    if path:
+        Path(path).write_text(json.dumps(FIGURES, indent=1, default=str))
 LOST: dict[str, list[dict[str, Any]]] = {}  # fault -> flows it cost (judged by its own test)
 
 
@@ -105,11 +115,15 @@ def _lost_after(fault: str) -> list[dict[str, Any]]:
     A takeover pauses a flow briefly; a flow whose state is gone from every node stays
     "stalled" (TCP retransmits into a firewall that drops it) until it times out as broken.
     """
-    _wait_settled(f"cluster settled after {fault}", 20)
+    t0 = time.monotonic()
+    wait_for(f"one active owner per bucket after {fault}", _when(_owned_once), 20, 0.1)
+    settle_s = time.monotonic() - t0
     with contextlib.suppress(AssertionError):
         wait_for(f"every flow moving after {fault}", _all_healthy, 10)
     lost = [f for f in _tcp() if f["health"] != "healthy"]
     LOST[fault] = lost
+    FIGURES.setdefault(fault, {}).update(owners_settled_s=round(settle_s, 2), flows=2 * FLOWS_PER_CLIENT,
+                                         flows_lost=len(lost), backup_divergence=_divergence(_st()))
     return lost
 
 
@@ -118,15 +132,23 @@ def _assert_no_flow_lost(after: str) -> None:
     assert not lost, f"{len(lost)} flows lost after {after} (all nodes alive): {lost[:3]}"
 
 
-def _settled(st: dict[str, Any]) -> bool:
-    """All nodes active, every bucket owned exactly once, every node's backup copies complete."""
+def _owned_once(st: dict[str, Any]) -> bool:
+    """All nodes active and every bucket owned by exactly one of them."""
     ns = nodes(st)
     if not all(n["state"] == "active" for n in ns.values()):
         return False
-    owned = sorted(b for n in ns.values() for b in n["buckets"])
-    if owned != list(range(1, st["buckets"] + 1)):
-        return False
-    return all(n["backup"] == sum(ns[o]["own"] for o in n["backs_up"]) for n in ns.values())
+    return sorted(b for n in ns.values() for b in n["buckets"]) == list(range(1, st["buckets"] + 1))
+
+
+def _divergence(st: dict[str, Any]) -> int:
+    """How many backup copies differ from what their owners hold (0: backups converged)."""
+    ns = nodes(st)
+    return sum(abs(n["backup"] - sum(ns[o]["own"] for o in n["backs_up"])) for n in ns.values())
+
+
+def _settled(st: dict[str, Any]) -> bool:
+    """Owned once, and every node's backup copies match what the nodes it backs up own."""
+    return _owned_once(st) and _divergence(st) == 0
 
 
 def _when(pred: Any) -> Any:
@@ -232,7 +254,9 @@ def test_control_socket_answers_bad_oversized_and_rapid_requests_and_survives(la
     (r,) = _raw_control([b'{"cmd": "status", "pad": "' + b"x" * (2 << 20) + b'"}\n'])
     assert r == {"ok": False, "error": "request too long"}
     # Rapid: 2000 pipelined requests on one connection, and 40 connections at once.
+    t0 = time.monotonic()
     replies = _raw_control([b'{"cmd": "status"}\n'] * 2000, timeout_s=60)
+    FIGURES["control"] = {"pipelined_status_2000_s": round(time.monotonic() - t0, 2)}
     assert len(replies) == 2000 and all(r["ok"] for r in replies)
     socks = []
     for _ in range(40):
@@ -269,6 +293,8 @@ def test_loss_of_20_percent_is_retransmitted_and_backups_converge(lab: dict[str,
         sw("traffic", "start", "burst", "--lab", LAB, "--count", "150", "--rate", "60")
         time.sleep(3)
         st = _st()
+        FIGURES["loss"] = {"retransmitted_in_3s": _retransmitted(st) - _retransmitted(before),
+                           "states_during": {n["name"]: n["state"] for n in st["nodes"]}}
         assert _retransmitted(st) > _retransmitted(before), "20% loss and no retransmission counted"
         assert _node_processes() == procs, "a node process died or restarted"
     finally:
@@ -278,7 +304,8 @@ def test_loss_of_20_percent_is_retransmitted_and_backups_converge(lab: dict[str,
                                capture_output=True, text=True, check=True).stdout
         assert rules.strip() == "-N SW_SYNCLOSS", rules
     assert _st()["faults"] == []
-    _lost_after("loss")  # waits until backups hold exactly what their owners own
+    _lost_after("loss")
+    _wait_settled("backups converged after loss")
 
 
 @integration
@@ -292,11 +319,15 @@ def test_slow_peer_gets_retransmissions_and_recovers(lab: dict[str, Any]) -> Non
         sw("traffic", "start", "burst", "--lab", LAB, "--count", "100", "--rate", "50")
         time.sleep(2.5)
         # n2 backs up n1: n1's records wait 40 ms for n2's ack, longer than the first timeout.
-        assert nodes(_st())["n1"]["sync"]["peers"]["n2"]["retransmitted"] > n1_peer_n2
+        st = _st()
+        FIGURES["slow"] = {"n1_to_n2_retransmitted": nodes(st)["n1"]["sync"]["peers"]["n2"]["retransmitted"]
+                           - n1_peer_n2, "n1_ack_latency_ms": nodes(st)["n1"]["sync"].get("ack_latency_ms")}
+        assert nodes(st)["n1"]["sync"]["peers"]["n2"]["retransmitted"] > n1_peer_n2
     finally:
         sw("fault", "slow", "--lab", LAB, "--node", "n2", "--delay-ms", "0")
     assert not _st()["faults"]
     _lost_after("slow")
+    _wait_settled("backups converged after the slow peer")
 
 
 @integration
@@ -308,9 +339,13 @@ def test_partition_makes_a_visible_split_brain_and_heal_merges_it(lab: dict[str,
         # Each side declares the other failed and takes its buckets: n1 alone takes all of
         # them, n2 and n3 share them: every bucket is owned twice.
         every = list(range(1, 13))
+        t0 = time.monotonic()
         st = wait_for("both sides own every bucket", _when(
             lambda s: sorted(nodes(s)["n1"]["buckets"]) == every
             and sorted(nodes(s)["n2"]["buckets"] + nodes(s)["n3"]["buckets"]) == every), 10)
+        FIGURES["partition"] = {"split_s": round(time.monotonic() - t0, 2),
+                                "owners_per_bucket": sorted(Counter(
+                                    b for n in st["nodes"] for b in n["buckets"]).values())}
         owners = Counter(b for n in st["nodes"] for b in n["buckets"])
         assert set(owners.values()) == {2}, "duplicate ownership is what a split brain looks like"
         ns = nodes(st)
@@ -319,8 +354,8 @@ def test_partition_makes_a_visible_split_brain_and_heal_merges_it(lab: dict[str,
         assert st["faults"][0]["kind"] == "partition" and "split brain" in st["faults"][0]["effect"]
     finally:
         sw("fault", "heal", "--lab", LAB)
-    _lost_after("partition")  # one owner per bucket again, backups complete
-    st = _st()
+    _lost_after("partition")
+    st = _wait_settled("backups converged after heal", 20)
     assert len({n["epoch"] for n in st["nodes"]}) == 1, "views merged"
 
 
@@ -330,14 +365,18 @@ def test_flapping_a_node_moves_its_buckets_each_time(lab: dict[str, Any]) -> Non
     every = list(range(1, 13))
     for action in ("kill", "crash", "kill"):
         _wait_settled(f"settled before {action} n3")
+        t0 = time.monotonic()
         sw(action, "n3", "--lab", LAB)
         wait_for(f"n3's buckets taken over after {action}", _when(
             lambda s: not nodes(s)["n3"]["buckets"]
-            and sorted(b for n in s["nodes"] for b in n["buckets"]) == every), 10)
+            and sorted(b for n in s["nodes"] for b in n["buckets"]) == every), 10, 0.05)
+        FIGURES.setdefault("flapping", {}).setdefault("takeover_s", []).append(
+            (action, round(time.monotonic() - t0, 2)))
         sw("revive", "n3", "--lab", LAB)
         wait_for("n3 active with buckets again", _when(
             lambda s: nodes(s)["n3"]["state"] == "active" and nodes(s)["n3"]["buckets"]), 15)
     _lost_after("flapping")
+    _wait_settled("backups converged after flapping")
 
 
 KNOWN_LOSS = ("the sync agent loses connection state when a node is wrongly declared failed: on this "
@@ -398,6 +437,7 @@ def test_garbage_and_mutated_frames_to_a_live_sync_port_are_counted_by_kind(lab:
         return c if all(c[k] >= 0.95 * n for k, n in want.items()) else None
 
     got = wait_for("n1 counted the garbage", all_counted, 10)
+    FIGURES["garbage"] = {"sent": sent, "counted": dict(counted())}
     assert got["replayed/stale"] >= 0.9 * sent["replayed"], (got, sent)
     assert "internal-error" not in got
     after = _st()
@@ -456,6 +496,8 @@ def test_malformed_packets_through_the_data_plane_fail_closed_and_are_counted(la
     kernel = Counter[str]()
     for n in pids:
         kernel += _kernel_ip_counters(_node_ns(LAB, n)) - kb[n]
+    FIGURES["probes"] = {"copies": PROBE_COPIES, "reached_s1": seen, "engine": dict(drops),
+                         "kernel": dict(kernel)}
     # What the engine counted by reason, and what the node kernels refused before the queue.
     for reason in ("bad-tcp-flags", "no-state", "no-rule-match", "icmp-error-no-state", "unsupported-proto"):
         assert drops[reason] >= PROBE_COPIES, (reason, drops)

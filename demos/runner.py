@@ -109,9 +109,13 @@ class DemoRun:
         t0 = time.monotonic()
         try:
             seen = step.action(self.ctx)
-        except (DemoError, ControlError, subprocess.TimeoutExpired, OSError) as e:
-            log.info("demo %s: step %r failed: %s", self.name, step.caption, e)
-            res = StepResult(step.caption, False, f"the step could not finish: {e}",
+        except (DemoError, ControlError, subprocess.TimeoutExpired, OSError,
+                KeyError, TypeError, ValueError) as e:
+            # KeyError/TypeError/ValueError: a reply without the fields the step reads (a lab
+            # from another version?): the run ends with that said, and the lab still goes down.
+            log.info("demo %s: step %r failed: %r", self.name, step.caption, e)
+            why = str(e) if isinstance(e, (DemoError, OSError)) else f"{type(e).__name__}: {e}"
+            res = StepResult(step.caption, False, f"the step could not finish: {why}",
                              round(time.monotonic() - t0, 2))
             self.results.append(res)
             self.aborted = True
@@ -124,8 +128,8 @@ class DemoRun:
             try:
                 c = exp.check(self.ctx)
                 checks.append(ExpectationResult(exp.text, c.ok, c.details))
-            except (DemoError, ControlError) as e:
-                checks.append(ExpectationResult(exp.text, False, f"could not check: {e}"))
+            except (DemoError, ControlError, KeyError, TypeError, ValueError) as e:
+                checks.append(ExpectationResult(exp.text, False, f"could not check: {e!r}"))
         res = StepResult(step.caption, all(c.ok for c in checks), seen, round(time.monotonic() - t0, 2),
                          checks)
         self.results.append(res)

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 # a few TCP retransmissions (200 ms, then 400 ms ...). Three seconds is many of those.
 SURVIVE_WITHIN_S = 3.0
 ACTION_TIMEOUT_S = 15.0
+WATCH_S = 1.0
 
 
 class DemoError(Exception):
@@ -77,7 +78,10 @@ class DemoContext:
     def call(self, msg: dict[str, Any]) -> dict[str, Any]:
         if self.link is None:
             raise DemoError("this step needs a lab and none is attached")
-        reply = self.link.request(msg)
+        try:
+            reply = self.link.request(msg)
+        except Exception as e:  # each kind of link has its own errors (ControlError, LinkError ...)
+            raise DemoError(f"the lab did not answer {msg.get('cmd')}: {e}") from e
         if not reply.get("ok"):
             raise DemoError(f"the lab refused {msg.get('cmd')}: {reply.get('error', 'no reason given')}")
         return reply
@@ -115,9 +119,6 @@ class DemoContext:
     def traffic(self, kind: str, **kw: Any) -> str:
         reply = self.call({"cmd": "traffic", "action": "start", "kind": kind, **kw})
         return str(reply["name"])
-
-    def stop_traffic(self, name: str) -> None:
-        self.call({"cmd": "traffic", "action": "stop", "name": name})
 
     def flows(self, workloads: Iterable[str], snap: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         wanted = set(workloads)
@@ -186,7 +187,9 @@ def flows_by_node(ctx: DemoContext, names: Iterable[str]) -> dict[str, list[str]
 
 def judge_flows(ctx: DemoContext, names: Iterable[str],
                 since_t: float) -> tuple[list[str], list[dict[str, Any]]]:
-    """Which flows moved again after `since_t` (wall clock) and never broke: (survivors, lost)."""
+    """Which flows moved again after `since_t` (wall clock) and never broke: (survivors, lost).
+    Flows are watched for at least WATCH_S after `since_t`: a sequence gap shows as broken on
+    the next echoes, not at once."""
     names = list(names)
 
     def moved(f: dict[str, Any]) -> bool:
@@ -196,7 +199,7 @@ def judge_flows(ctx: DemoContext, names: Iterable[str],
     fl = ctx.flows(names)
     while time.monotonic() < end:
         fl = ctx.flows(names)
-        if all(moved(f) for f in fl):
+        if all(moved(f) for f in fl) and time.time() >= since_t + WATCH_S:
             break
         time.sleep(0.1)
     survived = [f["name"] for f in fl if moved(f)]

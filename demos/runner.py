@@ -70,8 +70,14 @@ class DemoRun:
         self.scenario = scenario(name)
         if self.scenario.needs_lab and link is None:
             raise DemoError(f"demo {name!r} needs a running lab")
-        if self.scenario.needs_lab and not lab and link is not None:
-            lab = str(link.request({"cmd": "status"}).get("lab", ""))
+        # What to put back when the demo ran on somebody else's lab (see restore()).
+        self.policy_before: dict[str, Any] = {}
+        if self.scenario.needs_lab and link is not None:
+            st = link.request({"cmd": "status"})
+            if not st.get("ok"):
+                raise DemoError(f"the lab does not answer: {st.get('error', 'no reason given')}")
+            lab = lab or str(st.get("lab", ""))
+            self.policy_before = {"policy": st.get("policy"), "interval_ms": st.get("interval_ms")}
         self.ctx = DemoContext(link, lab)
         self.results: list[StepResult] = []
         self.started = time.monotonic()
@@ -144,6 +150,18 @@ class DemoRun:
             if on_result is not None:
                 on_result(res)
         return self.ok
+
+    def restore(self) -> None:
+        """Leave a lab the demo did not start as it was: stop the demo's traffic, put the sync
+        policy back. Nodes the demo killed were revived by the demo itself."""
+        if self.ctx.link is None:
+            return
+        for name in self.ctx.mem.get("workloads", []):
+            with contextlib.suppress(Exception):
+                self.ctx.link.request({"cmd": "traffic", "action": "stop", "name": name})
+        if self.policy_before.get("policy"):
+            with contextlib.suppress(Exception):
+                self.ctx.link.request({"cmd": "policy", **self.policy_before})
 
     def report(self) -> dict[str, Any]:
         return {
@@ -274,6 +292,8 @@ def run_demo(name: str, headless: bool, as_json: bool, lab: str | None) -> int:
                 if not res.expectations and not res.ok:
                     say("   FAIL")
 
+            if lab:
+                stack.callback(run.restore)
             run.run_all(before, after)
             say("\n" + ("every expectation held" if run.ok else "SOME EXPECTATIONS FAILED")
                 + (f" ({run.figures['headline']})" if run.figures.get("headline") else ""))

@@ -118,6 +118,7 @@ class DemoContext:
 
     def traffic(self, kind: str, **kw: Any) -> str:
         reply = self.call({"cmd": "traffic", "action": "start", "kind": kind, **kw})
+        self.mem.setdefault("workloads", []).append(str(reply["name"]))
         return str(reply["name"])
 
     def flows(self, workloads: Iterable[str], snap: dict[str, Any] | None = None) -> list[dict[str, Any]]:

@@ -136,6 +136,9 @@ class Engine:
         self.pull_unknown = pull_unknown
         self.hold_timeout_s = hold_timeout_s
         self.max_held_syncs = max_held_syncs
+        # The queue's copy range when GSO packets are handed over whole (cut to this size);
+        # 0 when every packet arrives complete.
+        self.capture_bytes = 0
         # The buckets this node forwards (set by the node from its view); None: all of them.
         self.owned_buckets: frozenset[int] | None = None
         self.table = ConnTable(node, self.timeouts)
@@ -164,7 +167,8 @@ class Engine:
                 if proto == 6:
                     total = (data[2] << 8) | data[3]
                     if (
-                        40 <= total <= len(data)
+                        total >= 40
+                        and (total <= len(data) or len(data) == self.capture_bytes)
                         and data[33] & 0x17 == 0x10  # ACK, no SYN/FIN/RST
                         and data[32] >= 0x50
                         and (data[32] >> 4) * 4 + 20 <= total
@@ -212,7 +216,7 @@ class Engine:
         self._counts[name] = self._counts.get(name, 0) + 1
 
     def _full(self, data: bytes, now: float, mark: int) -> Decision:
-        p = parse(data)
+        p = parse(data, self.capture_bytes)
         if not isinstance(p, Packet):
             return self._decide(Verdict.DROP, p)
         if p.inner_key is not None:

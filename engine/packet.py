@@ -129,8 +129,12 @@ def tcp_flags_valid(flags: int) -> bool:
     return bool(flags & ACK)
 
 
-def parse(data: bytes) -> Packet | Reason:
-    """Parse one IP packet as NFQUEUE gives it (no link layer)."""
+def parse(data: bytes, capture_bytes: int = 0) -> Packet | Reason:
+    """Parse one IP packet as NFQUEUE gives it (no link layer).
+
+    `capture_bytes`: the queue's copy range when the kernel hands over GSO packets whole; such
+    a packet arrives cut to exactly that many bytes while its header states its full length.
+    Its headers are all there, so it is parsed up to where the capture ends."""
     n = len(data)
     if n < 1:
         return Reason.TRUNCATED_IP
@@ -144,7 +148,9 @@ def parse(data: bytes) -> Packet | Reason:
         if ihl < 20 or total < ihl:
             return Reason.BAD_IP_HEADER
         if total > n:
-            return Reason.TRUNCATED_IP
+            if not capture_bytes or n != capture_bytes:
+                return Reason.TRUNCATED_IP
+            total = n  # a GSO packet cut at the copy range: parse what was captured
         if data[6] & 0x3F or data[7]:  # more-fragments flag or a fragment offset
             return Reason.FRAGMENT
         p.family = 4

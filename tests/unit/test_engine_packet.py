@@ -129,3 +129,14 @@ def test_mutated_real_packets_never_raise(which: int, flips: list[tuple[int, int
     engine.process(bytes(data[: max(1, len(data) - cut)]), 2.0)
     engine.expire(100.0)
     assert engine.counters.get("engine-error", 0) == 0
+
+
+def test_a_gso_packet_cut_at_the_copy_range_is_parsed_from_its_headers() -> None:
+
+
+    big = tcp(C1, S1, 40000, 5001, "A", payload=b"x" * 9000)
+    cut = big[:3840]
+    assert parse(cut) is Reason.TRUNCATED_IP  # without GSO hand-over a cut packet is broken
+    p = parse(cut, capture_bytes=3840)
+    assert isinstance(p, Packet) and (p.sport, p.dport) == (40000, 5001)
+    assert parse(big[:3000], capture_bytes=3840) is Reason.TRUNCATED_IP  # cut elsewhere: still bad

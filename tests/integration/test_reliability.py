@@ -388,7 +388,8 @@ KNOWN_LOSS = ("the sync agent loses connection state when a node is wrongly decl
 
 @integration
 @pytest.mark.parametrize("fault", [
-    pytest.param("loss", marks=pytest.mark.xfail(strict=True, reason=KNOWN_LOSS)),
+    # Not strict: the cascade needs a CPU-starved node, so on a quiet machine this passes.
+    pytest.param("loss", marks=pytest.mark.xfail(strict=False, reason=KNOWN_LOSS)),
     "slow",
     "partition",
     "flapping",

@@ -604,10 +604,16 @@ class SyncAgent:
                 applied = sum(1 for r in recs if apply(r))
             else:
                 applied = 0
+                adopted: list[Record] = []
                 for r in recs:
                     if apply(r):
                         applied += 1
                         self._events.append(RecordApplied(r.key, p.name, trig))
+                        if r.owner == self.node and r.scope is Scope.NODE:
+                            adopted.append(r)
+                if adopted and trig is Trigger.REBALANCE:
+                    # Offered by a node that rejoins: ours now, so our backups need it too.
+                    self._send_records(self._group_by_targets(adopted), Trigger.REBALANCE, now)
             self._counters["records-applied"] += applied
             self._counters["records-stale"] += len(recs) - applied
             if trig is Trigger.RESYNC and self.mode is Mode.JOINING:
@@ -678,6 +684,11 @@ class SyncAgent:
             for k in [k for k in d if k[0] == p.name]:
                 del d[k]
         self._leave_pending = {k for k in self._leave_pending if k[0] != p.name}
+        # What was queued for its old incarnation is gone with the channel. Its bulk resync
+        # brings node state back, but only from active nodes: common records go now.
+        common = list(self.store.records(scope=Scope.COMMON))
+        if common:
+            self._send_records({(p.name,): common}, Trigger.REBALANCE, self._now)
 
     def _acked(self, p: Peer, o: Outgoing, now: float) -> None:
         p.stats.acked += 1
@@ -894,6 +905,7 @@ class SyncAgent:
         version + 1), so every copy agrees; copies we do not need are dropped right after
         by owner. (A tombstone here would block the new owner's push of that same version
         should we become its backup later.)"""
+        handed: dict[tuple[str, ...], list[Record]] = {}
         for r in list(self.store.records(scope=Scope.NODE)):
             new_owner = v.owner(r.bucket)
             if (
@@ -904,16 +916,39 @@ class SyncAgent:
                 or v.state(r.owner) is not MemberState.ACTIVE
             ):
                 continue
-            self.store.apply(
-                Record(r.key, r.scope, new_owner, r.version + 1, r.bucket, list(r.data), r.deleted)
-            )
+            moved = Record(r.key, r.scope, new_owner, r.version + 1, r.bucket, list(r.data), r.deleted)
+            self.store.apply(moved)
+            if r.owner == self.node and self.peers[new_owner].up:
+                handed.setdefault((new_owner,), []).append(moved)
+        if handed:
+            # The new owner has these already if it resynced from us; if it had not (we come
+            # back holding state nobody else has), this is how it gets them.
+            self._send_records(handed, Trigger.REBALANCE, self._now)
 
     def _rejoin(self, now: float) -> None:
         """We were declared failed (cut off, or too slow): our buckets went to others, who
         promoted our state. What we hold may have been promoted by us in isolation and
-        would shadow newer versions, so reset node state and take the bulk resync."""
-        dropped = sum(self.store.drop_owner(n) for n in self.names)
-        log.warning("%s: rejoining; dropped %d node records held before", self.node, dropped)
+        would shadow newer versions, so reset node state and take the bulk resync.
+
+        Before forgetting, offer each node record to its bucket's current owner, rewritten
+        as that owner's (version + 1, what its promote would make): an owner that lacks it
+        (a cluster formed without us, which held the only copy) adopts it; an owner with
+        the same or a newer version keeps its own."""
+        offers: dict[tuple[str, ...], list[Record]] = {}
+        for r in self.store.records(scope=Scope.NODE):
+            o = self.view.owner(r.bucket)
+            if o is not None and o != self.node and self.peers[o].up:
+                offers.setdefault((o,), []).append(
+                    Record(r.key, r.scope, o, r.version + 1, r.bucket, list(r.data), False)
+                )
+        if offers:
+            self._send_records(offers, Trigger.REBALANCE, now)
+        if any(st is MemberState.ACTIVE for st in self.view.states):
+            dropped = sum(self.store.drop_owner(n) for n in self.names)
+            log.warning("%s: rejoining; dropped %d node records held before", self.node, dropped)
+        else:
+            # Nobody took over from us: what we hold is the best copy there is; keep it.
+            log.warning("%s: rejoining a cluster with no active node; keeping our state", self.node)
         # Common records carry their own versions: offer ours, in case the others lack some
         # (they formed a view without us); a receiver keeps whichever is newer.
         common = list(self.store.records(scope=Scope.COMMON))

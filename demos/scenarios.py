@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import statistics
@@ -859,9 +860,18 @@ def jl_join(ctx: DemoContext) -> str:
     ctx.mem["t_back"] = time.time()
     n = ctx.wait_for(f"{LEAVER} to own connections again",
                      lambda: (x := ctx.nodes()[LEAVER])["own"] > 0 and x, 5)
-    evs = [e for e in events_since(ctx, t0) if e.get("node") == LEAVER]
-    resynced = [e["t"] for e in evs if e.get("kind") == "sync" and e.get("text") == "ResyncComplete"]
-    accepting = [e["t"] for e in evs if e.get("kind") == "buckets" and e.get("buckets")]
+    def node_events() -> list[dict[str, Any]]:
+        return [e for e in events_since(ctx, t0) if e.get("node") == LEAVER]
+
+    def both(evs: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+        return ([e["t"] for e in evs if e.get("kind") == "sync" and e.get("text") == "ResyncComplete"],
+                [e["t"] for e in evs if e.get("kind") == "buckets" and e.get("buckets")])
+
+    # The daemon fetches each node's events a moment after its status: wait for them.
+    with contextlib.suppress(DemoError):
+        ctx.wait_for(f"{LEAVER}'s resync and bucket events", lambda: all(both(node_events())), 3)
+    evs = node_events()
+    resynced, accepting = both(evs)
     ctx.figures["join_s"] = round(ctx.mem["t_back"] - t0, 2)
     judge(ctx, "joining", bool(seen) and seen[0][0] == "joining" and not seen[0][1],
           "states: " + " -> ".join(f"{s}{list(b) if b else ''}" for s, b in seen))

@@ -63,7 +63,9 @@ class DemoRun:
     """One run of a demo against a lab reached through `link` (anything with `request(msg)`).
 
     The console drives it with `run_next()` (one step per call); `run_all()` plays it through.
+    A step blocks for seconds (it waits on real traffic): call it from a worker thread.
     A step whose action fails ends the run: the steps after it are reported as skipped.
+    On a lab the demo did not start, call `restore()` at the end.
     """
 
     def __init__(self, name: str, link: Link | None, lab: str = "") -> None:

@@ -181,6 +181,41 @@ def _node_ns(lab: str, host: str) -> str:
     return ns_name(lab, host)
 
 
+# ---- fault rules (pure: no root, no lab) -----------------------------------------------------
+def test_fault_chains_descriptions_and_refusals(tmp_path: Path) -> None:
+    from netns import faults
+    from netns.record import LabRecord
+    from netns.spec import load_lab
+
+    spec = load_lab(None)
+    state = {"loss": {"n2": 0.2}, "partition": [["n1"], ["n2", "n3"]]}
+    n2 = faults.chain_text("n2", spec, state)
+    assert "-A SW_SYNCLOSS -s 198.18.0.11/32 -p udp --dport 7400 -j DROP" in n2
+    assert "198.18.0.13" not in n2 and "--probability 0.2000 -j DROP" in n2
+    n1 = faults.chain_text("n1", spec, state)
+    assert "198.18.0.12/32" in n1 and "198.18.0.13/32" in n1 and "statistic" not in n1
+    healed = faults.chain_text("n1", spec, {"loss": {}, "partition": []})
+    assert healed == "*filter\n:SW_SYNCLOSS - [0:0]\nCOMMIT\n"
+    active = faults.describe_active([], {"kind": "loss", "node": "n2", "rate": 0.2})
+    active = faults.describe_active(active, {"kind": "partition", "groups": [["n1"], ["n2", "n3"]]})
+    active = faults.describe_active(active, {"kind": "slow", "node": "n3", "delay_ms": 40})
+    assert [a["kind"] for a in active] == ["loss", "partition", "slow"]
+    assert all(a["effect"] for a in active)
+    assert [a["kind"] for a in faults.describe_active(active, {"kind": "heal"})] == ["slow"]
+    assert faults.describe_active(active, {"kind": "loss", "node": "n2", "rate": 0})[0]["kind"] == "partition"
+    # Bad requests are answered, and a lab without these namespaces in its record is never touched.
+    record = LabRecord(lab=spec.name, run_dir=tmp_path)
+    for req, words in (({"kind": "loss", "rate": 7}, "between 0 and 1"),
+                       ({"kind": "loss", "rate": "x"}, "rate"),
+                       ({"kind": "loss", "node": "n9", "rate": 0.1}, "no node 'n9'"),
+                       ({"kind": "partition", "groups": [["n1"]]}, "two non-empty groups"),
+                       ({"kind": "partition", "groups": [["n1"], ["n1", "n2"]]}, "two groups"),
+                       ({"kind": "explode"}, "loss, partition or heal"),
+                       ({"kind": "loss", "rate": 0.1}, "not in the lab's record")):
+        reply = faults.apply_fault(spec, record, req)
+        assert reply["ok"] is False and words in reply["error"], (req, reply)
+
+
 # ---- security --------------------------------------------------------------------------------
 @integration
 def test_key_file_control_sockets_and_run_folder_are_root_only(lab: dict[str, Any]) -> None:

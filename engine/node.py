@@ -264,6 +264,7 @@ class Node:
                 self.down_at[ev.name] = now
                 self.note("peer-down", f"{ev.name} missed its heartbeats", peer=ev.name)
             elif name == "PeerUp":
+                self.down_at.pop(ev.name, None)  # its failure is over; never time a later takeover from it
                 self.note("peer-up", f"{ev.name} is talking", peer=ev.name)
             elif name == "ViewChanged":
                 self.note("view", f"view epoch {ev.view.epoch}", epoch=ev.view.epoch)

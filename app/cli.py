@@ -259,7 +259,7 @@ def cmd_traffic(args: argparse.Namespace) -> int:
     lab = pick_lab(args.lab)
     msg: dict[str, Any] = {"cmd": "traffic", "action": args.action, "kind": args.kind,
                            "client": args.client}
-    for k in ("flows", "interval_ms", "mode", "sessions", "count", "rate", "name"):
+    for k in ("flows", "interval_ms", "stagger_ms", "mode", "sessions", "count", "rate", "name"):
         v = getattr(args, k, None)
         if v is not None:
             msg[k] = v
@@ -404,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client", default="c1")
     p.add_argument("--flows", type=int)
     p.add_argument("--interval-ms", type=int)
+    p.add_argument("--stagger-ms", type=int, help="tcp: delay between opening two flows (default 20)")
     p.add_argument("--mode", choices=["active", "passive"])
     p.add_argument("--sessions", type=int)
     p.add_argument("--count", type=int)

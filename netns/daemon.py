@@ -276,7 +276,8 @@ class LabDaemon:
                     np.events_since = max(np.events_since, e["t"])
                     self.add_event(e)
                 take = st.get("last_takeover")
-                if take and take["t"] not in self.seen_takeovers and not take["promoted"] and not self.ready:
+                if take and take["t"] not in self.seen_takeovers and not take["promoted"] and not any(
+                        n.intent != "active" for n in self.nodes.values()):
                     self.seen_takeovers.add(take["t"])  # the initial assignment of buckets, not a takeover
                 if take and take["t"] not in self.seen_takeovers:
                     self.seen_takeovers.add(take["t"])
@@ -625,6 +626,8 @@ class LabDaemon:
                 str(int(req.get("flows", 10))),
                 "--interval-ms",
                 str(int(req.get("interval_ms", 50))),
+                "--stagger-ms",
+                str(int(req.get("stagger_ms", 20))),
                 "--health-file",
                 health,
                 "--name",

@@ -596,8 +596,14 @@ class SyncAgent:
             if epoch < self.view.epoch and self.mode is not Mode.JOINING:
                 # Sent under an older view: keep only what we still hold in ours.
                 keep = {self.node, *self.view.backed_up_by(self.node)}
+                owner_of = self.view.owner
                 n = len(recs)
-                recs = [r for r in recs if r.scope is Scope.COMMON or r.owner in keep]
+                recs = [
+                    r
+                    for r in recs
+                    if r.scope is Scope.COMMON
+                    or (r.owner in keep and owner_of(r.bucket) in (r.owner, None))
+                ]
                 self._counters["records-outdated"] += n - len(recs)
             apply = self.store.apply
             if trig is Trigger.RESYNC:  # bulk: no per-record events

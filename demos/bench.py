@@ -858,7 +858,18 @@ def one_way_sync_latency(runs: int, progress: Progress) -> dict[str, Any]:
             "p50_ms": summarize(p50s), "p99_ms": summarize(p99s), "not_applied": summarize(lost, 0)}
 
 
+def bench_chaos(runs: int, lab: str | None, progress: Progress) -> dict[str, Any]:
+    """Issue 7's chaos run: `runs` is the number of minutes of random kills, crashes and leaves."""
+    from demos.chaos import run_chaos
+
+    with bench_lab(lab, progress) as name:
+        result = run_chaos(name, minutes=float(runs), seed=int(time.time()) % 10000, progress=progress)
+    return {"what": f"{runs} minute(s) of random kill/crash/offline + revive under 100 TCP flows "
+                    "and FTP sessions; a node is broken only while its backup is alive", **result}
+
+
 BENCHES: dict[str, tuple[Callable[[int, str | None, Progress], dict[str, Any]], int]] = {
+    "chaos": (bench_chaos, 2),
     "throughput": (bench_throughput, 3),
     "conn-rate": (bench_conn_rate, 3),
     "sync-latency": (bench_sync_latency, 3),

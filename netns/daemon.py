@@ -698,6 +698,9 @@ class LabDaemon:
 
         assert self.record is not None
         kind = str(req.get("kind", ""))
+        if kind == "heal":
+            # Heal undoes every fault, the nodes' slow sync input included.
+            await self._all_nodes({"cmd": "slow", "delay_ms": 0})
         if kind == "slow":
             np = self._node(req)
             if np.link is None:

@@ -261,6 +261,14 @@ def validate(raw: Mapping[str, Any]) -> LabSpec:
         raise LabSpecError("nodes: a lab needs at least 1 node")
     hosts = tuple(_host(i, h, nets, gw) for i, h in enumerate(_list("hosts", raw["hosts"])))
     rules = tuple(_rule(i, r) for i, r in enumerate(_list("rules", raw.get("rules", []))))
+    # The engine owns what a rule means; ask it now, so a bad rule is refused when the lab
+    # file is read, not when the nodes fail to start.
+    from engine.rules import RuleError, parse_rules
+
+    try:
+        parse_rules([dict(r) for r in rules])
+    except RuleError as e:
+        raise LabSpecError(f"rules: {e}") from e
 
     seen: dict[str, str] = {FABRIC: "reserved for the fabric namespace"}
     named: list[tuple[str, list[str]]] = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -11,12 +12,14 @@ from typing import Any
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.screen import Screen
+from textual.containers import Horizontal
+from textual.screen import ModalScreen, Screen
 from textual.theme import Theme
-from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from app.console.cards import ClusterView, NodeCard
+from app.console.demo import DemoCaption, DemoListScreen, DemoPanel, LockedLink, available_demos
 from app.console.dialogs import (
     TRAFFIC,
     ConfirmScreen,
@@ -58,6 +61,8 @@ NODE_STATE_ACTIONS = {  # action -> node states in which it applies
     "revive": {"failed", "offline"},
 }
 VIEWS = ("connections", "timeline", "flows")
+# The demo panel's keys: they apply only while it is open, and never to viewers (viewers watch).
+DEMO_KEYS = frozenset({"demo_next", "demo_auto", "demo_close"})
 
 
 class ConsoleApp(App[str]):
@@ -87,6 +92,14 @@ class ConsoleApp(App[str]):
         Binding("z", "freeze", "Freeze"),
         Binding("n", "step", "Step"),
         Binding("escape", "close_filter", "Close filter", show=False),
+        # The demo's keys. While a demo is open, check_action hides the sync step (n) and the
+        # filter's escape so that these win; enter must also beat the focused table's own
+        # enter, so it is a priority binding that lets the key through when no demo is open.
+        Binding("d", "demos", "Demos"),
+        Binding("n", "demo_next", "Next demo step"),
+        Binding("enter", "demo_next", "Next demo step", priority=True, show=False),
+        Binding("A", "demo_auto", "Auto-play"),
+        Binding("escape", "demo_close", "Close demo"),
         *(Binding(str(i), f"select_node({i})", f"Node {i}", show=False) for i in range(1, 10)),
     ]
 
@@ -99,9 +112,15 @@ class ConsoleApp(App[str]):
         poll_interval_s: float | None = 0.25,
         table_limit: int = 500,
         clock: Callable[[], float] = time.monotonic,
+        demo: str | None = None,
     ) -> None:
         super().__init__()
         self.link = link
+        # The pollers, the action workers and a demo's steps share one link from several threads.
+        self._link_lock = threading.Lock()
+        self.demo_link = LockedLink(link, self._link_lock)
+        self.demo_at_start = demo
+        self.demo_panel = DemoPanel()
         self.viewer = viewer
         self.present = present
         self.poll_interval_s = poll_interval_s
@@ -121,14 +140,17 @@ class ConsoleApp(App[str]):
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False, icon="◆")
         yield Static("connecting to the lab…", id="headline")
+        yield DemoCaption()
         yield ClusterView()
-        with TabbedContent(id="views", initial="connections"):
-            with TabPane("Connections", id="connections"):
-                yield ConnectionsPane()
-            with TabPane("Sync timeline", id="timeline"):
-                yield TimelinePane()
-            with TabPane("Flows", id="flows"):
-                yield FlowsPane()
+        with Horizontal(id="main"):
+            with TabbedContent(id="views", initial="connections"):
+                with TabPane("Connections", id="connections"):
+                    yield ConnectionsPane()
+                with TabPane("Sync timeline", id="timeline"):
+                    yield TimelinePane()
+                with TabPane("Flows", id="flows"):
+                    yield FlowsPane()
+            yield self.demo_panel
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -140,6 +162,8 @@ class ConsoleApp(App[str]):
         if self.poll_interval_s:
             self.set_interval(self.poll_interval_s, self._tick)
         self.query_one("#conn-table", DiffTable).focus()
+        if self.demo_at_start and not self.viewer:
+            self.open_demo(self.demo_at_start)
 
     @property
     def selected_node(self) -> str:
@@ -166,11 +190,11 @@ class ConsoleApp(App[str]):
 
     @work(thread=True, exclusive=True, group="poll", exit_on_error=False)
     def _fetch(self, table_request: dict[str, Any]) -> None:
-        snapshot = checked(self.link.request({"cmd": "snapshot"}))
+        snapshot = checked(self.demo_link.request({"cmd": "snapshot"}))
         table: dict[str, Any] | None = None
         if table_request.get("node"):
             try:
-                table = checked(self.link.request(table_request))
+                table = checked(self.demo_link.request(table_request))
             except RequestRefused as exc:
                 table = {"ok": True, "node": table_request["node"],
                          "scope": table_request["scope"], "rows": [], "total": 0,
@@ -264,7 +288,7 @@ class ConsoleApp(App[str]):
 
     @work(thread=True, group="action", exit_on_error=False)
     def send(self, msg: dict[str, Any], done: str) -> dict[str, Any]:
-        reply = checked(self.link.request(msg))
+        reply = checked(self.demo_link.request(msg))
         self.call_from_thread(self._acted, done, reply)
         return reply
 
@@ -278,6 +302,13 @@ class ConsoleApp(App[str]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in LAB_ACTIONS and self.viewer:
             return False
+        if action == "demos":
+            return not self.viewer
+        if action in DEMO_KEYS:
+            # False, not None: the key then falls through to the table, the filter, a dialog
+            return self._demo_keys_apply()
+        if action in ("step", "close_filter") and self._demo_keys_apply():
+            return False  # n and escape belong to the open demo
         if action in NODE_STATE_ACTIONS:
             return True if self.node_state() in NODE_STATE_ACTIONS[action] else None
         if action == "step":
@@ -371,6 +402,37 @@ class ConsoleApp(App[str]):
     def action_step(self) -> None:
         if self._allowed("step"):
             self.send({"cmd": "step"}, "one sync message released")
+
+    # ---- demos -----------------------------------------------------------------------------
+
+    def _demo_keys_apply(self) -> bool:
+        return (not self.viewer and self.demo_panel.is_open
+                and not isinstance(self.screen, ModalScreen)
+                and not isinstance(self.focused, Input))
+
+    def open_demo(self, name: str) -> None:
+        """Open the demo panel on `name`, run against the lab this console is attached to."""
+        self.demo_panel.open(name, self.demo_link, str(self.snapshot.get("lab", "")))
+
+    def action_demos(self) -> None:
+        if self.viewer:
+            return
+
+        def chosen(name: str | None) -> None:
+            if name:
+                self.open_demo(name)
+
+        self.push_screen(DemoListScreen(available_demos()), chosen)
+
+    def action_demo_next(self) -> None:
+        self.demo_panel.next_step()
+
+    def action_demo_auto(self) -> None:
+        self.demo_panel.toggle_auto()
+
+    def action_demo_close(self) -> None:
+        self.demo_panel.close()
+        self.set_class(False, "-demo-wide")
 
     # ---- navigation ------------------------------------------------------------------------
 
@@ -475,12 +537,25 @@ class ConsoleApp(App[str]):
         for ident, label, _ in TRAFFIC:
             entries.append(("traffic_kind", f"Start traffic: {label}", "workload",
                             partial(self.action_traffic_kind, ident)))
+        entries += [
+            ("demos", "Demos…", "run a scripted demo on this lab", self.action_demos),
+            ("demo_next", "Demo: run the next step", "enter or n", self.action_demo_next),
+            ("demo_auto", "Demo: auto-play on / off", "A", self.action_demo_auto),
+            ("demo_close", "Demo: close", "puts the lab back", self.action_demo_close),
+        ]
         for action, title, help_text, callback in entries:
             if self.check_action(action, ()) is True:
                 yield SystemCommand(title, help_text, callback)
 
 
-def run_console(link: LabLink, viewer: bool = False, present: bool = False) -> str:
-    """Run the console until the operator quits; returns "keep" or "stop" (the lab's fate)."""
-    result = ConsoleApp(link, viewer=viewer, present=present).run()
+def run_console(link: LabLink, viewer: bool = False, present: bool = False,
+                demo: str | None = None) -> str:
+    """Run the console until the operator quits; returns "keep" or "stop" (the lab's fate).
+
+    With `demo`, the console opens with that demo's panel (not for viewers: viewers watch).
+    A demo still open at the end is put back (its traffic stopped, the sync policy restored).
+    """
+    app = ConsoleApp(link, viewer=viewer, present=present, demo=demo)
+    result = app.run()
+    app.demo_panel.finish()
     return "stop" if result == "stop" and not viewer else "keep"

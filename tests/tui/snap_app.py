@@ -15,11 +15,14 @@ SIZE = (120, 40)
 PRESENT_SIZE = (100, 30)
 
 
-def build_app(*, viewer: bool = False, present: bool = False, **lab_args: Any) -> ConsoleApp:
-    """The console on a fresh fake lab; it polls once at start and then only when told."""
+def build_app(*, viewer: bool = False, present: bool = False, demo: str | None = None,
+              **lab_args: Any) -> ConsoleApp:
+    """The console on a fresh fake lab; it polls once at start and then only when told.
+    With `demo`, it opens on that demo's panel (as `syncwall demo NAME` does)."""
     clock = FakeClock()
     lab = FakeLab(clock, **lab_args)
-    return ConsoleApp(lab, viewer=viewer, present=present, poll_interval_s=None, clock=clock)
+    return ConsoleApp(lab, viewer=viewer, present=present, poll_interval_s=None, clock=clock,
+                      demo=demo)
 
 
 def lab_of(app: ConsoleApp) -> FakeLab:

@@ -321,7 +321,15 @@ class SyncAgent:
             log.exception("%s: internal error after a frame from %s", self.node, src)
 
     def tick(self, now: float) -> None:
-        """Timers: heartbeats, failure detection, membership, periodic sync, retransmits."""
+        """Timers: heartbeats, failure detection, membership, periodic sync, retransmits.
+        Never raises: a bug of ours must not stop the node's timers."""
+        try:
+            self._tick(now)
+        except Exception:
+            self._bad["internal-error"] += 1
+            log.exception("%s: internal error in tick", self.node)
+
+    def _tick(self, now: float) -> None:
         self._now = now
         if not self._started or self.mode is Mode.GONE:
             return

@@ -112,8 +112,13 @@ def encode_frame(frame: Frame, key: bytes) -> bytes:
     return body + _tag(key, body)
 
 
+# Header integers and record versions stay far below 2**64, so that `+ 1` (a new epoch, a
+# promoted version) can always be encoded again.
+MAX_WIRE_INT = 2**62
+
+
 def _int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    return type(v) is int and 0 <= v < MAX_WIRE_INT
 
 
 def decode_frame(data: bytes, key: bytes, lab: str, max_frame_bytes: int) -> Frame:
@@ -169,8 +174,9 @@ def record_from_wire(a: Any) -> Record:
         or scope not in _CODE_SCOPE
         or type(owner) is not str
         or type(version) is not int
-        or version < 0
+        or not 0 <= version < MAX_WIRE_INT
         or type(bucket) is not int
+        or not -(2**31) <= bucket < 2**31
         or type(data) is not list
         or type(deleted) is not bool
     ):

@@ -47,7 +47,8 @@ class NodeCard(Vertical):
             self.add_class(f"-{state}")
             self.state = state
         self.border_title = f"{self.node_name} {STATE_MARK.get(state, '?')} {state.upper()}"
-        rate = float(node.get("sync_msgs_per_s", 0.0))
+        # a restarted node's counters start again from zero: the lab's rate dips below zero once
+        rate = max(0.0, float(node.get("sync_msgs_per_s", 0.0)))
         self._history.append(rate)
         buckets = " ".join(str(b) for b in node.get("buckets", [])) or "none"
         backs_up = ", ".join(node.get("backs_up", [])) or "-"

@@ -174,6 +174,7 @@ class DemoPanel(VerticalScroll):
         self._figures_shown = None
         self.set_class(True, "-open")
         self.caption.set_class(True, "-open")
+        self.app.refresh_bindings()  # the demo's keys apply now
         self.busy = True
         self._render_all(starting=name)
         self._start(name, link, lab, old)
@@ -205,6 +206,7 @@ class DemoPanel(VerticalScroll):
         self.auto = False
         self.set_class(False, "-open")
         self.caption.set_class(False, "-open")
+        self.app.refresh_bindings()
         if run is None:
             return
         if self.busy:

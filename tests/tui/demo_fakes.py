@@ -3,6 +3,8 @@ real traffic): a three-step story on the lab, the last expectation failing, and 
 
 from __future__ import annotations
 
+import threading
+
 from demos.scenarios import Check, DemoContext, Expectation, Scenario, Step
 
 
@@ -63,4 +65,22 @@ GROUPS = Scenario(
     steps=(Step("Simulate clusters of 3, 4 and 6 nodes.", _groups),),
 )
 
-FAKE_SCENARIOS = {s.name: s for s in (STORY, GROUPS)}
+# A step that runs until the test lets it finish: to close the demo while a step is running.
+GATE = threading.Event()
+
+
+def _wait_for_gate(ctx: DemoContext) -> str:
+    ctx.mem.setdefault("workloads", []).append("gated-001")
+    if not GATE.wait(10.0):
+        raise RuntimeError("the test never opened the gate")
+    return "the gate opened"
+
+
+GATED = Scenario(
+    name="gated",
+    title="A step that takes its time",
+    teaches="closing while a step runs",
+    steps=(Step("Wait for the gate.", _wait_for_gate), Step("Never reached.", _start)),
+)
+
+FAKE_SCENARIOS = {s.name: s for s in (STORY, GROUPS, GATED)}

@@ -13,7 +13,7 @@ from textual.widgets import DataTable, OptionList, Static
 from app.console.app import ConsoleApp
 from app.console.demo import DemoListScreen, DemoPanel, figure_tables
 from app.console.fake import FakeLab
-from tests.tui.demo_fakes import FAKE_SCENARIOS
+from tests.tui.demo_fakes import FAKE_SCENARIOS, GATE
 from tests.tui.snap_app import PRESENT_SIZE, SIZE, build_app, lab_of, settle
 
 pytestmark = pytest.mark.tui
@@ -65,8 +65,9 @@ def test_the_list_offers_every_demo_and_picking_one_opens_its_panel() -> None:
         assert not app.demo_panel.is_open
         await pilot.press("d")
         assert isinstance(app.screen, DemoListScreen)
-        ids = [app.screen.query_one(OptionList).get_option_at_index(i).id for i in range(2)]
-        assert ids == ["story", "groups"]
+        options = app.screen.query_one(OptionList)
+        ids = [options.get_option_at_index(i).id for i in range(options.option_count)]
+        assert ids == ["story", "groups", "gated"]
         await pilot.press("escape")
         assert not isinstance(app.screen, DemoListScreen) and not app.demo_panel.is_open
         panel = await open_story(pilot)
@@ -149,6 +150,34 @@ def test_escape_closes_the_demo_and_puts_the_lab_back() -> None:
         assert not sent(lab, "kill")
 
     drive(scenario)
+
+
+def test_closing_during_a_step_puts_the_lab_back_once_the_step_ends() -> None:
+    async def scenario(pilot: Pilot[Any], app: ConsoleApp, lab: FakeLab) -> None:
+        GATE.clear()
+        panel = await open_story(pilot, "gated")
+        await pilot.press("n")
+        await pilot.pause()
+        assert panel.busy and "▶ 1/2" in text(app, "#demo-caption")
+        await pilot.press("escape")
+        assert not panel.is_open and panel.restored == []  # the step still runs
+        await pilot.press("n")  # closed: no demo step starts
+        GATE.set()
+        await settle(pilot)
+        assert panel.restored == ["gated"] and not panel.busy
+        stops = [r for r in sent(lab, "traffic") if r.get("action") == "stop"]
+        assert [r["name"] for r in stops] == ["gated-001"]
+
+    drive(scenario)
+
+
+def test_the_console_can_open_on_a_demo() -> None:
+    async def scenario(pilot: Pilot[Any], app: ConsoleApp, lab: FakeLab) -> None:
+        assert app.demo_panel.is_open and app.demo_panel.run is not None
+        assert app.demo_panel.run.name == "story"
+        assert "1/3  Two long-lived TCP flows start." in text(app, "#demo-caption")
+
+    drive(scenario, demo="story")
 
 
 def test_a_demo_without_a_lab_shows_its_figures_as_a_table() -> None:

@@ -243,7 +243,8 @@ def run_demo(name: str, headless: bool, as_json: bool, lab: str | None) -> int:
 
     Without `lab` the demo starts a lab of its own and tears it down at the end, also on
     failure and Ctrl-C. Captions go to stdout, or to stderr with --json (stdout then holds
-    one JSON object). Not headless on a terminal: Enter advances each step.
+    one JSON object). Not headless on a terminal: the console opens on the demo's panel (a
+    demo that needs no lab, and no --lab given: Enter advances each step in the terminal).
     """
     out = sys.stderr if as_json else sys.stdout
 
@@ -257,6 +258,9 @@ def run_demo(name: str, headless: bool, as_json: bool, lab: str | None) -> int:
             print(json.dumps({"demo": name, "ok": False, "error": str(e)}))
         print(f"syncwall: {e}", file=sys.stderr)
         return 1
+    if not headless and not as_json and sys.stdout.isatty() and sys.stdin.isatty() and (
+            sc.needs_lab or lab):
+        return _run_in_console(name, sc, lab)
     interactive = [not headless and sys.stdin.isatty() and not as_json]
     old_term = signal.signal(signal.SIGTERM, _sigterm)
     run: DemoRun | None = None
@@ -317,3 +321,38 @@ def run_demo(name: str, headless: bool, as_json: bool, lab: str | None) -> int:
             report["error"] = error
         print(json.dumps(report, default=str))
     return 0 if ok else (130 if error == "interrupted" else 1)
+
+
+def _run_in_console(name: str, sc: Scenario, lab: str | None) -> int:
+    """`syncwall demo NAME` on a terminal: the console, opened on the demo's panel.
+
+    The lab is started and always taken down as on the headless path; on a lab given with
+    `--lab` the console puts it back when the demo closes, and stops it only if asked to.
+    """
+    from app.client import DaemonLink
+    from app.console.app import run_console
+
+    old_term = signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        with contextlib.ExitStack() as stack:
+            if lab:
+                lab_name = lab
+            else:
+                print(f"starting lab {sc.lab_name!r} for demo {name} ...", flush=True)
+                lab_name = stack.enter_context(own_lab(sc.lab_name))
+            link = DaemonLink(RUN_ROOT / lab_name / "control.sock")
+            stack.callback(link.close)
+            choice = run_console(link, demo=name)
+            if lab and choice == "stop":
+                _take_down(lab)
+            elif not lab:
+                print(f"taking lab {lab_name!r} down ...", flush=True)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the demo's lab was taken down", file=sys.stderr)
+        return 130
+    except (DemoError, ControlError, OSError, subprocess.TimeoutExpired) as e:
+        print(f"syncwall: {e}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+    return 0

@@ -449,6 +449,12 @@ class SyncAgent:
         own = list(self.store.records(owner=self.node, scope=Scope.NODE))
         group = tuple(n for n in self.view.backups_of(self.node) if self.peers[n].up)
         sent = self._send_records({group: own} if group and own else {}, Trigger.LEAVE, now, track=True)
+        # Our common records too, to every live node: one sent just before leave() must not
+        # be lost because we stopped retransmitting it.
+        common = [r for r in self.store.records(scope=Scope.COMMON) if r.owner == self.node]
+        everyone = tuple(p.name for p in self.peers.values() if p.up)
+        if common and everyone:
+            sent += self._send_records({everyone: common}, Trigger.LEAVE, now, track=True)
         self._leave_pending = set(sent)
         log.info("%s: leaving, pushed %d records to %s", self.node, len(own), list(group))
         self._pump(now)
@@ -895,10 +901,12 @@ class SyncAgent:
                 }
                 sent += self._send_records(groups, trig, now, track=True)
             if self.mode in (Mode.LEAVING, Mode.LEFT):
-                # Leaving: only acks from our current backups count, and what we just sent
-                # them must be acked too before we ask to go.
+                # Leaving: acks still awaited from nodes that failed or left will not come;
+                # what we just sent our (new) backups must be acked too before we ask to go.
                 self._leave_pending = {
-                    ps for ps in self._leave_pending if ps[0] in new_group and self.peers[ps[0]].up
+                    ps
+                    for ps in self._leave_pending
+                    if self.peers[ps[0]].up and v.state(ps[0]) in LIVE
                 }
                 if sent:
                     self._leave_pending.update(sent)

@@ -338,6 +338,7 @@ class DemoPanel(VerticalScroll):
         result.update(self._result_text(run))
         head = str(run.figures.get("headline", ""))
         headline.update(f"[b]{escape(head)}[/b]" if head else "")
+        headline.display = bool(head)
         self.caption.update(self._caption_text(run))
         self.caption.set_class(run.done and not run.ok, "-failed")
         self.caption.set_class(run.done and run.ok, "-passed")

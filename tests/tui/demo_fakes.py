@@ -40,6 +40,7 @@ STORY = Scenario(
     name="story",
     title="A story told on the fake lab",
     teaches="how the demo panel looks",
+    lab_name="dm-story",
     steps=(
         Step("Two long-lived TCP flows start.", _start),
         Step("Kill n1: its backup takes over.", _kill, (Expectation("n1 is failed", _n1_failed),)),

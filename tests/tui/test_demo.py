@@ -248,3 +248,36 @@ def test_snapshot_of_the_demo_panel_after_two_steps(snap_compare: Any) -> None:
 
     assert snap_compare(build_app(demo="story", connections=40), terminal_size=SIZE,
                         run_before=two_steps)
+
+
+def test_syncwall_demo_on_a_terminal_opens_the_console_on_the_demos_own_lab(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import contextlib
+    import sys
+    from collections.abc import Iterator
+
+    import app.console.app
+    import demos.runner
+
+    seen: list[str] = []
+
+    @contextlib.contextmanager
+    def own_lab(name: str) -> Iterator[str]:
+        seen.append(f"up {name}")
+        try:
+            yield name
+        finally:
+            seen.append(f"down {name}")
+
+    def run_console(link: Any, viewer: bool = False, present: bool = False,
+                    demo: str | None = None) -> str:
+        seen.append(f"console {demo} on {link._client.path}")
+        return "keep"
+
+    monkeypatch.setattr(demos.runner, "own_lab", own_lab)
+    monkeypatch.setattr(app.console.app, "run_console", run_console)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    assert demos.runner.run_demo("story", headless=False, as_json=False, lab=None) == 0
+    assert seen == ["up dm-story", "console story on /run/syncwall/dm-story/control.sock",
+                    "down dm-story"]

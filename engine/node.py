@@ -288,8 +288,9 @@ class Node:
                 self.note("sync", name)
 
     def _apply_view(self, now: float) -> None:
-        view = self.agent.view
-        owned = sorted(b for b, owner in enumerate(view.bucket_owner, start=1) if owner == self.cfg.node)
+        # The agent's own set, not the view's: a restarted node still listed active in the view
+        # owns nothing until it has resynced.
+        owned = list(self.agent.owned_buckets)
         if owned == self.owned:
             self._record_takeover(owned)
             return

@@ -37,6 +37,22 @@ SERVERS: dict[str, list[tuple[str, list[str]]]] = {
 }
 
 
+# kind -> (module and subcommand, server role, server port, [(flag, request key, default, type)])
+WORKLOADS: dict[str, tuple[list[str], str, str, list[tuple[str, str, Any, Any]]]] = {
+    "tcp": (["netns.workloads.tcpflows", "client"], "server", "5001",
+            [("--flows", "flows", 10, int), ("--interval-ms", "interval_ms", 50, int),
+             ("--stagger-ms", "stagger_ms", 20, int)]),
+    "udp": (["netns.workloads.udpflows", "client"], "server", "5002",
+            [("--flows", "flows", 4, int), ("--interval-ms", "interval_ms", 50, int)]),
+    "burst": (["netns.workloads.burst"], "server", "5001",
+              [("--count", "count", 100, int), ("--rate", "rate", 50, int)]),
+    "ftp": (["netns.workloads.ftpclient"], "ftp", "",
+            [("--mode", "mode", "active", str), ("--sessions", "sessions", 1, int),
+             ("--interval-ms", "interval_ms", 200, int), ("--file", "file", "small.bin", str),
+             ("--timeout-s", "timeout_s", 3, float)]),
+}
+
+
 def run_dir_for(lab: str) -> Path:
     return RUN_ROOT / lab
 
@@ -607,88 +623,21 @@ class LabDaemon:
         hosts = {h.name: h for h in self.spec.hosts}
         if client not in hosts or hosts[client].segment != "inside":
             return {"ok": False, "error": f"client must be an inside host, not {client!r}"}
+        workload = WORKLOADS.get(kind)
+        if workload is None:
+            return {"ok": False, "error": f"traffic kind must be {', '.join(WORKLOADS)}, not {kind!r}"}
+        module, role, port, options = workload
+        candidates = [h for h in self.spec.hosts if h.role == role]
+        server = hosts.get(str(req.get("server", ""))) or (candidates[0] if candidates else None)
+        if server is None:
+            return {"ok": False, "error": f"this lab has no host with role {role!r} for {kind} traffic"}
         self.traffic_seq += 1
         name = f"{kind}-{client}-{self.traffic_seq}"
         health = str(self.run_dir / "flows" / f"{name}.json")
-        servers = [h for h in self.spec.hosts if h.role == "server"]
-        ftps = [h for h in self.spec.hosts if h.role == "ftp"]
-        if kind == "tcp":
-            server = hosts.get(str(req.get("server", servers[0].name)))
-            assert server is not None
-            args = [
-                "netns.workloads.tcpflows",
-                "client",
-                "--server",
-                str(server.ip),
-                "--port",
-                "5001",
-                "--flows",
-                str(int(req.get("flows", 10))),
-                "--interval-ms",
-                str(int(req.get("interval_ms", 50))),
-                "--stagger-ms",
-                str(int(req.get("stagger_ms", 20))),
-                "--health-file",
-                health,
-                "--name",
-                name,
-            ]
-        elif kind == "udp":
-            server = servers[0]
-            args = [
-                "netns.workloads.udpflows",
-                "client",
-                "--server",
-                str(server.ip),
-                "--port",
-                "5002",
-                "--flows",
-                str(int(req.get("flows", 4))),
-                "--interval-ms",
-                str(int(req.get("interval_ms", 50))),
-                "--health-file",
-                health,
-                "--name",
-                name,
-            ]
-        elif kind == "burst":
-            server = servers[0]
-            args = [
-                "netns.workloads.burst",
-                "--server",
-                str(server.ip),
-                "--port",
-                "5001",
-                "--count",
-                str(int(req.get("count", 100))),
-                "--rate",
-                str(int(req.get("rate", 50))),
-                "--health-file",
-                health,
-                "--name",
-                name,
-            ]
-        elif kind == "ftp":
-            server = ftps[0]
-            args = [
-                "netns.workloads.ftpclient",
-                "--server",
-                str(server.ip),
-                "--mode",
-                str(req.get("mode", "active")),
-                "--sessions",
-                str(int(req.get("sessions", 1))),
-                "--interval-ms",
-                str(int(req.get("interval_ms", 200))),
-                "--file",
-                str(req.get("file", "small.bin")),
-                "--timeout-s",
-                str(float(req.get("timeout_s", 3))),
-                "--health-file",
-                health,
-            ]
-        else:
-            return {"ok": False, "error": f"traffic kind must be tcp, udp, burst or ftp, not {kind!r}"}
+        args = [*module, "--server", str(server.ip), *(["--port", port] if port else [])]
+        for flag, key, default, cast in options:
+            args += [flag, str(cast(req.get(key, default)))]
+        args += ["--health-file", health, "--name", name]
         await self.start_workload(name, client, args, {"kind": kind})
         return {"ok": True, "name": name, "health_file": health}
 

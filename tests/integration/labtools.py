@@ -6,7 +6,8 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +67,18 @@ def netns_names() -> set[str]:
 def flows_of(snap: dict[str, Any], workload: str) -> list[dict[str, Any]]:
     return [f for f in snap.get("flows", []) if str(f.get("workload", "")).startswith(workload)
             or str(f.get("name", "")).startswith(workload)]
+
+
+@contextmanager
+def running_lab(lab: str = "default", lab_file: Path | None = None) -> Iterator[dict[str, Any]]:
+    """`syncwall up` a lab for the body; afterwards it must be down with its namespaces gone."""
+    before = netns_names()
+    up = sw_json("up", *([str(lab_file)] if lab_file else []))
+    made = netns_names() - before
+    try:
+        yield up
+    finally:
+        sw("down", "--lab", lab, check=False)
+        if (RUN_ROOT / lab / "record.json").exists():
+            sw("clean", "--lab", lab, "--force", check=False)
+        assert made and not netns_names() & made, "the lab left namespaces behind"

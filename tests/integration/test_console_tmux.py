@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.labtools import RUN_ROOT, netns_names, sw, sw_json, wait_for
+from tests.integration.labtools import running_lab, sw, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow,
               pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")]
@@ -42,17 +42,11 @@ def see(what: str, pred: Callable[[str], bool], timeout_s: float = 15) -> str:
 def lab(tmp_path: Path) -> Iterator[None]:
     lab_file = tmp_path / "lab.toml"
     lab_file.write_text(f'name = "{LAB}"\n')
-    before = netns_names()
-    sw_json("up", str(lab_file))
-    made = netns_names() - before
-    try:
-        yield
-    finally:
-        subprocess.run(["tmux", "-L", SOCKET, "kill-server"], capture_output=True)
-        sw("down", "--lab", LAB, check=False)
-        if (RUN_ROOT / LAB / "record.json").exists():
-            sw("clean", "--lab", LAB, "--force", check=False)
-        assert not netns_names() & made
+    with running_lab(LAB, lab_file):
+        try:
+            yield
+        finally:
+            subprocess.run(["tmux", "-L", SOCKET, "kill-server"], capture_output=True)
 
 
 def test_console_shows_the_cluster_and_a_keyboard_kill_moves_connections_to_the_backup(lab: None) -> None:

@@ -17,10 +17,10 @@ from tests.integration.labtools import (
     flows_of,
     netns_names,
     nodes,
+    running_lab,
     snapshot,
     status,
     sw,
-    sw_json,
     wait_for,
 )
 
@@ -31,16 +31,8 @@ FLOWS = 120
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[dict[str, Any]]:
-    before = netns_names()
-    up = sw_json("up")
-    made = netns_names() - before
-    try:
+    with running_lab() as up:
         yield up
-    finally:
-        sw("down", "--lab", "default", check=False)
-        if (RUN_ROOT / "default" / "record.json").exists():
-            sw("clean", "--lab", "default", "--force", check=False)
-        assert made and not netns_names() & made, "the lab left namespaces behind"
 
 
 def _tcp_flows() -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.labtools import RUN_ROOT, netns_names, nodes, snapshot, status, sw, sw_json, wait_for
+from tests.integration.labtools import nodes, running_lab, snapshot, status, sw, sw_json, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -18,16 +18,8 @@ SESSIONS = 8
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[dict[str, Any]]:
-    before = netns_names()
-    up = sw_json("up")
-    made = netns_names() - before
-    try:
+    with running_lab() as up:
         yield up
-    finally:
-        sw("down", "--lab", "default", check=False)
-        if (RUN_ROOT / "default" / "record.json").exists():
-            sw("clean", "--lab", "default", "--force", check=False)
-        assert made and not netns_names() & made, "the lab left namespaces behind"
 
 
 def run_sessions(mode: str, timeout_s: float = 3.0) -> list[dict[str, Any]]:

@@ -36,6 +36,11 @@ class ConnState(Enum):
 
 
 S = ConnState
+# TCP states a connection passes through on its way in and out. A cluster may choose not to
+# announce them (Engine(quiet_states=...)): a connection is then synced once established and
+# once deleted, instead of at every step of its handshake and teardown.
+TRANSIENT_TCP_STATES = frozenset({S.SYN_SENT, S.SYN_RECV, S.FIN_WAIT, S.CLOSE_WAIT, S.LAST_ACK,
+                                  S.TIME_WAIT, S.CLOSED})
 # States in which an ordinary packet changes nothing, so the engine's fast path may take it.
 FAST_STATES = frozenset({S.ESTABLISHED, S.UDP_ASSURED})
 INITIAL_STATE = {TCP: S.SYN_SENT, UDP: S.UDP_UNREPLIED, ICMP: S.ICMP_REQUEST, ICMPV6: S.ICMP_REQUEST}
@@ -136,6 +141,7 @@ class Conn:
     """One connection entry. `orig_low` says the originator is the key's lower endpoint."""
 
     __slots__ = (
+        "announced",
         "bucket",
         "created",
         "extra",
@@ -180,6 +186,7 @@ class Conn:
         self.hold = 0  # the sync id its packets wait on, 0 when none
         self.sched = -1.0  # the deadline it is queued under for expiry, -1 when not queued
         self.fast = False  # may take the engine's fast path (kept up to date by ConnTable.refresh)
+        self.announced = True  # peers have heard of it (False while it stays in a quiet state)
 
     @property
     def proto(self) -> int:
@@ -304,6 +311,9 @@ class ConnTable:
         self._heap: list[tuple[float, int, Conn | Expectation]] = []
         self._seq = itertools.count()
         self.events: list[StateEvent] = []
+        # States in which an own connection's changes are not announced to peers (see
+        # TRANSIENT_TCP_STATES); empty: every change is an event.
+        self.quiet_states: frozenset[ConnState] = frozenset()
 
     # ---- bookkeeping --------------------------------------------------------------------
     def refresh(self, e: Conn) -> None:
@@ -344,6 +354,9 @@ class ConnTable:
         self.conns[e.key] = e
         self.refresh(e)
         self.schedule(e)
+        if e.state in self.quiet_states:
+            e.announced = False
+            return
         self.emit(EventKind.NEW, e.key, Scope.NODE)
 
     def changed(self, e: Conn, trigger: str, now: float) -> None:
@@ -353,6 +366,12 @@ class ConnTable:
         self.refresh(e)
         if e.owner == self.node:
             self.schedule(e)
+        if e.state in self.quiet_states and trigger != "adopted":
+            return
+        if not e.announced:
+            e.announced = True
+            self.emit(EventKind.NEW, e.key, Scope.NODE)
+            return
         self.emit(EventKind.UPDATE, e.key, Scope.NODE)
 
     def delete(self, e: Conn, trigger: str, now: float, *, event: bool = True) -> None:
@@ -363,7 +382,7 @@ class ConnTable:
         e.trigger = trigger
         e.version = next_version(e.version, now) if event else e.version
         self.bury(e.key, e.version, e.owner, Scope.NODE, e.bucket, now)
-        if event:
+        if event and e.announced:  # nobody heard of a connection that never left a quiet state
             self.emit(EventKind.DELETE, e.key, Scope.NODE)
 
     # ---- expectations -------------------------------------------------------------------

@@ -126,6 +126,7 @@ class Engine:
         *,
         hold_timeout_s: float = 0.2,
         max_held_syncs: int = 256,
+        quiet_states: frozenset[ConnState] = frozenset(),
     ) -> None:
         if not node:
             raise EngineError("Engine needs the node's name (e.g. 'n1')")
@@ -142,6 +143,7 @@ class Engine:
         # The buckets this node forwards (set by the node from its view); None: all of them.
         self.owned_buckets: frozenset[int] | None = None
         self.table = ConnTable(node, self.timeouts)
+        self.table.quiet_states = quiet_states
         self._conns = self.table.conns  # the same dict, bound once for the fast path
         self._now = 0.0
         self.store = EngineStore(self.table, lambda: self._now)

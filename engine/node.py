@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.conntrack import TRANSIENT_TCP_STATES
 from engine.core import Decision, Engine, SyncRequest, Verdict
 from engine.rules import parse_rules
 from sync.agent import SyncAgent, SyncConfig
@@ -108,7 +109,11 @@ class Node:
     def __init__(self, cfg: NodeConfig, *, use_nfqueue: bool = True) -> None:
         self.cfg = cfg
         self.use_nfqueue = use_nfqueue
-        self.engine = Engine(cfg.node, parse_rules(cfg.rules), hold_related=cfg.policy != "periodic")
+        # A connection is announced to its backups once established and once gone, not at every
+        # step of its handshake and teardown: the new owner of a half-open connection after a
+        # failover sees the retransmitted SYN and rebuilds it from the rules.
+        self.engine = Engine(cfg.node, parse_rules(cfg.rules), hold_related=cfg.policy != "periodic",
+                             quiet_states=TRANSIENT_TCP_STATES)
         self.engine.owned_buckets = frozenset()  # nothing until the view gives us buckets
         key = Path(cfg.key_file).read_bytes()
         self.sync_addr = next((ip, port) for name, ip, port in cfg.nodes if name == cfg.node)

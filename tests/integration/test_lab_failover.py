@@ -92,9 +92,10 @@ def test_long_lived_flows_spread_over_all_nodes(lab: dict[str, Any]) -> None:
     sw("traffic", "start", "tcp", "--flows", str(FLOWS // 2), "--client", "c1", "--interval-ms", "100")
     sw("traffic", "start", "tcp", "--flows", str(FLOWS // 2), "--client", "c2", "--interval-ms", "100")
     wait_for(f"{FLOWS} healthy flows", _all_healthy, 30)
-    ns = nodes(status())
+    # status is the daemon's last poll of the nodes (every 250 ms): give it a moment
+    ns = wait_for(f"{FLOWS} connections owned", lambda: (
+        (n := nodes(status())) and sum(x["own"] for x in n.values()) >= FLOWS and n), 5)
     assert all(n["own"] > 0 for n in ns.values()), {k: v["own"] for k, v in ns.items()}
-    assert sum(n["own"] for n in ns.values()) >= FLOWS
 
 
 def test_kill_loses_no_flow_and_moves_buckets_to_the_backup(lab: dict[str, Any]) -> None:

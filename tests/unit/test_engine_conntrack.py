@@ -130,3 +130,28 @@ def test_icmp_error_about_a_tracked_connection_is_related() -> None:
     stray = tcp(C1, S1, 40009, 5001, "S")
     d = engine.process(icmp_unreachable_for(stray, S1), 1.0)
     assert (d.verdict, d.reason) == (Verdict.DROP, "icmp-error-no-state")
+
+
+def test_quiet_states_announce_a_tcp_connection_once_established_and_once_gone() -> None:
+    from engine.conntrack import TRANSIENT_TCP_STATES, EventKind
+    from engine.core import Engine
+    from engine.rules import default_rules
+    from tests.unit.engine_packets import C1, S1, TcpFlow
+
+    e = Engine("n1", default_rules(), quiet_states=TRANSIENT_TCP_STATES)
+    f = TcpFlow(C1, S1, 40000, 5001)
+    for i, pkt in enumerate(f.handshake()):
+        e.process(pkt, 1.0 + i * 0.01)
+    assert [ev.kind for ev in e.drain_events()] == [EventKind.NEW]  # at established, not at SYN
+    closing = [f.c2s(b"", "FA"), f.s2c(b"", "A"), f.s2c(b"", "FA"), f.c2s(b"", "A")]
+    for i, pkt in enumerate(closing):
+        e.process(pkt, 2.0 + i * 0.01)
+    assert e.drain_events() == []  # closing states stay local
+    e.expire(1000.0)
+    assert [ev.kind for ev in e.drain_events()] == [EventKind.DELETE]
+
+    refused = TcpFlow(C1, S1, 40001, 5001)
+    e.process(refused.syn(), 3.0)
+    e.process(refused.s2c(b"", "RA"), 3.01)
+    e.expire(1000.0)
+    assert e.drain_events() == [], "a connection nobody heard of is not deleted on the wire"

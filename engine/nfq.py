@@ -27,9 +27,22 @@ import select
 import socket
 import struct
 import time
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
+
+# The mangle chain that decides which HMARK buckets this node forwards: the lab installs it
+# (netns/iptables.py) and the node rewrites it whenever its buckets change.
+OWNED_CHAIN = "SW_OWNED"
+
+
+def owned_chain_text(buckets: Iterable[int]) -> str:
+    """The body of the owned-bucket chain: RETURN (on to the engine) for owned marks, DROP the rest."""
+    lines = [f":{OWNED_CHAIN} - [0:0]"]
+    lines += [f"-A {OWNED_CHAIN} -m mark --mark {b} -j RETURN" for b in sorted(set(buckets))]
+    lines.append(f"-A {OWNED_CHAIN} -j DROP")
+    return "\n".join(lines)
 
 # linux/netlink.h
 NLM_F_REQUEST = 0x1

@@ -20,6 +20,7 @@ from typing import Any
 
 from engine.conntrack import TRANSIENT_TCP_STATES
 from engine.core import Decision, Engine, SyncRequest, Verdict
+from engine.nfq import owned_chain_text
 from engine.rules import parse_rules
 from sync.agent import SyncAgent, SyncConfig
 from sync.records import Scope, Trigger
@@ -96,11 +97,8 @@ class BudgetSocket:
 
 
 def owned_buckets_rules(buckets: list[int]) -> str:
-    """iptables-restore text replacing the SW_OWNED chain: RETURN for owned marks, DROP the rest."""
-    lines = ["*mangle", ":SW_OWNED - [0:0]"]
-    lines += [f"-A SW_OWNED -m mark --mark {b} -j RETURN" for b in sorted(buckets)]
-    lines += ["-A SW_OWNED -j DROP", "COMMIT", ""]
-    return "\n".join(lines)
+    """iptables-restore text replacing the owned-bucket chain (atomic, with --noflush)."""
+    return f"*mangle\n{owned_chain_text(buckets)}\nCOMMIT\n"
 
 
 class Node:

@@ -7,11 +7,11 @@ import logging
 import subprocess
 from collections.abc import Iterable, Sequence
 
+from engine.nfq import OWNED_CHAIN, owned_chain_text
 from netns.spec import LabError
 
 log = logging.getLogger(__name__)
 
-OWNED_CHAIN = "SW_OWNED"
 SYNC_LOSS_CHAIN = "SW_SYNCLOSS"
 DATA_IFACES = ("inside", "outside")
 SYNC_IFACE = "sync"
@@ -48,14 +48,6 @@ def hmark_rnd(lab_id: int) -> int:
     """The HMARK hash seed of a lab: the same on every node, different between labs."""
     digest = hashlib.blake2b(lab_id.to_bytes(8, "big"), digest_size=4, person=b"sw-hmark").digest()
     return int.from_bytes(digest, "big") or 1
-
-
-def owned_chain_text(buckets: Iterable[int]) -> str:
-    """The body of SW_OWNED: RETURN (go on to the engine) for owned marks, DROP the rest."""
-    lines = [f":{OWNED_CHAIN} - [0:0]"]
-    lines += [f"-A {OWNED_CHAIN} -m mark --mark {b} -j RETURN" for b in sorted(set(buckets))]
-    lines.append(f"-A {OWNED_CHAIN} -j DROP")
-    return "\n".join(lines)
 
 
 def node_rules(buckets: int, rnd: int, queue_num: int, forward: str = "nfqueue") -> str:

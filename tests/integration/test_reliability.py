@@ -685,7 +685,12 @@ def main_garbage(args: argparse.Namespace) -> int:
         if i % 200 == 199:
             time.sleep(0.01)  # about 15k frames/s: a flood, not a socket-buffer overflow
     raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-    for pkt in replay:
+    # Let the node drain the flood first: replays sent into a full socket buffer would be
+    # dropped by the kernel before the node could judge them.
+    time.sleep(0.5)
+    for i, pkt in enumerate(replay):
+        if i % 20 == 19:
+            time.sleep(0.005)
         # A captured outgoing packet may carry a checksum left to the (virtual) NIC; UDP
         # checksum 0 means "none", so the receiver's kernel delivers it and the node judges it.
         ihl = (pkt[0] & 0x0F) * 4

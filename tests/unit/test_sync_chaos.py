@@ -25,7 +25,7 @@ def _settled(c: SimCluster) -> bool:
     return c.all_active() and all(len(v) == 1 for v in c.owners().values())
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), n=st.sampled_from([3, 4]), actions=ACTIONS, lossy=st.booleans())
 def test_after_any_failures_the_cluster_settles_consistently(
     seed: int, n: int, actions: list[tuple[str, int, int]], lossy: bool
@@ -66,7 +66,7 @@ def test_after_any_failures_the_cluster_settles_consistently(
             c.agents[x].leave(c.now)
         c.run(0.1)
     # A leave still in progress completes first; then every node that is not running starts.
-    c.run_until(lambda: all(a.mode.name in ("ACTIVE", "JOINING", "GONE") for a in c.agents.values()), 3.0)
+    c.run_until(lambda: all(a.mode.name in ("ACTIVE", "JOINING", "GONE") for a in c.agents.values()), 10.0)
     for y in c.names:
         if y in c.agents and c.agents[y].mode.name == "GONE":
             c.kill(y)

@@ -204,10 +204,10 @@ class Node:
             self._start_sync(req, now)
             if req.kind.name == "PUSH":
                 pushed.update(req.keys)
-        for ev in self.engine.drain_events():
-            if ev.key in pushed:
-                continue
-            self.agent.changed(ev.key, now, Trigger.MODIFIED)
+        # Everything one loop turn changed goes out together: one datagram carries many records.
+        keys = [ev.key for ev in self.engine.drain_events() if ev.key not in pushed]
+        if keys:
+            self.agent.changed_many(keys, now, Trigger.MODIFIED)
 
     def _start_sync(self, req: SyncRequest, now: float) -> None:
         timeout_s = self.cfg.hold_timeout_ms / 1000

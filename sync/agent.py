@@ -361,18 +361,28 @@ class SyncAgent:
 
     def changed(self, key: bytes, now: float, trigger: Trigger = Trigger.MODIFIED) -> None:
         """A record changed in the store (claims 2-5): send it now, or queue it for the period."""
+        self.changed_many((key,), now, trigger)
+
+    def changed_many(self, keys: Iterable[bytes], now: float, trigger: Trigger = Trigger.MODIFIED) -> None:
+        """Several records changed at once (one turn of the node's loop): sent batched, as few
+        datagrams as their destinations allow, or queued for the period."""
         self._now = now
-        rec = self.store.get(key)
-        if rec is None:
-            return
-        if rec.scope is Scope.NODE and rec.owner != self.node:
-            self._counters["changed-not-own"] += 1
+        recs: list[Record] = []
+        for key in keys:
+            rec = self.store.get(key)
+            if rec is None:
+                continue
+            if rec.scope is Scope.NODE and rec.owner != self.node:
+                self._counters["changed-not-own"] += 1
+                continue
+            recs.append(rec)
+        if not recs:
             return
         if self.policy.send_now():
-            self._send_records(self._group_by_targets([rec]), trigger, now)
+            self._send_records(self._group_by_targets(recs), trigger, now)
             self.policy.sent_on_demand(now)
         else:
-            self._dirty.add(key)
+            self._dirty.update(r.key for r in recs)
         self._pump(now)
 
     def sync_and_notify(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -144,10 +145,12 @@ def bring_up(lab: str, lab_file: Path | None, overrides: dict[str, Any], quiet: 
             raise CliError(f"the lab did not come up: {why or 'daemon exited'} "
                            f"(see {run_dir}/daemon.log; `syncwall clean` removes leftovers)")
         if not quiet and (run_dir / "trace.jsonl").exists():
-            lines = (run_dir / "trace.jsonl").read_text().splitlines()
+            # The daemon may be writing the last line right now: only complete lines count.
+            lines = (run_dir / "trace.jsonl").read_text().split("\n")[:-1]
             if lines and lines[-1] != last:
                 last = lines[-1]
-                err(f"  {json.loads(last).get('text', '')}")
+                with contextlib.suppress(ValueError):
+                    err(f"  {json.loads(last).get('text', '')}")
         time.sleep(0.1)
     else:
         raise CliError("the lab did not come up within 60 s")

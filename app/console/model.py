@@ -77,6 +77,9 @@ CONN_COLUMNS: Sequence[tuple[str, str]] = (
     ("age", "Age"),
     ("trigger", "Last trigger"),
 )
+# Wide enough for IPv4 endpoints, TCP states and the sync triggers.
+CONN_WIDTHS: dict[str, int] = {"proto": 5, "endpoints": 38, "state": 11, "owner": 6,
+                               "synced_to": 10, "age": 5, "trigger": 18}
 OWNER_COLUMN = 3
 
 

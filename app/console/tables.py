@@ -14,6 +14,7 @@ from textual.widgets import DataTable, Input, Static, Tab, Tabs
 
 from app.console.model import (
     CONN_COLUMNS,
+    CONN_WIDTHS,
     EVENT_COLUMNS,
     FLOW_COLUMNS,
     HEALTH_COLUMN,
@@ -48,9 +49,12 @@ class DiffTable(DataTable[Any]):
     """
 
     def __init__(self, columns: Sequence[tuple[str, str]], renderer: Renderer = plain,
-                 **kwargs: Any) -> None:
+                 widths: dict[str, int] | None = None, **kwargs: Any) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self._columns = list(columns)
+        # Fixed widths keep a live table from jumping about (and its picture the same whatever
+        # order the rows arrived in); columns without one fit their content.
+        self._widths = widths or {}
         self.renderer = renderer
         self.on_screen: dict[str, Cells] = {}
         self.sort_column: str | None = None
@@ -58,8 +62,14 @@ class DiffTable(DataTable[Any]):
         self.restyle: set[str] = set()  # keys whose look changed although their values did not
 
     def on_mount(self) -> None:
-        for key, label in self._columns:
-            self.add_column(label, key=key)
+        self._ensure_columns()
+
+    def _ensure_columns(self) -> None:
+        # Rows may arrive (from a poll worker) before the table is mounted; columns must exist
+        # first, or the widths are computed from rows without them.
+        if not self.columns:
+            for key, label in self._columns:
+                self.add_column(label, key=key, width=self._widths.get(key))
 
     def reset(self) -> None:
         """Forget every row: used when the view switches to another node or scope."""
@@ -67,6 +77,7 @@ class DiffTable(DataTable[Any]):
         self.on_screen.clear()
 
     def apply(self, rows: Sequence[tuple[str, Cells]]) -> RowDiff:
+        self._ensure_columns()
         diff = diff_rows(self.on_screen, rows)
         restyle = self.restyle - {k for k, _ in diff.added}
         self.restyle = set()
@@ -81,13 +92,13 @@ class DiffTable(DataTable[Any]):
                 for column, value in changes:
                     now_cells[column] = value
                     self.update_cell(key, self._columns[column][0],
-                                     self.renderer(key, column, value))
+                                     self.renderer(key, column, value), update_width=True)
                 self.on_screen[key] = tuple(now_cells)
             for key in restyle:
                 if key in self.on_screen:
                     for column, value in enumerate(self.on_screen[key]):
                         self.update_cell(key, self._columns[column][0],
-                                         self.renderer(key, column, value))
+                                         self.renderer(key, column, value), update_width=True)
             for key, new_cells in diff.added:
                 self.add_row(*(self.renderer(key, i, v) for i, v in enumerate(new_cells)),
                              key=key)
@@ -147,7 +158,7 @@ class ConnectionsPane(Vertical):
             yield Tabs(*(Tab(s.value, id=f"scope-{s.value}") for s in Scope), id="scope-tabs")
             yield Static("", id="totals")
         yield Input(placeholder="filter rows (Enter to keep, Esc to clear)", id="filter")
-        yield DiffTable(CONN_COLUMNS, self._render_cell, id="conn-table")
+        yield DiffTable(CONN_COLUMNS, self._render_cell, widths=CONN_WIDTHS, id="conn-table")
 
     @property
     def table(self) -> DiffTable:

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from netns.control import ControlClient, ControlError
+from netns.record import RUN_ROOT
 
-RUN_ROOT = Path("/run/syncwall")
 DEFAULT_LAB = "default"
 
 

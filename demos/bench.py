@@ -25,8 +25,8 @@ from typing import Any
 
 from demos import baselines
 from demos.baselines import BenchError
+from netns.record import RUN_ROOT
 
-RUN_ROOT = Path("/run/syncwall")
 BENCH_LAB = "swbench"
 
 

@@ -11,14 +11,13 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from netns.control import ControlClient, ControlError
+from netns.record import RUN_ROOT
 
 log = logging.getLogger(__name__)
 
-RUN_ROOT = Path("/run/syncwall")
 ACTIONS = ("kill", "crash", "offline")
 SETTLE_TIMEOUT_S = 30.0
 TAKEOVER_TIMEOUT_S = 10.0

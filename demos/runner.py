@@ -19,10 +19,10 @@ from typing import Any
 
 from demos.scenarios import SCENARIOS, DemoContext, DemoError, Link, Scenario, Step
 from netns.control import ControlClient, ControlError
+from netns.record import RUN_ROOT
 
 log = logging.getLogger(__name__)
 
-RUN_ROOT = Path("/run/syncwall")
 UP_TIMEOUT_S = 90.0
 DOWN_TIMEOUT_S = 60.0
 

@@ -424,17 +424,30 @@ def takeover_survive(ctx: DemoContext) -> str:
     return f"{len(survived)}/{TAKEOVER_FLOWS} flows alive; {VICTIM}'s flows paused at most {pause:.0f} ms"
 
 
-def takeover_revive(ctx: DemoContext) -> str:
+def revive_and_watch(ctx: DemoContext, node: str) -> tuple[float, list[Any], dict[str, Any]]:
+    """Revive `node`, watch its states until it is active with its buckets back, then wait until
+    it owns connections again. Returns (when revived, states seen, its last status)."""
     t0 = time.time()
-    ctx.call({"cmd": "revive", "node": VICTIM})
+    ctx.call({"cmd": "revive", "node": node})
     want = ctx.mem["buckets"]
-    seen = watch_states(ctx, VICTIM, lambda s: (n := ctx.nodes(s)[VICTIM])["state"] == "active"
+    seen = watch_states(ctx, node, lambda s: (n := ctx.nodes(s)[node])["state"] == "active"
                         and set(n["buckets"]) == want, 15)
     ctx.mem["t_back"] = time.time()
-    n = ctx.wait_for(f"{VICTIM} to own its connections again",
-                     lambda: (x := ctx.nodes()[VICTIM])["own"] > 0 and x, 5)
-    judge(ctx, "joining", seen[0][0] == "joining" and not seen[0][1],
+    n = ctx.wait_for(f"{node} to own connections again",
+                     lambda: (x := ctx.nodes()[node])["own"] > 0 and x, 5)
+    return t0, seen, n
+
+
+def judge_joined_first(ctx: DemoContext, seen: list[Any]) -> None:
+    """A revived node is `joining` (no buckets) before it is active: state first, then traffic."""
+    judge(ctx, "joining", bool(seen) and seen[0][0] == "joining" and not seen[0][1],
           "states: " + " -> ".join(f"{s}{list(b) if b else ''}" for s, b in seen))
+
+
+def takeover_revive(ctx: DemoContext) -> str:
+    t0, seen, n = revive_and_watch(ctx, VICTIM)
+    want = ctx.mem["buckets"]
+    judge_joined_first(ctx, seen)
     judge(ctx, "back", set(n["buckets"]) == want and n["own"] > 0,
           f"{VICTIM} accepts buckets {sorted(n['buckets'])} again and owns {n['own']} connections")
     return f"{VICTIM} resynced and took its buckets back in {time.time() - t0:.1f} s" \
@@ -852,14 +865,9 @@ def jl_zero_loss(ctx: DemoContext) -> str:
 
 
 def jl_join(ctx: DemoContext) -> str:
-    t0 = time.time()
-    ctx.call({"cmd": "revive", "node": LEAVER})
+    t0, seen, n = revive_and_watch(ctx, LEAVER)
     want = ctx.mem["buckets"]
-    seen = watch_states(ctx, LEAVER, lambda s: (n := ctx.nodes(s)[LEAVER])["state"] == "active"
-                        and set(n["buckets"]) == want, 15)
-    ctx.mem["t_back"] = time.time()
-    n = ctx.wait_for(f"{LEAVER} to own connections again",
-                     lambda: (x := ctx.nodes()[LEAVER])["own"] > 0 and x, 5)
+
     def node_events() -> list[dict[str, Any]]:
         return [e for e in events_since(ctx, t0) if e.get("node") == LEAVER]
 
@@ -873,8 +881,7 @@ def jl_join(ctx: DemoContext) -> str:
     evs = node_events()
     resynced, accepting = both(evs)
     ctx.figures["join_s"] = round(ctx.mem["t_back"] - t0, 2)
-    judge(ctx, "joining", bool(seen) and seen[0][0] == "joining" and not seen[0][1],
-          "states: " + " -> ".join(f"{s}{list(b) if b else ''}" for s, b in seen))
+    judge_joined_first(ctx, seen)
     judge(ctx, "order", bool(resynced and accepting) and min(resynced) < min(accepting),
           (f"resync complete {1000 * (min(resynced) - t0):.0f} ms after revive, first buckets accepted "
            f"{1000 * (min(accepting) - t0):.0f} ms after") if resynced and accepting

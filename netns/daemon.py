@@ -22,7 +22,6 @@ from netns.spec import LabSpec, load_lab
 
 log = logging.getLogger(__name__)
 
-RUN_ROOT = Path("/run/syncwall")
 POLL_S = 0.25
 NODE_START_TIMEOUT_S = 20.0
 EVENTS_KEPT = 5000
@@ -51,10 +50,6 @@ WORKLOADS: dict[str, tuple[list[str], str, str, list[tuple[str, str, Any, Any]]]
              ("--interval-ms", "interval_ms", 200, int), ("--file", "file", "small.bin", str),
              ("--timeout-s", "timeout_s", 3, float)]),
 }
-
-
-def run_dir_for(lab: str) -> Path:
-    return RUN_ROOT / lab
 
 
 class NodeLink:

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from netns.control import ControlClient
-
-RUN_ROOT = Path("/run/syncwall")
+from netns.record import RUN_ROOT
 
 
 def sw(*args: str, check: bool = True, timeout: float = 90) -> subprocess.CompletedProcess[str]:

@@ -14,11 +14,12 @@ from typing import Any
 
 from netns.control import ControlClient, ControlError
 from netns.record import RUN_ROOT
+from syncwall_errors import SyncwallError
 
 DEFAULT_LAB = "default"
 
 
-class CliError(Exception):
+class CliError(SyncwallError):
     """Something the operator can fix; printed without a traceback."""
 
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from syncwall_errors import SyncwallError
+
 log = logging.getLogger(__name__)
 
 RECORD_DIR = Path("/run/syncwall-bench")
@@ -52,7 +54,7 @@ CONSUMER_CPU = 1
 Progress = Callable[[str], None]
 
 
-class BenchError(Exception):
+class BenchError(SyncwallError):
     """A bench could not run; the message says what is missing or what failed."""
 
 

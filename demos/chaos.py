@@ -15,6 +15,7 @@ from typing import Any
 
 from netns.control import ControlClient, ControlError
 from netns.record import RUN_ROOT
+from syncwall_errors import SyncwallError
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ RESUME_S = 10.0
 Progress = Callable[[str], None]
 
 
-class ChaosError(Exception):
+class ChaosError(SyncwallError):
     """The chaos run cannot start or the lab stopped answering; the message says what to do."""
 
 

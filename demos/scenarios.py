@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from netns.spec import ns_name
+from syncwall_errors import SyncwallError
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ ACTION_TIMEOUT_S = 15.0
 WATCH_S = 1.0
 
 
-class DemoError(Exception):
+class DemoError(SyncwallError):
     """A demo could not go on: the lab did not do what a step needs (the message says what)."""
 
 

@@ -30,6 +30,8 @@ import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from syncwall_errors import SystemToolError
+
 log = logging.getLogger(__name__)
 
 # The mangle chain that decides which HMARK buckets this node forwards: the lab installs it
@@ -79,7 +81,7 @@ class QueueFlag(enum.IntFlag):
     SECCTX = 1 << 4
 
 
-class NfqError(Exception):
+class NfqError(SystemToolError):
     """A queue setting could not be made; the message says what the kernel answered."""
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from syncwall_errors import SyncwallError
+
 log = logging.getLogger(__name__)
 
 # Protocol helpers a rule may attach; engine.ftp implements "ftp".
@@ -20,7 +22,7 @@ IPPROTO_UDP = 17
 IPPROTO_ICMPV6 = 58
 
 
-class EngineError(Exception):
+class EngineError(SyncwallError):
     """Root of the engine's errors; the message says what to fix."""
 
 

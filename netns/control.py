@@ -7,10 +7,12 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from syncwall_errors import SyncwallError
+
 MAX_LINE = 16 << 20
 
 
-class ControlError(Exception):
+class ControlError(SyncwallError):
     """The other end is not there, or did not answer in time."""
 
 

@@ -12,6 +12,8 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
+from syncwall_errors import SyncwallError
+
 log = logging.getLogger(__name__)
 
 POLICIES = ("on-demand", "periodic", "hybrid")
@@ -26,7 +28,7 @@ MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 MAX_BUCKETS = 1024
 
 
-class LabError(Exception):
+class LabError(SyncwallError):
     """Root of the lab's errors; the message says what to fix."""
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
+from syncwall_errors import SyncwallError
+
 NO_BUCKET = -1
 
 
@@ -147,7 +149,7 @@ class MemoryStore:
         return len(gone)
 
 
-class SyncError(Exception):
+class SyncError(SyncwallError):
     """Root of the sync layer's errors (sync/ imports nothing above it, so it has its own root)."""
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from syncwall_errors import SyncwallError
 
-class ConsoleError(Exception):
+
+class ConsoleError(SyncwallError):
     """Root of the console's errors; the message is meant for the operator."""
 
 

@@ -12,13 +12,15 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from syncwall_errors import SyncwallError
+
 log = logging.getLogger(__name__)
 
 # A flow that made no progress for longer than this, while progress was due, is stalled.
 STALL_AFTER_S = 2.0
 
 
-class WorkloadError(Exception):
+class WorkloadError(SyncwallError):
     """Root of the errors the workload programs raise; the message says what to fix."""
 
 

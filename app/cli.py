@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from netns.control import ControlClient, ControlError
+from netns import lab as lab_life
+from netns.control import ControlError
+from netns.lab import daemon_pid, live_labs, load_lab_of, pick_lab, running_labs
 from netns.record import RUN_ROOT
 from syncwall_errors import SyncwallError
 
@@ -27,56 +26,14 @@ def err(msg: str) -> None:
     print(f"syncwall: {msg}", file=sys.stderr)
 
 
-def pid_alive(pid: int) -> bool:
-    """True while the process runs; a zombie (dead, not yet reaped) counts as gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def running_labs() -> list[str]:
-    if not RUN_ROOT.is_dir():
-        return []
-    return sorted(p.name for p in RUN_ROOT.iterdir() if (p / "record.json").exists())
 
-
-def daemon_pid(lab: str) -> int | None:
-    """The pid of the lab's daemon if it is alive (same start time as recorded, not a zombie)."""
-    from netns.record import LabRecord, RecordError, alive
-
-    try:
-        rec = LabRecord.load(RUN_ROOT / lab)
-    except (OSError, ValueError, RecordError):
-        return None
-    for p in rec.processes:
-        if p.role == "daemon" and alive(p):
-            return p.pid
-    return None
-
-
-def pick_lab(name: str | None) -> str:
-    if name:
-        return name
-    labs = [lab for lab in running_labs() if daemon_pid(lab)]
-    if len(labs) == 1:
-        return labs[0]
-    if not labs:
-        raise CliError("no lab is running; start one with `syncwall up`")
-    raise CliError(f"several labs run ({', '.join(labs)}); choose one with --lab")
-
-
-def client(lab: str, timeout_s: float = 10.0) -> ControlClient:
-    sock = RUN_ROOT / lab / "control.sock"
-    if not sock.exists():
-        raise CliError(f"lab {lab!r} is not running (no {sock})")
-    return ControlClient(sock, timeout_s)
 
 
 def call(lab: str, msg: dict[str, Any], timeout_s: float = 10.0) -> dict[str, Any]:
     try:
-        reply = client(lab, timeout_s).request(msg)
+        reply = lab_life.client(lab, timeout_s).request(msg)
     except ControlError as e:
         raise CliError(f"lab {lab!r} does not answer: {e}") from e
     if not reply.get("ok"):
@@ -114,50 +71,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def bring_up(lab: str, lab_file: Path | None, overrides: dict[str, Any], quiet: bool = False) -> int:
-    run_dir = RUN_ROOT / lab
-    pid = daemon_pid(lab)
-    if pid:
-        raise CliError(f"lab {lab!r} is already running (daemon pid {pid}); nothing changed. "
-                       "Stop it with `syncwall down` first.")
-    if (run_dir / "record.json").exists():
-        err(f"lab {lab!r} crashed earlier; removing what it left behind first")
-        clean_lab(lab)
-    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(RUN_ROOT, 0o700)
-    for stale in ("ready", "failed"):
-        (run_dir / stale).unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "netns.daemon", "--run-dir", str(run_dir),
-            "--overrides", json.dumps(overrides)]
-    if lab_file:
-        argv += ["--lab-file", str(lab_file)]
-    t0 = time.monotonic()
-    with open(run_dir / "daemon.stderr", "ab") as errf:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=errf, start_new_session=True)
-    if not quiet:
-        err(f"starting lab {lab!r} (daemon pid {proc.pid})")
-    last = ""
-    while time.monotonic() - t0 < 60:
-        if (run_dir / "ready").exists():
-            break
-        if proc.poll() is not None or (run_dir / "failed").exists():
-            why = (run_dir / "failed").read_text().strip() if (run_dir / "failed").exists() else ""
-            proc.wait(timeout=10)
-            raise CliError(f"the lab did not come up: {why or 'daemon exited'} "
-                           f"(see {run_dir}/daemon.log; `syncwall clean` removes leftovers)")
-        if not quiet and (run_dir / "trace.jsonl").exists():
-            # The daemon may be writing the last line right now: only complete lines count.
-            lines = (run_dir / "trace.jsonl").read_text().split("\n")[:-1]
-            if lines and lines[-1] != last:
-                last = lines[-1]
-                with contextlib.suppress(ValueError):
-                    err(f"  {json.loads(last).get('text', '')}")
-        time.sleep(0.1)
-    else:
-        raise CliError("the lab did not come up within 60 s")
-    took = time.monotonic() - t0
+    pid, took = lab_life.up(lab, lab_file, overrides, say=(lambda _m: None) if quiet else err)
     if quiet:
-        print(json.dumps({"ok": True, "lab": lab, "daemon_pid": proc.pid, "up_s": round(took, 2)}))
+        print(json.dumps({"ok": True, "lab": lab, "daemon_pid": pid, "up_s": round(took, 2)}))
     else:
         err(f"lab {lab!r} is up in {took:.1f} s")
     return 0
@@ -166,35 +82,12 @@ def bring_up(lab: str, lab_file: Path | None, overrides: dict[str, Any], quiet: 
 def cmd_down(args: argparse.Namespace) -> int:
     need_root()
     lab = pick_lab(args.lab)
-    pid = daemon_pid(lab)
-    t0 = time.monotonic()
-    if pid is None:
-        raise CliError(f"lab {lab!r} has no live daemon; use `syncwall clean`")
-    try:
-        call(lab, {"cmd": "down"})
-    except CliError as e:
-        err(f"{e}; cleaning by record instead")
-        clean_lab(lab)
-        return 0
-    while pid_alive(pid) and time.monotonic() - t0 < 30:
-        time.sleep(0.05)
-    if pid_alive(pid) or (RUN_ROOT / lab / "record.json").exists():
-        err("the daemon did not finish; cleaning by record")
-        clean_lab(lab)
+    took = lab_life.down(lab, say=err)
     if args.json:
-        print(json.dumps({"ok": True, "lab": lab, "down_s": round(time.monotonic() - t0, 2)}))
+        print(json.dumps({"ok": True, "lab": lab, "down_s": round(took, 2)}))
     else:
-        err(f"lab {lab!r} is down ({time.monotonic() - t0:.1f} s)")
+        err(f"lab {lab!r} is down ({took:.1f} s)")
     return 0
-
-
-def clean_lab(lab: str) -> None:
-    from netns.record import LabRecord, teardown
-
-    run_dir = RUN_ROOT / lab
-    if not (run_dir / "record.json").exists():
-        return
-    teardown(LabRecord.load(run_dir))
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
@@ -206,7 +99,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
         if pid and not args.force:
             err(f"lab {lab!r} is running (daemon pid {pid}); use `syncwall down`, or clean --force")
             continue
-        clean_lab(lab)
+        lab_life.clean(lab)
         cleaned.append(lab)
     if args.json:
         print(json.dumps({"ok": True, "cleaned": cleaned}))
@@ -299,9 +192,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     from netns.build import ns_name
 
     spec = load_lab_of(lab)
-    names = {n.name for n in spec.nodes} | {h.name for h in spec.hosts}
-    if args.host not in names:
-        raise CliError(f"no host {args.host!r} in lab {lab!r}; hosts are {', '.join(sorted(names))}")
+    lab_life.check_host(spec, args.host)
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
@@ -309,16 +200,6 @@ def cmd_exec(args: argparse.Namespace) -> int:
         raise CliError("give a command after --, e.g. syncwall exec c1 -- ip addr")
     os.execvp("ip", ["ip", "netns", "exec", ns_name(spec, args.host), *cmd])
 
-
-def load_lab_of(lab: str) -> Any:
-    """The spec of a running lab, as its daemon loaded it."""
-    from netns.spec import load_lab
-
-    saved = RUN_ROOT / lab / "spec.json"
-    if saved.exists():
-        d = json.loads(saved.read_text())
-        return load_lab(Path(d["lab_file"]) if d.get("lab_file") else None, d.get("overrides"))
-    return load_lab(None)
 
 
 # ---- console -------------------------------------------------------------------------------
@@ -338,7 +219,7 @@ def cmd_console(args: argparse.Namespace) -> int:
 def cmd_default(args: argparse.Namespace) -> int:
     """`syncwall` alone: the default lab (started if none runs) and the console."""
     need_root()
-    labs = [lab for lab in running_labs() if daemon_pid(lab)]
+    labs = live_labs()
     if not labs:
         from netns.spec import load_lab
 
@@ -446,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             return cmd_default(args)
         return int(args.fn(args))
-    except CliError as e:
+    except SyncwallError as e:
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, "error": str(e)}))
         err(str(e))

@@ -302,7 +302,7 @@ def _parse_conn_rate(out: str) -> tuple[float, int]:
 
 
 def _lab_server_ip(lab: str) -> str:
-    from app.cli import load_lab_of
+    from netns.lab import load_lab_of
 
     spec = load_lab_of(lab)
     return str(next(h.ip for h in spec.hosts if h.role == "server"))

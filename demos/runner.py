@@ -188,7 +188,7 @@ def _cli(*args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
 @contextlib.contextmanager
 def own_lab(name: str) -> Iterator[str]:
     """Start lab `name` (the default lab under another name) and always take it down again."""
-    from app.cli import daemon_pid
+    from netns.lab import daemon_pid
 
     if daemon_pid(name):
         raise DemoError(f"lab {name!r} already runs (another demo run?); stop it with "
@@ -212,7 +212,7 @@ def own_lab(name: str) -> Iterator[str]:
 def _take_down(name: str) -> None:
     # Ctrl-C during the teardown would leave namespaces behind: finish it first.
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from app.cli import daemon_pid
+    from netns.lab import daemon_pid
 
     try:
         p = _cli("down", "--lab", name, "--json", timeout_s=DOWN_TIMEOUT_S)

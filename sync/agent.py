@@ -12,6 +12,20 @@ from enum import Enum
 from typing import Any
 
 from sync.channel import Channel, Outgoing
+from sync.events import (
+    BucketsGained,
+    BucketsLost,
+    LeaveComplete,
+    PeerDown,
+    PeerUp,
+    RecordApplied,
+    ResyncComplete,
+    ResyncProgress,
+    StateReply,
+    SyncCompleted,
+    SyncEvent,
+    ViewChanged,
+)
 from sync.membership import LIVE, MemberState, View, compute_view, view_from_wire
 from sync.policy import PeriodicSend, SyncPolicy, make_policy
 from sync.records import Record, Scope, StateStore, SyncUsageError, Trigger
@@ -30,6 +44,25 @@ from sync.wire import (
     records_from_blob,
     trigger_from_wire,
 )
+
+# The events are defined in sync.events; callers may import them from here too.
+__all__ = [
+    "BucketsGained",
+    "BucketsLost",
+    "LeaveComplete",
+    "Mode",
+    "PeerDown",
+    "PeerUp",
+    "RecordApplied",
+    "ResyncComplete",
+    "ResyncProgress",
+    "StateReply",
+    "SyncAgent",
+    "SyncCompleted",
+    "SyncConfig",
+    "SyncEvent",
+    "ViewChanged",
+]
 
 log = logging.getLogger(__name__)
 
@@ -76,89 +109,6 @@ class SyncConfig:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(n for n, _ in self.nodes)
-
-
-# ---- events -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PeerUp:
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class PeerDown:
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class ViewChanged:
-    view: View
-
-
-@dataclass(frozen=True, slots=True)
-class BucketsGained:
-    """The agent has already promoted the state of these buckets to this node."""
-
-    buckets: tuple[int, ...]
-    promoted: int
-
-
-@dataclass(frozen=True, slots=True)
-class BucketsLost:
-    buckets: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class SyncCompleted:
-    token: int
-    acked: bool
-    peers: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class StateReply:
-    key: bytes
-    found: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ResyncProgress:
-    peer: str
-    received: int
-    total: int
-
-
-@dataclass(frozen=True, slots=True)
-class ResyncComplete:
-    records: int
-
-
-@dataclass(frozen=True, slots=True)
-class LeaveComplete:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class RecordApplied:
-    key: bytes
-    sender: str
-    trigger: Trigger
-
-
-SyncEvent = (
-    PeerUp
-    | PeerDown
-    | ViewChanged
-    | BucketsGained
-    | BucketsLost
-    | SyncCompleted
-    | StateReply
-    | ResyncProgress
-    | ResyncComplete
-    | LeaveComplete
-    | RecordApplied
-)
 
 
 class Mode(Enum):

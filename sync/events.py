@@ -1,0 +1,88 @@
+"""What a sync agent tells its node: typed facts, consumed with `match` (never by class name)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sync.membership import View
+from sync.records import Trigger
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUp:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDown:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ViewChanged:
+    view: View
+
+
+@dataclass(frozen=True, slots=True)
+class BucketsGained:
+    """The agent has already promoted the state of these buckets to this node."""
+
+    buckets: tuple[int, ...]
+    promoted: int
+
+
+@dataclass(frozen=True, slots=True)
+class BucketsLost:
+    buckets: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncCompleted:
+    token: int
+    acked: bool
+    peers: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StateReply:
+    key: bytes
+    found: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncProgress:
+    peer: str
+    received: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncComplete:
+    records: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveComplete:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class RecordApplied:
+    key: bytes
+    sender: str
+    trigger: Trigger
+
+
+SyncEvent = (
+    PeerUp
+    | PeerDown
+    | ViewChanged
+    | BucketsGained
+    | BucketsLost
+    | SyncCompleted
+    | StateReply
+    | ResyncProgress
+    | ResyncComplete
+    | LeaveComplete
+    | RecordApplied
+)

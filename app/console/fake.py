@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from syncwall_errors import SyncwallError
+
 log = logging.getLogger(__name__)
 
 STEP_S = 0.25  # the fake lab's simulation tick: churn, flow bytes, periodic sync
@@ -740,7 +742,7 @@ class FakeLab:
         })
 
 
-class _Refused(Exception):
+class _Refused(SyncwallError):
     """A request the lab turns down; becomes `{"ok": false, "error": ...}`."""
 
 

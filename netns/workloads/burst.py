@@ -36,6 +36,7 @@ from netns.workloads.health import (
     FlowHealth,
     FlowKind,
     HealthWriter,
+    WorkloadError,
     fmt_addr,
 )
 from netns.workloads.tcpflows import RECORD_SIZE, encode_record
@@ -145,7 +146,7 @@ class Burst:
             self.flow.set_health(FlowHealth.DONE, summary)
 
 
-class _EchoMismatch(Exception):
+class _EchoMismatch(WorkloadError):
     """The echo differs from what was sent (internal; counted as a failure)."""
 
 

@@ -62,8 +62,8 @@ class _Stopped(BaseException):
     """Raised from the SIGTERM/SIGINT handler to leave a blocking ftplib call."""
 
 
-class _SessionFailed(Exception):
-    pass
+class _SessionFailed(WorkloadError):
+    """The transfer finished but its content is wrong (internal; becomes the flow's failure)."""
 
 
 class RecordingFTP(ftplib.FTP):

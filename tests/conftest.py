@@ -1,4 +1,4 @@
-"""Shared test setup: integration tests need root and real namespaces; they are skipped, loudly, without."""
+"""Shared test setup: integration tests need root (skipped loudly without); every run names its shuffle seed."""
 
 from __future__ import annotations
 
@@ -14,3 +14,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "integration" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int,
+                            config: pytest.Config) -> None:
+    # pytest-randomly prints its seed only in the header, which -q hides; a failure that depends on
+    # the order is only worth something if the order can be replayed, so say it at the end too.
+    if not config.pluginmanager.hasplugin("randomly"):
+        return
+    seed = config.getoption("randomly_seed")
+    terminalreporter.write_line(
+        f"test order shuffled with seed {seed}: replay with -p randomly --randomly-seed={seed}, "
+        "or keep file order with -p no:randomly")

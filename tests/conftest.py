@@ -1,4 +1,4 @@
-"""Shared test setup: integration tests need root (skipped loudly without); every run names its shuffle seed."""
+"""Shared test setup: integration tests need root (skipped loudly without); each run names its seed."""
 
 from __future__ import annotations
 

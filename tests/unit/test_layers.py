@@ -144,3 +144,8 @@ def test_control_flow_exceptions_stay_inside_their_module(module: str, name: str
         f"{module}.{name} is an Exception: make it a SyncwallError and drop it from CONTROL_FLOW")
     others = [p for p in _package_files() if _module_name(p) != module and name in p.read_text()]
     assert not others, f"{module}.{name} is used outside its module: {others}"
+
+
+def test_the_error_root_sits_below_every_layer() -> None:
+    project = {m.split(".")[0] for m in imported_modules(ROOT / "syncwall_errors.py")} & set(LAYERS)
+    assert not project, f"syncwall_errors.py imports {sorted(project)}: every layer must import it"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sync.channel import Outgoing
+from sync.config import Address
 from sync.context import AgentContext, Peer
 from sync.events import PeerUp
 from sync.leader import Leader
@@ -33,8 +34,6 @@ from sync.wire import (
 )
 
 log = logging.getLogger(__name__)
-
-Address = tuple[str, int]
 
 
 # ---- payload checks: what each sender sends, or BadFrame ---------------------------------

@@ -18,7 +18,7 @@ KEY = b"sim-key-0123456789abcdef"
 INC = 7  # the incarnation of the fake peer n2
 
 
-class Peer2:
+class FromN2:
     """Frames from n2 to a standalone n1 agent, with the sequence numbers n1 expects."""
 
     def __init__(self) -> None:
@@ -90,7 +90,7 @@ MALFORMED: list[tuple[MsgType, Any, str]] = [
 
 
 def test_every_message_type_has_a_route() -> None:
-    p = Peer2()
+    p = FromN2()
     assert set(p.agent._dispatch.routes) == set(MsgType)
     assert isinstance(p.agent._dispatch, Dispatcher)
 
@@ -99,7 +99,7 @@ def test_every_message_type_has_a_route() -> None:
 def test_a_malformed_payload_is_counted_by_its_kind_and_changes_nothing(
     mtype: MsgType, payload: Any, kind: str
 ) -> None:
-    p = Peer2()
+    p = FromN2()
     before = p.snapshot()
     bad_before = dict(p.agent.stats()["bad_frames"])
     p.send(mtype, payload)
@@ -125,7 +125,7 @@ WELL_FORMED: list[tuple[MsgType, Any]] = [
 
 @pytest.mark.parametrize(("mtype", "payload"), WELL_FORMED, ids=[t.name for t, _ in WELL_FORMED])
 def test_the_well_formed_payload_of_each_type_acts(mtype: MsgType, payload: Any) -> None:
-    p = Peer2()
+    p = FromN2()
     before = p.snapshot()
     p.send(mtype, payload)
     assert p.agent.stats()["bad_frames"] == {}
@@ -133,7 +133,7 @@ def test_the_well_formed_payload_of_each_type_acts(mtype: MsgType, payload: Any)
 
 
 def test_a_malformed_bulk_start_does_not_reset_a_resync_under_way() -> None:
-    p = Peer2()
+    p = FromN2()
     p.send(MsgType.BULK_START, [3])
     assert p.agent.events() == [ResyncProgress("n2", 0, 3)]
     p.send(MsgType.RECORDS, [TRIGGER_CODE[Trigger.RESYNC], _blob(b"a")])

@@ -1,6 +1,8 @@
-"""Membership views: member states -> bucket owners and cyclic backup groups (claims 8-13).
+"""Membership: this node's own mode and its transition table, and views (member states ->
+bucket owners and cyclic backup groups, claims 8-13).
 
-A view is a pure function of the member states, so every node can recompute and check it."""
+A view is a pure function of the member states, so every node can recompute and check it.
+A node's mode changes only through TRANSITIONS, so an illegal change is refused, not made."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from enum import Enum
 from typing import Any
 
 from sync.records import SyncUsageError
+from sync.wire import BadFrame, BadFrameKind
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,95 @@ class MemberState(Enum):
 _STATE_CODE = {MemberState.ACTIVE: 0, MemberState.JOINING: 1, MemberState.FAILED: 2, MemberState.OFFLINE: 3}
 _CODE_STATE = {v: k for k, v in _STATE_CODE.items()}
 LIVE = frozenset({MemberState.ACTIVE, MemberState.JOINING})
+
+
+class Mode(Enum):
+    """A node's own idea of where it stands (announced in every heartbeat). Where the cluster
+    says it stands is its MemberState in the view; the two meet in the transition table."""
+
+    JOINING = 0
+    ACTIVE = 1
+    LEAVING = 2  # pushing everything to its backups
+    LEFT = 3  # pushed and acked; asks the leader for a view without it
+    GONE = 4  # view without it adopted: silent
+
+    @classmethod
+    def from_wire(cls, v: Any) -> Mode:
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 4:
+            raise BadFrame(BadFrameKind.BAD_PAYLOAD, f"bad mode {v!r}")
+        return cls(v)
+
+
+class ModeEvent(Enum):
+    """What may change this node's mode: the inputs of the transition table."""
+
+    LEAVE = "leave"  # the node was asked to leave the cluster
+    ACTIVATED = "activated"  # a view made us active, and our resync is complete
+    DEMOTED = "demoted"  # a view says we are not active (we were declared failed): rejoin
+    MORE_TO_PUSH = "more-to-push"  # leaving: a new view gave us records to push and have acked
+    PUSHED = "pushed"  # leaving: everything we pushed was acked
+    REMOVED = "removed"  # a view without us was adopted
+    ALONE = "alone"  # left, and no active node remains to hand over to
+
+
+# (mode, event) -> the new mode. Anything else is refused: the agent's own bug.
+TRANSITIONS: Mapping[tuple[Mode, ModeEvent], Mode] = {
+    (Mode.JOINING, ModeEvent.ACTIVATED): Mode.ACTIVE,
+    (Mode.JOINING, ModeEvent.LEAVE): Mode.LEFT,  # owns nothing: nothing to push
+    (Mode.ACTIVE, ModeEvent.LEAVE): Mode.LEAVING,
+    (Mode.ACTIVE, ModeEvent.DEMOTED): Mode.JOINING,
+    (Mode.LEAVING, ModeEvent.MORE_TO_PUSH): Mode.LEAVING,
+    (Mode.LEFT, ModeEvent.MORE_TO_PUSH): Mode.LEAVING,
+    (Mode.LEAVING, ModeEvent.PUSHED): Mode.LEFT,
+    (Mode.LEAVING, ModeEvent.REMOVED): Mode.GONE,
+    (Mode.LEFT, ModeEvent.REMOVED): Mode.GONE,
+    (Mode.LEFT, ModeEvent.ALONE): Mode.GONE,
+}
+
+
+class IllegalModeChange(SyncUsageError):
+    """The agent tried a mode change the transition table does not allow: a bug of ours
+    (never a peer's doing: peers' messages are checked before they reach the table)."""
+
+    def __init__(self, mode: Mode, event: ModeEvent) -> None:
+        super().__init__(f"mode {mode.name} cannot take event {event.value!r}; this is a sync agent bug")
+        self.mode = mode
+        self.event = event
+
+
+class ModeMachine:
+    """This node's mode, changed only by `fire`. Refusals are counted (and raised)."""
+
+    __slots__ = ("mode", "refused")
+
+    mode: Mode  # read freely; assigning it raises: change it with fire()
+    refused: int
+
+    def __init__(self, mode: Mode = Mode.JOINING) -> None:
+        object.__setattr__(self, "mode", mode)
+        self.refused = 0
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # `mode` is a plain slot, not a property, because every tick and frame reads it; the
+        # price is this check on the rare writes.
+        if name == "mode":
+            raise SyncUsageError("a node's mode changes only through ModeMachine.fire(event)")
+        object.__setattr__(self, name, value)
+
+    def allows(self, event: ModeEvent) -> bool:
+        return (self.mode, event) in TRANSITIONS
+
+    def fire(self, event: ModeEvent) -> Mode:
+        """Apply `event`; raises IllegalModeChange (and counts it) if the table refuses it."""
+        old = self.mode
+        new = TRANSITIONS.get((old, event))
+        if new is None:
+            self.refused += 1
+            raise IllegalModeChange(old, event)
+        if new is not old:
+            log.debug("mode %s -> %s on %s", old.name, new.name, event.value)
+        object.__setattr__(self, "mode", new)
+        return new
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +164,12 @@ class View:
             n: (MemberState.ACTIVE if s is MemberState.JOINING else s)
             for n, s in self.members.items()
         }
+        return compute_view(self.nodes, states, len(self.bucket_owner), self.k, self.epoch)
+
+    def with_active(self, joiner: str) -> View:
+        """The view that will hold once `joiner` alone is activated (a pending handover)."""
+        states = self.members
+        states[joiner] = MemberState.ACTIVE
         return compute_view(self.nodes, states, len(self.bucket_owner), self.k, self.epoch)
 
     def to_wire(self) -> list[Any]:

@@ -1,0 +1,71 @@
+"""The sync agent's configuration: the cluster as every node sees it, checked once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sync.records import SyncUsageError
+
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncConfig:
+    """Everything a node's agent needs to know about the cluster; identical on every node
+    except `node`. The order of `nodes` defines node ids and the cyclic ring."""
+
+    lab_id: str
+    key: bytes
+    node: str
+    nodes: tuple[tuple[str, Address], ...]
+    buckets: int
+    backups: int = 1
+    policy: str = "hybrid"
+    interval_ms: int = 1000
+    differential: bool = True
+    heartbeat_ms: int = 10
+    miss_limit: int = 5
+    rto_initial_ms: int = 20
+    rto_max_ms: int = 400
+    window: int = 256
+    max_frame_bytes: int = 1400
+    join_wait_ms: int = 0  # 0: 2 * heartbeat_ms * miss_limit (time to hear the others)
+    request_timeout_ms: int = 500
+    provenance_keys: int = 10_000
+
+    def __post_init__(self) -> None:
+        names = [n for n, _ in self.nodes]
+        if len(set(names)) != len(names):
+            raise SyncUsageError(f"node names must be unique, got {names}")
+        if self.node not in names:
+            raise SyncUsageError(f"this node {self.node!r} is not among the configured nodes {names}")
+        if not self.key:
+            raise SyncUsageError("the sync HMAC key must not be empty")
+        if self.buckets < 1 or self.backups < 0 or self.heartbeat_ms < 1 or self.miss_limit < 1:
+            raise SyncUsageError("buckets >= 1, backups >= 0, heartbeat_ms >= 1, miss_limit >= 1 required")
+        if self.window < 1 or self.max_frame_bytes < 512:
+            raise SyncUsageError("window >= 1 and max_frame_bytes >= 512 required")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(n for n, _ in self.nodes)
+
+    @property
+    def heartbeat_s(self) -> float:
+        return self.heartbeat_ms / 1000.0
+
+    @property
+    def dead_s(self) -> float:
+        """Silence after which a peer is failed."""
+        return self.heartbeat_s * self.miss_limit
+
+    @property
+    def join_wait_s(self) -> float:
+        """How long a joiner listens before it may believe it is alone."""
+        return (self.join_wait_ms or 2 * self.heartbeat_ms * self.miss_limit) / 1000.0
+
+    @property
+    def record_budget_bytes(self) -> int:
+        """Room for a batch of records in one frame, after the header and the HMAC tag."""
+        header = 96 + len(self.lab_id.encode()) + max(len(n.encode()) for n in self.names)
+        return self.max_frame_bytes - header

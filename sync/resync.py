@@ -1,0 +1,168 @@
+"""Bulk resync (claim 12: a joiner asks, the active nodes answer), joining readiness, and the
+graceful leave (claim 13: push everything to the backups, wait for acks, then go)."""
+
+from __future__ import annotations
+
+import logging
+
+from sync.context import AgentContext, Peer
+from sync.events import LeaveComplete, ResyncComplete, ResyncProgress
+from sync.membership import LIVE, MemberState, Mode, ModeEvent, View
+from sync.records import Record, Scope, Trigger
+from sync.replicate import Replicator, Sent
+from sync.wire import TRIGGER_CODE, MsgType, batch_records
+
+log = logging.getLogger(__name__)
+
+
+class Resync:
+    """The joining side (requests, progress, readiness), the answering side, and leaving."""
+
+    def __init__(self, ctx: AgentContext, rep: Replicator) -> None:
+        self.ctx = ctx
+        self.rep = rep
+        self.join_started = ctx.now
+        self.join_wait_s = ctx.config.join_wait_s
+        # (peer, seq) of what we pushed on leaving and still wait to see acked.
+        self.leave_pending: set[tuple[str, int]] = set()
+
+    # ---- joining ----------------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        self.join_started = now
+
+    def restart(self, now: float) -> None:
+        """Join again from scratch (after we were declared failed): not ready, ask everyone."""
+        self.ctx.ready = False
+        self.join_started = now
+        for p in self.ctx.peers.values():
+            p.bulk_requested = p.bulk_done = False
+
+    def ask_again(self, now: float) -> None:
+        """What the peers must send us depends on the view (who owns which bucket now, whom
+        we will back up): ask again under a new one. Versions make it idempotent."""
+        for p in self.ctx.peers.values():
+            p.bulk_requested = p.bulk_done = False
+        self.joining(now)
+
+    def joining(self, now: float) -> None:
+        """Request bulk resync from every active peer; ready once all of them answered.
+        Re-evaluated against each view: a peer that became active since must answer too."""
+        ctx = self.ctx
+        view = ctx.view
+        actives = [p for p in ctx.peers.values() if p.up and view.state(p.name) is MemberState.ACTIVE]
+        for p in actives:
+            if not p.bulk_requested:
+                p.bulk_requested = True
+                p.bulk_done = False
+                ctx.queue(p, MsgType.BULK_REQUEST, [])
+        # Without the wait a node that has heard nobody yet would think itself alone; once it
+        # hears every active member of the view it knows, it need not wait any longer.
+        in_view = [p for p in ctx.peers.values() if view.state(p.name) is MemberState.ACTIVE]
+        heard_all = bool(in_view) and all(p.up for p in in_view)
+        waited = now - self.join_started >= self.join_wait_s
+        ready = (waited or heard_all) and all(p.bulk_done for p in actives)
+        if ready and not ctx.ready:
+            n = sum(p.bulk_received for p in actives)
+            log.info("%s: resync complete, %d records from %s", ctx.node, n, [p.name for p in actives])
+            ctx.events.append(ResyncComplete(n))
+        ctx.ready = ready
+
+    def bulk_started(self, p: Peer, total: int) -> None:
+        p.bulk_total, p.bulk_received, p.bulk_done = total, 0, False
+        self.ctx.events.append(ResyncProgress(p.name, 0, total))
+
+    def bulk_records(self, p: Peer, n: int) -> None:
+        """`n` resync records arrived from `p` (applied or not): report progress per thousand."""
+        before = p.bulk_received
+        p.bulk_received += n
+        if p.bulk_received // 1000 != before // 1000:
+            self.ctx.events.append(ResyncProgress(p.name, p.bulk_received, p.bulk_total))
+
+    def bulk_ended(self, p: Peer) -> None:
+        p.bulk_done = True
+        self.ctx.events.append(ResyncProgress(p.name, p.bulk_received, p.bulk_total))
+
+    # ---- answering ----------------------------------------------------------------------
+
+    def answer_bulk(self, p: Peer) -> None:
+        """Claim 12: common records, our records if the joiner will back us up, and the
+        records of buckets we own that will move to it."""
+        ctx = self.ctx
+        store = ctx.store
+        fut = ctx.view.with_active(p.name)
+        out: dict[bytes, Record] = {r.key: r for r in store.records(scope=Scope.COMMON)}
+        if p.name in fut.backups_of(ctx.node):
+            out.update((r.key, r) for r in store.records(owner=ctx.node, scope=Scope.NODE))
+        moving = [b for b in ctx.owned if fut.owner(b) == p.name]
+        if moving:
+            out.update((r.key, r) for r in store.records(scope=Scope.NODE, buckets=moving))
+        recs = list(out.values())
+        ctx.queue(p, MsgType.BULK_START, [len(recs)])
+        for batch in batch_records(recs, ctx.budget):
+            ctx.queue(p, MsgType.RECORDS, [TRIGGER_CODE[Trigger.RESYNC], batch.blob])
+        ctx.queue(p, MsgType.BULK_END, [len(recs)])
+        ctx.counters["bulk-answered"] += 1
+        log.info("%s: bulk resync to %s: %d records", ctx.node, p.name, len(recs))
+
+    # ---- leaving --------------------------------------------------------------------------
+
+    def leave(self, now: float) -> bool:
+        """Claim 13: push everything to the backups, wait for acks, then ask to leave.
+        Returns whether anything was pushed (False: already leaving, or owned nothing)."""
+        ctx = self.ctx
+        if ctx.modes.mode in (Mode.LEAVING, Mode.LEFT, Mode.GONE):
+            return False  # already on its way out
+        if ctx.fire(ModeEvent.LEAVE) is Mode.LEFT:
+            return False  # it was joining: it owns nothing, so leaving is immediate
+        rep = self.rep
+        rep.send_dirty(now, Trigger.LEAVE)
+        own = list(ctx.store.records(owner=ctx.node, scope=Scope.NODE))
+        group = tuple(n for n in ctx.view.backups_of(ctx.node) if ctx.peers[n].up)
+        sent = rep.send_records({group: own} if group and own else {}, Trigger.LEAVE, now, track=True)
+        # Our common records too, to every live node: one sent just before leave() must not
+        # be lost because we stopped retransmitting it.
+        common = [r for r in ctx.store.records(scope=Scope.COMMON) if r.owner == ctx.node]
+        everyone = tuple(p.name for p in ctx.live_peers())
+        if common and everyone:
+            sent += rep.send_records({everyone: common}, Trigger.LEAVE, now, track=True)
+        self.leave_pending = set(sent)
+        log.info("%s: leaving, pushed %d records to %s", ctx.node, len(own), list(group))
+        return True
+
+    def leaving(self, now: float) -> None:
+        """Timers: all pushed and acked -> tell the peers; nobody left to tell -> gone."""
+        ctx = self.ctx
+        if ctx.modes.mode is Mode.LEAVING and not self.leave_pending:
+            ctx.fire(ModeEvent.PUSHED)
+            for p in ctx.live_peers():
+                ctx.queue(p, MsgType.LEAVE, [])
+        if ctx.modes.mode is Mode.LEFT and not any(
+            p.up and ctx.view.state(p.name) is MemberState.ACTIVE for p in ctx.peers.values()
+        ):
+            # Nobody left to hand over to: leaving is complete on our own.
+            ctx.fire(ModeEvent.ALONE)
+            ctx.owned = set()
+            ctx.events.append(LeaveComplete())
+
+    def pushed_under(self, v: View, sent: Sent) -> None:
+        """A new view while leaving: acks still awaited from nodes that failed or left will
+        not come; what we just sent our (new) backups must be acked too before we go."""
+        ctx = self.ctx
+        self.leave_pending = {
+            ps for ps in self.leave_pending if ctx.peers[ps[0]].up and v.state(ps[0]) in LIVE
+        }
+        if sent:
+            self.leave_pending.update(sent)
+            ctx.fire(ModeEvent.MORE_TO_PUSH)
+
+    def peer_left(self, p: Peer) -> None:
+        p.mode = Mode.LEFT
+
+    def acked(self, ps: tuple[str, int]) -> None:
+        self.leave_pending.discard(ps)
+
+    def peer_restarted(self, p: Peer) -> None:
+        p.bulk_requested = p.bulk_done = False
+        p.bulk_total = p.bulk_received = 0
+        self.leave_pending = {k for k in self.leave_pending if k[0] != p.name}

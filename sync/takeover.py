@@ -1,0 +1,174 @@
+"""Takeover: adopt a new view (claims 10-11: promote a failed node's state before taking its
+buckets, hand on backup duties), reconcile records of moved buckets, and rejoin after this
+node was declared failed."""
+
+from __future__ import annotations
+
+import logging
+
+from sync.context import AgentContext
+from sync.events import BucketsGained, BucketsLost, LeaveComplete, ViewChanged
+from sync.membership import LIVE, MemberState, Mode, ModeEvent, View
+from sync.records import Record, Scope, Trigger
+from sync.replicate import Groups, Replicator, Sent
+from sync.resync import Resync
+
+log = logging.getLogger(__name__)
+
+
+class Takeover:
+    """Turns an adopted view into this node's mode, buckets, state and sends."""
+
+    def __init__(self, ctx: AgentContext, rep: Replicator, resync: Resync) -> None:
+        self.ctx = ctx
+        self.rep = rep
+        self.resync = resync
+
+    def adopt(self, v: View, now: float) -> None:
+        ctx = self.ctx
+        old = ctx.view
+        ctx.view = v
+        ctx.max_epoch_seen = max(ctx.max_epoch_seen, v.epoch)
+        left = self._change_mode(v, now)
+        ctx.events.append(ViewChanged(v))
+        new_owned = set(v.buckets_of(ctx.node)) if ctx.owning() else set()
+        lost = sorted(ctx.owned - new_owned)
+        gained = sorted(new_owned - ctx.owned)
+        ctx.owned = new_owned
+        self._reconcile(v)
+        if lost:
+            ctx.events.append(BucketsLost(tuple(lost)))
+        promoted: list[Record] = []
+        if gained:
+            # State first, then traffic: promote before the node may accept these buckets.
+            promoted = ctx.store.promote(gained, ctx.node)
+            ctx.events.append(BucketsGained(tuple(gained), len(promoted)))
+            log.info("%s: gained buckets %s, promoted %d records", ctx.node, gained, len(promoted))
+        # Forget copies we no longer need: an active node holds node records of itself and of
+        # the nodes it backs up, nothing else (failed nodes' state is promoted by now). A joiner
+        # keeps what its bulk resync brought: it will need it once active.
+        if ctx.modes.mode is not Mode.JOINING:
+            keep = {ctx.node, *v.backed_up_by(ctx.node)}
+            for name in ctx.names:
+                if name not in keep:
+                    dropped = ctx.store.drop_owner(name)
+                    if dropped:
+                        log.info("%s: dropped %d copies of %s's records", ctx.node, dropped, name)
+        if ctx.owning():
+            sent = self._hand_on(old, v, promoted, now)
+            if ctx.modes.mode in (Mode.LEAVING, Mode.LEFT):
+                self.resync.pushed_under(v, sent)
+        if ctx.modes.mode is Mode.JOINING:
+            self.resync.ask_again(now)
+        if left:
+            log.info("%s: left the cluster (view %d)", ctx.node, v.epoch)
+            ctx.events.append(LeaveComplete())
+
+    def _change_mode(self, v: View, now: float) -> bool:
+        """What the view means for our mode. Returns True if it completes our leave."""
+        ctx = self.ctx
+        mine = v.state(ctx.node)
+        mode = ctx.modes.mode
+        if mode is Mode.JOINING and mine is MemberState.ACTIVE and ctx.ready:
+            ctx.fire(ModeEvent.ACTIVATED)
+            log.info("%s: active in view %d", ctx.node, v.epoch)
+        elif mode is Mode.ACTIVE and mine is not MemberState.ACTIVE:
+            log.warning("%s: view %d says %s; rejoining", ctx.node, v.epoch, mine.value)
+            self._rejoin(now)
+        elif mode in (Mode.LEAVING, Mode.LEFT) and mine is MemberState.OFFLINE:
+            ctx.fire(ModeEvent.REMOVED)
+            return True
+        return False
+
+    def _hand_on(self, old: View, v: View, promoted: list[Record], now: float) -> Sent:
+        """Send what the new view asks of an owning node: everything to new backups, the
+        promoted records to the backups. Returns what was sent, to watch for acks."""
+        ctx = self.ctx
+        rep = self.rep
+        failover = any(old.state(n) in LIVE and v.state(n) is MemberState.FAILED for n in ctx.names)
+        trig = Trigger.FAILOVER if failover else Trigger.REBALANCE
+        new_group = set(v.backups_of(ctx.node))
+        was_active = old.state(ctx.node) is MemberState.ACTIVE
+        old_group = set(old.backups_of(ctx.node)) if was_active else set()
+        # New backups get everything (Fig. 7, 702-703), except joiners whose bulk resync,
+        # asked under the old view, already brought our records for this very role.
+        had_bulk = {j for j, f in rep.joiner_futures(old).items() if j in f.backups_of(ctx.node)}
+        added = tuple(sorted(
+            n for n in new_group - old_group
+            if not (old.state(n) is MemberState.JOINING and n in had_bulk)
+        ))
+        sent: Sent = []
+        if added:
+            own = list(ctx.store.records(owner=ctx.node, scope=Scope.NODE))
+            sent += rep.send_records({added: own} if own else {}, trig, now, track=True)
+        if promoted:
+            # To our backups and to joiners that will back us up (their bulk resync may
+            # predate this promotion).
+            groups = {
+                g: recs
+                for t, recs in rep.group_by_targets(promoted).items()
+                if (g := tuple(n for n in t if n not in added))
+            }
+            sent += rep.send_records(groups, trig, now, track=True)
+        return sent
+
+    def _reconcile(self, v: View) -> None:
+        """Records of buckets that moved between two live nodes (a rebalance) now belong to
+        the bucket's new owner. Do locally what its promote does (owner := new owner,
+        version + 1), so every copy agrees; copies we do not need are dropped right after
+        by owner. (A tombstone here would block the new owner's push of that same version
+        should we become its backup later.)"""
+        ctx = self.ctx
+        handed: Groups = {}
+        for r in list(ctx.store.records(scope=Scope.NODE)):
+            new_owner = v.owner(r.bucket)
+            if (
+                new_owner is None
+                or new_owner == r.owner
+                or new_owner == ctx.node
+                or r.owner not in ctx.names
+                or v.state(r.owner) is not MemberState.ACTIVE
+            ):
+                continue
+            moved = Record(r.key, r.scope, new_owner, r.version + 1, r.bucket, list(r.data), r.deleted)
+            ctx.store.apply(moved)
+            if r.owner == ctx.node and ctx.peers[new_owner].up:
+                handed.setdefault((new_owner,), []).append(moved)
+        if handed:
+            # The new owner has these already if it resynced from us; if it had not (we come
+            # back holding state nobody else has), this is how it gets them.
+            self.rep.send_records(handed, Trigger.REBALANCE, ctx.now)
+
+    def _rejoin(self, now: float) -> None:
+        """We were declared failed (cut off, or too slow): our buckets went to others, who
+        promoted our state. What we hold may have been promoted by us in isolation and
+        would shadow newer versions, so reset node state and take the bulk resync.
+
+        Before forgetting, offer each node record to its bucket's current owner, rewritten
+        as that owner's (version + 1, what its promote would make): an owner that lacks it
+        (a cluster formed without us, which held the only copy) adopts it; an owner with
+        the same or a newer version keeps its own."""
+        ctx = self.ctx
+        rep = self.rep
+        offers: Groups = {}
+        for r in ctx.store.records(scope=Scope.NODE):
+            o = ctx.view.owner(r.bucket)
+            if o is not None and o != ctx.node and ctx.peers[o].up:
+                offers.setdefault((o,), []).append(
+                    Record(r.key, r.scope, o, r.version + 1, r.bucket, list(r.data), False)
+                )
+        if offers:
+            rep.send_records(offers, Trigger.REBALANCE, now)
+        if any(st is MemberState.ACTIVE for st in ctx.view.states):
+            dropped = sum(ctx.store.drop_owner(n) for n in ctx.names)
+            log.warning("%s: rejoining; dropped %d node records held before", ctx.node, dropped)
+        else:
+            # Nobody took over from us: what we hold is the best copy there is; keep it.
+            log.warning("%s: rejoining a cluster with no active node; keeping our state", ctx.node)
+        # Common records carry their own versions: offer ours, in case the others lack some
+        # (they formed a view without us); a receiver keeps whichever is newer.
+        common = list(ctx.store.records(scope=Scope.COMMON))
+        if common:
+            rep.send_records(rep.group_by_targets(common), Trigger.REBALANCE, now)
+        ctx.fire(ModeEvent.DEMOTED)
+        self.resync.restart(now)

@@ -40,6 +40,7 @@ from engine.packet import (
     parse,
     split_key,
 )
+from engine.reject import reject_reply
 from engine.rules import Action, EngineError, RuleSet
 from engine.store import EngineStore
 from sync.records import Scope
@@ -76,6 +77,7 @@ class Decision:
     verdict: Verdict
     reason: str
     sync_id: int | None = None
+    reply: bytes | None = None  # REJECT: the packet to send back (TCP RST, ICMP unreachable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,7 +362,8 @@ class Engine:
         if rule.action is Action.DROP:
             return self._decide(Verdict.DROP, "rule-drop:" + rule.name)
         if rule.action is Action.REJECT:
-            return self._decide(Verdict.REJECT, "rule-reject:" + rule.name)
+            d = self._decide(Verdict.REJECT, "rule-reject:" + rule.name)
+            return Decision(Verdict.REJECT, d.reason, None, reject_reply(p, data))
         helper = make_helper(rule.helper, p.src, p.dst) if rule.helper else None
         e = Conn(
             p.key, p.low, INITIAL_STATE[proto], self.node,

@@ -191,10 +191,15 @@ class Binding(Generic[H]):
         self._events(now)
 
     def tick(self, now: float) -> None:
-        """Timers: the agent's, the holds' one deadline, the engine's expiry."""
+        """Timers: the agent's, then ours (`timers`)."""
         self.agent.tick(now)
-        self.flush_engine(now)
         self._events(now)
+        self.timers(now)
+
+    def timers(self, now: float) -> None:
+        """The holds' one deadline and the engine's expiry (a simulator that ticks the agent
+        itself calls this alone)."""
+        self.flush_engine(now)
         for hold_id in [i for i, h in self.holds.items() if now >= h.deadline]:
             self._finish(hold_id, False, now)
         if self._last_expire is None:

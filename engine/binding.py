@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 H = TypeVar("H")  # the node's handle of a queued packet (a NetfilterQueue packet; anything in tests)
 
 EXPIRE_EVERY_S = 1.0
+_HOLD = Verdict.HOLD
 LATENCIES_KEPT = 1000
 
 
@@ -98,14 +99,20 @@ class Binding(Generic[H]):
         self.last_takeover: dict[str, Any] | None = None
         self._last_expire: float | None = None
         self.engine.owned_buckets = frozenset()  # nothing until the view gives us buckets
+        self._process = engine.process  # bound once: the packet path
 
     # ---- packets --------------------------------------------------------------------------
     def packet(self, data: bytes, mark: int, handle: H, now: float) -> Decision:
         """Decide one packet. HOLD: the binding keeps `handle` and releases it later (see
         `releases`); any other verdict is the node's to give now."""
-        d = self.engine.process(data, now, mark)
-        if d.verdict is not Verdict.HOLD:
+        d = self._process(data, now, mark)
+        if d.verdict is not _HOLD:
             return d
+        return self.held(d, data, mark, handle, now)
+
+    def held(self, d: Decision, data: bytes, mark: int, handle: H, now: float) -> Decision:
+        """The rest of `packet` for a HOLD decision the caller got from `engine.process` itself
+        (the node does, to spend one call less on every accepted packet)."""
         self.flush_engine(now)
         hold = self.holds.get(d.sync_id) if d.sync_id is not None else None
         if hold is None:

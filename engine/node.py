@@ -123,6 +123,7 @@ class Node:
         self.binding: Binding[Any] = Binding(engine, agent, hold_timeout_ms=cfg.hold_timeout_ms)
         self.engine = engine
         self.agent = agent
+        self._process = engine.process  # bound once: the packet path
         self.policy = cfg.policy
         self.interval_ms = cfg.interval_ms
         self.timeline: deque[dict[str, Any]] = deque(maxlen=TIMELINE_LEN)
@@ -147,12 +148,18 @@ class Node:
     def on_packet(self, pkt: Any) -> None:
         try:
             self.counters["packets"] += 1
-            d = self.binding.packet(pkt.get_payload(), pkt.mark, pkt, time.monotonic())
+            now = time.monotonic()
+            data = pkt.get_payload()
+            # The engine first, the binding only for a hold: one call less per accepted packet.
+            d = self._process(data, now, pkt.mark)
             v = d.verdict
             if v is Verdict.ACCEPT:
                 pkt.accept()
             elif v is Verdict.HOLD:
-                pkt.retain()
+                if self.binding.held(d, data, pkt.mark, pkt, now).verdict is Verdict.HOLD:
+                    pkt.retain()
+                else:
+                    pkt.drop()
             else:
                 pkt.drop()
                 if d.reply:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from engine.backups import Backups
 from engine.conntrack import (
     INITIAL_STATE,
     Conn,
@@ -39,6 +40,7 @@ from engine.packet import (
     parse,
     split_key,
 )
+from engine.reject import reject_reply
 from engine.rules import Action, EngineError, RuleSet
 from engine.store import EngineStore
 from sync.records import Scope
@@ -75,6 +77,7 @@ class Decision:
     verdict: Verdict
     reason: str
     sync_id: int | None = None
+    reply: bytes | None = None  # REJECT: the packet to send back (TCP RST, ICMP unreachable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +148,11 @@ class Engine:
         self.table = ConnTable(node, self.timeouts)
         self.table.quiet_states = quiet_states
         self._conns = self.table.conns  # the same dict, bound once for the fast path
+        # Peers' connections wait here, outside the packet path's table, until promoted.
+        self.backups = Backups()
+        self._backups = self.backups.copies
         self._now = 0.0
-        self.store = EngineStore(self.table, lambda: self._now)
+        self.store = EngineStore(self.table, self.backups, lambda: self._now)
         self._counts: dict[str, int] = {}
         self._n_fast = 0
         self._decisions: dict[tuple[Verdict, str], Decision] = {}
@@ -237,14 +243,6 @@ class Engine:
         """A packet of a known connection: track its state; the rules are not consulted.
         None when the packet starts a new connection on a closed entry's 5-tuple."""
         table = self.table
-        if e.owner != self.node and (self.owned_buckets is None or e.bucket in self.owned_buckets):
-            # A packet of another node's connection reached us in a bucket we own: we carry it
-            # now (claim 14). Outside our buckets it is the brief overlap of a handover, when the
-            # old owner still forwards: let it pass without taking the connection over.
-            e.owner = self.node
-            e.last_seen = now
-            table.changed(e, "adopted", now)
-            self._count("adopted")
         from_orig = p.low == e.orig_low
         proto = p.proto
         held: Decision | None = None
@@ -323,6 +321,10 @@ class Engine:
     def _untracked(self, p: Packet, data: bytes, now: float, mark: int) -> Decision:
         """A packet no entry knows: an expected related connection, a pull, or the rules."""
         table = self.table
+        if self._backups and p.key in self._backups:
+            d = self._backup_copy(p, data, now)
+            if d is not None:
+                return d
         proto = p.proto
         is_tcp = proto == TCP
         opens = not is_tcp or p.flags & (SYN | ACK) == SYN
@@ -360,7 +362,8 @@ class Engine:
         if rule.action is Action.DROP:
             return self._decide(Verdict.DROP, "rule-drop:" + rule.name)
         if rule.action is Action.REJECT:
-            return self._decide(Verdict.REJECT, "rule-reject:" + rule.name)
+            d = self._decide(Verdict.REJECT, "rule-reject:" + rule.name)
+            return Decision(Verdict.REJECT, d.reason, None, reject_reply(p, data))
         helper = make_helper(rule.helper, p.src, p.dst) if rule.helper else None
         e = Conn(
             p.key, p.low, INITIAL_STATE[proto], self.node,
@@ -370,6 +373,17 @@ class Engine:
         table.add(e, now)
         self._count("rule-accept:" + rule.name)
         return self._decide(Verdict.ACCEPT, Reason.NEW)
+
+    def _backup_copy(self, p: Packet, data: bytes, now: float) -> Decision | None:
+        """A packet of a connection we hold only as a peer's copy. In a bucket we own, we carry
+        it now (claim 14): the copy moves into our table. Outside our buckets it is the brief
+        overlap of a handover, when the old owner still forwards: it passes, the copy stays."""
+        e = self._backups[p.key]
+        if self.owned_buckets is not None and e.bucket not in self.owned_buckets:
+            return self._decide(Verdict.ACCEPT, Reason.ESTABLISHED)
+        self.backups.adopt_one(self.table, p.key, now)
+        self._count("adopted")
+        return self._tracked(e, p, data, now)
 
     def _unknown_tcp(self, p: Packet, now: float) -> Decision:
         """Mid-stream TCP with no entry: maybe another node carries it; ask once, then drop."""
@@ -427,6 +441,12 @@ class Engine:
         for key in p.keys:
             if self._pulls.get(key) == sync_id:
                 del self._pulls[key]
+            if key in self._backups and (
+                self.owned_buckets is None or self._backups[key].bucket in self.owned_buckets
+            ):
+                # The reply brought a peer's copy of the session our packets wait on: ours now.
+                self.backups.adopt_one(self.table, key, now)
+                self._count("adopted")
             if key not in self._conns:
                 until = now + self.timeouts.no_state_s
                 self._no_state[key] = until
@@ -463,10 +483,8 @@ class Engine:
         nodes' connections) or "common" (expectations and other cluster-wide records)."""
         now = self._now
         if scope in ("own", "backup"):
-            mine = scope == "own"
-            for e in list(self._conns.values()):
-                if (e.owner == self.node) == mine:
-                    yield self._conn_row(e, now)
+            for e in list(self._conns.values()) if scope == "own" else self.backups:
+                yield self._conn_row(e, now)
         elif scope == "common":
             for x in list(self.table.expects.values()):
                 yield {

@@ -1,4 +1,5 @@
-"""The node process: binds the engine core to NFQUEUE, the sync agent and a control socket."""
+"""The node process: the I/O around engine.binding (NFQUEUE, the sync socket, REJECT replies,
+iptables, the control socket and timers)."""
 
 from __future__ import annotations
 
@@ -18,18 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.binding import Binding
 from engine.conntrack import TRANSIENT_TCP_STATES
-from engine.core import Decision, Engine, SyncRequest, Verdict
+from engine.core import Engine, Verdict
 from engine.nfq import owned_chain_text
 from engine.rules import parse_rules
 from sync.agent import SyncAgent, SyncConfig
-from sync.records import Scope, Trigger
+from sync.records import Trigger
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.002
 NFQ_BUDGET = 256  # queue messages per event-loop turn, so that timers and sync input get their turn
-EXPIRE_EVERY_S = 1.0
 TIMELINE_LEN = 2000
 
 
@@ -59,18 +60,6 @@ class NodeConfig:
         raw = json.loads(path.read_text())
         raw["nodes"] = [tuple(n) for n in raw["nodes"]]
         return cls(**raw)
-
-
-class Held:
-    """Packets waiting on one sync: NetfilterQueue packets kept without a verdict."""
-
-    __slots__ = ("deadline", "kind", "packets", "started")
-
-    def __init__(self, kind: str, started: float, deadline: float) -> None:
-        self.kind = kind
-        self.started = started
-        self.deadline = deadline
-        self.packets: list[Any] = []
 
 
 class BudgetSocket:
@@ -110,13 +99,11 @@ class Node:
         # A connection is announced to its backups once established and once gone, not at every
         # step of its handshake and teardown: the new owner of a half-open connection after a
         # failover sees the retransmitted SYN and rebuilds it from the rules.
-        self.engine = Engine(cfg.node, parse_rules(cfg.rules), hold_related=cfg.policy != "periodic",
-                             quiet_states=TRANSIENT_TCP_STATES)
-        self.engine.owned_buckets = frozenset()  # nothing until the view gives us buckets
+        engine = Engine(cfg.node, parse_rules(cfg.rules), hold_related=cfg.policy != "periodic",
+                        quiet_states=TRANSIENT_TCP_STATES)
         key = Path(cfg.key_file).read_bytes()
         self.sync_addr = next((ip, port) for name, ip, port in cfg.nodes if name == cfg.node)
-        now = time.monotonic()
-        self.agent = SyncAgent(
+        agent = SyncAgent(
             SyncConfig(
                 lab_id=cfg.lab_id,
                 key=key,
@@ -130,36 +117,26 @@ class Node:
                 heartbeat_ms=cfg.heartbeat_ms,
                 miss_limit=cfg.miss_limit,
             ),
-            self.engine.store,
-            now,
+            engine.store,
+            time.monotonic(),
         )
+        self.binding: Binding[Any] = Binding(engine, agent, hold_timeout_ms=cfg.hold_timeout_ms)
+        self.engine = engine
+        self.agent = agent
+        self._process = engine.process  # bound once: the packet path
         self.policy = cfg.policy
         self.interval_ms = cfg.interval_ms
-        self.held: dict[int, Held] = {}
-        self.push_tokens: dict[int, int] = {}  # agent token -> engine sync_id
-        self.pulls: dict[bytes, int] = {}  # key -> engine sync_id
-        self.owned: list[int] = []
         self.timeline: deque[dict[str, Any]] = deque(maxlen=TIMELINE_LEN)
-        self.counters: dict[str, int] = {
-            "held": 0,
-            "released_by_ack": 0,
-            "released_by_timeout": 0,
-            "held_dropped": 0,
-            "packets": 0,
-            "callback_errors": 0,
-        }
-        self.down_at: dict[str, float] = {}
-        self.last_takeover: dict[str, Any] | None = None
-        self.pending_gain: tuple[list[int], int, float] | None = None
+        self.counters: dict[str, int] = {"packets": 0, "callback_errors": 0, "rejects_sent": 0}
         self.bucket_task: asyncio.Task[None] | None = None
         self.sync_delay_s = 0.0
-        self.applied: list[int] = []
         self.iptables_lock = asyncio.Lock()
         self.leaving = False
         self.stop_event = asyncio.Event()
         self.sock: socket.socket | None = None
+        self.raw: dict[int, socket.socket] = {}  # address family -> raw socket for REJECT replies
         self.started = time.monotonic()
-        self.hold_latencies: deque[float] = deque(maxlen=1000)
+        self._setting: list[int] | None = None  # the buckets the latest iptables task applies
 
     # ---- timeline -------------------------------------------------------------------------
     def note(self, kind: str, text: str, **extra: Any) -> None:
@@ -172,160 +149,73 @@ class Node:
         try:
             self.counters["packets"] += 1
             now = time.monotonic()
-            d: Decision = self.engine.process(pkt.get_payload(), now, pkt.mark)
-            self._verdict(pkt, d, now)
+            data = pkt.get_payload()
+            # The engine first, the binding only for a hold: one call less per accepted packet.
+            d = self._process(data, now, pkt.mark)
+            v = d.verdict
+            if v is Verdict.ACCEPT:
+                pkt.accept()
+            elif v is Verdict.HOLD:
+                if self.binding.held(d, data, pkt.mark, pkt, now).verdict is Verdict.HOLD:
+                    pkt.retain()
+                else:
+                    pkt.drop()
+            else:
+                pkt.drop()
+                if d.reply:
+                    self.send_reply(d.reply)
         except Exception:  # a packet must never kill the loop: fail closed and count
             self.counters["callback_errors"] += 1
             log.exception("packet callback failed")
             with contextlib.suppress(Exception):
                 pkt.drop()
 
-    def _verdict(self, pkt: Any, d: Decision, now: float) -> None:
-        v = d.verdict
-        if v is Verdict.ACCEPT:
-            pkt.accept()
-        elif v is Verdict.HOLD and d.sync_id is not None:
-            self._drain_engine(now)
-            held = self.held.get(d.sync_id)
-            if held is None:
-                # The sync already finished (or was never registered): do not strand the packet.
-                self.counters["held_dropped"] += 1
-                pkt.drop()
-                return
-            pkt.retain()
-            held.packets.append(pkt)
-            self.counters["held"] += 1
-        else:
-            pkt.drop()
+    def send_reply(self, data: bytes) -> None:
+        """Send a REJECT's reply (TCP RST or ICMP unreachable, built by the engine) as it is."""
+        family = socket.AF_INET if data[0] >> 4 == 4 else socket.AF_INET6
+        try:
+            sock = self.raw.get(family)
+            if sock is None:
+                # IPPROTO_RAW: the packet carries its own IP header (source: the rejected
+                # packet's destination), in both families.
+                sock = self.raw[family] = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW)
+                sock.setblocking(False)
+            dst = socket.inet_ntop(family, data[16:20] if family == socket.AF_INET else data[24:40])
+            sock.sendto(data, (dst, 0))
+            self.counters["rejects_sent"] += 1
+        except OSError as e:  # the original is dropped anyway: the reply is a courtesy
+            log.debug("reject reply not sent: %s", e)
 
-    def _drain_engine(self, now: float) -> None:
-        pushed: set[bytes] = set()
-        for req in self.engine.drain_sync_requests():
-            self._start_sync(req, now)
-            if req.kind.name == "PUSH":
-                pushed.update(req.keys)
-        # Everything one loop turn changed goes out together: one datagram carries many records.
-        keys = [ev.key for ev in self.engine.drain_events() if ev.key not in pushed]
-        if keys:
-            self.agent.changed_many(keys, now, Trigger.MODIFIED)
-
-    def _start_sync(self, req: SyncRequest, now: float) -> None:
-        timeout_s = self.cfg.hold_timeout_ms / 1000
-        kind = req.kind.name
-        self.held[req.sync_id] = Held(kind, now, now + timeout_s)
-        if kind == "PUSH":
-            token = self.agent.sync_and_notify(list(req.keys), now, timeout_s)
-            self.push_tokens[token] = req.sync_id
-            self.note(
-                "trigger",
-                f"related connection: sync {len(req.keys)} record(s) before releasing the packet",
-                key=req.keys[0].hex() if req.keys else "",
-                trigger=Trigger.RELATED.value,
-            )
-        else:
-            for key in req.keys:
-                self.pulls[key] = req.sync_id
-                self.agent.request_state(key, now)
-            self.note("trigger", "unknown session: asking the cluster for its state",
-                      key=req.keys[0].hex() if req.keys else "", trigger=Trigger.STATE_REQUEST.value)
-
-    def _finish_sync(self, sync_id: int, acked: bool, now: float) -> None:
-        held = self.held.pop(sync_id, None)
-        self.engine.sync_done(sync_id, acked, now)
-        if held is None:
-            return
-        waited_ms = (now - held.started) * 1000
-        if held.kind == "PUSH":
-            for pkt in held.packets:
-                pkt.accept()
-            self.counters["released_by_ack" if acked else "released_by_timeout"] += len(held.packets)
-            self.note("release", f"{len(held.packets)} held packet(s) released "
-                      f"{'on ack' if acked else 'by timeout'} after {waited_ms:.2f} ms",
-                      latency_ms=round(waited_ms, 3))
-        else:
-            for pkt in held.packets:
-                d = self.engine.process(pkt.get_payload(), now, pkt.mark)
-                if d.verdict is Verdict.ACCEPT:
-                    pkt.accept()
+    def after(self) -> None:
+        """What every turn ends with: held packets released, buckets followed, timeline
+        written, datagrams sent."""
+        b = self.binding
+        for r in b.releases():
+            with contextlib.suppress(Exception):  # a packet the kernel forgot must not stop the rest
+                if r.accept:
+                    r.handle.accept()
                 else:
-                    pkt.drop()
-        self.hold_latencies.append(waited_ms)
-
-    # ---- sync events ----------------------------------------------------------------------
-    def handle_agent_events(self, now: float) -> None:
-        for ev in self.agent.events():
-            name = type(ev).__name__
-            if name == "SyncCompleted":
-                sync_id = self.push_tokens.pop(ev.token, None)
-                if sync_id is not None:
-                    self._finish_sync(sync_id, ev.acked, now)
-            elif name == "StateReply":
-                sync_id = self.pulls.pop(ev.key, None)
-                if sync_id is not None:
-                    self._finish_sync(sync_id, ev.found, now)
-            elif name == "PeerDown":
-                self.down_at[ev.name] = now
-                self.note("peer-down", f"{ev.name} missed its heartbeats", peer=ev.name)
-            elif name == "PeerUp":
-                self.down_at.pop(ev.name, None)  # its failure is over; never time a later takeover from it
-                self.note("peer-up", f"{ev.name} is talking", peer=ev.name)
-            elif name == "ViewChanged":
-                self.note("view", f"view epoch {ev.view.epoch}", epoch=ev.view.epoch)
-                self._apply_view(now)
-            elif name == "BucketsGained":
-                self.note("takeover", f"took buckets {sorted(ev.buckets)}, promoted "
-                          f"{ev.promoted} connection(s)", buckets=sorted(ev.buckets),
-                          promoted=ev.promoted)
-                self.pending_gain = (sorted(ev.buckets), ev.promoted, now)
-                self._apply_view(now)
-            elif name == "BucketsLost":
-                self.note("handover", f"gave up buckets {sorted(ev.buckets)}",
-                          buckets=sorted(ev.buckets))
-                self._apply_view(now)
-            elif name == "LeaveComplete":
-                self.note("leave", "left the cluster gracefully")
-                self.stop_event.set()
-            elif name == "RecordApplied":
-                pass
-            else:
-                self.note("sync", name)
-
-    def _apply_view(self, now: float) -> None:
-        # The agent's own set, not the view's: a restarted node still listed active in the view
-        # owns nothing until it has resynced.
-        owned = list(self.agent.owned_buckets)
-        if owned == self.owned:
-            self._record_takeover(owned)
-            return
-        self.owned = owned
-        self.engine.owned_buckets = frozenset(owned)
-        self.bucket_task = asyncio.get_running_loop().create_task(self._set_buckets(owned))
+                    r.handle.drop()
+        wanted = b.wanted_buckets()
+        if wanted is not None and wanted != self._setting:
+            self._setting = wanted
+            self.bucket_task = asyncio.get_running_loop().create_task(self._set_buckets(wanted))
+        for n in b.notes():
+            self.note(n.kind, n.text, **n.extra)
+        take = b.last_takeover
+        if take is not None and "t" not in take:
+            take["t"] = time.time()
+        if b.left:
+            self.stop_event.set()
+        self.flush()
 
     async def _set_buckets(self, owned: list[int]) -> None:
         async with self.iptables_lock:
-            if owned != self.owned:
+            if owned != self.binding.owned:
                 return  # a newer view already superseded this one
             await self._iptables_restore(owned_buckets_rules(owned))
-            self.applied = owned
-        self.note("buckets", f"accepting buckets {owned}", buckets=owned)
-        self._record_takeover(owned)
-
-    def _record_takeover(self, applied: list[int]) -> None:
-        """Once the gained buckets are in the accepted set, the takeover is complete: time it."""
-        gain = self.pending_gain
-        if gain is None or self.applied != applied or not set(gain[0]) <= set(applied):
-            return
-        self.pending_gain = None
-        done = time.monotonic()
-        since = min(self.down_at.values()) if self.down_at else gain[2]
-        self.last_takeover = {
-            "buckets": gain[0],
-            "promoted": gain[1],
-            "detect_to_accept_ms": round((done - since) * 1000, 1),
-            "apply_ms": round((done - gain[2]) * 1000, 1),
-            "t": time.time(),
-        }
-        self.down_at.clear()
+            self.binding.buckets_applied(owned, time.monotonic())
+        self.after()
 
     async def _iptables_restore(self, text: str) -> None:
         if not self.use_nfqueue:
@@ -343,7 +233,7 @@ class Node:
         sock = self.sock
         if sock is None:
             return
-        for addr, data in self.agent.datagrams():
+        for addr, data in self.binding.datagrams():
             try:
                 sock.sendto(data, addr)
             except OSError as e:  # a peer that is gone or a full buffer is the channel's problem
@@ -364,15 +254,12 @@ class Node:
             if self.sync_delay_s > 0:
                 asyncio.get_running_loop().call_later(self.sync_delay_s, self._late_receive, data, src)
             else:
-                self.agent.receive(data, src, now)
-        self.handle_agent_events(now)
-        self.flush()
+                self.binding.receive(data, src, now)
+        self.after()
 
     def _late_receive(self, data: bytes, src: tuple[str, int]) -> None:
-        now = time.monotonic()
-        self.agent.receive(data, src, now)
-        self.handle_agent_events(now)
-        self.flush()
+        self.binding.receive(data, src, time.monotonic())
+        self.after()
 
     def on_nfq_readable(self, nfq: Any, sock: BudgetSocket) -> None:
         sock.left = sock.budget_per_turn
@@ -380,29 +267,16 @@ class Node:
             nfq.run_socket(sock)
         except OSError as e:
             log.warning("nfqueue recv failed: %s", e)
-        now = time.monotonic()
-        self._drain_engine(now)
-        self.handle_agent_events(now)
-        self.flush()
+        self.binding.settle(time.monotonic())
+        self.after()
 
     async def ticker(self) -> None:
-        last_expire = time.monotonic()
         while not self.stop_event.is_set():
             # Read what peers sent before judging them: after a stall of this process their
             # heartbeats wait in the socket, and they are alive.
             self.on_sync_readable()
-            now = time.monotonic()
-            self.agent.tick(now)
-            self._drain_engine(now)
-            self.handle_agent_events(now)
-            for sync_id, held in list(self.held.items()):
-                if now >= held.deadline + 0.05:  # the agent's own deadline should have fired first
-                    self._finish_sync(sync_id, False, now)
-            if now - last_expire >= EXPIRE_EVERY_S:
-                self.engine.expire(now)
-                self._drain_engine(now)
-                last_expire = now
-            self.flush()
+            self.binding.tick(time.monotonic())
+            self.after()
             await asyncio.sleep(TICK_S)
 
     async def run(self) -> None:
@@ -433,9 +307,9 @@ class Node:
             ctl_path.unlink()
         server = await asyncio.start_unix_server(self.serve_control, path=str(ctl_path))
         os.chmod(ctl_path, 0o600)
-        self.agent.start(time.monotonic())
         self.note("start", f"node {self.cfg.node} started (pid {os.getpid()}), joining")
-        self.flush()
+        self.binding.start(time.monotonic())
+        self.after()
         tick = asyncio.create_task(self.ticker())
         try:
             await self.stop_event.wait()
@@ -450,11 +324,12 @@ class Node:
                 loop.remove_reader(nfq_sock.sock.fileno())
                 nfq_sock.close()
                 # Held packets get a verdict before we go: fail closed.
-                for held in self.held.values():
-                    for pkt in held.packets:
-                        with contextlib.suppress(Exception):
-                            pkt.drop()
+                for pkt in self.binding.drop_all():
+                    with contextlib.suppress(Exception):
+                        pkt.drop()
                 nfq.unbind()
+            for raw in self.raw.values():
+                raw.close()
             with contextlib.suppress(FileNotFoundError):
                 ctl_path.unlink()
             others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
@@ -501,8 +376,7 @@ class Node:
                 return {"ok": False, "error": f"unknown policy {policy!r}"}
             self.policy = policy
             self.interval_ms = int(req.get("interval_ms", self.interval_ms))
-            self.agent.set_policy(policy, self.interval_ms, bool(req.get("differential", True)))
-            self.engine.hold_related = policy != "periodic"
+            self.binding.set_policy(policy, self.interval_ms, bool(req.get("differential", True)))
             self.note("policy", f"sync policy {policy}, interval {self.interval_ms} ms")
             return {"ok": True}
         if cmd == "full_sync":
@@ -538,38 +412,31 @@ class Node:
     def status(self) -> dict[str, Any]:
         me = self.cfg.node
         view = self.agent.view
-        store = self.engine.store
-        own = backup = common = 0
-        for r in store.records():
-            if r.scope is Scope.COMMON:
-                common += 1
-            elif r.owner == me:
-                own += 1
-            else:
-                backup += 1
+        counts = self.engine.store.counts()
+        b = self.binding
         backups = list(view.backups.get(me, []))
         backs_up = sorted(n for n, group in view.backups.items() if me in group and n != me)
-        lat = sorted(self.hold_latencies)
+        lat = sorted(b.hold_latencies_ms)
         return {
             "name": me,
             "pid": os.getpid(),
             "state": str(getattr(view.members.get(me), "value", view.members.get(me, "joining"))),
             "epoch": view.epoch,
-            "buckets": self.owned,
+            "buckets": b.owned,
             "view_buckets": list(view.bucket_owner),
             "members": {n: str(getattr(s, "value", s)) for n, s in view.members.items()},
             "backups": backups,
             "backs_up": backs_up,
             "sync_address": self.sync_addr[0],
-            "own": own,
-            "backup": backup,
-            "common": common,
-            "held": sum(len(h.packets) for h in self.held.values()),
+            "own": counts["own"],
+            "backup": counts["backup"],
+            "common": counts["common"],
+            "held": b.held_packets,
             "policy": self.policy,
             "interval_ms": self.interval_ms,
-            "counters": {**self.engine.counters, **self.counters},
+            "counters": {**self.engine.counters, **b.counters, **self.counters},
             "sync": self.agent.stats(),
-            "last_takeover": self.last_takeover,
+            "last_takeover": b.last_takeover,
             "hold_ms_p50": lat[len(lat) // 2] if lat else None,
             "hold_ms_p99": lat[int(len(lat) * 0.99)] if lat else None,
             "uptime_s": round(time.monotonic() - self.started, 3),

@@ -1,4 +1,5 @@
-"""The engine's tables seen as sync records (a sync.records.StateStore): own, backup and common state."""
+"""The engine's tables seen as sync records (a sync.records.StateStore): own connections (the
+packet path's table), backup copies (engine.backups) and common state."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from engine.backups import Backups
 from engine.conntrack import (
     EXPECT_TAG,
     Conn,
@@ -70,11 +72,13 @@ def _check_conn_key(key: bytes) -> None:
 
 
 class EngineStore:
-    """StateStore over a ConnTable. Remote records become backup copies (no events: the sync layer
-    already knows them); common records that are not expectations are kept as given."""
+    """StateStore over the own table and the backup copies. A node record lands by its owner:
+    ours in the table, a peer's among the copies (no events: the sync layer already knows
+    them); common records that are not expectations are kept as given."""
 
-    def __init__(self, table: ConnTable, clock: Callable[[], float]) -> None:
+    def __init__(self, table: ConnTable, backups: Backups, clock: Callable[[], float]) -> None:
         self.table = table
+        self.backups = backups
         self._clock = clock
         self.common: dict[bytes, Record] = {}
         self.rejected = 0  # malformed records refused by apply
@@ -82,7 +86,7 @@ class EngineStore:
     # ---- reading ------------------------------------------------------------------------
     def get(self, key: bytes) -> Record | None:
         t = self.table
-        e = t.conns.get(key)
+        e = t.conns.get(key) or self.backups.get(key)
         if e is not None:
             return conn_record(e)
         x = t.expects.get(key)
@@ -98,7 +102,7 @@ class EngineStore:
 
     def _version(self, key: bytes) -> int | None:
         t = self.table
-        e = t.conns.get(key)
+        e = t.conns.get(key) or self.backups.get(key)
         if e is not None:
             return e.version
         x = t.expects.get(key)
@@ -119,7 +123,10 @@ class EngineStore:
     ) -> Iterator[Record]:
         wanted = None if buckets is None else set(buckets)
         if scope is None or scope is Scope.NODE:
-            for e in list(self.table.conns.values()):
+            me = self.table.node
+            own = owner is None or owner == me
+            copies = owner is None or owner != me
+            for e in [*(self.table.conns.values() if own else ()), *(self.backups if copies else ())]:
                 if owner is not None and e.owner != owner:
                     continue
                 if wanted is not None and e.bucket not in wanted:
@@ -162,6 +169,7 @@ class EngineStore:
         t = self.table
         key = record.key
         t.conns.pop(key, None)
+        self.backups.pop(key)
         t.expects.pop(key, None)
         self.common.pop(key, None)
         t.bury(key, record.version, record.owner, record.scope, record.bucket, self._clock())
@@ -183,11 +191,10 @@ class EngineStore:
             client, server = (a, b) if orig_low else (b, a)
             helper = make_helper(helper_name, client, server, helper_state)
         t = self.table
-        e = t.conns.get(key)
+        e = t.conns.pop(key, None) or self.backups.pop(key)
         if e is None:
             e = Conn(key, orig_low, state, record.owner, record.version, record.bucket, created)
-            t.tombs.pop(key, None)
-            t.conns[key] = e
+        t.tombs.pop(key, None)
         e.orig_low = orig_low
         e.state = state
         e.owner = record.owner
@@ -200,8 +207,11 @@ class EngineStore:
         e.trigger = trigger
         t.refresh(e)
         if e.owner == t.node:
+            t.conns[key] = e
             e.last_seen = max(last_seen, self._clock())
             t.schedule(e)
+        else:
+            self.backups.put(e)
 
     def _apply_expect(self, record: Record) -> None:
         d = record.data
@@ -221,25 +231,36 @@ class EngineStore:
         wanted = set(buckets)
         t = self.table
         now = self._clock()
+        if new_owner == t.node:
+            return [conn_record(e) for e in self.backups.promote(t, wanted, now)]
+        # Someone else's now (not what an agent asks of its own store, but the protocol allows it).
         out = []
-        for e in list(t.conns.values()):
+        for e in [*t.conns.values(), *self.backups]:
             if e.bucket in wanted and e.owner != new_owner:
+                t.conns.pop(e.key, None)
                 e.owner = new_owner
                 e.version = next_version(e.version, now)
                 e.trigger = "promoted"
-                if new_owner == t.node:
-                    # A fresh idle period: the copy's last_seen is as old as the last sync.
-                    e.last_seen = max(e.last_seen, now)
-                    t.schedule(e)
                 t.refresh(e)
+                self.backups.put(e)
                 out.append(conn_record(e))
         return out
 
     def drop_owner(self, owner: str) -> int:
         t = self.table
-        gone = [k for k, e in t.conns.items() if e.owner == owner]
-        for k in gone:
-            del t.conns[k]
+        if owner == t.node:
+            gone = len(t.conns)
+            t.conns.clear()
+        else:
+            gone = self.backups.drop_owner(owner)
         for k in [k for k, tb in t.tombs.items() if tb.scope is Scope.NODE and tb.owner == owner]:
             del t.tombs[k]
-        return len(gone)
+        return gone
+
+    def counts(self) -> dict[str, int]:
+        """How many records of each kind this node keeps: own, backup (copies), common."""
+        return {
+            "own": len(self.table.conns),
+            "backup": len(self.backups),
+            "common": len(self.table.expects) + len(self.common),
+        }

@@ -1,0 +1,322 @@
+"""The engine bound to its sync agent, with no I/O: packets and a clock in; verdicts, releases
+of held packets, bucket changes and datagrams out. engine/node.py does the I/O around it."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from engine.core import Decision, Engine, SyncKind, SyncRequest, Verdict
+from sync.agent import Address, SyncAgent
+from sync.events import (
+    BucketsGained,
+    BucketsLost,
+    LeaveComplete,
+    PeerDown,
+    PeerUp,
+    RecordApplied,
+    ResyncComplete,
+    ResyncProgress,
+    StateReply,
+    SyncCompleted,
+    SyncEvent,
+    ViewChanged,
+)
+from sync.records import Trigger
+
+log = logging.getLogger(__name__)
+
+H = TypeVar("H")  # the node's handle of a queued packet (a NetfilterQueue packet; anything in tests)
+
+EXPIRE_EVERY_S = 1.0
+_HOLD = Verdict.HOLD
+LATENCIES_KEPT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Release(Generic[H]):
+    """A held packet's verdict, given once its sync finished (acked or timed out)."""
+
+    handle: H
+    accept: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A fact for the node's timeline (the node stamps the wall-clock time)."""
+
+    kind: str
+    text: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _Hold(Generic[H]):
+    """Packets waiting on one sync. Its id is the engine's sync id: the only id of a hold."""
+
+    __slots__ = ("deadline", "kind", "packets", "started")
+
+    def __init__(self, kind: SyncKind, started: float, deadline: float) -> None:
+        self.kind = kind
+        self.started = started
+        self.deadline = deadline
+        self.packets: list[tuple[H, bytes, int]] = []
+
+
+class Binding(Generic[H]):
+    """One node's engine and sync agent, glued: holds, their one deadline, takeover timing.
+
+    Every hold waits at most `hold_timeout_ms` (the lab's), for pushes (FTP expectations,
+    claims 15-17) and pulls (state requests, claim 14) alike; the engine and the agent are
+    given that same deadline, and `tick` enforces it."""
+
+    def __init__(self, engine: Engine, agent: SyncAgent, *, hold_timeout_ms: int) -> None:
+        self.engine = engine
+        self.agent = agent
+        self.hold_timeout_s = hold_timeout_ms / 1000
+        engine.hold_timeout_s = self.hold_timeout_s
+        self.holds: dict[int, _Hold[H]] = {}
+        self._tokens: dict[int, int] = {}  # the agent's token of a push -> hold id
+        self._pulls: dict[bytes, int] = {}  # a pulled key -> hold id
+        self._releases: list[Release[H]] = []
+        self._notes: list[Note] = []
+        self.counters: dict[str, int] = {
+            "held": 0,
+            "released_by_ack": 0,
+            "released_by_timeout": 0,
+            "held_dropped": 0,
+        }
+        self.hold_latencies_ms: deque[float] = deque(maxlen=LATENCIES_KEPT)
+        # Buckets: what the agent says we own, and what the node has put in iptables.
+        self.owned: list[int] = []
+        self.applied: list[int] = []
+        self.left = False  # a graceful leave completed: the node may stop
+        # Takeover timing: from the first peer-down to the gained buckets being accepted.
+        self.down_at: dict[str, float] = {}
+        self.pending_gain: tuple[list[int], int, float] | None = None
+        self.last_takeover: dict[str, Any] | None = None
+        self._last_expire: float | None = None
+        self.engine.owned_buckets = frozenset()  # nothing until the view gives us buckets
+        self._process = engine.process  # bound once: the packet path
+
+    # ---- packets --------------------------------------------------------------------------
+    def packet(self, data: bytes, mark: int, handle: H, now: float) -> Decision:
+        """Decide one packet. HOLD: the binding keeps `handle` and releases it later (see
+        `releases`); any other verdict is the node's to give now."""
+        d = self._process(data, now, mark)
+        if d.verdict is not _HOLD:
+            return d
+        return self.held(d, data, mark, handle, now)
+
+    def held(self, d: Decision, data: bytes, mark: int, handle: H, now: float) -> Decision:
+        """The rest of `packet` for a HOLD decision the caller got from `engine.process` itself
+        (the node does, to spend one call less on every accepted packet)."""
+        self.flush_engine(now)
+        hold = self.holds.get(d.sync_id) if d.sync_id is not None else None
+        if hold is None:
+            # The sync already finished (or was never registered): do not strand the packet.
+            self.counters["held_dropped"] += 1
+            return Decision(Verdict.DROP, "hold-finished")
+        hold.packets.append((handle, data, mark))
+        self.counters["held"] += 1
+        return d
+
+    def flush_engine(self, now: float) -> None:
+        """Start the syncs the engine asked for and tell the agent what changed. Everything one
+        loop turn changed goes out together: one datagram carries many records."""
+        pushed: set[bytes] = set()
+        for req in self.engine.drain_sync_requests():
+            self._start(req, now)
+            if req.kind is SyncKind.PUSH:
+                pushed.update(req.keys)
+        keys = [ev.key for ev in self.engine.drain_events() if ev.key not in pushed]
+        if keys:
+            self.agent.changed_many(keys, now, Trigger.MODIFIED)
+
+    def _start(self, req: SyncRequest, now: float) -> None:
+        # One deadline: the engine's, from the lab's hold timeout; the agent waits as long.
+        timeout_s = max(0.0, req.deadline - now)
+        self.holds[req.sync_id] = _Hold(req.kind, now, req.deadline)
+        first = req.keys[0].hex() if req.keys else ""
+        if req.kind is SyncKind.PUSH:
+            token = self.agent.sync_and_notify(list(req.keys), now, timeout_s)
+            self._tokens[token] = req.sync_id
+            self._note("trigger", f"related connection: sync {len(req.keys)} record(s) before "
+                       "releasing the packet", key=first, trigger=Trigger.RELATED.value)
+        else:
+            for key in req.keys:
+                self._pulls[key] = req.sync_id
+                self.agent.request_state(key, now, timeout_s)
+            self._note("trigger", "unknown session: asking the cluster for its state",
+                       key=first, trigger=Trigger.STATE_REQUEST.value)
+
+    def _finish(self, hold_id: int, acked: bool, now: float) -> None:
+        hold = self.holds.pop(hold_id, None)
+        self.engine.sync_done(hold_id, acked, now)
+        if hold is None:
+            return
+        waited_ms = (now - hold.started) * 1000
+        if hold.kind is SyncKind.PUSH:
+            self._releases.extend(Release(h, True) for h, _, _ in hold.packets)
+            self.counters["released_by_ack" if acked else "released_by_timeout"] += len(hold.packets)
+            self._note("release", f"{len(hold.packets)} held packet(s) released "
+                       f"{'on ack' if acked else 'by timeout'} after {waited_ms:.2f} ms",
+                       latency_ms=round(waited_ms, 3))
+        else:
+            # The state arrived (or not): the packets now meet the table as it is.
+            for h, data, mark in hold.packets:
+                d = self.engine.process(data, now, mark)
+                self._releases.append(Release(h, d.verdict is Verdict.ACCEPT))
+        self.hold_latencies_ms.append(waited_ms)
+
+    def releases(self) -> list[Release[H]]:
+        """Held packets whose verdict is due, oldest first (each handle exactly once)."""
+        out, self._releases = self._releases, []
+        return out
+
+    def drop_all(self) -> list[H]:
+        """The node is stopping: every held handle, to be dropped (fail closed)."""
+        out = [h for hold in self.holds.values() for h, _, _ in hold.packets]
+        for hold in self.holds.values():
+            hold.packets.clear()
+        return out
+
+    @property
+    def held_packets(self) -> int:
+        return sum(len(h.packets) for h in self.holds.values())
+
+    # ---- sync input and time --------------------------------------------------------------
+    def start(self, now: float) -> None:
+        self._last_expire = now
+        self.agent.start(now)
+        self._events(now)
+
+    def receive(self, data: bytes, src: Address, now: float) -> None:
+        self.agent.receive(data, src, now)
+        self._events(now)
+
+    def tick(self, now: float) -> None:
+        """Timers: the agent's, then ours (`timers`)."""
+        self.agent.tick(now)
+        self._events(now)
+        self.timers(now)
+
+    def timers(self, now: float) -> None:
+        """The holds' one deadline and the engine's expiry (a simulator that ticks the agent
+        itself calls this alone)."""
+        self.flush_engine(now)
+        for hold_id in [i for i, h in self.holds.items() if now >= h.deadline]:
+            self._finish(hold_id, False, now)
+        if self._last_expire is None:
+            self._last_expire = now
+        if now - self._last_expire >= EXPIRE_EVERY_S:
+            self.engine.expire(now)
+            self.flush_engine(now)
+            self._last_expire = now
+
+    def settle(self, now: float) -> None:
+        """After a batch of packets: send what they changed, and handle what the agent said."""
+        self.flush_engine(now)
+        self._events(now)
+
+    def datagrams(self) -> list[tuple[Address, bytes]]:
+        return self.agent.datagrams()
+
+    def handle_events(self, events: Iterable[SyncEvent], now: float) -> None:
+        """Act on the agent's events (`_events` reads them from the agent; a simulator that
+        collects them itself hands them in here)."""
+        for ev in events:
+            self._event(ev, now)
+
+    def _events(self, now: float) -> None:
+        self.handle_events(self.agent.events(), now)
+
+    def _event(self, ev: SyncEvent, now: float) -> None:
+        match ev:
+            case SyncCompleted(token=token, acked=acked):
+                hold_id = self._tokens.pop(token, None)
+                if hold_id is not None:
+                    self._finish(hold_id, acked, now)
+            case StateReply(key=key, found=found):
+                hold_id = self._pulls.pop(key, None)
+                if hold_id is not None and hold_id in self.holds:
+                    # Other keys of the same pull keep their entry; one reply ends the hold.
+                    self._finish(hold_id, found, now)
+            case PeerDown(name=name):
+                self.down_at[name] = now
+                self._note("peer-down", f"{name} missed its heartbeats", peer=name)
+            case PeerUp(name=name):
+                self.down_at.pop(name, None)  # its failure is over; never time a later takeover from it
+                self._note("peer-up", f"{name} is talking", peer=name)
+            case ViewChanged(view=view):
+                self._note("view", f"view epoch {view.epoch}", epoch=view.epoch)
+                self._follow_view(now)
+            case BucketsGained(buckets=buckets, promoted=promoted):
+                # The agent promoted the copies before telling us: state first, then traffic.
+                self._note("takeover", f"took buckets {sorted(buckets)}, promoted {promoted} "
+                           "connection(s)", buckets=sorted(buckets), promoted=promoted)
+                self.pending_gain = (sorted(buckets), promoted, now)
+                self._follow_view(now)
+            case BucketsLost(buckets=buckets):
+                self._note("handover", f"gave up buckets {sorted(buckets)}", buckets=sorted(buckets))
+                self._follow_view(now)
+            case LeaveComplete():
+                self._note("leave", "left the cluster gracefully")
+                self.left = True
+            case RecordApplied():
+                pass
+            case ResyncProgress(peer=peer, received=received, total=total):
+                self._note("sync", f"resync from {peer}: {received}/{total} record(s)", peer=peer)
+            case ResyncComplete(records=records):
+                self._note("sync", f"resync complete: {records} record(s)", records=records)
+
+    # ---- buckets and takeover -------------------------------------------------------------
+    def _follow_view(self, now: float) -> None:
+        # The agent's own set, not the view's: a restarted node still listed active in the view
+        # owns nothing until it has resynced.
+        owned = list(self.agent.owned_buckets)
+        if owned == self.owned:
+            self._time_takeover(now)
+            return
+        self.owned = owned
+        self.engine.owned_buckets = frozenset(owned)
+
+    def wanted_buckets(self) -> list[int] | None:
+        """The buckets the node should accept in iptables, when that differs from what it applied."""
+        return list(self.owned) if self.owned != self.applied else None
+
+    def buckets_applied(self, buckets: list[int], now: float) -> None:
+        """The node's iptables now accept exactly `buckets`."""
+        self.applied = list(buckets)
+        self._note("buckets", f"accepting buckets {self.applied}", buckets=self.applied)
+        self._time_takeover(now)
+
+    def _time_takeover(self, now: float) -> None:
+        """Once the gained buckets are in the accepted set, the takeover is complete: time it."""
+        gain = self.pending_gain
+        if gain is None or self.applied != self.owned or not set(gain[0]) <= set(self.applied):
+            return
+        self.pending_gain = None
+        since = min(self.down_at.values()) if self.down_at else gain[2]
+        self.last_takeover = {
+            "buckets": gain[0],
+            "promoted": gain[1],
+            "detect_to_accept_ms": round((now - since) * 1000, 1),
+            "apply_ms": round((now - gain[2]) * 1000, 1),
+        }
+        self.down_at.clear()
+
+    # ---- control --------------------------------------------------------------------------
+    def set_policy(self, policy: str, interval_ms: int, differential: bool) -> None:
+        self.agent.set_policy(policy, interval_ms, differential)
+        # Periodic sync never holds related packets: their expectation waits for the period.
+        self.engine.hold_related = policy != "periodic"
+
+    def notes(self) -> list[Note]:
+        out, self._notes = self._notes, []
+        return out
+
+    def _note(self, kind: str, text: str, **extra: Any) -> None:
+        self._notes.append(Note(kind, text, extra))

@@ -1,0 +1,156 @@
+"""The engine-agent binding in the simulated cluster: holds released by ack or at exactly the
+lab's hold timeout, pulls answered or not, takeover that promotes state before taking traffic."""
+
+from __future__ import annotations
+
+from engine.core import Verdict
+from engine.rules import parse_rules
+from sync.events import SyncCompleted
+from tests.unit.engine_packets import C1, S1, S2, TcpFlow, tcp
+from tests.unit.engine_sim import SimNodes
+
+PORT = b"PORT 198,18,1,10,195,81\r\n"  # the client will listen on 198.18.1.10:50001
+
+
+def _ftp_control(sim: SimNodes, x: str, mark: int) -> TcpFlow:
+    f = TcpFlow(C1, S2, 40021, 21)
+    for p in f.handshake():
+        assert sim.packet(x, p, mark).verdict is Verdict.ACCEPT
+    return f
+
+
+def _flow(sim: SimNodes, x: str, mark: int, sport: int = 40000) -> TcpFlow:
+    f = TcpFlow(C1, S1, sport, 5001)
+    for p in f.handshake():
+        assert sim.packet(x, p, mark).verdict is Verdict.ACCEPT
+    return f
+
+
+def test_a_held_port_command_is_released_when_every_node_acked_its_expectation() -> None:
+    sim = SimNodes(hold_timeout_ms=200).start()
+    b = sim.b["n1"]
+    f = _ftp_control(sim, "n1", sim.bucket_of("n1"))
+    d = sim.packet("n1", f.c2s(PORT), sim.bucket_of("n1"), handle="port")
+    assert d.verdict is Verdict.HOLD and d.sync_id is not None
+    assert list(b.holds) == [d.sync_id], "one hold, under the engine's own id"
+    assert b.held_packets == 1
+    # A second packet of the held connection waits on the same hold.
+    assert sim.packet("n1", f.c2s(b"NOOP\r\n"), sim.bucket_of("n1"), handle="noop").sync_id == d.sync_id
+    assert sim.run_until(lambda: bool(sim.released["n1"]), 0.2)
+    assert [(r.handle, r.accept) for _, r in sim.released["n1"]] == [("port", True), ("noop", True)]
+    assert b.counters["released_by_ack"] == 2 and not b.holds
+    # When PORT goes on, any node can admit the server's data connection.
+    for x in ("n2", "n3"):
+        d2 = sim.engine(x).process(tcp(S2, C1, 20, 50001, "S"), sim.now, sim.bucket_of(x))
+        assert (d2.verdict, d2.reason) == (Verdict.ACCEPT, "related")
+
+
+def test_an_unacked_hold_is_released_at_exactly_the_labs_hold_timeout() -> None:
+    # Failure detection slower than the hold (1 s): the peers stay up, they just never answer.
+    sim = SimNodes(hold_timeout_ms=350, miss_limit=100).start()
+    b = sim.b["n1"]
+    assert sim.engine("n1").hold_timeout_s == 0.35, "the engine takes the lab's value"
+    f = _ftp_control(sim, "n1", sim.bucket_of("n1"))
+    sim.c.cut.add("n1")
+    t0 = sim.now
+    d = sim.packet("n1", f.c2s(PORT), sim.bucket_of("n1"), handle="port")
+    assert d.verdict is Verdict.HOLD
+    sim.run(0.349)
+    assert not sim.released["n1"] and b.held_packets == 1
+    assert sim.run_until(lambda: bool(sim.released["n1"]), 0.01)
+    ((t, r),) = sim.released["n1"]
+    assert r.accept and abs((t - t0) - 0.35) < 0.0011
+    assert b.counters["released_by_timeout"] == 1 and b.counters["released_by_ack"] == 0
+    assert abs(b.hold_latencies_ms[-1] - 350) < 1.1
+    # The agent's notice of the same deadline, when it comes, releases nothing twice.
+    sim.c.cut.clear()
+    sim.run(0.05)
+    assert len(sim.released["n1"]) == 1 and not b.holds
+    assert any(isinstance(e, SyncCompleted) and not e.acked for e in sim.c.events["n1"])
+
+
+def test_a_pull_for_a_session_another_node_carries_is_answered_and_adopted() -> None:
+    sim = SimNodes(hold_timeout_ms=300).start()
+    bucket = sim.bucket_of("n3")
+    # n1 carried a flow in what is now n3's bucket (n3 is not n1's backup: it has no copy).
+    assert sim.backup_of("n1") != "n3"
+    f = _flow(sim, "n1", bucket)
+    key = next(iter(sim.engine("n1").table.conns))
+    sim.run(0.02)
+    assert sim.engine("n3").store.get(key) is None
+    t0 = sim.now
+    d = sim.packet("n3", f.c2s(b"mid-stream"), bucket, handle="late")
+    assert d.verdict is Verdict.HOLD
+    assert sim.run_until(lambda: bool(sim.released["n3"]), 0.3)
+    ((t, r),) = sim.released["n3"]
+    assert r.accept and t - t0 < 0.3
+    (row,) = sim.engine("n3").rows("own")
+    assert row["trigger"] == "adopted" and row["owner"] == "n3"
+
+
+def test_a_pull_nobody_can_answer_drops_the_packet_and_asks_no_more() -> None:
+    sim = SimNodes(hold_timeout_ms=300).start()
+    bucket = sim.bucket_of("n3")
+    f = TcpFlow(C1, S1, 40999, 5001)
+    f.handshake()  # a session no node ever saw
+    t0 = sim.now
+    d = sim.packet("n3", f.c2s(b"who?"), bucket, handle="orphan")
+    assert d.verdict is Verdict.HOLD
+    assert sim.run_until(lambda: bool(sim.released["n3"]), 0.3)
+    ((t, r),) = sim.released["n3"]
+    assert not r.accept and t - t0 < 0.3, "every peer said no before the deadline"
+    d = sim.packet("n3", f.c2s(b"again"), bucket)
+    assert (d.verdict, d.reason) == (Verdict.DROP, "no-state")
+
+
+def test_an_unanswered_pull_ends_at_the_labs_hold_timeout_not_the_agents_own() -> None:
+    sim = SimNodes(hold_timeout_ms=120, miss_limit=100).start()
+    bucket = sim.bucket_of("n3")
+    f = TcpFlow(C1, S1, 40998, 5001)
+    f.handshake()
+    sim.c.cut.add("n3")
+    t0 = sim.now
+    assert sim.packet("n3", f.c2s(b"anyone?"), bucket, handle="lost").verdict is Verdict.HOLD
+    assert sim.run_until(lambda: bool(sim.released["n3"]), 0.5)
+    ((t, r),) = sim.released["n3"]
+    assert not r.accept and abs((t - t0) - 0.12) < 0.0011  # the agent's default would be 0.5 s
+
+
+def test_takeover_promotes_the_failed_nodes_state_before_accepting_its_buckets() -> None:
+    sim = SimNodes().start()
+    bucket = sim.bucket_of("n1")
+    backup = sim.backup_of("n1")
+    f = _flow(sim, "n1", bucket)
+    key = next(iter(sim.engine("n1").table.conns))
+    assert sim.run_until(lambda: key in sim.engine(backup).backups.copies, 0.1)
+    assert key not in sim.engine(backup).table.conns, "a copy stays out of the packet path"
+    sim.apply_buckets = False
+    b = sim.b[backup]
+    before = b.last_takeover  # the buckets it gained when the cluster formed
+    sim.kill("n1")
+
+    def took_over() -> bool:
+        # Whenever the backup forwards (or is about to accept) the bucket, the state is there.
+        if bucket in sim.engine(backup).owned_buckets or bucket in (b.wanted_buckets() or []):
+            assert key in sim.engine(backup).table.conns and key not in sim.engine(backup).backups.copies
+            return True
+        return False
+
+    assert sim.run_until(took_over, 2.0)
+    assert b.last_takeover is before, "not complete until the bucket is accepted"
+    wanted = b.wanted_buckets()
+    assert wanted is not None and bucket in wanted
+    sim.run(0.01)  # iptables takes its time
+    b.buckets_applied(wanted, sim.now)
+    take = b.last_takeover
+    assert take is not None and take is not before and bucket in take["buckets"] and take["promoted"] >= 1
+    assert take["detect_to_accept_ms"] >= take["apply_ms"] >= 10
+    d = sim.packet(backup, f.c2s(b"after the crash"), bucket)
+    assert (d.verdict, d.reason) == (Verdict.ACCEPT, "established")
+
+
+def test_reject_decisions_pass_through_with_their_reply() -> None:
+    rules = parse_rules([{"name": "no-telnet", "action": "reject", "proto": "tcp", "dport": 23}])
+    sim = SimNodes(rules=rules).start()
+    d = sim.packet("n1", tcp(C1, S1, 40000, 23, "S"), sim.bucket_of("n1"))
+    assert d.verdict is Verdict.REJECT and d.reply is not None and not sim.b["n1"].holds

@@ -51,6 +51,7 @@ HEADER_FILE = "header"
 FLUSH_FILE = "flush"  # `record save` creates it; the recorder writes its open segment and removes it
 SCOPES = ("own", "backup", "common")
 ROW_KEYS = {"rows": "key", "flows": "name"}  # lists of rows patched row by row, by this field
+LIMITS_ENV = "SYNCWALL_RECORD"
 ROWS_TAG = "~rows"
 DEL_TAG = "~del"
 
@@ -79,6 +80,27 @@ class Limits:
     def __post_init__(self) -> None:
         if self.max_bytes <= 0 or self.max_age_s <= 0 or self.segment_s <= 0 or self.interval_ms <= 0:
             raise ValueError("recording limits must be positive")
+
+    @classmethod
+    def parse(cls, text: str) -> Limits:
+        """From "max_mb=64,max_min=30,interval_ms=500,segment_s=5,table_limit=500" (any subset)."""
+        fields: dict[str, Any] = {}
+        names = {"max_mb": ("max_bytes", lambda v: int(float(v) * (1 << 20))),
+                 "max_min": ("max_age_s", lambda v: float(v) * 60),
+                 "interval_ms": ("interval_ms", int), "segment_s": ("segment_s", float),
+                 "table_limit": ("table_limit", int)}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            name, _, value = part.partition("=")
+            if name not in names:
+                raise ValueError(f"unknown recording limit {name!r}: use {', '.join(names)}")
+            field_name, cast = names[name]
+            fields[field_name] = cast(value)
+        return cls(**fields)
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        """The lab daemon's limits: SYNCWALL_RECORD (see `parse`), or the defaults."""
+        return cls.parse(os.environ.get(LIMITS_ENV, ""))
 
 
 # ---- compression --------------------------------------------------------------------------

@@ -216,3 +216,13 @@ def test_patches_rebuild_any_change_of_rows_and_fields() -> None:
                        **({"note": "n"} if rng.random() < 0.5 else {}), "total": len(rows)}
         assert patch_state(state, diff_state(state, new)) == new
         state = new
+
+
+def test_limits_parse_from_text() -> None:
+    limits = Limits.parse("max_mb=8, max_min=2,interval_ms=250")
+    assert (limits.max_bytes, limits.max_age_s, limits.interval_ms) == (8 << 20, 120.0, 250)
+    assert Limits.parse("") == Limits()
+    with pytest.raises(ValueError, match="unknown recording limit"):
+        Limits.parse("max_gb=1")
+    with pytest.raises(ValueError, match="positive"):
+        Limits.parse("interval_ms=0")

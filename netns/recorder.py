@@ -50,7 +50,9 @@ RECORDING_DIR = "recording"
 HEADER_FILE = "header"
 FLUSH_FILE = "flush"  # `record save` creates it; the recorder writes its open segment and removes it
 SCOPES = ("own", "backup", "common")
-ROW_KEYS = {"rows": "key", "flows": "name"}  # lists of rows patched row by row, by this field
+# Lists of rows patched row by row, by this field. Most rows change every capture (their age),
+# so a changed row is stored as its changed fields only.
+ROW_KEYS = {"rows": "key", "flows": "name", "nodes": "name"}
 LIMITS_ENV = "SYNCWALL_RECORD"
 ROWS_TAG = "~rows"
 DEL_TAG = "~del"
@@ -73,7 +75,7 @@ class Limits:
 
     max_bytes: int = 64 << 20
     max_age_s: float = 30 * 60.0
-    segment_s: float = 5.0  # a keyframe every segment: seeking decodes at most this much
+    segment_s: float = 10.0  # a keyframe every segment: seeking decodes at most this much
     interval_ms: int = 500
     table_limit: int = 500  # rows per node and scope, as the console asks for
 
@@ -129,16 +131,25 @@ def decompress(data: bytes, codec: str) -> bytes:
 
 # ---- patches: what changed between two captures -------------------------------------------
 
-def _keyed(value: Any, key: str) -> bool:
-    return isinstance(value, list) and all(isinstance(r, dict) and key in r for r in value)
-
-
 def diff_rows(old: list[dict[str, Any]], new: list[dict[str, Any]], key: str) -> dict[str, Any]:
-    """Rows added or changed, keys removed, and the new order only if patching would not give it."""
+    """Rows added (`set`), fields changed (`upd`), keys removed (`del`), and the new order only
+    if patching would not give it. Raises KeyError or TypeError if a row has no key."""
     old_by = {r[key]: r for r in old}
     new_keys = [r[key] for r in new]
+    if len(old_by) != len(old) or len(set(new_keys)) != len(new_keys):
+        raise KeyError(key)  # duplicate keys: not a keyed table, store it whole
     present = set(new_keys)
-    out: dict[str, Any] = {"set": [r for r in new if old_by.get(r[key]) != r]}
+    whole: list[dict[str, Any]] = []
+    upd: dict[Any, dict[str, Any]] = {}
+    for r in new:
+        o = old_by.get(r[key])
+        if o is None or not o.keys() <= r.keys():
+            whole.append(r)
+        elif o != r:
+            upd[r[key]] = {f: v for f, v in r.items() if f not in o or o[f] != v}
+    out: dict[str, Any] = {"set": whole}
+    if upd:
+        out["upd"] = upd
     gone = [k for k in old_by if k not in present]
     if gone:
         out["del"] = gone
@@ -154,6 +165,8 @@ def patch_rows(old: list[dict[str, Any]], delta: dict[str, Any], key: str) -> li
         by.pop(k, None)
     for r in delta.get("set", []):
         by[r[key]] = r
+    for k, fields in delta.get("upd", {}).items():
+        by[k] = {**by[k], **fields}
     order = delta.get("order")
     if order is not None:
         return [by[k] for k in order if k in by]
@@ -167,10 +180,13 @@ def diff_reply(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         if k in old and old[k] == v:
             continue
         rk = ROW_KEYS.get(k)
-        if rk and k in old and _keyed(old[k], rk) and _keyed(v, rk):
-            out[k] = {ROWS_TAG: diff_rows(old[k], v, rk)}
-        else:
-            out[k] = v
+        if rk and isinstance(old.get(k), list) and isinstance(v, list):
+            try:
+                out[k] = {ROWS_TAG: diff_rows(old[k], v, rk)}
+                continue
+            except (KeyError, TypeError, AttributeError):
+                pass  # not rows with keys after all
+        out[k] = v
     gone = [k for k in old if k not in new]
     if gone:
         out[DEL_TAG] = gone
@@ -216,6 +232,47 @@ def patch_state(old: State, delta: dict[str, Any]) -> State:
 
 def table_channel(node: str, scope: str) -> str:
     return f"table {node} {scope}"
+
+
+# Every row's age grows every capture, which would make every row change every time. A row keeps
+# its birth time instead, to the second (the console shows ages in whole seconds), and its age
+# is worked out again on reading.
+AGE, BORN = "age_s", "~born"
+
+
+def _map_rows(state: State, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> State:
+    out: State = {}
+    for ch, reply in state.items():
+        reply = dict(reply)
+        for f in ROW_KEYS:
+            rows = reply.get(f)
+            if isinstance(rows, list) and rows and isinstance(rows[0], dict):
+                reply[f] = [fn(r) if isinstance(r, dict) else r for r in rows]
+        out[ch] = reply
+    return out
+
+
+def freeze_ages(t: float, state: State) -> State:
+    def one(r: dict[str, Any]) -> dict[str, Any]:
+        age = r.get(AGE)
+        if not isinstance(age, (int, float)) or isinstance(age, bool):
+            return r
+        r = {k: v for k, v in r.items() if k != AGE}
+        r[BORN] = round(t - age)
+        return r
+
+    return _map_rows(state, one)
+
+
+def thaw_ages(t: float, state: State) -> State:
+    def keep(r: dict[str, Any]) -> dict[str, Any]:
+        if BORN not in r:
+            return r
+        out = {k: v for k, v in r.items() if k != BORN}
+        out[AGE] = round(max(0.0, t - float(r[BORN])), 1)
+        return out
+
+    return _map_rows(state, keep)
 
 
 # ---- writing ------------------------------------------------------------------------------
@@ -327,8 +384,11 @@ class Recorder:
         self.folder = run_dir / RECORDING_DIR
         self.writer = SegmentWriter(self.folder, self.limits, {"started": clock(), **(meta or {})})
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._pending: list[dict[str, Any]] = []  # events since the last capture
         # What each capture cost the daemon, for measurements: the whole capture (awaiting the
-        # nodes' table replies included) and the recording's own CPU work (patch, pack, compress).
+        # nodes' table replies included) and the recording's own CPU work (patch, pack, compress),
+        # which runs in a worker thread so that the daemon's loop keeps answering meanwhile.
         self.capture_ms: list[float] = []
         self.write_ms: list[float] = []
         self.captures = 0
@@ -340,8 +400,8 @@ class Recorder:
         return dict(reply)
 
     def event(self, ev: dict[str, Any]) -> None:
-        """A trace event, as it happens."""
-        self.writer.add_event(ev)
+        """A trace event, as it happens (written with the next capture)."""
+        self._pending.append(ev)
 
     async def capture(self) -> None:
         """Record now what the console would get: the snapshot and every node's tables."""
@@ -357,19 +417,26 @@ class Recorder:
                                           for n, s in asks))
         for (n, s), reply in zip(asks, replies, strict=True):
             state[table_channel(n, s)] = reply
-        t1 = time.perf_counter()
-        self.writer.add_capture(t, state)
-        if (self.folder / FLUSH_FILE).exists():
-            self.writer.flush()
-            with contextlib.suppress(FileNotFoundError):
-                (self.folder / FLUSH_FILE).unlink()
-        done = time.perf_counter()
-        self.write_ms.append((done - t1) * 1000)
-        self.capture_ms.append((done - t0) * 1000)
+        events, self._pending = self._pending, []
+        flush = (self.folder / FLUSH_FILE).exists()
+        write_ms = await asyncio.to_thread(self._write, t, state, events, flush)
+        self.write_ms.append(write_ms)
+        self.capture_ms.append((time.perf_counter() - t0) * 1000)
         del self.capture_ms[:-1000], self.write_ms[:-1000]
         self.captures += 1
         if self.captures % 60 == 0:  # every 30 s at the default interval
             log.info("recording: %s", self.stats())
+
+    def _write(self, t: float, state: State, events: list[dict[str, Any]], flush: bool) -> float:
+        started = time.thread_time()
+        for ev in events:
+            self.writer.add_event(ev)
+        self.writer.add_capture(t, freeze_ages(t, state))
+        if flush:
+            self.writer.flush()
+            with contextlib.suppress(FileNotFoundError):
+                (self.folder / FLUSH_FILE).unlink()
+        return (time.thread_time() - started) * 1000
 
     def stats(self) -> str:
         """The cost of the last captures, in words, for the daemon's log."""
@@ -377,33 +444,38 @@ class Recorder:
             return "no captures yet"
         cap, wr = sorted(self.capture_ms), sorted(self.write_ms)
         return (f"{self.captures} captures; capture median {cap[len(cap) // 2]:.1f} ms, "
-                f"max {cap[-1]:.1f} ms; of it recording work median {wr[len(wr) // 2]:.2f} ms, "
+                f"max {cap[-1]:.1f} ms; recording CPU median {wr[len(wr) // 2]:.2f} ms, "
                 f"max {wr[-1]:.1f} ms; {self.writer.bytes_written / 1e6:.2f} MB written")
 
     async def run(self) -> None:
         interval_s = self.limits.interval_ms / 1000
-        while True:
+        while not self._stopping.is_set():
             started = time.monotonic()
             try:
                 await self.capture()
-            except asyncio.CancelledError:
-                raise
             except Exception:  # a recording problem must never take the lab down
                 log.exception("recording a capture failed")
-            await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(),
+                                       max(0.0, interval_s - (time.monotonic() - started)))
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self.run())
 
     async def stop(self) -> None:
-        """Stop capturing and write what is still open."""
+        """Stop capturing (the capture under way finishes) and write what is still open."""
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            try:
+                await asyncio.wait_for(self._task, 10.0)
+            except Exception:  # a capture stuck on a node: the writer is ours again all the same
+                log.exception("the last capture did not finish")
             self._task = None
         try:
-            self.writer.flush()
+            for ev in self._pending:
+                self.writer.add_event(ev)
+            self._pending = []
+            await asyncio.to_thread(self.writer.flush)
         except OSError:
             log.exception("writing the last recording segment failed")
         log.info("recording stopped: %s", self.stats())
@@ -532,7 +604,8 @@ class Recording:
         for c in caps[k + 1:j + 1]:
             state = patch_state(state, c)
         self._state = (i, j, state)
-        return float(caps[j]["t"]), state
+        at = float(caps[j]["t"])
+        return at, thaw_ages(at, state)
 
     def captures(self) -> Iterator[tuple[float, State]]:
         """Every capture in order, whole (for summaries)."""
@@ -540,4 +613,4 @@ class Recording:
             state: State = {}
             for c in self._captures(i):
                 state = dict(c["set"]) if c.get("key") else patch_state(state, c)
-                yield float(c["t"]), state
+                yield float(c["t"]), thaw_ages(float(c["t"]), state)

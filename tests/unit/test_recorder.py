@@ -22,9 +22,11 @@ from netns.recorder import (
     Recording,
     RecordingError,
     diff_state,
+    freeze_ages,
     pack_folder,
     patch_state,
     table_channel,
+    thaw_ages,
 )
 
 
@@ -58,7 +60,7 @@ class FakeDaemon:
         assert req["cmd"] == "table"
         first = tick  # rows come and go: a window sliding one row per tick
         rows = [{"key": f"{req['node']}-{k}", "packets": tick if k % 3 == 0 else 1,
-                 "scope": req["scope"]} for k in range(first, first + self.rows)]
+                 "scope": req["scope"], "age_s": tick * 0.5 + k} for k in range(first, first + self.rows)]
         return {"ok": True, "rows": rows[:req["limit"]], "total": len(rows)}
 
     def __call__(self, req: dict[str, Any]) -> Any:
@@ -74,7 +76,7 @@ def record(tmp: Path, captures: int, limits: Limits | None = None, asynchronous:
     """Run `captures` captures half a second apart; returns the replies seen at each time."""
     clock = Clock()
     lab = FakeDaemon(clock, asynchronous=asynchronous)
-    rec = Recorder(tmp, lab, limits or Limits(), clock=clock, meta={"lab": "t"})
+    rec = Recorder(tmp, lab, limits or Limits(segment_s=5.0), clock=clock, meta={"lab": "t"})
     seen: dict[float, dict[str, Any]] = {}
 
     async def go() -> None:
@@ -226,3 +228,13 @@ def test_limits_parse_from_text() -> None:
         Limits.parse("max_gb=1")
     with pytest.raises(ValueError, match="positive"):
         Limits.parse("interval_ms=0")
+
+
+def test_ages_are_kept_as_birth_times_so_ageing_rows_cost_nothing() -> None:
+    rows = [{"key": f"k{i}", "age_s": 10.0 + i} for i in range(50)]
+    older = [{**r, "age_s": r["age_s"] + 0.5} for r in rows]
+    a, b = freeze_ages(100.0, {"t": {"rows": rows}}), freeze_ages(100.5, {"t": {"rows": older}})
+    assert diff_state(a, b) == {}  # nothing changed but the ages
+    assert thaw_ages(100.5, b)["t"]["rows"][3]["age_s"] == 13.5
+    jittered = freeze_ages(200.0, {"t": {"rows": [{"key": "x", "age_s": 4.7}]}})
+    assert abs(thaw_ages(200.0, jittered)["t"]["rows"][0]["age_s"] - 4.7) <= 0.5

@@ -202,7 +202,7 @@ class ReplayApp(ConsoleApp):
     # a CSS path is relative to the module of the class that sets it: point at the console's own
     CSS_PATH = str(Path(console_app.__file__).with_name("console.tcss"))
     DEFAULT_CSS = """
-    #replay-bar { dock: bottom; height: 1; background: $warning 30%; padding: 0 1; }
+    #replay-bar { height: 1; background: $warning 30%; padding: 0 1; }
     """
     BINDINGS = [
         Binding("space", "play", "Play/pause"),
@@ -225,12 +225,16 @@ class ReplayApp(ConsoleApp):
         self.play_tick_s = play_tick_s
         self._last_tick = time.monotonic()
 
+    WATCH_LABEL = "replay"
+
     def compose(self) -> ComposeResult:
-        yield from super().compose()
+        parts = list(super().compose())
+        footer = parts.pop()  # the playback bar goes just above the footer
+        yield from parts
         yield Static("", id="replay-bar")
+        yield footer
 
     def on_mount(self) -> None:
-        self.sub_title = "replay"
         if self.play_tick_s:
             self.set_interval(self.play_tick_s, self._play_tick)
         self._show_bar()

@@ -12,7 +12,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import DataTable, Footer, Input, Static
 
 from app.console import app as console_app
 from app.console.app import ConsoleApp
@@ -227,14 +227,9 @@ class ReplayApp(ConsoleApp):
 
     WATCH_LABEL = "replay"
 
-    def compose(self) -> ComposeResult:
-        parts = list(super().compose())
-        footer = parts.pop()  # the playback bar goes just above the footer
-        yield from parts
-        yield Static("", id="replay-bar")
-        yield footer
-
-    def on_mount(self) -> None:
+    async def on_mount(self) -> None:
+        # just above the footer (a second widget docked at the bottom would cover it)
+        await self.mount(Static("", id="replay-bar"), before=self.query_one(Footer))
         if self.play_tick_s:
             self.set_interval(self.play_tick_s, self._play_tick)
         self._show_bar()

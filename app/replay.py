@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Input, Static
 
@@ -67,8 +69,6 @@ class ReplayLink:
 
     def step_event(self, direction: int) -> float:
         """To the next (direction > 0) or previous event's time; stays put at either end."""
-        import bisect
-
         if direction > 0:
             i = bisect.bisect_right(self._times, self.cursor)
             target = self._times[i] if i < len(self._times) else self.cursor
@@ -78,8 +78,11 @@ class ReplayLink:
         return self.seek(target)
 
     def _state(self) -> tuple[float, State]:
-        with self._lock:
-            return self.recording.state_at(self.cursor)
+        return self.state_at(self.cursor)
+
+    def state_at(self, t: float) -> tuple[float, State]:
+        with self._lock:  # the recording's cache is not for two threads at once
+            return self.recording.state_at(t)
 
     def request(self, msg: dict[str, Any]) -> dict[str, Any]:
         cmd = msg.get("cmd")
@@ -93,8 +96,9 @@ class ReplayLink:
             return snap
         if cmd == "snapshot":
             since = float(msg.get("since", "-inf"))  # the fake lab starts its clock at 0
-            cursor = self.cursor
-            evs = [e for e in self.recording.events if since < float(e.get("t", 0)) <= cursor]
+            hi = bisect.bisect_right(self._times, self.cursor)
+            lo = bisect.bisect_right(self._times, since, 0, hi)
+            evs = self.recording.events[lo:hi]
             snap["events"] = evs[-int(msg.get("max_events", 500)):]
             return snap
         node, scope = str(msg.get("node", "")), str(msg.get("scope", "own"))
@@ -164,6 +168,87 @@ def summarize(recording: Recording) -> dict[str, Any]:
     }
 
 
+def _conn_text(row: dict[str, Any]) -> str:
+    return f"{row.get('proto', '?')} {row.get('src', '?')} → {row.get('dst', '?')}"
+
+
+def compare(a: State, b: State) -> dict[str, Any]:
+    """What each node's tables gained and lost from moment `a` to moment `b`, and which
+    connections changed owner (e.g. at a takeover): {"nodes": {node: {scope: {...}}}, "moved": [...]}."""
+    nodes: dict[str, dict[str, Any]] = {}
+    owner_a: dict[str, str] = {}
+    owner_b: dict[str, str] = {}
+    texts: dict[str, str] = {}
+    names = sorted({ch.split()[1] for ch in (*a, *b) if ch.startswith("table ")})
+    for node in names:
+        for scope in SCOPES:
+            ch = table_channel(node, scope)
+            rows_a = {r["key"]: r for r in a.get(ch, {}).get("rows", [])}
+            rows_b = {r["key"]: r for r in b.get(ch, {}).get("rows", [])}
+            for k, r in (*rows_a.items(), *rows_b.items()):
+                texts.setdefault(k, _conn_text(r))
+            if scope == "own":
+                owner_a.update(dict.fromkeys(rows_a, node))
+                owner_b.update(dict.fromkeys(rows_b, node))
+            gained = sorted(k for k in rows_b if k not in rows_a)
+            lost = sorted(k for k in rows_a if k not in rows_b)
+            nodes.setdefault(node, {})[scope] = {
+                "before": len(rows_a), "after": len(rows_b), "gained": gained, "lost": lost}
+    moves: dict[tuple[str, str], list[str]] = {}
+    for k, was in owner_a.items():
+        now = owner_b.get(k)
+        if now is not None and now != was:
+            moves.setdefault((was, now), []).append(k)
+    moved = [{"from": f, "to": t, "count": len(ks), "keys": sorted(ks)}
+             for (f, t), ks in sorted(moves.items())]
+    return {"nodes": nodes, "moved": moved, "texts": texts}
+
+
+def compare_lines(result: dict[str, Any], shown: int = 5) -> list[str]:
+    """`compare` in words, for the compare screen."""
+    lines: list[str] = []
+    texts = result["texts"]
+    for move in result["moved"]:
+        lines.append(f"[b]{move['count']} connections moved {move['from']} → {move['to']}[/b]")
+    if not result["moved"]:
+        lines.append("no connection changed owner")
+    for node, scopes in result["nodes"].items():
+        parts = [f"{scope} {d['before']}→{d['after']} (+{len(d['gained'])} -{len(d['lost'])})"
+                 for scope, d in scopes.items()]
+        lines.append(f"\n[b]{node}[/b]  " + "  ".join(parts))
+        for scope, d in scopes.items():
+            for sign, keys in (("+", d["gained"]), ("-", d["lost"])):
+                for k in keys[:shown]:
+                    lines.append(f"  {sign} {scope:6} {escape(texts.get(k, k))}")
+                if len(keys) > shown:
+                    lines.append(f"  {sign} {scope:6} … and {len(keys) - shown} more")
+    return lines
+
+
+class CompareScreen(ModalScreen[None]):
+    """Two marked moments side by side: what each node's tables gained and lost between them."""
+
+    DEFAULT_CSS = """
+    CompareScreen { align: center middle; }
+    CompareScreen > VerticalScroll { width: 90%; height: 80%; border: thick $accent;
+                                     padding: 0 1; background: $surface; }
+    """
+    BINDINGS = [Binding("escape", "close", "Close"), Binding("m", "close", "Close", show=False)]
+
+    def __init__(self, title: str, lines: list[str]) -> None:
+        super().__init__()
+        self.title_text = title
+        self.lines = lines
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll():
+            yield Static(f"[b]{self.title_text}[/b]  (esc closes)", id="compare-title")
+            yield Static("\n".join(self.lines), id="compare-body")
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
 class GoToScreen(ModalScreen[float | None]):
     """`g`: ask for a time from the start of the recording."""
 
@@ -213,6 +298,7 @@ class ReplayApp(ConsoleApp):
         Binding("g", "goto", "Go to"),
         Binding("left_square_bracket", "speed(-1)", "Slower", key_display="["),
         Binding("right_square_bracket", "speed(1)", "Faster", key_display="]"),
+        Binding("m", "mark", "Mark/compare"),
     ]
 
     def __init__(self, link: ReplayLink, *, play_tick_s: float | None = 0.1,
@@ -224,6 +310,7 @@ class ReplayApp(ConsoleApp):
         self.speed = 1.0
         self.play_tick_s = play_tick_s
         self._last_tick = time.monotonic()
+        self.mark: float | None = None  # the first of two moments to compare
 
     WATCH_LABEL = "replay"
 
@@ -243,7 +330,9 @@ class ReplayApp(ConsoleApp):
         self.query_one("#replay-bar", Static).update(
             f"REPLAY {fmt_clock(link.offset_s)} / {fmt_clock(link.t_end - link.t_start)}  {state}  ·  "
             "actions are disabled in a replay  ·  space play  ←/→ event  shift+←/→ 10 s  g go to  "
-            "[ ] speed", layout=False)
+            "[ ] speed  m compare"
+            + (f"  ·  mark A at {fmt_clock(self.mark - link.t_start)}" if self.mark is not None
+               else ""), layout=False)
 
     def _moved(self) -> None:
         self._show_bar()
@@ -286,6 +375,21 @@ class ReplayApp(ConsoleApp):
         i = min(range(len(SPEEDS)), key=lambda k: abs(SPEEDS[k] - self.speed))
         self.speed = SPEEDS[min(max(i + step, 0), len(SPEEDS) - 1)]
         self._show_bar()
+
+    def action_mark(self) -> None:
+        """First press: mark this moment. Second press: compare it with this one."""
+        link = self.replay
+        if self.mark is None:
+            self.mark = link.cursor
+            self._show_bar()
+            return
+        first, self.mark = self.mark, None
+        a_t, b_t = sorted((first, link.cursor))
+        _t, a = link.state_at(a_t)
+        _t, b = link.state_at(b_t)
+        self._show_bar()
+        title = f"from {fmt_clock(a_t - link.t_start)} to {fmt_clock(b_t - link.t_start)}"
+        self.push_screen(CompareScreen(title, compare_lines(compare(a, b))))
 
     def action_goto(self) -> None:
         def chosen(offset: float | None) -> None:

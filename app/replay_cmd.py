@@ -28,6 +28,8 @@ def add_commands(add: Add, serve_parser: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="a file written by `syncwall record save`")
     p.add_argument("--at", type=float, default=None, help="start at this many seconds in")
     p.add_argument("--present", action="store_true", help="high contrast, large captions")
+    p.add_argument("--compare", nargs=2, type=float, metavar=("A", "B"),
+                   help="what each node's tables gained and lost from A to B seconds in")
     p.add_argument("--viewer", action="store_true", help=argparse.SUPPRESS)  # replays only watch
     serve_parser.add_argument("--replay", metavar="FILE", help="serve a recording instead of a lab")
     live = serve_parser.get_default("fn")
@@ -73,6 +75,8 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     rec = Recording.open(args.file)
+    if args.compare:
+        return _compare(args, rec)
     if args.json:
         from app.replay import summarize
 
@@ -86,6 +90,25 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.at is not None:
         link.seek(link.t_start + args.at)
     ReplayApp(link, present=args.present).run()
+    return 0
+
+
+def _compare(args: argparse.Namespace, rec: Recording) -> int:
+    from rich.text import Text
+
+    from app.replay import compare, compare_lines
+
+    a_s, b_s = sorted(args.compare)
+    _t, a = rec.state_at(rec.t_start + a_s)
+    _t, b = rec.state_at(rec.t_start + b_s)
+    result = compare(a, b)
+    if args.json:
+        doc = {"ok": True, "from_s": a_s, "to_s": b_s, "moved": result["moved"],
+               "nodes": result["nodes"]}
+        sys.stdout.write(json.dumps(doc) + "\n")
+    else:
+        lines = [f"from {a_s:g} s to {b_s:g} s", *compare_lines(result)]
+        sys.stdout.write("\n".join(Text.from_markup(line).plain for line in lines) + "\n")
     return 0
 
 

@@ -80,3 +80,11 @@ def test_a_kill_recorded_and_replayed_without_root(lab: dict[str, Any], tmp_path
     assert "took over" in state["snapshot"]["headline"]
     n2_own = state["table n2 own"]
     assert n2_own["total"] > 0 and n2_own["rows"]
+
+    # Compare a moment before the kill with the end: n1's connections moved to its backup, n2.
+    kill_t = next(float(e["t"]) for e in rec.events if e.get("kind") == "action"
+                  and str(e.get("text", "")).startswith("kill n1"))
+    out = sw("replay", str(tmp_path / "lab.swrec"), "--compare",
+             f"{kill_t - 1.0 - rec.t_start:.2f}", f"{rec.t_end - rec.t_start:.2f}", "--json")
+    moved = json.loads(out.stdout)["moved"]
+    assert [(m["from"], m["to"]) for m in moved] == [("n1", "n2")] and moved[0]["count"] > 0

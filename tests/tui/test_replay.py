@@ -17,7 +17,16 @@ from textual.widgets import Input, Static
 from app.console.cards import NodeCard
 from app.console.fake import FakeClock, FakeLab
 from app.console.tables import DiffTable
-from app.replay import REFUSED, GoToScreen, ReplayApp, ReplayLink, parse_clock, summarize
+from app.replay import (
+    REFUSED,
+    CompareScreen,
+    GoToScreen,
+    ReplayApp,
+    ReplayLink,
+    compare,
+    parse_clock,
+    summarize,
+)
 from netns.recorder import RECORDING_DIR, Limits, Recorder, Recording, pack_folder
 from tests.tui.snap_app import SIZE, settle
 
@@ -216,3 +225,34 @@ def test_parse_clock() -> None:
     assert parse_clock("1:30.5") == 90.5
     with pytest.raises(ValueError):
         parse_clock("soon")
+
+
+def test_mark_two_moments_and_see_what_moved_at_the_takeover(tmp_path: Path) -> None:
+    path, n2_keys = record_fake_lab(tmp_path)
+
+    async def scenario(pilot: Pilot[Any], app: ReplayApp) -> None:
+        app.seek_offset(2.0)
+        await settle(pilot)
+        await pilot.press("m")
+        assert "mark A at 00:02.0" in bar(app)
+        await pilot.press("g", *"12", "enter")
+        await settle(pilot)
+        await pilot.press("m")
+        assert isinstance(app.screen, CompareScreen)
+        body = str(app.screen.query_one("#compare-body", Static).render())
+        assert "17 connections moved n1 → n2" in body
+        assert "own 17→0 (+0 -17)" in body  # n1, failed, lost all it owned
+        await pilot.press("escape")
+        assert not isinstance(app.screen, CompareScreen) and "mark A" not in bar(app)
+
+    drive(path, scenario)
+    rec = Recording.open(path)
+    result = compare(rec.state_at(2.0)[1], rec.state_at(12.0)[1])
+    n2_own = result["nodes"]["n2"]["own"]
+    assert sorted(set(n2_keys[2.0]) - set(n2_keys[12.0])) == n2_own["lost"]
+    assert sorted(set(n2_keys[12.0]) - set(n2_keys[2.0])) == n2_own["gained"]
+    assert [(m["from"], m["to"], m["count"]) for m in result["moved"]] == [("n1", "n2", 17)]
+    assert result["nodes"]["n1"]["own"]["after"] == 0
+    out = subprocess.run([sys.executable, "-m", "app.cli", "replay", str(path), "--compare", "2", "12",
+                          "--json"], capture_output=True, text=True, check=True, timeout=60)
+    assert json.loads(out.stdout)["moved"][0]["count"] == 17

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from netns.recorder import RECORDING_DIR, Recording
+from netns.recorder import FLUSH_FILE, RECORDING_DIR, Recording
 from tests.integration.labtools import (
     RUN_ROOT,
     flows_of,
@@ -46,6 +46,12 @@ def test_a_kill_recorded_and_replayed_without_root(lab: dict[str, Any], tmp_path
     assert (RUN_ROOT / "default" / RECORDING_DIR / "header").exists()
     sw("traffic", "start", "tcp", "--flows", str(FLOWS), "--client", "c1", "--interval-ms", "100")
     wait_for(f"{FLOWS} healthy flows", _healthy, 30)
+    wait_for(f"{FLOWS} connections owned", lambda: sum(n["own"] for n in nodes(status()).values())
+             >= FLOWS, 10)
+    # ... and captured: the daemon removes the flush file at its next capture
+    flush = RUN_ROOT / "default" / RECORDING_DIR / FLUSH_FILE
+    flush.touch()
+    wait_for("a capture after the connections were owned", lambda: not flush.exists(), 5)
     sw("kill", "n1")
     wait_for("the takeover", lambda: "took over" in snapshot()["headline"], 10)
     wait_for("every flow healthy after the kill", _healthy, 30)
@@ -85,6 +91,6 @@ def test_a_kill_recorded_and_replayed_without_root(lab: dict[str, Any], tmp_path
     kill_t = next(float(e["t"]) for e in rec.events if e.get("kind") == "action"
                   and str(e.get("text", "")).startswith("kill n1"))
     out = sw("replay", str(tmp_path / "lab.swrec"), "--compare",
-             f"{kill_t - 1.0 - rec.t_start:.2f}", f"{rec.t_end - rec.t_start:.2f}", "--json")
+             f"{kill_t - 0.01 - rec.t_start:.2f}", f"{rec.t_end - rec.t_start:.2f}", "--json")
     moved = json.loads(out.stdout)["moved"]
     assert [(m["from"], m["to"]) for m in moved] == [("n1", "n2")] and moved[0]["count"] > 0

@@ -314,9 +314,9 @@ class ReplayApp(ConsoleApp):
 
     WATCH_LABEL = "replay"
 
-    async def on_mount(self) -> None:
+    def on_mount(self) -> None:
         # just above the footer (a second widget docked at the bottom would cover it)
-        await self.mount(Static("", id="replay-bar"), before=self.query_one(Footer))
+        self.mount(Static("", id="replay-bar"), before=self.query_one(Footer))
         if self.play_tick_s:
             self.set_interval(self.play_tick_s, self._play_tick)
         self._show_bar()

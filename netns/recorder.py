@@ -37,7 +37,7 @@ from syncwall_errors import SyncwallError
 try:  # zstandard compresses recordings ~2x better than zlib at the same speed
     import zstandard
 except ImportError:  # pragma: no cover - the pinned install has it
-    zstandard = None
+    zstandard = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +87,11 @@ class Limits:
     def parse(cls, text: str) -> Limits:
         """From "max_mb=64,max_min=30,interval_ms=500,segment_s=5,table_limit=500" (any subset)."""
         fields: dict[str, Any] = {}
-        names = {"max_mb": ("max_bytes", lambda v: int(float(v) * (1 << 20))),
-                 "max_min": ("max_age_s", lambda v: float(v) * 60),
-                 "interval_ms": ("interval_ms", int), "segment_s": ("segment_s", float),
-                 "table_limit": ("table_limit", int)}
+        names: dict[str, tuple[str, Callable[[str], Any]]] = {
+            "max_mb": ("max_bytes", lambda v: int(float(v) * (1 << 20))),
+            "max_min": ("max_age_s", lambda v: float(v) * 60),
+            "interval_ms": ("interval_ms", int), "segment_s": ("segment_s", float),
+            "table_limit": ("table_limit", int)}
         for part in filter(None, (p.strip() for p in text.split(","))):
             name, _, value = part.partition("=")
             if name not in names:

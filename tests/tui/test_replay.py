@@ -256,3 +256,16 @@ def test_mark_two_moments_and_see_what_moved_at_the_takeover(tmp_path: Path) -> 
     out = subprocess.run([sys.executable, "-m", "app.cli", "replay", str(path), "--compare", "2", "12",
                           "--json"], capture_output=True, text=True, check=True, timeout=60)
     assert json.loads(out.stdout)["moved"][0]["count"] == 17
+
+
+def test_replay_screen_snapshot(snap_compare: Any, tmp_path: Path) -> None:
+    path, _keys = record_fake_lab(tmp_path)
+    app = ReplayApp(ReplayLink(Recording.open(path)), play_tick_s=None)
+
+    async def after_the_takeover(pilot: Pilot[Any]) -> None:
+        await settle(pilot)
+        app.seek_offset(12.0)
+        await pilot.press("2")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=after_the_takeover)

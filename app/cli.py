@@ -315,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("bench", cmd_bench, "measure a figure")
     p.add_argument("name")
     p.add_argument("--runs", type=int, default=0, help="repetitions (0: the bench's default)")
+    from app import replay_cmd  # record, replay, serve --replay: their own module
+
+    replay_cmd.add_commands(add, sub.choices["serve"])
     return ap
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from netns import build as lab_build
 from netns.record import LabRecord, teardown
+from netns.recorder import Limits, Recorder
 from netns.spec import LabSpec, load_lab
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ class LabDaemon:
         self.faults_active: list[dict[str, Any]] = []
         self.frozen = False
         self.event_seq = 0
+        self.recorder = Recorder(run_dir, self.handle, Limits.from_env(), meta={"lab": spec.name})
 
     # ---- events -----------------------------------------------------------------------------
     def note(self, kind: str, text: str, node: str = "lab", **extra: Any) -> None:
@@ -136,6 +138,7 @@ class LabDaemon:
         ev["id"] = self.event_seq
         self.events.append(ev)
         self.trace.write(json.dumps(ev, default=str) + "\n")
+        self.recorder.event(ev)
 
     # ---- build ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -701,6 +704,7 @@ async def amain(spec: LabSpec, run_dir: Path, lab_file: Path | None) -> int:
         await d.start()
         (run_dir / "ready").write_text(str(os.getpid()))
         poll = asyncio.create_task(d.poll_loop())
+        d.recorder.start()
         await d.stop.wait()
     except Exception as e:
         log.exception("lab failed")
@@ -710,6 +714,7 @@ async def amain(spec: LabSpec, run_dir: Path, lab_file: Path | None) -> int:
         if poll is not None:
             poll.cancel()
         server.close()
+        await d.recorder.stop()
         await d.shutdown()
     return rc
 

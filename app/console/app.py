@@ -70,6 +70,7 @@ class ConsoleApp(App[str]):
 
     CSS_PATH = "console.tcss"
     TITLE = "syncwall"
+    WATCH_LABEL = "viewer"  # the header's word for a console that only watches (a replay says so)
 
     BINDINGS = [
         Binding("question_mark", "help", "Help", key_display="?"),
@@ -157,7 +158,7 @@ class ConsoleApp(App[str]):
         if self.present:
             self.theme = PRESENT_THEME.name
             self.screen.add_class("-present")
-        self.sub_title = "viewer" if self.viewer else ""
+        self.sub_title = self.WATCH_LABEL if self.viewer else ""
         self.poll()
         if self.poll_interval_s:
             self.set_interval(self.poll_interval_s, self._tick)
@@ -228,7 +229,7 @@ class ConsoleApp(App[str]):
         self._apply_hidden_views()
         self._update_headline()
         title = f"syncwall · lab {snapshot.get('lab', '?')}"
-        sub_title = (f"{'viewer · ' if self.viewer else ''}policy {snapshot.get('policy', '?')} "
+        sub_title = (f"{self.WATCH_LABEL + ' · ' if self.viewer else ''}policy {snapshot.get('policy', '?')} "
                      f"{snapshot.get('interval_ms', '?')} ms")
         if (title, sub_title) != (self.title, self.sub_title):  # the header re-lays out on change
             self.title, self.sub_title = title, sub_title

@@ -16,9 +16,12 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from netns import api
 from netns import build as lab_build
+from netns.control import AsyncControlClient, ControlError
 from netns.record import LabRecord, teardown
 from netns.spec import LabSpec, load_lab
+from syncwall_errors import NotFoundError, StateError, SyncwallError
 
 log = logging.getLogger(__name__)
 
@@ -36,54 +39,35 @@ SERVERS: dict[str, list[tuple[str, list[str]]]] = {
 }
 
 
-# kind -> (module and subcommand, server role, server port, [(flag, request key, default, type)])
-WORKLOADS: dict[str, tuple[list[str], str, str, list[tuple[str, str, Any, Any]]]] = {
-    "tcp": (["netns.workloads.tcpflows", "client"], "server", "5001",
-            [("--flows", "flows", 10, int), ("--interval-ms", "interval_ms", 50, int),
-             ("--stagger-ms", "stagger_ms", 20, int)]),
-    "udp": (["netns.workloads.udpflows", "client"], "server", "5002",
-            [("--flows", "flows", 4, int), ("--interval-ms", "interval_ms", 50, int)]),
-    "burst": (["netns.workloads.burst"], "server", "5001",
-              [("--count", "count", 100, int), ("--rate", "rate", 50, int)]),
-    "ftp": (["netns.workloads.ftpclient"], "ftp", "",
-            [("--mode", "mode", "active", str), ("--sessions", "sessions", 1, int),
-             ("--interval-ms", "interval_ms", 200, int), ("--file", "file", "small.bin", str),
-             ("--timeout-s", "timeout_s", 3, float)]),
+# kind -> (module and subcommand, server role, server port); the options and their defaults are
+# netns.api.TRAFFIC_OPTIONS, passed as `--option-name VALUE`.
+WORKLOADS: dict[str, tuple[list[str], str, str]] = {
+    "tcp": (["netns.workloads.tcpflows", "client"], "server", "5001"),
+    "udp": (["netns.workloads.udpflows", "client"], "server", "5002"),
+    "burst": (["netns.workloads.burst"], "server", "5001"),
+    "ftp": (["netns.workloads.ftpclient"], "ftp", ""),
 }
+assert set(WORKLOADS) == set(api.TRAFFIC_OPTIONS)
 
 
 class NodeLink:
-    """The daemon's connection to one node process's control socket."""
+    """The daemon's connection to one node process's control socket.
+
+    A node that does not answer is an expected state of the lab (killed, crashed, busy), so it
+    comes back as an `ok: false` reply the caller can look at, never as an exception."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-        self.lock = asyncio.Lock()
+        self._client = AsyncControlClient(path)
 
     async def request(self, msg: dict[str, Any], timeout_s: float = 2.0) -> dict[str, Any]:
-        async with self.lock:
-            try:
-                if self.writer is None:
-                    self.reader, self.writer = await asyncio.wait_for(
-                        asyncio.open_unix_connection(str(self.path), limit=64 << 20), timeout_s
-                    )
-                assert self.reader is not None
-                self.writer.write(json.dumps(msg).encode() + b"\n")
-                await self.writer.drain()
-                line = await asyncio.wait_for(self.reader.readline(), timeout_s)
-                if not line:
-                    raise ConnectionError("node closed its control socket")
-                reply: dict[str, Any] = json.loads(line)
-                return reply
-            except (TimeoutError, OSError, ConnectionError, ValueError) as e:
-                self.close()
-                return {"ok": False, "error": f"node unreachable: {e}"}
+        try:
+            return await self._client.request(msg, timeout_s)
+        except ControlError as e:
+            return {"ok": False, "error": f"node unreachable: {e}"}
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.reader = self.writer = None
+        self._client.close()
 
 
 class NodeProc:
@@ -428,13 +412,7 @@ class LabDaemon:
                     break
                 if not line:
                     break
-                try:
-                    req = json.loads(line)
-                    if not isinstance(req, dict):
-                        raise ValueError("a request is a JSON object")
-                    reply = await self.handle(req)
-                except Exception as e:  # a bad request gets an answer, never kills the daemon
-                    reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+                reply = await self.answer(line)
                 writer.write(json.dumps(reply, default=str).encode() + b"\n")
                 await writer.drain()
         except ConnectionError:
@@ -442,66 +420,76 @@ class LabDaemon:
         finally:
             writer.close()
 
-    async def handle(self, req: dict[str, Any]) -> dict[str, Any]:
-        cmd = req.get("cmd")
-        if cmd == "status":
-            return {"ok": True, **self.status()}
-        if cmd == "snapshot":
-            since = float(req.get("since", 0))
-            evs = [e for e in self.events if e["t"] > since][-int(req.get("max_events", 500)) :]
-            return {"ok": True, **self.status(), "flows": self.flows(), "events": evs}
-        if cmd == "table":
-            np = self._node(req)
-            if np.link is None or np.proc is None or np.proc.returncode is not None:
-                return {"ok": True, "rows": [], "total": 0, "note": f"{np.name} is not running"}
-            return await np.link.request(
-                {
-                    "cmd": "table",
-                    "scope": req.get("scope", "own"),
-                    "filter": req.get("filter", ""),
-                    "limit": int(req.get("limit", 500)),
-                },
-                timeout_s=5.0,
-            )
-        if cmd in ("kill", "crash", "revive", "offline"):
-            return await getattr(self, f"do_{cmd}")(self._node(req))
-        if cmd == "policy":
-            policy = str(req.get("policy"))
-            if policy not in ("on-demand", "periodic", "hybrid"):
-                return {"ok": False, "error": f"policy must be on-demand, periodic or hybrid, not {policy!r}"}
-            self.policy = policy
-            self.interval_ms = int(req.get("interval_ms", self.interval_ms))
-            await self._all_nodes(
-                {
-                    "cmd": "policy",
-                    "policy": policy,
-                    "interval_ms": self.interval_ms,
-                    "differential": bool(req.get("differential", True)),
-                }
-            )
-            self.note("policy", f"sync policy set to {policy}, interval {self.interval_ms} ms")
-            return {"ok": True, "policy": policy, "interval_ms": self.interval_ms}
-        if cmd == "full_sync":
-            await self._all_nodes(req)
-            self.note("trigger", "full sync requested on every node")
-            return {"ok": True}
-        if cmd in ("freeze", "resume"):
-            self.frozen = cmd == "freeze"
-            await self._all_nodes({"cmd": "freeze", "on": self.frozen})
-            self.note("step", "sync channel frozen: step releases one message" if self.frozen
-                      else "sync channel resumed")
-            return {"ok": True, "frozen": self.frozen}
-        if cmd == "step":
-            return await self.step()
-        if cmd == "traffic":
-            return await self.traffic(req)
-        if cmd == "fault":
-            return await self.fault(req)
-        if cmd == "down":
-            self.note("action", "down requested")
-            self.stop.set()
-            return {"ok": True, "daemon_pid": os.getpid()}
-        return {"ok": False, "error": f"unknown command {cmd!r}"}
+    async def answer(self, line: bytes) -> dict[str, Any]:
+        """The reply to one request line: a bad request gets an answer, never kills the daemon."""
+        try:
+            return await self.handle(api.parse_request(json.loads(line)))
+        except ValueError as e:  # not JSON
+            return api.refused(f"a request is one JSON object per line ({e})")
+        except SyncwallError as e:  # expected: the message is for the operator as it is
+            return api.refused(str(e))
+        except Exception as e:
+            log.exception("request %r failed", line[:200])
+            return api.refused(f"the lab daemon failed on this request ({type(e).__name__}: {e}); "
+                               "see its daemon.log")
+
+    async def handle(self, req: api.Request) -> dict[str, Any]:
+        match req:
+            case api.Status():
+                return {"ok": True, **self.status()}
+            case api.Snapshot(since=since, max_events=max_events):
+                evs = [e for e in self.events if e["t"] > since][-max_events:] if max_events else []
+                return {"ok": True, **self.status(), "flows": self.flows(), "events": evs}
+            case api.Table():
+                np = self._node(req.node)
+                if np.link is None or np.proc is None or np.proc.returncode is not None:
+                    return {"ok": True, "rows": [], "total": 0, "note": f"{np.name} is not running"}
+                return await np.link.request(
+                    {"cmd": "table", "scope": req.scope, "filter": req.filter, "limit": req.limit},
+                    timeout_s=5.0,
+                )
+            case api.Kill() | api.Crash() | api.Revive() | api.Offline():
+                action = getattr(self, f"do_{req.CMD}")
+                reply: dict[str, Any] = await action(self._node(req.node))
+                return reply
+            case api.SetPolicy():
+                self.policy = req.policy
+                if req.interval_ms is not None:
+                    self.interval_ms = req.interval_ms
+                await self._all_nodes({
+                    "cmd": "policy", "policy": req.policy, "interval_ms": self.interval_ms,
+                    "differential": True if req.differential is None else req.differential,
+                })
+                self.note("policy", f"sync policy set to {req.policy}, interval {self.interval_ms} ms")
+                return {"ok": True, "policy": req.policy, "interval_ms": self.interval_ms}
+            case api.FullSync():
+                await self._all_nodes({"cmd": "full_sync"})
+                self.note("trigger", "full sync requested on every node")
+                return {"ok": True}
+            case api.Freeze() | api.Resume():
+                self.frozen = isinstance(req, api.Freeze)
+                await self._all_nodes({"cmd": "freeze", "on": self.frozen})
+                self.note("step", "sync channel frozen: step releases one message" if self.frozen
+                          else "sync channel resumed")
+                return {"ok": True, "frozen": self.frozen}
+            case api.Step():
+                return await self.step()
+            case api.TrafficStart():
+                return await self.traffic_start(req)
+            case api.TrafficStop(name=name):
+                return self.traffic_stop(name)
+            case api.TrafficClear():
+                for f in (self.run_dir / "flows").glob("*.json"):
+                    if f.stem not in self.workloads:
+                        f.unlink()
+                return {"ok": True}
+            case api.Fault():
+                return await self.fault(req)
+            case api.Down():
+                self.note("action", "down requested")
+                self.stop.set()
+                return {"ok": True, "daemon_pid": os.getpid()}
+        raise StateError(f"the lab daemon does not handle {req.CMD!r} yet")  # pragma: no cover
 
     def _running(self) -> list[NodeProc]:
         return [n for n in self.nodes.values()
@@ -527,11 +515,10 @@ class LabDaemon:
     def queued(self) -> int:
         return sum(int(n.status.get("queued", 0) or 0) for n in self._running())
 
-    def _node(self, req: dict[str, Any]) -> NodeProc:
-        name = req.get("node")
+    def _node(self, name: str) -> NodeProc:
         if name not in self.nodes:
-            raise ValueError(f"no node {name!r}; nodes are {', '.join(self.nodes)}")
-        return self.nodes[str(name)]
+            raise NotFoundError(f"no node {name!r}; nodes are {', '.join(self.nodes)}")
+        return self.nodes[name]
 
     async def _all_nodes(self, msg: dict[str, Any]) -> None:
         await asyncio.gather(
@@ -594,67 +581,68 @@ class LabDaemon:
         self.record.remove_process(np.proc.pid) if self.record else None
         return {"ok": True}
 
-    async def traffic(self, req: dict[str, Any]) -> dict[str, Any]:
-        action = req.get("action", "start")
-        if action == "stop":
-            names = [
-                n
-                for n, (_p, m) in self.workloads.items()
-                if m.get("kind") != "server" and (not req.get("name") or n == req.get("name"))
-            ]
-            for n in names:
-                proc, _ = self.workloads[n]
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-            return {"ok": True, "stopped": names}
-        if action == "clear":
-            for f in (self.run_dir / "flows").glob("*.json"):
-                name = f.stem
-                if name not in self.workloads:
-                    f.unlink()
-            return {"ok": True}
-        kind = str(req.get("kind", "tcp"))
-        client = str(req.get("client", "c1"))
+    def traffic_stop(self, name: str | None) -> dict[str, Any]:
+        names = [n for n, (_p, m) in self.workloads.items()
+                 if m.get("kind") != "server" and (name is None or n == name)]
+        if name is not None and not names:
+            running = [n for n, (_p, m) in self.workloads.items() if m.get("kind") != "server"]
+            raise NotFoundError(f"no traffic workload {name!r} runs; running: "
+                                f"{', '.join(running) or 'none'}")
+        for n in names:
+            proc, _ = self.workloads[n]
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        return {"ok": True, "stopped": names}
+
+    async def traffic_start(self, req: api.TrafficStart) -> dict[str, Any]:
         hosts = {h.name: h for h in self.spec.hosts}
-        if client not in hosts or hosts[client].segment != "inside":
-            return {"ok": False, "error": f"client must be an inside host, not {client!r}"}
-        workload = WORKLOADS.get(kind)
-        if workload is None:
-            return {"ok": False, "error": f"traffic kind must be {', '.join(WORKLOADS)}, not {kind!r}"}
-        module, role, port, options = workload
-        candidates = [h for h in self.spec.hosts if h.role == role]
-        server = hosts.get(str(req.get("server", ""))) or (candidates[0] if candidates else None)
-        if server is None:
-            return {"ok": False, "error": f"this lab has no host with role {role!r} for {kind} traffic"}
+        if req.client not in hosts or hosts[req.client].segment != "inside":
+            inside = [h.name for h in self.spec.hosts if h.segment == "inside"]
+            raise NotFoundError(f"client must be an inside host ({', '.join(inside)}), "
+                                f"not {req.client!r}")
+        module, role, port = WORKLOADS[req.kind]
+        if req.server is not None:
+            if req.server not in hosts or hosts[req.server].role != role:
+                fits = [h.name for h in self.spec.hosts if h.role == role]
+                raise NotFoundError(f"server for {req.kind} traffic must be one of "
+                                    f"{', '.join(fits) or 'none'}, not {req.server!r}")
+            server = hosts[req.server]
+        else:
+            candidates = [h for h in self.spec.hosts if h.role == role]
+            if not candidates:
+                raise StateError(f"this lab has no host with role {role!r} for {req.kind} traffic")
+            server = candidates[0]
         self.traffic_seq += 1
-        name = f"{kind}-{client}-{self.traffic_seq}"
+        name = f"{req.kind}-{req.client}-{self.traffic_seq}"
         health = str(self.run_dir / "flows" / f"{name}.json")
         args = [*module, "--server", str(server.ip), *(["--port", port] if port else [])]
-        for flag, key, default, cast in options:
-            args += [flag, str(cast(req.get(key, default)))]
+        for option, value in req.options().items():
+            args += [f"--{option.replace('_', '-')}", str(value)]
         args += ["--health-file", health, "--name", name]
-        await self.start_workload(name, client, args, {"kind": kind})
-        return {"ok": True, "name": name, "health_file": health}
+        await self.start_workload(name, req.client, args, {"kind": req.kind, **req.options()})
+        return {"ok": True, "name": name, "health_file": health, "options": req.options()}
 
-    async def fault(self, req: dict[str, Any]) -> dict[str, Any]:
+    async def fault(self, req: api.Fault) -> dict[str, Any]:
         """Fault injection on the sync segment (loss, partition, slow peer, heal): see netns/faults.py."""
         from netns import faults
 
         assert self.record is not None
-        kind = str(req.get("kind", ""))
-        if kind == "heal":
+        msg = req.to_dict()
+        if req.kind == "heal":
             # Heal undoes every fault, the nodes' slow sync input included.
             await self._all_nodes({"cmd": "slow", "delay_ms": 0})
-        if kind == "slow":
-            np = self._node(req)
+        if req.kind == "slow":
+            assert req.node is not None and req.delay_ms is not None  # the schema requires them
+            np = self._node(req.node)
             if np.link is None:
-                return {"ok": False, "error": f"{np.name} is not running"}
-            reply = await np.link.request({"cmd": "slow", "delay_ms": int(req.get("delay_ms", 0))})
+                return api.refused(f"{np.name} is not running")
+            reply = await np.link.request({"cmd": "slow", "delay_ms": req.delay_ms})
         else:
-            reply = await asyncio.to_thread(faults.apply_fault, self.spec, self.record, req)
+            reply = await asyncio.to_thread(faults.apply_fault, self.spec, self.record, msg)
         if reply.get("ok"):
-            self.faults_active = faults.describe_active(self.faults_active, req)
-            self.note("fault", f"fault {kind}: {json.dumps({k: v for k, v in req.items() if k != 'cmd'})}")
+            self.faults_active = faults.describe_active(self.faults_active, msg)
+            given = {k: v for k, v in msg.items() if k != "cmd"}
+            self.note("fault", f"fault {req.kind}: {json.dumps(given)}")
         return reply
 
     # ---- life -------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from app.console.dialogs import ConfirmScreen, HelpScreen, PolicyScreen, QuitScr
 from app.console.fake import FakeLab
 from app.console.link import LinkError
 from app.console.tables import DiffTable
+from netns import api
 from tests.tui.snap_app import SIZE, advance, build_app, lab_of, settle
 
 pytestmark = pytest.mark.tui
@@ -298,7 +299,7 @@ def test_step_through_releases_one_sync_message_at_a_time() -> None:
         await pilot.press("z")
         await settle(pilot)
         assert lab.frozen and "SYNC FROZEN" in text_of(app, "#headline")
-        lab.request({"cmd": "traffic", "action": "start", "kind": "tcp", "count": 3})
+        lab.request({"cmd": "traffic", "action": "start", "kind": "tcp", "flows": 3})
         await advance(pilot, 0.0)
         queued = len(lab.queue)
         assert queued >= 3 and f"{queued} queued" in text_of(app, "#headline")
@@ -332,7 +333,7 @@ def test_link_errors_become_notifications_not_crashes() -> None:
             await settle(pilot)
             assert "lab unreachable" in text_of(app, "#headline")
             assert any(n.severity == "error" for n in app._notifications)
-            app.send({"cmd": "full_sync"}, "never")
+            app.send(api.FullSync(), "never")
             await settle(pilot)
             assert any("connection refused" in n.message and n.title == "link error"
                        for n in app._notifications)
@@ -363,7 +364,7 @@ def test_an_unreadable_reply_is_reported_not_fatal() -> None:
 
 def test_a_refused_request_is_shown_with_the_labs_reason() -> None:
     async def scenario(pilot: Pilot[Any], app: ConsoleApp, lab: FakeLab) -> None:
-        app.send({"cmd": "revive", "node": "n1"}, "never")
+        app.send(api.Revive("n1"), "never")
         await settle(pilot)
         assert any("only a failed or offline node can be revived" in n.message
                    for n in app._notifications)

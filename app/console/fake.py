@@ -495,6 +495,9 @@ class FakeLab:
         trigger = "graceful-leave" if graceful else "node-failed"
         for conn in moved:
             conn.owner = new_owner[conn.key] or successors[0]
+            flow = self.flows.get(conn.flow or "")
+            if flow is not None:  # its packets waited from the failure to the takeover
+                flow.longest_pause_s = max(flow.longest_pause_s, took_ms / 1000)
             conn.version += 1
             conn.trigger = trigger
             conn.copies = {}
@@ -752,7 +755,7 @@ class FakeLab:
 
     def _node(self, name: Any) -> FakeNode:
         if name not in self.nodes:
-            raise _Refused(f"no node {name!r}: the lab has {', '.join(self.nodes)}")
+            raise _Refused(f"no node {name!r}; nodes are {', '.join(self.nodes)}")
         return self.nodes[name]
 
     def _event(self, now: float, node: str, kind: str, text: str, *, key: str = "",

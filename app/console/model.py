@@ -134,6 +134,19 @@ def flow_cells(flow: FlowReport | dict[str, Any]) -> Cells:
     )
 
 
+FLOW_HEALTHS = ("healthy", "stalled", "broken", "done", "failed")
+
+
+def flow_counts(flows: Iterable[FlowReport | dict[str, Any]]) -> dict[str, int]:
+    """How many flows are in each health (netns/workloads/health.py FlowHealth), all five."""
+    counts = dict.fromkeys(FLOW_HEALTHS, 0)
+    for flow in flows:
+        health = str(flow.get("health", ""))
+        if health in counts:
+            counts[health] += 1
+    return counts
+
+
 EVENT_COLUMNS: Sequence[tuple[str, str]] = (
     ("t", "Time"),
     ("node", "Node"),

@@ -29,6 +29,7 @@ from app.console.model import (
     event_cells,
     event_key,
     flow_cells,
+    flow_counts,
     provenance,
 )
 
@@ -299,8 +300,7 @@ class FlowsPane(Vertical):
         yield DiffTable(FLOW_COLUMNS, _flow_render, id="flow-table")
 
     def apply(self, flows: list[dict[str, Any]]) -> RowDiff:
-        counts = {h: sum(1 for f in flows if f.get("health") == h) for h in HEALTH_STYLE}
-        summary = "  ".join(f"[{HEALTH_STYLE[h]}]{n} {h}[/]" for h, n in counts.items())
+        summary = "  ".join(f"[{HEALTH_STYLE[h]}]{n} {h}[/]" for h, n in flow_counts(flows).items())
         text = f"{len(flows)} flows  {summary}"
         if text != self._summary:
             self._summary = text

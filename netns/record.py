@@ -60,7 +60,7 @@ def _typed(entry: object, **types: type) -> None:
         value = getattr(entry, name)
         if not isinstance(value, want) or isinstance(value, bool):
             raise TypeError(f"{type(entry).__name__}.{name} is {value!r}, not a {want.__name__}")
-        if want is str and ("/" in value or not value):
+        if isinstance(value, str) and ("/" in value or not value):
             raise TypeError(f"{type(entry).__name__}.{name} {value!r} is not a plain name")
 
 

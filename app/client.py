@@ -22,7 +22,7 @@ class DaemonLink:
         try:
             req = api.as_request(msg)
         except api.RequestError as e:
-            return api.refused(str(e))
+            return {**api.refused(str(e)), "field": e.field}
         if self.viewer and not req.READ_ONLY:
             return api.refused("viewers cannot act on the lab")
         try:

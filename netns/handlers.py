@@ -64,6 +64,8 @@ class ControlHandlers:
         """The reply to one request line: a bad request gets an answer, never kills the daemon."""
         try:
             return await self.handle(api.parse_request(json.loads(line)))
+        except api.RequestError as e:  # the field lets a program point at what to fix
+            return {**api.refused(str(e)), "field": e.field}
         except ValueError as e:  # not JSON
             return api.refused(f"a request is one JSON object per line ({e})")
         except SyncwallError as e:  # expected: the message is for the operator as it is

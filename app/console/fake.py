@@ -209,7 +209,7 @@ class FakeLab:
         try:
             req = api.parse_request(msg)
         except api.RequestError as exc:
-            return {"ok": False, "error": str(exc)}
+            return {"ok": False, "error": str(exc), "field": exc.field}
         name = req.CMD if not req.ACTION else f"{req.CMD}_{req.ACTION}"
         handler = getattr(self, f"_cmd_{name}", None)
         if handler is None:

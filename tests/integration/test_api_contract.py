@@ -136,7 +136,7 @@ def test_the_daemon_and_the_fake_lab_refuse_the_same_requests_in_the_same_words(
     for msg in BAD:
         real, pretend = link.request(msg), fake.request(msg)
         assert real["ok"] is False and pretend["ok"] is False, msg
-        assert real["error"] == pretend["error"], msg
+        assert real["error"] == pretend["error"] and real["field"] == pretend["field"], msg
         with pytest.raises(api.RequestError):
             api.parse_request(msg)
     assert _status(link)["workloads"] == before  # nothing was started

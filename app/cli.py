@@ -56,6 +56,13 @@ def non_negative(text: str) -> int:
     return _whole(text, 0, "0 or more")
 
 
+def port(text: str) -> int:
+    value = _whole(text, 1, "a port number, 1..65535")
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} must be a port number, 1..65535")
+    return value
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -357,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--viewer", action="store_true", help="watch only: no actions")
     p.add_argument("--present", action="store_true", help="high contrast, large captions")
     p = add("serve", cmd_serve, "viewer consoles in a browser (localhost)")
-    p.add_argument("--port", type=positive, default=8000)
+    p.add_argument("--port", type=port, default=8000)
     p = add("demo", cmd_demo, "run a scripted scenario")
     p.add_argument("name")
     p.add_argument("--headless", action="store_true")

@@ -7,8 +7,9 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from netns import api
 from netns import lab as lab_life
 from netns.control import ControlError
 from netns.lab import daemon_pid, live_labs, load_lab_of, pick_lab, running_labs
@@ -26,19 +27,60 @@ def err(msg: str) -> None:
     print(f"syncwall: {msg}", file=sys.stderr)
 
 
-
-
-
-
-
-def call(lab: str, msg: dict[str, Any], timeout_s: float = 10.0) -> dict[str, Any]:
+def call(lab: str, req: api.Request, timeout_s: float = 10.0) -> dict[str, Any]:
     try:
-        reply = lab_life.client(lab, timeout_s).request(msg)
+        reply = lab_life.client(lab, timeout_s).request(req)
     except ControlError as e:
         raise CliError(f"lab {lab!r} does not answer: {e}") from e
     if not reply.get("ok"):
         raise CliError(str(reply.get("error", "the lab refused")))
     return reply
+
+
+# argparse types: a bad number is refused before anything is sent (exit 2, one usage line).
+def _whole(text: str, lo: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < lo:
+        raise argparse.ArgumentTypeError(f"{value} must be {what}")
+    return value
+
+
+def positive(text: str) -> int:
+    return _whole(text, 1, "at least 1")
+
+
+def non_negative(text: str) -> int:
+    return _whole(text, 0, "0 or more")
+
+
+def port(text: str) -> int:
+    value = _whole(text, 1, "a port number, 1..65535")
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} must be a port number, 1..65535")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return value
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction between 0 and 1")
+    return value
 
 
 def need_root() -> None:
@@ -111,7 +153,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
 # ---- status and actions --------------------------------------------------------------------
 def cmd_status(args: argparse.Namespace) -> int:
     lab = pick_lab(args.lab)
-    st = call(lab, {"cmd": "status"})
+    st = call(lab, api.Status())
     st.pop("ok", None)
     if args.json:
         print(json.dumps(st))
@@ -132,7 +174,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_action(args: argparse.Namespace) -> int:
     need_root()
     lab = pick_lab(args.lab)
-    reply = call(lab, {"cmd": args.command, "node": args.node}, timeout_s=30)
+    actions: dict[str, type[api.NodeAction]] = {
+        "kill": api.Kill, "crash": api.Crash, "revive": api.Revive, "offline": api.Offline}
+    reply = call(lab, actions[args.command](args.node), timeout_s=30)
     if args.json:
         print(json.dumps(reply))
     else:
@@ -141,46 +185,49 @@ def cmd_action(args: argparse.Namespace) -> int:
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
-    lab = pick_lab(args.lab)
-    msg: dict[str, Any] = {"cmd": "policy", "policy": args.policy}
-    if args.interval_ms is not None:
-        if args.interval_ms <= 0:
-            raise CliError("--interval-ms must be positive")
-        msg["interval_ms"] = args.interval_ms
-    reply = call(lab, msg)
+    req = api.SetPolicy(args.policy, interval_ms=args.interval_ms)
+    reply = call(pick_lab(args.lab), req)
     err(f"policy {reply['policy']}, interval {reply['interval_ms']} ms")
     return 0
 
 
+TRAFFIC_FLAGS = ("flows", "interval_ms", "stagger_ms", "mode", "sessions", "count", "rate")
+
+
+def traffic_request(args: argparse.Namespace) -> api.Request:
+    """The request for `syncwall traffic ...`; an option the kind does not take is refused."""
+    if args.action == "stop":
+        return api.TrafficStop(args.name)
+    if args.action == "clear":
+        return api.TrafficClear()
+    given = {k: getattr(args, k) for k in TRAFFIC_FLAGS if getattr(args, k, None) is not None}
+    try:
+        return api.TrafficStart(kind=args.kind, client=args.client, **given)
+    except api.RequestError as e:
+        raise CliError(f"--{e.field.replace('_', '-')}: {e}") from e
+
+
 def cmd_traffic(args: argparse.Namespace) -> int:
-    lab = pick_lab(args.lab)
-    msg: dict[str, Any] = {"cmd": "traffic", "action": args.action, "kind": args.kind,
-                           "client": args.client}
-    for k in ("flows", "interval_ms", "stagger_ms", "mode", "sessions", "count", "rate", "name"):
-        v = getattr(args, k, None)
-        if v is not None:
-            msg[k] = v
-    reply = call(lab, msg)
+    req = traffic_request(args)  # refused before looking for a lab
+    reply = call(pick_lab(args.lab), req)
     reply.pop("ok", None)
     print(json.dumps(reply))
     return 0
 
 
+def fault_request(args: argparse.Namespace) -> api.Fault:
+    groups = tuple(tuple(g.split(",")) for g in args.groups.split("/")) if args.groups else None
+    try:
+        return api.Fault(args.kind, node=args.node, rate=args.rate, groups=groups,
+                         delay_ms=args.delay_ms)
+    except api.RequestError as e:
+        raise CliError(f"--{e.field.replace('_', '-')}: {e}") from e
+
+
 def cmd_fault(args: argparse.Namespace) -> int:
+    req = fault_request(args)
     need_root()
-    lab = pick_lab(args.lab)
-    msg: dict[str, Any] = {"cmd": "fault", "kind": args.kind}
-    if args.node:
-        msg["node"] = args.node
-    if args.rate is not None:
-        if not 0 <= args.rate <= 1:
-            raise CliError("--rate is a fraction between 0 and 1")
-        msg["rate"] = args.rate
-    if args.groups:
-        msg["groups"] = [g.split(",") for g in args.groups.split("/")]
-    if args.delay_ms is not None:
-        msg["delay_ms"] = args.delay_ms
-    reply = call(lab, msg, timeout_s=30)
+    reply = call(pick_lab(args.lab), req, timeout_s=30)
     reply.pop("ok", None)
     print(json.dumps(reply))
     return 0
@@ -250,8 +297,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args.name, as_json=args.json, lab=args.lab, runs=args.runs)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line (exit 2) instead of the usage text and the error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="syncwall", description="A real firewall cluster in namespaces, "
+    ap = Parser(prog="syncwall", description="A real firewall cluster in namespaces, "
                                  "synchronised on demand. With no command: start the default lab "
                                  "if none runs and open the console.")
     ap.add_argument("--lab", help="lab name (default: the one running)")
@@ -267,10 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("up", cmd_up, "start a lab (the default lab without a file)")
     p.add_argument("lab_file", nargs="?", help="lab file (TOML)")
-    p.add_argument("--nodes", type=int)
-    p.add_argument("--backups", type=int)
-    p.add_argument("--policy", choices=["on-demand", "periodic", "hybrid"])
-    p.add_argument("--interval-ms", type=int)
+    p.add_argument("--nodes", type=positive)
+    p.add_argument("--backups", type=non_negative)
+    p.add_argument("--policy", choices=api.POLICIES)
+    p.add_argument("--interval-ms", type=positive)
     add("down", cmd_down, "stop the lab and remove everything it made")
     p = add("clean", cmd_clean, "remove whatever a crashed lab left behind (by its records)")
     p.add_argument("--force", action="store_true", help="also labs whose daemon still runs")
@@ -281,26 +335,28 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(action, cmd_action, help)
         p.add_argument("node")
     p = add("policy", cmd_policy, "switch the sync policy at run time")
-    p.add_argument("policy", choices=["on-demand", "periodic", "hybrid"])
-    p.add_argument("--interval-ms", type=int)
+    p.add_argument("policy", choices=api.POLICIES)
+    p.add_argument("--interval-ms", type=positive,
+                   help=f"the sync period, {api.INTERVAL_MS[0]}..{api.INTERVAL_MS[1]} ms")
     p = add("traffic", cmd_traffic, "start or stop traffic workloads")
     p.add_argument("action", choices=["start", "stop", "clear"])
-    p.add_argument("kind", nargs="?", default="tcp", choices=["tcp", "udp", "burst", "ftp"])
+    p.add_argument("kind", nargs="?", default="tcp", choices=api.TRAFFIC_KINDS)
     p.add_argument("--client", default="c1")
-    p.add_argument("--flows", type=int)
-    p.add_argument("--interval-ms", type=int)
-    p.add_argument("--stagger-ms", type=int, help="tcp: delay between opening two flows (default 20)")
-    p.add_argument("--mode", choices=["active", "passive"])
-    p.add_argument("--sessions", type=int)
-    p.add_argument("--count", type=int)
-    p.add_argument("--rate", type=int)
-    p.add_argument("--name")
+    p.add_argument("--flows", type=positive, help="tcp, udp: flows to open")
+    p.add_argument("--interval-ms", type=positive, help="tcp, udp, ftp: time between records/sessions")
+    p.add_argument("--stagger-ms", type=non_negative,
+                   help="tcp: delay between opening two flows (default 20)")
+    p.add_argument("--mode", choices=api.FTP_MODES, help="ftp: data connection mode")
+    p.add_argument("--sessions", type=non_negative, help="ftp: sessions, 0 = until stopped")
+    p.add_argument("--count", type=non_negative, help="burst: connections, 0 = until stopped")
+    p.add_argument("--rate", type=positive_float, help="burst: new connections per second")
+    p.add_argument("--name", help="stop: the workload to stop (default: all traffic)")
     p = add("fault", cmd_fault, "inject a fault on the sync segment: loss, partition, slow, heal")
-    p.add_argument("kind", choices=["loss", "partition", "slow", "heal"])
+    p.add_argument("kind", choices=api.FAULT_KINDS)
     p.add_argument("--node", help="the node (loss, slow)")
-    p.add_argument("--rate", type=float, help="loss: fraction of sync datagrams dropped, 0..1")
+    p.add_argument("--rate", type=fraction, help="loss: fraction of sync datagrams dropped, 0..1")
     p.add_argument("--groups", help="partition: e.g. n1/n2,n3 (nodes in different groups cannot sync)")
-    p.add_argument("--delay-ms", type=int, help="slow: how late the node handles sync input")
+    p.add_argument("--delay-ms", type=non_negative, help="slow: how late the node handles sync input")
     p = add("exec", cmd_exec, "run a program inside a lab host or node")
     p.add_argument("host")
     p.add_argument("cmd", nargs=argparse.REMAINDER)
@@ -308,13 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--viewer", action="store_true", help="watch only: no actions")
     p.add_argument("--present", action="store_true", help="high contrast, large captions")
     p = add("serve", cmd_serve, "viewer consoles in a browser (localhost)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port, default=8000)
     p = add("demo", cmd_demo, "run a scripted scenario")
     p.add_argument("name")
     p.add_argument("--headless", action="store_true")
     p = add("bench", cmd_bench, "measure a figure")
     p.add_argument("name")
-    p.add_argument("--runs", type=int, default=0, help="repetitions (0: the bench's default)")
+    p.add_argument("--runs", type=non_negative, default=0, help="repetitions (0: the bench's default)")
     from app import replay_cmd  # record, replay, serve --replay: their own module
 
     replay_cmd.add_commands(add, sub.choices["serve"])

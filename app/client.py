@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from app.console.link import LinkError
+from netns import api
 from netns.control import ControlClient, ControlError
 
-READ_ONLY = frozenset({"status", "snapshot", "table"})
+READ_ONLY = frozenset(cls.CMD for cls in api.REQUESTS.values() if cls.READ_ONLY)
 
 
 class DaemonLink:
@@ -16,11 +17,16 @@ class DaemonLink:
         self.viewer = viewer
         self._client = ControlClient(path, timeout_s)
 
-    def request(self, msg: dict[str, Any]) -> dict[str, Any]:
-        if self.viewer and msg.get("cmd") not in READ_ONLY:
-            return {"ok": False, "error": "viewers cannot act on the lab"}
+    def request(self, msg: dict[str, Any] | api.Request) -> dict[str, Any]:
+        # Checked here by the daemon's own schema: a bad request is refused in the same words.
         try:
-            return self._client.request(msg)
+            req = api.as_request(msg)
+        except api.RequestError as e:
+            return {**api.refused(str(e)), "field": e.field}
+        if self.viewer and not req.READ_ONLY:
+            return api.refused("viewers cannot act on the lab")
+        try:
+            return self._client.request(req)
         except ControlError as e:
             raise LinkError(str(e)) from e
 

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from netns import build as lab_build
+from netns.control import AsyncControlClient, ControlError
+from netns.handlers import ControlHandlers
 from netns.record import LabRecord, teardown
 from netns.recorder import Limits, Recorder
 from netns.spec import LabSpec, load_lab
@@ -37,54 +39,24 @@ SERVERS: dict[str, list[tuple[str, list[str]]]] = {
 }
 
 
-# kind -> (module and subcommand, server role, server port, [(flag, request key, default, type)])
-WORKLOADS: dict[str, tuple[list[str], str, str, list[tuple[str, str, Any, Any]]]] = {
-    "tcp": (["netns.workloads.tcpflows", "client"], "server", "5001",
-            [("--flows", "flows", 10, int), ("--interval-ms", "interval_ms", 50, int),
-             ("--stagger-ms", "stagger_ms", 20, int)]),
-    "udp": (["netns.workloads.udpflows", "client"], "server", "5002",
-            [("--flows", "flows", 4, int), ("--interval-ms", "interval_ms", 50, int)]),
-    "burst": (["netns.workloads.burst"], "server", "5001",
-              [("--count", "count", 100, int), ("--rate", "rate", 50, int)]),
-    "ftp": (["netns.workloads.ftpclient"], "ftp", "",
-            [("--mode", "mode", "active", str), ("--sessions", "sessions", 1, int),
-             ("--interval-ms", "interval_ms", 200, int), ("--file", "file", "small.bin", str),
-             ("--timeout-s", "timeout_s", 3, float)]),
-}
-
-
 class NodeLink:
-    """The daemon's connection to one node process's control socket."""
+    """The daemon's connection to one node process's control socket.
+
+    A node that does not answer is an expected state of the lab (killed, crashed, busy), so it
+    comes back as an `ok: false` reply the caller can look at, never as an exception."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-        self.lock = asyncio.Lock()
+        self._client = AsyncControlClient(path)
 
     async def request(self, msg: dict[str, Any], timeout_s: float = 2.0) -> dict[str, Any]:
-        async with self.lock:
-            try:
-                if self.writer is None:
-                    self.reader, self.writer = await asyncio.wait_for(
-                        asyncio.open_unix_connection(str(self.path), limit=64 << 20), timeout_s
-                    )
-                assert self.reader is not None
-                self.writer.write(json.dumps(msg).encode() + b"\n")
-                await self.writer.drain()
-                line = await asyncio.wait_for(self.reader.readline(), timeout_s)
-                if not line:
-                    raise ConnectionError("node closed its control socket")
-                reply: dict[str, Any] = json.loads(line)
-                return reply
-            except (TimeoutError, OSError, ConnectionError, ValueError) as e:
-                self.close()
-                return {"ok": False, "error": f"node unreachable: {e}"}
+        try:
+            return await self._client.request(msg, timeout_s)
+        except ControlError as e:
+            return {"ok": False, "error": f"node unreachable: {e}"}
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.reader = self.writer = None
+        self._client.close()
 
 
 class NodeProc:
@@ -420,245 +392,13 @@ class LabDaemon:
             "workloads": {k: {"pid": p.pid, **m} for k, (p, m) in self.workloads.items()},
         }
 
-    # ---- control ----------------------------------------------------------------------------
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    line = await reader.readline()
-                except (ValueError, asyncio.LimitOverrunError):
-                    writer.write(b'{"ok": false, "error": "request too long"}\n')
-                    break
-                if not line:
-                    break
-                try:
-                    req = json.loads(line)
-                    if not isinstance(req, dict):
-                        raise ValueError("a request is a JSON object")
-                    reply = await self.handle(req)
-                except Exception as e:  # a bad request gets an answer, never kills the daemon
-                    reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-                writer.write(json.dumps(reply, default=str).encode() + b"\n")
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-
-    async def handle(self, req: dict[str, Any]) -> dict[str, Any]:
-        cmd = req.get("cmd")
-        if cmd == "status":
-            return {"ok": True, **self.status()}
-        if cmd == "snapshot":
-            since = float(req.get("since", 0))
-            evs = [e for e in self.events if e["t"] > since][-int(req.get("max_events", 500)) :]
-            return {"ok": True, **self.status(), "flows": self.flows(), "events": evs}
-        if cmd == "table":
-            np = self._node(req)
-            if np.link is None or np.proc is None or np.proc.returncode is not None:
-                return {"ok": True, "rows": [], "total": 0, "note": f"{np.name} is not running"}
-            return await np.link.request(
-                {
-                    "cmd": "table",
-                    "scope": req.get("scope", "own"),
-                    "filter": req.get("filter", ""),
-                    "limit": int(req.get("limit", 500)),
-                },
-                timeout_s=5.0,
-            )
-        if cmd in ("kill", "crash", "revive", "offline"):
-            return await getattr(self, f"do_{cmd}")(self._node(req))
-        if cmd == "policy":
-            policy = str(req.get("policy"))
-            if policy not in ("on-demand", "periodic", "hybrid"):
-                return {"ok": False, "error": f"policy must be on-demand, periodic or hybrid, not {policy!r}"}
-            self.policy = policy
-            self.interval_ms = int(req.get("interval_ms", self.interval_ms))
-            await self._all_nodes(
-                {
-                    "cmd": "policy",
-                    "policy": policy,
-                    "interval_ms": self.interval_ms,
-                    "differential": bool(req.get("differential", True)),
-                }
-            )
-            self.note("policy", f"sync policy set to {policy}, interval {self.interval_ms} ms")
-            return {"ok": True, "policy": policy, "interval_ms": self.interval_ms}
-        if cmd == "full_sync":
-            await self._all_nodes(req)
-            self.note("trigger", "full sync requested on every node")
-            return {"ok": True}
-        if cmd in ("freeze", "resume"):
-            self.frozen = cmd == "freeze"
-            await self._all_nodes({"cmd": "freeze", "on": self.frozen})
-            self.note("step", "sync channel frozen: step releases one message" if self.frozen
-                      else "sync channel resumed")
-            return {"ok": True, "frozen": self.frozen}
-        if cmd == "step":
-            return await self.step()
-        if cmd == "traffic":
-            return await self.traffic(req)
-        if cmd == "fault":
-            return await self.fault(req)
-        if cmd == "down":
-            self.note("action", "down requested")
-            self.stop.set()
-            return {"ok": True, "daemon_pid": os.getpid()}
-        return {"ok": False, "error": f"unknown command {cmd!r}"}
-
     def _running(self) -> list[NodeProc]:
         return [n for n in self.nodes.values()
                 if n.link is not None and n.proc is not None and n.proc.returncode is None]
 
-    async def step(self) -> dict[str, Any]:
-        """Release one held sync message, from the node that has waited longest with one queued."""
-        if not self.frozen:
-            return {"ok": False, "error": "the sync channel is not frozen (freeze it first)"}
-        for np in self._running():
-            assert np.link is not None
-            if int(np.status.get("queued", 0) or 0) <= 0:
-                continue
-            r = await np.link.request({"cmd": "step"})
-            if r.get("released"):
-                np.status["queued"] = r.get("queued", 0)
-                text = f"{np.name} sent one sync message ({r.get('queued', 0)} still queued there)"
-                self.note("step", text, node=np.name)
-                return {"ok": True, "released": {"node": np.name, "text": text},
-                        "queued": self.queued()}
-        return {"ok": True, "released": None, "queued": self.queued()}
-
     def queued(self) -> int:
         return sum(int(n.status.get("queued", 0) or 0) for n in self._running())
 
-    def _node(self, req: dict[str, Any]) -> NodeProc:
-        name = req.get("node")
-        if name not in self.nodes:
-            raise ValueError(f"no node {name!r}; nodes are {', '.join(self.nodes)}")
-        return self.nodes[str(name)]
-
-    async def _all_nodes(self, msg: dict[str, Any]) -> None:
-        await asyncio.gather(
-            *(
-                n.link.request(msg)
-                for n in self.nodes.values()
-                if n.link is not None and n.proc is not None and n.proc.returncode is None
-            )
-        )
-
-    async def do_kill(self, np: NodeProc) -> dict[str, Any]:
-        if np.proc is None or np.proc.returncode is not None:
-            return {"ok": False, "error": f"{np.name} is not running"}
-        np.intent = "killed"
-        self.failed_at = time.time()
-        np.proc.send_signal(signal.SIGKILL)
-        await np.proc.wait()
-        assert self.record is not None
-        self.record.remove_process(np.proc.pid)
-        self.note("action", f"kill {np.name}: SIGKILL to its engine (pid {np.proc.pid})", node=np.name)
-        return {"ok": True, "killed_at": time.time()}
-
-    async def do_crash(self, np: NodeProc) -> dict[str, Any]:
-        if np.intent != "active":
-            return {"ok": False, "error": f"{np.name} is {np.intent}, not active"}
-        assert self.record is not None
-        np.intent = "crashed"
-        self.failed_at = time.time()
-        await asyncio.to_thread(lab_build.cut_links, self.record, np.name)
-        self.note("action", f"crash {np.name}: all its links cut at once", node=np.name)
-        return {"ok": True, "crashed_at": time.time()}
-
-    async def do_revive(self, np: NodeProc) -> dict[str, Any]:
-        if np.intent == "active" and np.proc is not None and np.proc.returncode is None:
-            return {"ok": False, "error": f"{np.name} is already active"}
-        assert self.record is not None
-        if np.proc is not None and np.proc.returncode is None:
-            # A crashed node reboots: the isolated process goes, a fresh one joins.
-            np.proc.send_signal(signal.SIGKILL)
-            await np.proc.wait()
-            self.record.remove_process(np.proc.pid)
-        if np.intent == "crashed":
-            await asyncio.to_thread(lab_build.restore_links, self.record, np.name)
-        await self.start_node(np.name)
-        self.note("action", f"revive {np.name}: a fresh engine joins and resyncs", node=np.name)
-        return {"ok": True}
-
-    async def do_offline(self, np: NodeProc) -> dict[str, Any]:
-        if np.intent != "active" or np.link is None or np.proc is None:
-            return {"ok": False, "error": f"{np.name} is not active"}
-        np.intent = "offline"
-        reply = await np.link.request({"cmd": "leave"})
-        if not reply.get("ok"):
-            return reply
-        self.note("action", f"offline {np.name}: graceful leave", node=np.name)
-        try:
-            await asyncio.wait_for(np.proc.wait(), 10.0)
-        except TimeoutError:
-            return {"ok": False, "error": f"{np.name} did not finish leaving within 10 s"}
-        self.record.remove_process(np.proc.pid) if self.record else None
-        return {"ok": True}
-
-    async def traffic(self, req: dict[str, Any]) -> dict[str, Any]:
-        action = req.get("action", "start")
-        if action == "stop":
-            names = [
-                n
-                for n, (_p, m) in self.workloads.items()
-                if m.get("kind") != "server" and (not req.get("name") or n == req.get("name"))
-            ]
-            for n in names:
-                proc, _ = self.workloads[n]
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-            return {"ok": True, "stopped": names}
-        if action == "clear":
-            for f in (self.run_dir / "flows").glob("*.json"):
-                name = f.stem
-                if name not in self.workloads:
-                    f.unlink()
-            return {"ok": True}
-        kind = str(req.get("kind", "tcp"))
-        client = str(req.get("client", "c1"))
-        hosts = {h.name: h for h in self.spec.hosts}
-        if client not in hosts or hosts[client].segment != "inside":
-            return {"ok": False, "error": f"client must be an inside host, not {client!r}"}
-        workload = WORKLOADS.get(kind)
-        if workload is None:
-            return {"ok": False, "error": f"traffic kind must be {', '.join(WORKLOADS)}, not {kind!r}"}
-        module, role, port, options = workload
-        candidates = [h for h in self.spec.hosts if h.role == role]
-        server = hosts.get(str(req.get("server", ""))) or (candidates[0] if candidates else None)
-        if server is None:
-            return {"ok": False, "error": f"this lab has no host with role {role!r} for {kind} traffic"}
-        self.traffic_seq += 1
-        name = f"{kind}-{client}-{self.traffic_seq}"
-        health = str(self.run_dir / "flows" / f"{name}.json")
-        args = [*module, "--server", str(server.ip), *(["--port", port] if port else [])]
-        for flag, key, default, cast in options:
-            args += [flag, str(cast(req.get(key, default)))]
-        args += ["--health-file", health, "--name", name]
-        await self.start_workload(name, client, args, {"kind": kind})
-        return {"ok": True, "name": name, "health_file": health}
-
-    async def fault(self, req: dict[str, Any]) -> dict[str, Any]:
-        """Fault injection on the sync segment (loss, partition, slow peer, heal): see netns/faults.py."""
-        from netns import faults
-
-        assert self.record is not None
-        kind = str(req.get("kind", ""))
-        if kind == "heal":
-            # Heal undoes every fault, the nodes' slow sync input included.
-            await self._all_nodes({"cmd": "slow", "delay_ms": 0})
-        if kind == "slow":
-            np = self._node(req)
-            if np.link is None:
-                return {"ok": False, "error": f"{np.name} is not running"}
-            reply = await np.link.request({"cmd": "slow", "delay_ms": int(req.get("delay_ms", 0))})
-        else:
-            reply = await asyncio.to_thread(faults.apply_fault, self.spec, self.record, req)
-        if reply.get("ok"):
-            self.faults_active = faults.describe_active(self.faults_active, req)
-            self.note("fault", f"fault {kind}: {json.dumps({k: v for k, v in req.items() if k != 'cmd'})}")
-        return reply
 
     # ---- life -------------------------------------------------------------------------------
     async def shutdown(self) -> None:
@@ -695,7 +435,8 @@ async def amain(spec: LabSpec, run_dir: Path, lab_file: Path | None) -> int:
         sock_path.unlink()
     old = os.umask(0o177)  # the control socket is root-only from the moment it exists
     try:
-        server = await asyncio.start_unix_server(d.serve, path=str(sock_path), limit=1 << 20)
+        server = await asyncio.start_unix_server(ControlHandlers(d).serve, path=str(sock_path),
+                                                 limit=1 << 20)
     finally:
         os.umask(old)
     poll = None

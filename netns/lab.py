@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from netns import api
 from netns.control import ControlClient, ControlError
 from netns.record import RUN_ROOT, LabRecord, RecordError, alive, teardown
 from netns.spec import LabError, LabSpec, load_lab
@@ -160,7 +161,7 @@ def down(lab: str, say: Say = _quiet) -> float:
     if pid is None:
         raise LabNotRunning(f"lab {lab!r} has no live daemon; use `syncwall clean`")
     try:
-        reply = client(lab).request({"cmd": "down"})
+        reply = client(lab).request(api.Down())
         if not reply.get("ok"):
             raise ControlError(str(reply.get("error", "the lab refused")))
     except (ControlError, LabNotRunning) as e:

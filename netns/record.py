@@ -36,6 +36,9 @@ class NsEntry:
     name: str
     inode: int
 
+    def __post_init__(self) -> None:
+        _typed(self, name=str, inode=int)
+
 
 @dataclass(slots=True)
 class ProcEntry:
@@ -45,6 +48,20 @@ class ProcEntry:
     start_time: int
     role: str
     name: str
+
+    def __post_init__(self) -> None:
+        _typed(self, pid=int, start_time=int, role=str, name=str)
+
+
+def _typed(entry: object, **types: type) -> None:
+    """A record read back from disk may be damaged: a wrong type is refused before teardown
+    uses it (a namespace name that is a number must not become a path)."""
+    for name, want in types.items():
+        value = getattr(entry, name)
+        if not isinstance(value, want) or isinstance(value, bool):
+            raise TypeError(f"{type(entry).__name__}.{name} is {value!r}, not a {want.__name__}")
+        if isinstance(value, str) and ("/" in value or not value):
+            raise TypeError(f"{type(entry).__name__}.{name} {value!r} is not a plain name")
 
 
 @dataclass(slots=True)

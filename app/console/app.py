@@ -18,6 +18,7 @@ from textual.theme import Theme
 from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState, get_current_worker
 
+from app.console import requests
 from app.console.cards import ClusterView, NodeCard
 from app.console.demo import DemoCaption, DemoListScreen, DemoPanel, LockedLink, available_demos
 from app.console.dialogs import (
@@ -31,6 +32,7 @@ from app.console.dialogs import (
 from app.console.link import LabLink, LinkError, RequestRefused, checked
 from app.console.model import Scope
 from app.console.tables import ConnectionsPane, DiffTable, FlowsPane, TimelinePane
+from netns import api
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +193,7 @@ class ConsoleApp(App[str]):
 
     @work(thread=True, exclusive=True, group="poll", exit_on_error=False)
     def _fetch(self, table_request: dict[str, Any]) -> None:
-        snapshot = checked(self.demo_link.request({"cmd": "snapshot"}))
+        snapshot = checked(self.demo_link.request(requests.SNAPSHOT.to_dict()))
         table: dict[str, Any] | None = None
         if table_request.get("node"):
             try:
@@ -288,8 +290,8 @@ class ConsoleApp(App[str]):
     # ---- acting on the lab -----------------------------------------------------------------
 
     @work(thread=True, group="action", exit_on_error=False)
-    def send(self, msg: dict[str, Any], done: str) -> dict[str, Any]:
-        reply = checked(self.demo_link.request(msg))
+    def send(self, req: api.Request, done: str) -> dict[str, Any]:
+        reply = checked(self.demo_link.request(req.to_dict()))
         self.call_from_thread(self._acted, done, reply)
         return reply
 
@@ -328,7 +330,7 @@ class ConsoleApp(App[str]):
             self.notify(f"{action.replace('_', ' ')} does not apply now", severity="warning")
         return False
 
-    def _confirmed(self, question: str, yes: str, msg: dict[str, Any], done: str) -> None:
+    def _confirmed(self, question: str, yes: str, msg: api.Request, done: str) -> None:
         def answer(ok: bool | None) -> None:
             if ok:
                 self.send(msg, done)
@@ -339,37 +341,37 @@ class ConsoleApp(App[str]):
         node = self.selected_node
         if self._allowed("kill"):
             self._confirmed(f"Kill {node}? Its process gets SIGKILL; its backup must take over.",
-                            f"Kill {node}", {"cmd": "kill", "node": node}, f"{node} killed")
+                            f"Kill {node}", requests.node_action("kill", node), f"{node} killed")
 
     def action_crash(self) -> None:
         node = self.selected_node
         if self._allowed("crash"):
             self._confirmed(f"Crash {node}? Its links are cut with no goodbye.",
-                            f"Crash {node}", {"cmd": "crash", "node": node}, f"{node} crashed")
+                            f"Crash {node}", requests.node_action("crash", node), f"{node} crashed")
 
     def action_offline(self) -> None:
         node = self.selected_node
         if self._allowed("offline"):
             self._confirmed(f"Take {node} offline gracefully? It hands its buckets over first.",
-                            f"Offline {node}", {"cmd": "offline", "node": node},
+                            f"Offline {node}", requests.node_action("offline", node),
                             f"{node} went offline")
 
     def action_revive(self) -> None:
         node = self.selected_node
         if self._allowed("revive"):
-            self.send({"cmd": "revive", "node": node}, f"{node} is rejoining")
+            self.send(requests.node_action("revive", node), f"{node} is rejoining")
 
     def action_full_sync(self) -> None:
         if self._allowed("full_sync"):
-            self.send({"cmd": "full_sync"}, "full sync sent")
+            self.send(requests.FULL_SYNC, "full sync sent")
 
     def action_policy(self) -> None:
         if not self._allowed("policy"):
             return
 
-        def chosen(msg: dict[str, Any] | None) -> None:
-            if msg:
-                self.send(msg, f"policy {msg['policy']}, {msg['interval_ms']} ms")
+        def chosen(req: api.SetPolicy | None) -> None:
+            if req:
+                self.send(req, f"policy {req.policy}, {req.interval_ms} ms")
 
         self.push_screen(PolicyScreen(str(self.snapshot.get("policy", "hybrid")),
                                       int(self.snapshot.get("interval_ms", 1000))), chosen)
@@ -378,31 +380,30 @@ class ConsoleApp(App[str]):
         if not self._allowed("traffic"):
             return
 
-        def chosen(msg: dict[str, Any] | None) -> None:
-            if msg:
-                self.send(msg, f"{msg['kind']} traffic started")
+        def chosen(req: api.TrafficStart | None) -> None:
+            if req:
+                self.send(req, f"{req.kind} traffic started")
 
         self.push_screen(TrafficScreen(), chosen)
 
     def action_traffic_kind(self, kind: str) -> None:
         if not self._allowed("traffic_kind"):
             return
-        for ident, _, params in TRAFFIC:
+        for ident, _, req in TRAFFIC:
             if ident == kind:
-                self.send({"cmd": "traffic", "action": "start", **params},
-                          f"{kind} traffic started")
+                self.send(req, f"{kind} traffic started")
 
     def action_freeze(self) -> None:
         if not self._allowed("freeze"):
             return
         if self.snapshot.get("frozen"):
-            self.send({"cmd": "resume"}, "sync channel resumed")
+            self.send(requests.RESUME, "sync channel resumed")
         else:
-            self.send({"cmd": "freeze"}, "sync channel frozen: n releases one message")
+            self.send(requests.FREEZE, "sync channel frozen: n releases one message")
 
     def action_step(self) -> None:
         if self._allowed("step"):
-            self.send({"cmd": "step"}, "one sync message released")
+            self.send(requests.STEP, "one sync message released")
 
     # ---- demos -----------------------------------------------------------------------------
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -11,7 +9,10 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, RadioButton, RadioSet, Static
 
-POLICIES = ("on-demand", "periodic", "hybrid")
+from app.console import requests
+from netns import api
+
+POLICIES = api.POLICIES
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -76,7 +77,7 @@ class QuitScreen(ModalScreen[str | None]):
         self.dismiss(choice or None)
 
 
-class PolicyScreen(ModalScreen[dict[str, Any] | None]):
+class PolicyScreen(ModalScreen[api.SetPolicy | None]):
     """Pick the sync policy and its interval."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
@@ -109,21 +110,17 @@ class PolicyScreen(ModalScreen[dict[str, Any] | None]):
         pressed = self.query_one(RadioSet).pressed_button
         policy = str(pressed.label) if pressed is not None else self.policy
         text = self.query_one("#interval", Input).value
-        if not text.isdigit() or not 10 <= int(text) <= 60_000:
-            self.query_one("#policy-error", Label).update("interval: a whole number, 10..60000 ms")
+        lo, hi = api.INTERVAL_MS
+        if not text.isdigit() or not lo <= int(text) <= hi:
+            self.query_one("#policy-error", Label).update(f"interval: a whole number, {lo}..{hi} ms")
             return
-        self.dismiss({"cmd": "policy", "policy": policy, "interval_ms": int(text)})
+        self.dismiss(requests.policy(policy, int(text)))
 
 
-TRAFFIC = (
-    ("ftp", "FTP session (passive, through the cluster)", {"kind": "ftp", "count": 1}),
-    ("burst", "Burst of 200 short TCP connections", {"kind": "burst", "count": 200}),
-    ("tcp", "3 long-lived TCP flows", {"kind": "tcp", "count": 3}),
-    ("udp", "1 UDP flow", {"kind": "udp", "count": 1}),
-)
+TRAFFIC = requests.TRAFFIC
 
 
-class TrafficScreen(ModalScreen[dict[str, Any] | None]):
+class TrafficScreen(ModalScreen[api.TrafficStart | None]):
     """Start a workload."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
@@ -140,9 +137,9 @@ class TrafficScreen(ModalScreen[dict[str, Any] | None]):
 
     @on(Button.Pressed)
     def _pressed(self, event: Button.Pressed) -> None:
-        for ident, _, params in TRAFFIC:
+        for ident, _, req in TRAFFIC:
             if event.button.id == f"traffic-{ident}":
-                self.dismiss({"cmd": "traffic", "action": "start", **params})
+                self.dismiss(req)
                 return
         self.dismiss(None)
 

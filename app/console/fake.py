@@ -11,14 +11,29 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
+from app.console.fake_parts import (
+    CLIENTS,
+    SERVERS,
+    TCP_STATES,
+    FakeClock,
+    FakeConn,
+    FakeFlow,
+    FakeNode,
+    FlowKind,
+    NodeState,
+    Policy,
+    QueuedMessage,
+    WallClock,
+)
+from netns import api
+from sync.membership import MemberState, View, compute_view, home_node
 from syncwall_errors import SyncwallError
+
+__all__ = ["FakeClock", "FakeLab", "WallClock"]  # what the console and its tests import from here
 
 log = logging.getLogger(__name__)
 
@@ -26,110 +41,6 @@ STEP_S = 0.25  # the fake lab's simulation tick: churn, flow bytes, periodic syn
 MAX_CATCH_UP_S = 30.0  # a clock jump longer than this is not simulated tick by tick
 EVENTS_KEPT = 400
 EVENTS_IN_SNAPSHOT = 120
-
-
-class FakeClock:
-    """A clock that only moves when told to (tests)."""
-
-    def __init__(self, start_s: float = 0.0) -> None:
-        self.now_s = start_s
-
-    def __call__(self) -> float:
-        return self.now_s
-
-    def advance(self, dt_s: float) -> None:
-        self.now_s += dt_s
-
-
-class WallClock:
-    """Seconds since creation, from the monotonic clock (the fake lab tried by hand)."""
-
-    def __init__(self) -> None:
-        self._start = time.monotonic()
-
-    def __call__(self) -> float:
-        return time.monotonic() - self._start
-
-
-class NodeState(Enum):
-    ACTIVE = "active"
-    FAILED = "failed"
-    OFFLINE = "offline"
-    JOINING = "joining"
-
-
-class Policy(Enum):
-    ON_DEMAND = "on-demand"
-    PERIODIC = "periodic"
-    HYBRID = "hybrid"
-
-
-class FlowKind(Enum):
-    TCP = "tcp"
-    UDP = "udp"
-    FTP = "ftp"
-    BURST = "burst"
-
-
-@dataclass(slots=True)
-class FakeNode:
-    name: str
-    index: int
-    state: NodeState = NodeState.ACTIVE
-    held: int = 0
-    failed_at_s: float | None = None
-    sent: deque[float] = field(default_factory=deque)  # send times of sync messages
-    counters: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class FakeConn:
-    key: str
-    proto: str
-    src: str
-    dst: str
-    state: str
-    bucket: int
-    owner: str
-    created_s: float
-    trigger: str = "state-modified"
-    version: int = 1
-    copies: dict[str, int] = field(default_factory=dict)  # backup node -> version it holds
-    common: bool = False
-    expires_s: float | None = None
-    flow: str | None = None
-
-
-@dataclass(slots=True)
-class FakeFlow:
-    name: str
-    kind: FlowKind
-    client: str
-    server: str
-    src: str
-    dst: str
-    conn_key: str
-    started_s: float
-    rate_bps: float
-    bytes: int = 0
-    health: str = "healthy"
-    detail: str = ""
-
-
-@dataclass(slots=True)
-class QueuedMessage:
-    key: str
-    version: int
-    to: list[str]
-    trigger: str
-    queued_s: float
-    sender: str
-    holds_packet: bool = False
-
-
-CLIENTS = {"c1": "198.18.1.10", "c2": "198.18.1.11"}
-SERVERS = {"s1": "198.18.2.10", "s2": "198.18.2.11"}
-TCP_STATES = ("SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "TIME_WAIT")
 
 
 class FakeLab:
@@ -162,7 +73,11 @@ class FakeLab:
         self.requests: list[dict[str, Any]] = []  # every request seen, for tests
         self.nodes = {f"n{i + 1}": FakeNode(f"n{i + 1}", i) for i in range(nodes)}
         self._order = list(self.nodes)
-        self.bucket_owner = {b: self._home(b) for b in range(1, buckets + 1)}
+        # Who owns which bucket and who backs up whom: the simulated cluster's own rule
+        # (sync.membership.compute_view), recomputed whenever a node is detected gone or back.
+        self.members = dict.fromkeys(self.nodes, MemberState.ACTIVE)
+        self.view: View = compute_view(self._order, self.members, buckets, 1, 0)
+        self.bucket_owner: dict[int, str | None] = {}
         self.backups: dict[str, list[str]] = {}
         self.conns: dict[str, FakeConn] = {}
         self.flows: dict[str, FakeFlow] = {}
@@ -184,34 +99,41 @@ class FakeLab:
             conn.copies = dict.fromkeys(self.backups[conn.owner], conn.version)
         self._add_common("ruleset", "rule-set v3", now)
         self._add_common("blocklist", "blocked 203.0.113.66", now)
-        for _ in range(3):
-            self._start_flow(FlowKind.TCP, now)
-        self._start_flow(FlowKind.UDP, now)
+        self.workloads: dict[str, list[str]] = {}  # workload name -> its flows
+        self._workload_seq = 0
+        for req in (api.TrafficStart(kind="tcp", flows=2), api.TrafficStart(kind="tcp", client="c2", flows=1),
+                    api.TrafficStart(kind="udp", flows=1)):
+            self._cmd_traffic_start(req, now)
         self._event(now, "n1", "lab", "lab up: 3 nodes, hybrid sync every 1000 ms")
 
     # ---- the control API -------------------------------------------------------------------
 
     def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """One request, parsed by the daemon's own schema: what the daemon refuses, so does this."""
         self.requests.append(dict(msg))
         now = self.clock()
         self._advance(now)
-        cmd = msg.get("cmd")
-        handler = getattr(self, f"_cmd_{cmd}", None) if isinstance(cmd, str) else None
-        if handler is None:
-            return {"ok": False, "error": f"unknown command {cmd!r}"}
         try:
-            reply: dict[str, Any] = handler(msg, now)
+            req = api.parse_request(msg)
+        except api.RequestError as exc:
+            return {"ok": False, "error": str(exc), "field": exc.field}
+        name = req.CMD if not req.ACTION else f"{req.CMD}_{req.ACTION}"
+        handler = getattr(self, f"_cmd_{name}", None)
+        if handler is None:
+            return {"ok": False, "error": f"the fake lab does not simulate {name!r}"}
+        try:
+            reply: dict[str, Any] = handler(req, now)
         except _Refused as exc:
             return {"ok": False, "error": str(exc)}
         return reply
 
-    def _cmd_status(self, msg: dict[str, Any], now: float) -> dict[str, Any]:
-        snap = self._cmd_snapshot(msg, now)
+    def _cmd_status(self, req: api.Status, now: float) -> dict[str, Any]:
+        snap = self._cmd_snapshot(api.Snapshot(), now)
         snap.pop("events")
         snap.pop("flows")
         return snap
 
-    def _cmd_snapshot(self, msg: dict[str, Any], now: float) -> dict[str, Any]:
+    def _cmd_snapshot(self, req: api.Snapshot, now: float) -> dict[str, Any]:
         return {
             "ok": True,
             "lab": self.name,
@@ -226,16 +148,13 @@ class FakeLab:
             "queued": len(self.queue),
             "nodes": [self._node_dict(n, now) for n in self.nodes.values()],
             "flows": [self._flow_dict(f, now) for f in self.flows.values()],
-            "events": list(self.events)[-EVENTS_IN_SNAPSHOT:],
+            "events": [e for e in self.events if not req.since or e["t"] > req.since][
+                -min(req.max_events, EVENTS_IN_SNAPSHOT):] if req.max_events else [],
         }
 
-    def _cmd_table(self, msg: dict[str, Any], now: float) -> dict[str, Any]:
-        node = self._node(msg.get("node"))
-        scope = msg.get("scope", "own")
-        if scope not in ("own", "backup", "common"):
-            raise _Refused(f"unknown scope {scope!r}: use own, backup or common")
-        limit = int(msg.get("limit", 500))
-        needle = str(msg.get("filter", "")).lower()
+    def _cmd_table(self, req: api.Table, now: float) -> dict[str, Any]:
+        node = self._node(req.node)
+        scope, limit, needle = req.scope, req.limit, req.filter.lower()
         reply: dict[str, Any] = {"ok": True, "node": node.name, "scope": scope}
         if node.state in (NodeState.FAILED, NodeState.OFFLINE):
             reply.update(rows=[], total=0, note=f"{node.name} is {node.state.value}: no tables")
@@ -246,14 +165,14 @@ class FakeLab:
         reply.update(rows=rows[:limit], total=len(rows))
         return reply
 
-    def _cmd_kill(self, msg: dict[str, Any], now: float) -> dict[str, Any]:
-        return self._fail(msg, now, "killed (SIGKILL to the node process)")
+    def _cmd_kill(self, req: api.Kill, now: float) -> dict[str, Any]:
+        return self._fail(req, now, "killed (SIGKILL to the node process)")
 
-    def _cmd_crash(self, msg: dict[str, Any], now: float) -> dict[str, Any]:
-        return self._fail(msg, now, "crashed (links cut, process frozen)")
+    def _cmd_crash(self, req: api.Crash, now: float) -> dict[str, Any]:
+        return self._fail(req, now, "crashed (links cut, process frozen)")
 
-    def _fail(self, msg: dict[str, Any], now: float, how: str) -> dict[str, Any]:
-        node = self._node(msg.get("node"))
+    def _fail(self, req: api.NodeAction, now: float, how: str) -> dict[str, Any]:
+        node = self._node(req.node)
         if node.state is not NodeState.ACTIVE:
             raise _Refused(f"{node.name} is {node.state.value}; only an active node can fail")
         node.state = NodeState.FAILED
@@ -263,8 +182,8 @@ class FakeLab:
         self._schedule(now + self.detect_s, lambda: self._take_over(node.name, graceful=False))
         return {"ok": True}
 
-    def _cmd_offline(self, msg: dict[str, Any], now: float) -> dict[str, Any]:
-        node = self._node(msg.get("node"))
+    def _cmd_offline(self, req: api.Offline, now: float) -> dict[str, Any]:
+        node = self._node(req.node)
         if node.state is not NodeState.ACTIVE:
             raise _Refused(f"{node.name} is {node.state.value}; only an active node can leave")
         node.failed_at_s = now
@@ -273,33 +192,27 @@ class FakeLab:
         self._take_over(node.name, graceful=True)
         return {"ok": True}
 
-    def _cmd_revive(self, msg: dict[str, Any], now: float) -> dict[str, Any]:
-        node = self._node(msg.get("node"))
+    def _cmd_revive(self, req: api.Revive, now: float) -> dict[str, Any]:
+        node = self._node(req.node)
         if node.state not in (NodeState.FAILED, NodeState.OFFLINE):
             raise _Refused(
                 f"{node.name} is {node.state.value}; only a failed or offline node can be revived"
             )
         node.state = NodeState.JOINING
+        self.members[node.name] = MemberState.JOINING
         self._event(now, node.name, "join", f"{node.name} restarted: hello, asking for bulk state")
         self._schedule(now + self.join_s, lambda: self._join(node.name, now))
         return {"ok": True}
 
-    def _cmd_policy(self, msg: dict[str, Any], now: float) -> dict[str, Any]:
-        try:
-            policy = Policy(msg.get("policy", self.policy.value))
-        except ValueError:
-            raise _Refused(
-                f"unknown policy {msg.get('policy')!r}: use on-demand, periodic or hybrid"
-            ) from None
-        interval_ms = int(msg.get("interval_ms", self.interval_ms))
-        if not 10 <= interval_ms <= 60_000:
-            raise _Refused(f"interval {interval_ms} ms is out of range (10..60000)")
+    def _cmd_policy(self, req: api.SetPolicy, now: float) -> dict[str, Any]:
+        policy = Policy(req.policy)
+        interval_ms = self.interval_ms if req.interval_ms is None else req.interval_ms
         self.policy, self.interval_ms = policy, interval_ms
         self._next_period_s = now + interval_ms / 1000
         self._event(now, "n1", "policy", f"sync policy {policy.value}, every {interval_ms} ms")
-        return {"ok": True}
+        return {"ok": True, "policy": policy.value, "interval_ms": interval_ms}
 
-    def _cmd_full_sync(self, msg: dict[str, Any], now: float) -> dict[str, Any]:
+    def _cmd_full_sync(self, req: api.FullSync, now: float) -> dict[str, Any]:
         sent = 0
         for conn in self.conns.values():
             if self.nodes[conn.owner].state is NodeState.ACTIVE:
@@ -309,39 +222,51 @@ class FakeLab:
         self._event(now, "n1", "full-sync", f"full sync: {sent} records sent to backups")
         return {"ok": True, "records": sent}
 
-    def _cmd_traffic(self, msg: dict[str, Any], now: float) -> dict[str, Any]:
-        try:
-            kind = FlowKind(msg.get("kind", ""))
-        except ValueError:
-            raise _Refused(f"unknown traffic kind {msg.get('kind')!r}: tcp, udp, ftp or burst") from None
-        action = msg.get("action", "start")
-        if action == "stop":
-            gone = [f for f in self.flows.values() if f.kind is kind]
-            for flow in gone:
-                self._drop_conn(flow.conn_key, now)
-                del self.flows[flow.name]
-            return {"ok": True, "stopped": [f.name for f in gone]}
-        if action != "start":
-            raise _Refused(f"unknown traffic action {action!r}: start or stop")
-        count = int(msg.get("count", 200 if kind is FlowKind.BURST else 1))
+    def _cmd_traffic_start(self, req: api.TrafficStart, now: float) -> dict[str, Any]:
+        if req.client not in CLIENTS:
+            raise _Refused(f"client must be an inside host ({', '.join(CLIENTS)}), "
+                           f"not {req.client!r}")
+        kind, options = FlowKind(req.kind), req.options()
+        self._workload_seq += 1
+        name = f"{req.kind}-{req.client}-{self._workload_seq}"
         if kind is FlowKind.BURST:
-            names = [self._burst(count, now)]
+            flows = [self._burst(int(options["count"]), now, name, req.client)]
+        elif kind is FlowKind.FTP:
+            flows = [self._start_flow(kind, now, name, req.client, mode=str(options["mode"]))]
         else:
-            names = [self._start_flow(kind, now) for _ in range(count)]
-        return {"ok": True, "started": names}
+            flows = [self._start_flow(kind, now, name, req.client)
+                     for _ in range(int(options["flows"]))]
+        self.workloads[name] = flows
+        return {"ok": True, "name": name, "health_file": f"/run/fake/flows/{name}.json",
+                "options": options}
 
-    def _cmd_freeze(self, msg: dict[str, Any], now: float) -> dict[str, Any]:
+    def _cmd_traffic_stop(self, req: api.TrafficStop, now: float) -> dict[str, Any]:
+        if req.name is not None and req.name not in self.workloads:
+            raise _Refused(f"no traffic workload {req.name!r} runs; running: "
+                           f"{', '.join(self.workloads) or 'none'}")
+        names = [req.name] if req.name is not None else list(self.workloads)
+        for name in names:
+            for flow_name in self.workloads.pop(name):
+                flow = self.flows.pop(flow_name, None)
+                if flow is not None:
+                    self._drop_conn(flow.conn_key, now)
+        return {"ok": True, "stopped": names}
+
+    def _cmd_traffic_clear(self, req: api.TrafficClear, now: float) -> dict[str, Any]:
+        return {"ok": True}
+
+    def _cmd_freeze(self, req: api.Freeze, now: float) -> dict[str, Any]:
         self.frozen = True
         self._event(now, "n1", "freeze", "sync channel frozen: messages wait for a step")
         return {"ok": True, "queued": len(self.queue)}
 
-    def _cmd_step(self, msg: dict[str, Any], now: float) -> dict[str, Any]:
+    def _cmd_step(self, req: api.Step, now: float) -> dict[str, Any]:
         if not self.queue:
             raise _Refused("no sync message is waiting; make a change first (or resume)")
         released = self._deliver(self.queue.popleft(), now, how="stepped")
         return {"ok": True, "released": released, "queued": len(self.queue)}
 
-    def _cmd_resume(self, msg: dict[str, Any], now: float) -> dict[str, Any]:
+    def _cmd_resume(self, req: api.Resume, now: float) -> dict[str, Any]:
         count = len(self.queue)
         while self.queue:
             self._deliver(self.queue.popleft(), now, how="released")
@@ -349,8 +274,8 @@ class FakeLab:
         self._event(now, "n1", "freeze", f"sync channel resumed: {count} messages released")
         return {"ok": True, "released": count}
 
-    def _cmd_down(self, msg: dict[str, Any], now: float) -> dict[str, Any]:
-        return {"ok": True}
+    def _cmd_down(self, req: api.Down, now: float) -> dict[str, Any]:
+        return {"ok": True, "daemon_pid": 4242}
 
     # ---- simulation ------------------------------------------------------------------------
 
@@ -455,40 +380,41 @@ class FakeLab:
         node = self.nodes[failed]
         if node.state not in (NodeState.FAILED, NodeState.OFFLINE):
             return  # revived before anyone noticed
-        # its backup first; if that one is down too (not yet regrouped), the next live node
-        i = self._order.index(failed)
-        ring = self.backups.get(failed, []) + self._order[i + 1:] + self._order[:i]
-        successor = next((b for b in ring if self._alive(b)), None)
         moved = [c for c in self.conns.values() if c.owner == failed and not c.common]
         buckets = sorted(b for b, o in self.bucket_owner.items() if o == failed)
         took_ms = (now - (now if node.failed_at_s is None else node.failed_at_s)) * 1000
-        if successor is None:
+        self.members[failed] = MemberState.OFFLINE if graceful else MemberState.FAILED
+        self._regroup()
+        new_owner = {c.key: self.bucket_owner.get(c.bucket) for c in moved}
+        heirs = {self.bucket_owner.get(b) for b in buckets} | set(new_owner.values())
+        successors = sorted(o for o in heirs if o is not None)
+        if not successors:
             for conn in moved:
                 self._drop_conn(conn.key, now)
             self.headline = f"no live backup for {failed}: {len(moved)} connections lost"
             self._event(now, failed, "takeover", self.headline)
-            self._regroup()
             return
+        successor = ",".join(successors)
         if not graceful:
-            self._event(now, successor, "peer-down",
+            self._event(now, successors[0], "peer-down",
                         f"{successor} missed {failed}'s heartbeats: {failed} is down",
                         peers=[failed], latency_ms=round(took_ms, 1))
-        for b in buckets:
-            self.bucket_owner[b] = successor
         trigger = "graceful-leave" if graceful else "node-failed"
         for conn in moved:
-            conn.owner = successor
+            conn.owner = new_owner[conn.key] or successors[0]
+            flow = self.flows.get(conn.flow or "")
+            if flow is not None:  # its packets waited from the failure to the takeover
+                flow.longest_pause_s = max(flow.longest_pause_s, took_ms / 1000)
             conn.version += 1
             conn.trigger = trigger
             conn.copies = {}
         for other in self.conns.values():
             other.copies.pop(failed, None)
-        self._regroup()
         for conn in moved:
             self._send(conn, now, trigger, quiet=True)
         # claim 11: backup duties are handed on, so new backups get their copies at once
         for conn in self.conns.values():
-            if not conn.common and conn.owner != successor and any(
+            if not conn.common and conn.owner not in successors and any(
                     p not in conn.copies for p in self._peers_of(conn)):
                 self._send(conn, now, trigger, quiet=True)
         if graceful:
@@ -497,7 +423,7 @@ class FakeLab:
         else:
             self.headline = (f"{successor} took over {len(moved)} connections of {failed} "
                              f"in {took_ms:.0f} ms")
-        self._event(now, successor, "takeover",
+        self._event(now, successors[0], "takeover",
                     f"{self.headline}; buckets {', '.join(map(str, buckets)) or 'none'}",
                     peers=[failed], latency_ms=round(took_ms, 1), trigger=trigger)
 
@@ -508,6 +434,8 @@ class FakeLab:
             return
         node.state = NodeState.ACTIVE
         node.failed_at_s = None
+        before = dict(self.bucket_owner)
+        self.members[name] = MemberState.ACTIVE
         self._regroup()
         resynced = 0
         for conn in self.conns.values():
@@ -516,10 +444,8 @@ class FakeLab:
                 resynced += 1
         self._event(now, name, "resync", f"{name} received {resynced} records in bulk",
                     trigger="resync-request")
-        back = sorted(b for b, o in self.bucket_owner.items() if self._home(b) == name and o != name)
+        back = sorted(b for b, o in self.bucket_owner.items() if o == name and before.get(b) != name)
         moved = 0
-        for b in back:
-            self.bucket_owner[b] = name
         for conn in self.conns.values():
             if not conn.common and conn.bucket in back:
                 conn.owner = name
@@ -536,19 +462,14 @@ class FakeLab:
 
     # ---- building blocks -------------------------------------------------------------------
 
-    def _home(self, bucket: int) -> str:
-        return self._order[(bucket - 1) % len(self._order)]
-
     def _alive(self, name: str) -> bool:
         return self.nodes[name].state is NodeState.ACTIVE
 
     def _regroup(self) -> None:
-        """Cyclic backup groups among live nodes: each node is backed up by the next one."""
-        live = [n for n in self._order if self._alive(n)]
-        self.backups = {n: [] for n in self._order}
-        if len(live) > 1:
-            for i, name in enumerate(live):
-                self.backups[name] = [live[(i + 1) % len(live)]]
+        """Bucket owners and backup groups from the member states, by sync.membership's rule."""
+        self.view = compute_view(self._order, self.members, self.buckets, 1, self.view.epoch + 1)
+        self.bucket_owner = dict(enumerate(self.view.bucket_owner, start=1))
+        self.backups = self.view.backups
 
     def _backs_up(self, name: str) -> list[str]:
         return [n for n, group in self.backups.items() if name in group]
@@ -587,15 +508,17 @@ class FakeLab:
 
     def _new_conn(self, now: float, *, sync: bool = True, proto: str | None = None,
                   server: str | None = None, dport: int | None = None,
-                  expires_s: float | None = None, flow: str | None = None) -> FakeConn:
+                  expires_s: float | None = None, flow: str | None = None,
+                  client: str | None = None) -> FakeConn:
         proto = proto or ("tcp" if self._rng.random() < 0.75 else "udp")
-        client = self._rng.choice(list(CLIENTS))
+        picked = self._rng.choice(list(CLIENTS))  # drawn always: the same lab for every seed
+        client = client or picked
         server = server or "s1"
         self._port = 40000 + (self._port - 39999) % 20000
         dport = dport or (5001 if proto == "tcp" else 5002)
         key = self._next_key()
         bucket = self._rng.randint(1, self.buckets)
-        owner = self.bucket_owner[bucket]
+        owner = self.bucket_owner.get(bucket) or home_node(bucket, self._order)
         if not self._alive(owner):
             owner = next((n for n in self._order if self._alive(n)), owner)
         conn = FakeConn(
@@ -627,11 +550,12 @@ class FakeLab:
             self.flows[conn.flow].health = "broken"
             self.flows[conn.flow].detail = "connection state lost"
 
-    def _start_flow(self, kind: FlowKind, now: float) -> str:
+    def _start_flow(self, kind: FlowKind, now: float, workload: str, client: str,
+                    mode: str = "passive") -> str:
         self._flow_seq[kind] += 1
         name = f"{kind.value}-{self._flow_seq[kind]:03d}"
         if kind is FlowKind.FTP:
-            ctrl = self._new_conn(now, proto="tcp", server="s2", dport=21, flow=name)
+            ctrl = self._new_conn(now, proto="tcp", server="s2", dport=21, flow=name, client=client)
             owner = ctrl.owner
             expect = self._add_common("expectation", f"ftp-data {SERVERS['s2']}:20 -> {ctrl.src}",
                                       now, owner=owner)
@@ -639,31 +563,33 @@ class FakeLab:
             expect.trigger = "related-connection"
             # claim 15: the PORT/227 packet waits until every node knows the expectation
             self._send(expect, now, "related-connection", holds_packet=True)
-            conn, rate, detail = ctrl, 250_000.0, "passive RETR big.bin"
+            conn, rate, detail = ctrl, 250_000.0, f"{mode} RETR big.bin"
         else:
-            conn = self._new_conn(now, proto=kind.value, flow=name)
+            conn = self._new_conn(now, proto=kind.value, flow=name, client=client)
             rate = 125_000.0 if kind is FlowKind.TCP else 12_500.0
             detail = "sequence-checked stream" if kind is FlowKind.TCP else "echo every 100 ms"
         client = next(c for c, ip in CLIENTS.items() if conn.src.startswith(ip + ":"))
         server = next(s for s, ip in SERVERS.items() if conn.dst.startswith(ip + ":"))
         self.flows[name] = FakeFlow(name, kind, client, server, conn.src, conn.dst, conn.key,
-                                    now, rate, detail=detail)
+                                    now, rate, detail=detail, workload=workload)
         return name
 
-    def _burst(self, count: int, now: float) -> str:
+    def _burst(self, count: int, now: float, workload: str, client: str) -> str:
         self._flow_seq[FlowKind.BURST] += 1
         name = f"burst-{self._flow_seq[FlowKind.BURST]:03d}"
         first = None
         for i in range(count):
-            conn = self._new_conn(now, proto="tcp", expires_s=now + 2.0 + (i % 12) * 0.25,
+            conn = self._new_conn(now, proto="tcp", client=client,
+                                  expires_s=now + 2.0 + (i % 12) * 0.25,
                                   flow=name)
             first = first or conn
         assert first is not None or count == 0
         self._event(now, "n1", "traffic", f"burst {name}: {count} short connections",
                     trigger="state-modified")
-        self.flows[name] = FakeFlow(name, FlowKind.BURST, "c1", "s1", first.src if first else "",
+        self.flows[name] = FakeFlow(name, FlowKind.BURST, client, "s1", first.src if first else "",
                                     first.dst if first else "", first.key if first else "",
-                                    now, 0.0, detail=f"{count} short connections")
+                                    now, 0.0, detail=f"{count} short connections",
+                                    workload=workload)
         return name
 
     def _update_flow(self, flow: FakeFlow, now: float) -> None:
@@ -678,8 +604,12 @@ class FakeLab:
         if self._alive(conn.owner):
             flow.health = "healthy"
             flow.bytes += int(flow.rate_bps * STEP_S)
+            flow.stalled_since_s = None
         else:
             flow.health = "stalled"
+            if flow.stalled_since_s is None:
+                flow.stalled_since_s = now - STEP_S  # it last moved one tick ago
+            flow.longest_pause_s = max(flow.longest_pause_s, now - flow.stalled_since_s)
 
     def _flow_dict(self, flow: FakeFlow, now: float) -> dict[str, Any]:
         conn = self.conns.get(flow.conn_key)
@@ -692,10 +622,13 @@ class FakeLab:
         if flow.kind is not FlowKind.BURST:
             health = "broken" if conn is None else health if self._alive(conn.owner) else "stalled"
         return {
-            "name": flow.name, "kind": flow.kind.value, "client": flow.client,
-            "server": flow.server, "src": flow.src, "dst": flow.dst, "health": health,
+            # the daemon's flow report (netns.api.FlowReport): src is the client's side
+            "name": flow.name, "kind": flow.kind.value, "workload": flow.workload,
+            "src": flow.src, "dst": flow.dst, "health": health,
             "bytes": flow.bytes, "node": node, "age_s": round(now - flow.started_s, 1),
-            "detail": flow.detail,
+            "detail": flow.detail, "started": flow.started_s,
+            **({} if flow.kind in (FlowKind.BURST, FlowKind.FTP)
+               else {"longest_pause_ms": round(flow.longest_pause_s * 1000, 1)}),
         }
 
     def _node_dict(self, node: FakeNode, now: float) -> dict[str, Any]:
@@ -729,7 +662,7 @@ class FakeLab:
 
     def _node(self, name: Any) -> FakeNode:
         if name not in self.nodes:
-            raise _Refused(f"no node {name!r}: the lab has {', '.join(self.nodes)}")
+            raise _Refused(f"no node {name!r}; nodes are {', '.join(self.nodes)}")
         return self.nodes[name]
 
     def _event(self, now: float, node: str, kind: str, text: str, *, key: str = "",

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from netns.api import FlowReport
+
 Cells = tuple[str, ...]
 
 # Triggers that mean "this row arrived here because a node went away or came back".
@@ -102,6 +104,7 @@ FLOW_COLUMNS: Sequence[tuple[str, str]] = (
     ("path", "Client → server"),
     ("health", "Health"),
     ("bytes", "Bytes"),
+    ("pause", "Longest pause"),
     ("node", "Node"),
     ("age", "Age"),
     ("detail", "Detail"),
@@ -109,17 +112,39 @@ FLOW_COLUMNS: Sequence[tuple[str, str]] = (
 HEALTH_COLUMN = 3
 
 
-def flow_cells(flow: dict[str, Any]) -> Cells:
+def fmt_pause(pause_ms: Any) -> str:
+    """A flow's longest pause: `-` when its workload does not measure one (FTP, bursts)."""
+    if not isinstance(pause_ms, (int, float)) or isinstance(pause_ms, bool):
+        return "-"
+    return f"{pause_ms:.0f} ms" if pause_ms < 10_000 else f"{pause_ms / 1000:.1f} s"
+
+
+def flow_cells(flow: FlowReport | dict[str, Any]) -> Cells:
+    """One row of the flows board from a flow report (netns.api.FlowReport: src is the client)."""
     return (
         str(flow.get("name", "")),
         str(flow.get("kind", "")),
-        f"{flow.get('client', '')} → {flow.get('server', '')}",
+        f"{flow.get('src') or '?'} → {flow.get('dst') or '?'}",
         str(flow.get("health", "")),
-        fmt_bytes(float(flow.get("bytes", 0))),
-        str(flow.get("node", "")),
-        fmt_age(float(flow.get("age_s", 0.0))),
+        fmt_bytes(float(flow.get("bytes") or 0)),
+        fmt_pause(flow.get("longest_pause_ms")),
+        str(flow.get("node") or "-"),
+        fmt_age(float(flow.get("age_s") or 0.0)),
         str(flow.get("detail", "")),
     )
+
+
+FLOW_HEALTHS = ("healthy", "stalled", "broken", "done", "failed")
+
+
+def flow_counts(flows: Iterable[FlowReport | dict[str, Any]]) -> dict[str, int]:
+    """How many flows are in each health (netns/workloads/health.py FlowHealth), all five."""
+    counts = dict.fromkeys(FLOW_HEALTHS, 0)
+    for flow in flows:
+        health = str(flow.get("health", ""))
+        if health in counts:
+            counts[health] += 1
+    return counts
 
 
 EVENT_COLUMNS: Sequence[tuple[str, str]] = (

@@ -12,6 +12,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Input, Static, Tab, Tabs
 
+from app.console import requests
 from app.console.model import (
     CONN_COLUMNS,
     CONN_WIDTHS,
@@ -28,13 +29,15 @@ from app.console.model import (
     event_cells,
     event_key,
     flow_cells,
+    flow_counts,
     provenance,
 )
 
 Renderer = Callable[[str, int, str], "str | Text"]  # (row key, column index, value) -> cell
 
 LIT_STYLE = "bold black on dark_orange"
-HEALTH_STYLE = {"healthy": "bold green", "stalled": "bold yellow", "broken": "bold red"}
+HEALTH_STYLE = {"healthy": "bold green", "stalled": "bold yellow", "broken": "bold red",
+                "done": "dim", "failed": "bold magenta"}
 
 
 def plain(key: str, column: int, value: str) -> str | Text:
@@ -170,8 +173,10 @@ class ConnectionsPane(Vertical):
         return value
 
     def request(self, limit: int) -> dict[str, Any]:
-        return {"cmd": "table", "node": self.node, "scope": self.scope.value,
-                "filter": self.filter, "limit": limit}
+        """The `table` request for the view on screen ({} before a node is chosen)."""
+        if not self.node:
+            return {}
+        return requests.table(self.node, self.scope.value, self.filter, limit).to_dict()
 
     def show(self, node: str | None = None, scope: Scope | None = None) -> None:
         """Switch the view; the table empties and refills on the next fetch."""
@@ -295,8 +300,7 @@ class FlowsPane(Vertical):
         yield DiffTable(FLOW_COLUMNS, _flow_render, id="flow-table")
 
     def apply(self, flows: list[dict[str, Any]]) -> RowDiff:
-        counts = {h: sum(1 for f in flows if f.get("health") == h) for h in HEALTH_STYLE}
-        summary = "  ".join(f"[{HEALTH_STYLE[h]}]{n} {h}[/]" for h, n in counts.items())
+        summary = "  ".join(f"[{HEALTH_STYLE[h]}]{n} {h}[/]" for h, n in flow_counts(flows).items())
         text = f"{len(flows)} flows  {summary}"
         if text != self._summary:
             self._summary = text

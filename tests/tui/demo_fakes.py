@@ -9,10 +9,10 @@ from demos.scenarios import Check, DemoContext, Expectation, Scenario, Step
 
 
 def _start(ctx: DemoContext) -> str:
-    reply = ctx.call({"cmd": "traffic", "action": "start", "kind": "tcp", "count": 2})
-    ctx.mem.setdefault("workloads", []).extend(reply["started"])
-    ctx.figures["flows"] = len(reply["started"])
-    return f"{len(reply['started'])} flows started"
+    reply = ctx.call({"cmd": "traffic", "action": "start", "kind": "tcp", "flows": 2})
+    ctx.mem.setdefault("workloads", []).append(reply["name"])
+    ctx.figures["flows"] = reply["options"]["flows"]
+    return f"{reply['options']['flows']} flows started"
 
 
 def _kill(ctx: DemoContext) -> str:

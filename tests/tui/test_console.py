@@ -18,6 +18,7 @@ from app.console.dialogs import ConfirmScreen, HelpScreen, PolicyScreen, QuitScr
 from app.console.fake import FakeLab
 from app.console.link import LinkError
 from app.console.tables import DiffTable
+from netns import api
 from tests.tui.snap_app import SIZE, advance, build_app, lab_of, settle
 
 pytestmark = pytest.mark.tui
@@ -273,6 +274,46 @@ def test_policy_dialog_switches_the_policy() -> None:
     drive(scenario)
 
 
+@pytest.mark.parametrize(("ident", "field", "want", "flows"), [
+    ("tcp", "flows", 3, 3), ("udp", "flows", 1, 1), ("ftp", "mode", "passive", 1),
+    ("burst", "count", 200, 1)])
+def test_the_traffic_dialog_sends_what_the_daemon_reads(ident: str, field: str, want: Any,
+                                                         flows: int) -> None:
+    async def scenario(pilot: Pilot[Any], app: ConsoleApp, lab: FakeLab) -> None:
+        await pilot.press("a")
+        await pilot.click(f"#traffic-{ident}")
+        await settle(pilot)
+        (msg,) = sent(lab, "traffic")
+        req = api.parse_request(msg)  # the daemon's own parser: nothing it would refuse
+        assert isinstance(req, api.TrafficStart) and req.kind == ident
+        assert req.options()[field] == want
+        workload = list(lab.workloads)[-1]  # the one just started
+        assert len(lab.workloads[workload]) == flows
+        if ident == "ftp":
+            assert "passive" in lab.flows[lab.workloads[workload][0]].detail
+
+    drive(scenario)
+
+
+def test_the_flows_board_shows_client_to_server_pauses_and_finished_flows() -> None:
+    async def scenario(pilot: Pilot[Any], app: ConsoleApp, lab: FakeLab) -> None:
+        await pilot.press("f")
+        table = app.query_one("#flow-table", DiffTable)
+        name, flow = next(iter(lab.flows.items()))
+        assert table.get_cell(name, "path") == f"{flow.src} → {flow.dst}"
+        assert flow.src.startswith("198.18.1.") and flow.dst.startswith("198.18.2.")
+        carrier = lab.conns[flow.conn_key].owner
+        lab.request({"cmd": "kill", "node": carrier})
+        await advance(pilot, 1.0)  # stalled until its backup takes over
+        assert table.get_cell(name, "pause") != "0 ms" and table.get_cell(name, "pause").endswith("ms")
+        lab.flows[name].health = "done"
+        await advance(pilot, 0.0)
+        summary = text_of(app, "#flow-summary")
+        assert "1 done" in summary and "0 failed" in summary
+
+    drive(scenario)
+
+
 def test_traffic_full_sync_and_palette_commands() -> None:
     async def scenario(pilot: Pilot[Any], app: ConsoleApp, lab: FakeLab) -> None:
         await pilot.press("a")
@@ -298,7 +339,7 @@ def test_step_through_releases_one_sync_message_at_a_time() -> None:
         await pilot.press("z")
         await settle(pilot)
         assert lab.frozen and "SYNC FROZEN" in text_of(app, "#headline")
-        lab.request({"cmd": "traffic", "action": "start", "kind": "tcp", "count": 3})
+        lab.request({"cmd": "traffic", "action": "start", "kind": "tcp", "flows": 3})
         await advance(pilot, 0.0)
         queued = len(lab.queue)
         assert queued >= 3 and f"{queued} queued" in text_of(app, "#headline")
@@ -332,7 +373,7 @@ def test_link_errors_become_notifications_not_crashes() -> None:
             await settle(pilot)
             assert "lab unreachable" in text_of(app, "#headline")
             assert any(n.severity == "error" for n in app._notifications)
-            app.send({"cmd": "full_sync"}, "never")
+            app.send(api.FullSync(), "never")
             await settle(pilot)
             assert any("connection refused" in n.message and n.title == "link error"
                        for n in app._notifications)
@@ -363,7 +404,7 @@ def test_an_unreadable_reply_is_reported_not_fatal() -> None:
 
 def test_a_refused_request_is_shown_with_the_labs_reason() -> None:
     async def scenario(pilot: Pilot[Any], app: ConsoleApp, lab: FakeLab) -> None:
-        app.send({"cmd": "revive", "node": "n1"}, "never")
+        app.send(api.Revive("n1"), "never")
         await settle(pilot)
         assert any("only a failed or offline node can be revived" in n.message
                    for n in app._notifications)

@@ -137,13 +137,15 @@ def test_escape_closes_the_demo_and_puts_the_lab_back() -> None:
         await pilot.press("n")
         await settle(pilot)
         workloads = list(panel.run.ctx.mem["workloads"]) if panel.run else []
-        assert len(workloads) == 2
+        assert len(workloads) == 1  # one workload of two flows, as the daemon starts it
+        assert sum(f.workload == workloads[0] for f in lab.flows.values()) == 2
         await pilot.press("escape")
         await settle(pilot)
         assert not panel.is_open and not app.query_one("#demo-caption").display
         assert panel.restored == ["story"]
         stops = [r for r in sent(lab, "traffic") if r.get("action") == "stop"]
         assert [r["name"] for r in stops] == workloads
+        assert not any(f.workload == workloads[0] for f in lab.flows.values())
         assert sent(lab, "policy")[-1] == {"cmd": "policy", "policy": "hybrid", "interval_ms": 1000}
         await pilot.press("n")  # closed: n is the sync channel's step again (greyed: not frozen)
         await settle(pilot)

@@ -22,8 +22,8 @@ def test_snapshot_and_table_have_the_documented_fields() -> None:
     node = snap["nodes"][0]
     assert {"name", "state", "buckets", "backs_up", "backups", "sync_address", "own", "backup",
             "common", "held", "sync_msgs_per_s", "pid", "counters"} <= set(node)
-    assert {"name", "kind", "client", "server", "src", "dst", "health", "bytes", "node",
-            "age_s", "detail"} <= set(snap["flows"][0])
+    assert {"name", "kind", "workload", "src", "dst", "health", "bytes", "node",
+            "age_s", "detail", "longest_pause_ms"} <= set(snap["flows"][0])
     assert {"t", "node", "kind", "text", "key", "peers", "latency_ms"} <= set(snap["events"][0])
     table = lab.request({"cmd": "table", "node": "n1", "scope": "own", "filter": "",
                          "limit": 10})

@@ -107,7 +107,10 @@ def test_ctrl_c_takes_the_demo_lab_down() -> None:
             time.sleep(0.1)
         made = {n["name"] for n in json.loads((RUN_ROOT / lab / "record.json").read_text())["namespaces"]}
         assert made
-        time.sleep(1.0)  # into the first step
+        # Into the first step: its caption is on stderr (stdout holds only the JSON report).
+        assert p.stderr is not None
+        while not (line := p.stderr.readline()).startswith("[1/"):
+            assert line, "the demo ended before its first step"
         p.send_signal(signal.SIGINT)
         out, _ = p.communicate(timeout=90)
     finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 
 from demos import baselines
 from demos.baselines import BenchError
-from demos.bench.lab import Progress, bench_lab, lab_server_ip, sw
+from demos.bench.lab import Progress, bench_lab, host_ns, in_host, lab_server_ip, run_in, set_policy
 from demos.bench.stats import ratio, summarize
 
 CONN_PORT_LAB = 5100  # inside the default rules' tcp 5000-5999
@@ -62,23 +61,23 @@ def bench_conn_rate(runs: int, lab: str | None, progress: Progress) -> dict[str,
             topo.stop(server)
         with bench_lab(lab, progress) as name:
             ip = lab_server_ip(name)
-            server_p = subprocess.Popen([sys.executable, "-m", "app.cli", "--lab", name, "exec", "s1", "--",
-                                         str(exe), "server", str(CONN_PORT_LAB)], stdout=subprocess.DEVNULL)
+            server_p = subprocess.Popen(in_host(name, "s1", [str(exe), "server", str(CONN_PORT_LAB)]),
+                                        stdout=subprocess.DEVNULL)
             try:
-                time.sleep(0.5)
+                baselines.wait_port(host_ns(name, "s1"), CONN_PORT_LAB)
                 for i in range(runs):
-                    for mode, policy in (("sync_on_hybrid", ("hybrid", "--interval-ms", "1000")),
-                                         ("sync_off_periodic_60s", ("periodic", "--interval-ms", "60000"))):
-                        sw("--lab", name, "policy", *policy)
-                        time.sleep(0.5)
-                        out = sw("--lab", name, "exec", "c1", "--", str(exe), "client", ip,
-                                 str(CONN_PORT_LAB), f"{duration_s:g}", str(CONN_WORKERS),
-                                 timeout_s=duration_s + 30)
+                    for mode, (policy, interval_ms) in (("sync_on_hybrid", ("hybrid", 1000)),
+                                                        ("sync_off_periodic_60s", ("periodic", 60000))):
+                        set_policy(name, policy, interval_ms)
+                        time.sleep(0.5)  # every node has applied the policy
+                        argv = [str(exe), "client", ip, str(CONN_PORT_LAB), f"{duration_s:g}",
+                                str(CONN_WORKERS)]
+                        out = run_in(name, "c1", argv, timeout_s=duration_s + 30)
                         rate, failed = _parse_conn_rate(out.stdout)
                         cluster[mode].append(rate)
                         cluster_failed[mode].append(failed)
                         progress(f"run {i + 1}/{runs} cluster, {mode}: {rate:,.0f} conn/s, {failed} failed")
-                sw("--lab", name, "policy", "hybrid", "--interval-ms", "1000")
+                set_policy(name, "hybrid", 1000)
             finally:
                 baselines.stop_process(server_p)
     notes.append("sync off = periodic policy with a 60 s interval (no sync during the measurement)")

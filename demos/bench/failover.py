@@ -45,7 +45,7 @@ def bench_failover(runs: int, lab: str | None, progress: Progress) -> dict[str, 
     victim_ok: list[int] = []
     no_takeover = 0
     with bench_lab(lab, progress) as name:
-        traffic(name, "start", "tcp", "--flows", str(n_flows))
+        traffic(name, "tcp", flows=n_flows)
 
         def tcp() -> list[dict[str, Any]]:
             return [f for f in flows(name, "tcp-") if f.get("kind") == "tcp"]

@@ -6,7 +6,16 @@ import os
 import time
 from typing import Any
 
-from demos.bench.lab import Progress, bench_lab, flows, lab_request, stop_traffic, sw, traffic, wait_until
+from demos.bench.lab import (
+    Progress,
+    bench_lab,
+    flows,
+    lab_request,
+    set_policy,
+    stop_traffic,
+    traffic,
+    wait_until,
+)
 from demos.bench.stats import summarize
 
 
@@ -16,14 +25,14 @@ def bench_ftp(runs: int, lab: str | None, progress: Progress) -> dict[str, Any]:
                                    "the data connection landed on another node than the control one",
                            "policies": {}}
     with bench_lab(lab, progress) as name:
-        for policy, interval in (("on-demand", "1000"), ("hybrid", "1000"), ("periodic", "60000")):
-            sw("--lab", name, "policy", policy, "--interval-ms", interval)
+        for policy, interval in (("on-demand", 1000), ("hybrid", 1000), ("periodic", 60000)):
+            set_policy(name, policy, interval)
             ok_cross: list[float] = []
             all_cross: list[float] = []
             succeeded: list[float] = []
             t_policy = time.time()
             for i in range(runs):
-                started = traffic(name, "start", "ftp", "--mode", "active", "--sessions", str(sessions))
+                started = traffic(name, "ftp", mode="active", sessions=sessions)
                 wname = str(started["name"])
                 wait_until("FTP sessions", lambda: len([f for f in flows(name, wname)  # noqa: B023
                                                         if f["health"] in ("done", "failed")]) >= sessions,
@@ -50,7 +59,7 @@ def bench_ftp(runs: int, lab: str | None, progress: Progress) -> dict[str, Any]:
                 "holds": len(holds),
                 "hold_ms": summarize(holds) if holds else None,
             }
-        sw("--lab", name, "policy", "hybrid", "--interval-ms", "1000")
+        set_policy(name, "hybrid", 1000)
         stop_traffic(name)
     out["notes"] = ["hold_ms: every PORT hold released (by ack or timeout) during the policy's runs, "
                     "from the nodes' 'release' timeline events; hold_ms.median/p99 are over all holds, "

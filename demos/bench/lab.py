@@ -1,10 +1,10 @@
-"""The benches' link to the lab: start one of their own (or use --lab), drive it like an operator
-would, read flows and node status, and report progress."""
+"""The benches' link to the lab: start one of their own (or use --lab) with netns.lab, drive it
+through its control API as an operator would, run programs in its hosts, read flows and node
+status, and report progress."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import subprocess
@@ -17,7 +17,12 @@ from typing import Any
 
 from demos import baselines
 from demos.baselines import BenchError
+from netns import lab as lab_life
+from netns.control import ControlClient, ControlError
+from netns.lab import check_host, load_lab_of
 from netns.record import RUN_ROOT
+from netns.spec import ns_name
+from syncwall_errors import SyncwallError
 
 BENCH_LAB = "swbench"
 
@@ -45,20 +50,8 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version(), "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
 
 
-def sw(*args: str, timeout_s: float = 90) -> subprocess.CompletedProcess[str]:
-    try:
-        p = subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True,
-                           timeout=timeout_s)
-    except subprocess.TimeoutExpired as e:
-        raise BenchError(f"syncwall {' '.join(args)} did not finish within {timeout_s:g} s") from e
-    if p.returncode != 0:
-        raise BenchError(f"syncwall {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()[-400:]}")
-    return p
-
-
 def lab_request(lab: str, msg: dict[str, Any], timeout_s: float = 10.0) -> dict[str, Any]:
-    from netns.control import ControlClient, ControlError
-
+    """One control request to the lab's daemon; a refusal or no answer is a BenchError."""
     c = ControlClient(RUN_ROOT / lab / "control.sock", timeout_s)
     try:
         reply = c.request(msg)
@@ -69,6 +62,43 @@ def lab_request(lab: str, msg: dict[str, Any], timeout_s: float = 10.0) -> dict[
     if not reply.get("ok", True):
         raise BenchError(f"lab {lab!r} refused {msg.get('cmd')}: {reply.get('error')}")
     return reply
+
+
+def set_policy(lab: str, policy: str, interval_ms: int) -> None:
+    """As `syncwall policy POLICY --interval-ms N` does."""
+    lab_request(lab, {"cmd": "policy", "policy": policy, "interval_ms": interval_ms})
+
+
+def traffic(lab: str, kind: str, client: str = "c1", **fields: Any) -> dict[str, Any]:
+    """Start a workload, as `syncwall traffic start KIND --client C ...` does; the daemon's reply."""
+    return lab_request(lab, {"cmd": "traffic", "action": "start", "kind": kind, "client": client, **fields})
+
+
+def host_ns(lab: str, host: str) -> str:
+    """The namespace of a lab host or node."""
+    spec = load_lab_of(lab)
+    try:
+        check_host(spec, host)
+    except SyncwallError as e:
+        raise BenchError(str(e)) from e
+    return ns_name(spec.name, host)
+
+
+def in_host(lab: str, host: str, argv: list[str]) -> list[str]:
+    """argv run inside a lab host's namespace (as `syncwall exec HOST -- ARGV` does)."""
+    return ["ip", "netns", "exec", host_ns(lab, host), *argv]
+
+
+def run_in(lab: str, host: str, argv: list[str], timeout_s: float = 90) -> subprocess.CompletedProcess[str]:
+    """Run a program inside a lab host; its failure is a BenchError with its stderr."""
+    try:
+        p = subprocess.run(in_host(lab, host, argv), capture_output=True, text=True, timeout=timeout_s,
+                           check=False)
+    except subprocess.TimeoutExpired as e:
+        raise BenchError(f"{' '.join(argv)} in {host} did not finish within {timeout_s:g} s") from e
+    if p.returncode != 0:
+        raise BenchError(f"{' '.join(argv)} in {host} failed ({p.returncode}): {p.stderr.strip()[-400:]}")
+    return p
 
 
 def lab_nodes(lab: str) -> dict[str, dict[str, Any]]:
@@ -102,7 +132,12 @@ def bench_lab(lab: str | None, progress: Progress, policy: str | None = None) ->
         # The default topology under our own name, so a lab someone else runs is never touched.
         lab_file.write_text(f'name = "{BENCH_LAB}"\n' + (f'policy = "{policy}"\n' if policy else ""))
         progress(f"starting lab {BENCH_LAB!r} (default topology): syncwall up")
-        sw("up", str(lab_file), "--json")
+        try:
+            lab_life.up(BENCH_LAB, lab_file, {})
+        except SyncwallError as e:
+            with contextlib.suppress(SyncwallError):
+                lab_life.clean(BENCH_LAB)
+            raise BenchError(f"lab {BENCH_LAB!r} did not come up: {e}") from e
         try:
             wait_until("three active nodes", lambda: all(
                 n["state"] == "active" and n["buckets"] for n in lab_nodes(BENCH_LAB).values()), 30)
@@ -110,16 +145,11 @@ def bench_lab(lab: str | None, progress: Progress, policy: str | None = None) ->
         finally:
             progress(f"stopping lab {BENCH_LAB!r}: syncwall down")
             try:
-                sw("--lab", BENCH_LAB, "down")
-            except BenchError as e:
+                lab_life.down(BENCH_LAB, say=progress)
+            except SyncwallError as e:
                 progress(f"down failed ({e}); cleaning by record")
-                with contextlib.suppress(BenchError):
-                    sw("--lab", BENCH_LAB, "clean", "--force")
-
-
-def traffic(lab: str, *args: str) -> dict[str, Any]:
-    out: dict[str, Any] = json.loads(sw("--lab", lab, "traffic", *args).stdout)
-    return out
+                with contextlib.suppress(SyncwallError):
+                    lab_life.clean(BENCH_LAB)
 
 
 def flows(lab: str, prefix: str) -> list[dict[str, Any]]:
@@ -137,8 +167,6 @@ def stop_traffic(lab: str) -> None:
 
 
 def lab_server_ip(lab: str) -> str:
-    from netns.lab import load_lab_of
-
     spec = load_lab_of(lab)
     return str(next(h.ip for h in spec.hosts if h.role == "server"))
 

@@ -21,8 +21,8 @@ from demos.bench.lab import (
     flows,
     lab_nodes,
     node_status,
+    set_policy,
     stop_traffic,
-    sw,
     traffic,
     wait_until,
 )
@@ -178,7 +178,7 @@ def one_way_sync_latency(runs: int, progress: Progress) -> dict[str, Any]:
 
 def _burst_lab(lab: str, count: int, rate: int = 100000) -> tuple[float, int]:
     """(connections/s, failed connections) of one burst through the cluster."""
-    started = traffic(lab, "start", "burst", "--count", str(count), "--rate", str(rate))
+    started = traffic(lab, "burst", count=count, rate=rate)
     name = str(started.get("name", "burst"))
     done = wait_until(f"burst {name}", lambda: [f for f in flows(lab, name)
                                                 if f["health"] in ("done", "failed")], 120, 0.2)
@@ -197,7 +197,7 @@ def bench_sync_latency(runs: int, lab: str | None, progress: Progress) -> dict[s
     p50s: list[float] = []
     p99s: list[float] = []
     with bench_lab(lab, progress) as name:
-        sw("--lab", name, "policy", "hybrid", "--interval-ms", "1000")
+        set_policy(name, "hybrid", 1000)
         names = list(lab_nodes(name))
         for i in range(runs):
             _burst_lab(name, count, SYNC_LATENCY_RATE)

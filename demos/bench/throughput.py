@@ -5,13 +5,20 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import time
 from typing import Any
 
 from demos import baselines
 from demos.baselines import BenchError
-from demos.bench.lab import Progress, bench_lab, lab_nodes, lab_server_ip, node_status, sw
+from demos.bench.lab import (
+    Progress,
+    bench_lab,
+    host_ns,
+    in_host,
+    lab_nodes,
+    lab_server_ip,
+    node_status,
+    run_in,
+)
 from demos.bench.stats import ratio, summarize
 
 
@@ -59,15 +66,14 @@ def _cluster_tcp(runs: int, lab: str | None, progress: Progress, duration_s: flo
     seconds = str(max(1, round(duration_s)))
     with bench_lab(lab, progress) as name:
         ip = lab_server_ip(name)
-        server = subprocess.Popen([sys.executable, "-m", "app.cli", "--lab", name, "exec", "s1", "--",
-                                   "iperf3", "-s", "-B", ip, "-p", port], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(in_host(name, "s1", ["iperf3", "-s", "-B", ip, "-p", port]),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            time.sleep(0.5)
+            baselines.wait_port(host_ns(name, "s1"), int(port))
             for i in range(runs):
                 try:
-                    out = sw("--lab", name, "exec", "c1", "--", "iperf3", "-c", ip, "-p", port, "-t",
-                             seconds, "-P", str(CLUSTER_STREAMS), "-J", timeout_s=duration_s + 30)
+                    out = run_in(name, "c1", ["iperf3", "-c", ip, "-p", port, "-t", seconds, "-P",
+                                              str(CLUSTER_STREAMS), "-J"], timeout_s=duration_s + 30)
                     doc = json.loads(out.stdout)
                     mbps.append(float(doc["end"]["sum_received"]["bits_per_second"]) / 1e6)
                 except (BenchError, ValueError, KeyError) as e:

@@ -98,8 +98,11 @@ def test_demo_runs_headless_and_every_expectation_holds(name: str) -> None:
 @pytest.mark.slow
 def test_ctrl_c_takes_the_demo_lab_down() -> None:
     lab = SCENARIOS["join-and-leave"].lab_name
+    # SIGINT back to its default in the demo: a test run from a background job (CI, nohup)
+    # inherits it ignored, and the demo would never see the Ctrl-C this test sends.
     p = subprocess.Popen([sys.executable, "-m", "app.cli", "demo", "join-and-leave", "--headless", "--json"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while not (RUN_ROOT / lab / "ready").exists():

@@ -288,7 +288,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from demos.runner import run_demo
 
-    return run_demo(args.name, headless=args.headless, as_json=args.json, lab=args.lab)
+    def open_console(sock: Path, demo: str) -> str:
+        """The console on the demo's panel (demos never import app: it is handed this)."""
+        from app.client import DaemonLink
+        from app.console.app import run_console
+
+        link = DaemonLink(sock)
+        try:
+            return run_console(link, demo=demo)
+        finally:
+            link.close()
+
+    return run_demo(args.name, headless=args.headless, as_json=args.json, lab=args.lab,
+                    open_console=open_console)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

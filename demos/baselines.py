@@ -1,8 +1,10 @@
 """Throughput baselines in a bench-owned topology: kernel forwarding, C and Python NFQUEUE loops, the node.
 
 Three namespaces of our own (sender, gateway, receiver) joined by two veth pairs,
-named `swb<pid>-*`, recorded in a file as they are made and removed exactly by that
-record (by name and /run/netns inode), even on error. Nothing is done to the host
+named `swb<pid>-*`, recorded as they are made in a lab record (netns.record.LabRecord,
+`/run/syncwall/swb<pid>/record.json`, like the main lab's) and removed exactly by it (by
+name and /run/netns inode, processes by start time), even on error: after a crash
+`syncwall clean --lab swb<pid>` removes what is left. Nothing is done to the host
 namespace. Traffic is iperf3: 64-byte frames over UDP for packets/s, one TCP stream
 for Mbit/s, counted at the receiver.
 
@@ -28,11 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from netns.record import RUN_ROOT, LabRecord, make_run_dir, teardown
 from syncwall_errors import SyncwallError
 
 log = logging.getLogger(__name__)
 
-RECORD_DIR = Path("/run/syncwall-bench")
 NETNS_DIR = Path("/run/netns")
 QUEUE_NUM = 0
 IPERF_PORT = 5201
@@ -64,12 +66,17 @@ def _quiet(_msg: str) -> None:
 
 @dataclass
 class Topology:
-    """sender -- gateway -- receiver, in namespaces we create and remove by our own record."""
+    """sender -- gateway -- receiver, in namespaces we create and remove by our own lab record."""
 
     prefix: str = field(default_factory=lambda: f"swb{os.getpid()}-")
-    namespaces: list[dict[str, Any]] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="swbench-")))
+    record: LabRecord | None = None
+
+    @property
+    def name(self) -> str:
+        """The topology's name as a lab: its record lives in RUN_ROOT/<name>."""
+        return self.prefix.rstrip("-")
 
     @property
     def sender(self) -> str:
@@ -85,22 +92,27 @@ class Topology:
 
     @property
     def record_path(self) -> Path:
-        return RECORD_DIR / f"{self.prefix.rstrip('-')}.json"
+        return RUN_ROOT / self.name / "record.json"
 
-    def _save(self) -> None:
-        RECORD_DIR.mkdir(mode=0o700, exist_ok=True)
-        tmp = self.record_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"namespaces": self.namespaces, "pids": [p.pid for p in self.procs]}))
-        os.replace(tmp, self.record_path)
+    @property
+    def namespaces(self) -> list[str]:
+        return self.record.namespace_names() if self.record else []
 
     # ---- build / remove -----------------------------------------------------------------
     def build(self) -> None:
         for ns in (self.sender, self.gateway, self.receiver):
             if (NETNS_DIR / ns).exists():
                 raise BenchError(f"namespace {ns} already exists; not touching what is not ours")
+        if self.record_path.exists():
+            raise BenchError(f"a record of {self.name} already exists in {self.record_path.parent}; "
+                             f"`syncwall clean --lab {self.name}` removes what it lists")
+        make_run_dir(self.record_path.parent)
+        self.record = LabRecord(lab=self.name, run_dir=self.record_path.parent,
+                                meta={"kind": "bench-topology", "owner_pid": os.getpid()})
+        self.record.save()
+        for ns in (self.sender, self.gateway, self.receiver):
             run(["ip", "netns", "add", ns])
-            self.namespaces.append({"name": ns, "inode": (NETNS_DIR / ns).stat().st_ino})
-            self._save()
+            self.record.add_namespace(ns)
         s, g, r = self.sender, self.gateway, self.receiver
         # veths are created inside our namespaces directly: nothing appears in the host's.
         run(["ip", "-n", s, "link", "add", "eth0", "type", "veth", "peer", "name", "inside", "netns", g])
@@ -120,21 +132,14 @@ class Topology:
              "--dport", str(BLAST_PORT), "-j", "DROP"])
 
     def close(self) -> None:
+        # Our own children first, so that each is waited for (no zombie); the record's
+        # teardown then stops anything left (by start time) and removes the namespaces by inode.
         for p in self.procs:
             stop_process(p)
         self.procs.clear()
-        for entry in reversed(self.namespaces):
-            path = NETNS_DIR / entry["name"]
-            try:
-                same = path.stat().st_ino == entry["inode"]
-            except FileNotFoundError:
-                continue
-            if same:
-                run(["ip", "netns", "del", entry["name"]], check=False)
-            else:
-                log.warning("namespace %s was replaced by someone else; left alone", entry["name"])
-        self.namespaces.clear()
-        self.record_path.unlink(missing_ok=True)
+        if self.record is not None:
+            teardown(self.record)
+            self.record = None
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> Topology:
@@ -152,13 +157,17 @@ class Topology:
     def popen(self, ns: str, argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
         p = subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kw)
         self.procs.append(p)
-        self._save()
+        if self.record is not None:
+            with contextlib.suppress(SyncwallError):  # it exited already: nothing to record
+                self.record.add_process(p.pid, "bench", argv[0])
         return p
 
     def stop(self, p: subprocess.Popen[bytes]) -> None:
         stop_process(p)
         if p in self.procs:
             self.procs.remove(p)
+        if self.record is not None:
+            self.record.remove_process(p.pid)
 
     def gateway_rules(self, mode: str) -> None:
         """The gateway's whole rule set for a mode: no conntrack on the data path, then the verdict."""
@@ -422,7 +431,7 @@ def measure(duration_s: float = 3.0, runs: int = 1, modes: tuple[str, ...] = MOD
     result: dict[str, Any] = {"duration_s": duration_s, "runs": runs, "modes": {}, "notes": [],
                               "udp_frame_bytes": 64}
     with Topology() as topo:
-        result["namespaces"] = [e["name"] for e in topo.namespaces]
+        result["namespaces"] = list(topo.namespaces)
         c_exe = None
         wanted = list(modes)
         if "c" in wanted:

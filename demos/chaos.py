@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from demos import flows as flow_judge
 from netns.control import ControlClient, ControlError
 from netns.record import RUN_ROOT
 from syncwall_errors import SyncwallError
@@ -181,19 +182,18 @@ def run_chaos(lab: str, minutes: float, seed: int, *, tcp_flows: int = 100,
             # Backup copies should match their owners a moment after the round (up to 5 s).
             _wait("backups converged", lambda: divergence(link.status()) == 0, 5.0)
             rnd.divergence = divergence(link.status())
-            healthy_before = set(before)
-            _wait("flows moving", lambda: all(f["health"] == "healthy" for f in tcp()
-                                              if f["name"] in healthy_before), RESUME_S)  # noqa: B023
-            now = {f["name"]: f for f in tcp()}
-            for name, f in before.items():
-                cur = now.get(name)
-                if name in lost_names or (cur is not None and cur["health"] == "healthy"):
-                    continue
+            # Judged by demos.flows from the moment the cluster settled again: a flow that does
+            # not move within RESUME_S after that is lost.
+            verdict = flow_judge.judge(tcp, time.time(), RESUME_S,
+                                       names=[n for n in before if n not in lost_names], every_s=0.2)
+            for cur in verdict.lost:
+                name = str(cur["name"])
+                f = before[name]
                 lost_names.add(name)
                 carrier = f.get("node", "")
                 rnd.lost.append({
-                    "flow": name, "src": f.get("src"), "health": cur["health"] if cur else "gone",
-                    "detail": cur.get("detail", "") if cur else "", "node": carrier,
+                    "flow": name, "src": f.get("src"), "health": cur.get("health"),
+                    "detail": cur.get("detail", ""), "node": carrier,
                     "node_failed": carrier == rnd.node,
                     # The node that carried the flow either failed (then its backups must have
                     # taken over) or stayed alive itself: either way someone held its state.

@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 UP_TIMEOUT_S = 90.0
 DOWN_TIMEOUT_S = 60.0
 
+# Opens the console on a lab's control socket with a demo's panel; returns what the operator
+# chose on leaving ("stop" asks to take the lab down). The app passes it in: demos never import app.
+OpenConsole = Callable[[Path, str], str]
+
 
 def list_demos() -> list[tuple[str, str]]:
     """(name, title) of every demo, in the order a lesson would take them."""
@@ -238,13 +242,15 @@ def _sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 # ---- `syncwall demo NAME` ------------------------------------------------------------------------
-def run_demo(name: str, headless: bool, as_json: bool, lab: str | None) -> int:
+def run_demo(name: str, headless: bool, as_json: bool, lab: str | None,
+             open_console: OpenConsole | None = None) -> int:
     """Run a demo end to end; exit status 0 only if every expectation held.
 
     Without `lab` the demo starts a lab of its own and tears it down at the end, also on
     failure and Ctrl-C. Captions go to stdout, or to stderr with --json (stdout then holds
-    one JSON object). Not headless on a terminal: the console opens on the demo's panel (a
-    demo that needs no lab, and no --lab given: Enter advances each step in the terminal).
+    one JSON object). Not headless on a terminal, given `open_console`: the console opens on
+    the demo's panel (a demo that needs no lab, and no --lab given: Enter advances each step
+    in the terminal).
     """
     out = sys.stderr if as_json else sys.stdout
 
@@ -258,9 +264,9 @@ def run_demo(name: str, headless: bool, as_json: bool, lab: str | None) -> int:
             print(json.dumps({"demo": name, "ok": False, "error": str(e)}))
         print(f"syncwall: {e}", file=sys.stderr)
         return 1
-    if not headless and not as_json and sys.stdout.isatty() and sys.stdin.isatty() and (
-            sc.needs_lab or lab):
-        return _run_in_console(name, sc, lab)
+    if open_console is not None and not headless and not as_json and sys.stdout.isatty() \
+            and sys.stdin.isatty() and (sc.needs_lab or lab):
+        return _run_in_console(name, sc, lab, open_console)
     interactive = [not headless and sys.stdin.isatty() and not as_json]
     old_term = signal.signal(signal.SIGTERM, _sigterm)
     run: DemoRun | None = None
@@ -323,15 +329,12 @@ def run_demo(name: str, headless: bool, as_json: bool, lab: str | None) -> int:
     return 0 if ok else (130 if error == "interrupted" else 1)
 
 
-def _run_in_console(name: str, sc: Scenario, lab: str | None) -> int:
+def _run_in_console(name: str, sc: Scenario, lab: str | None, open_console: OpenConsole) -> int:
     """`syncwall demo NAME` on a terminal: the console, opened on the demo's panel.
 
     The lab is started and always taken down as on the headless path; on a lab given with
     `--lab` the console puts it back when the demo closes, and stops it only if asked to.
     """
-    from app.client import DaemonLink
-    from app.console.app import run_console
-
     old_term = signal.signal(signal.SIGTERM, _sigterm)
     try:
         with contextlib.ExitStack() as stack:
@@ -340,9 +343,7 @@ def _run_in_console(name: str, sc: Scenario, lab: str | None) -> int:
             else:
                 print(f"starting lab {sc.lab_name!r} for demo {name} ...", flush=True)
                 lab_name = stack.enter_context(own_lab(sc.lab_name))
-            link = DaemonLink(RUN_ROOT / lab_name / "control.sock")
-            stack.callback(link.close)
-            choice = run_console(link, demo=name)
+            choice = open_console(RUN_ROOT / lab_name / "control.sock", name)
             if lab and choice == "stop":
                 _take_down(lab)
             elif not lab:

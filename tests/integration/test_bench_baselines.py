@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from demos import baselines
+from netns.record import RUN_ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -27,8 +28,9 @@ def test_baselines_measure_every_mode_and_remove_their_topology() -> None:
     # Others may create namespaces meanwhile: check that ours are gone.
     after = netns_names()
     assert not made & after, "the bench left namespaces behind"
-    assert not list(baselines.RECORD_DIR.glob("*.json")) or all(
-        n not in p.read_text() for p in baselines.RECORD_DIR.glob("*.json") for n in made)
+    # Its lab record (RUN_ROOT/swb<pid>, as the main lab keeps one) went with it.
+    (prefix,) = {n.rsplit("-", 1)[0] for n in made}
+    assert not (RUN_ROOT / prefix).exists(), "the bench left its record behind"
     c_skipped = any(n.startswith("C NFQUEUE loop skipped") for n in out["notes"])
     expected = {"kernel", "python", "python-gso"} | (set() if c_skipped else {"c"})
     assert set(out["samples"]) == expected, out["notes"]
@@ -43,4 +45,20 @@ def test_topology_is_removed_even_when_the_measurement_fails() -> None:
         assert {topo.sender, topo.gateway, topo.receiver} <= netns_names()
         raise RuntimeError("boom")
     assert not {topo.sender, topo.gateway, topo.receiver} & netns_names()
-    assert not topo.record_path.exists()
+    assert not topo.record_path.exists() and not topo.record_path.parent.exists()
+
+
+def test_a_crashed_topology_is_removed_by_its_record() -> None:
+    """What a bench killed mid-run leaves behind, `syncwall clean` removes by the record alone."""
+    from netns.lab import clean
+
+    topo = baselines.Topology()
+    topo.build()
+    try:
+        made = {topo.sender, topo.gateway, topo.receiver}
+        assert made <= netns_names() and topo.record_path.exists()
+        clean(topo.name)  # as `syncwall clean --lab swb<pid>` does
+        assert not made & netns_names()
+        assert not topo.record_path.parent.exists()
+    finally:
+        topo.close()  # harmless when already clean

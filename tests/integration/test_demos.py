@@ -98,8 +98,11 @@ def test_demo_runs_headless_and_every_expectation_holds(name: str) -> None:
 @pytest.mark.slow
 def test_ctrl_c_takes_the_demo_lab_down() -> None:
     lab = SCENARIOS["join-and-leave"].lab_name
+    # SIGINT back to its default in the demo: a test run from a background job (CI, nohup)
+    # inherits it ignored, and the demo would never see the Ctrl-C this test sends.
     p = subprocess.Popen([sys.executable, "-m", "app.cli", "demo", "join-and-leave", "--headless", "--json"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while not (RUN_ROOT / lab / "ready").exists():
@@ -107,7 +110,10 @@ def test_ctrl_c_takes_the_demo_lab_down() -> None:
             time.sleep(0.1)
         made = {n["name"] for n in json.loads((RUN_ROOT / lab / "record.json").read_text())["namespaces"]}
         assert made
-        time.sleep(1.0)  # into the first step
+        # Into the first step: its caption is on stderr (stdout holds only the JSON report).
+        assert p.stderr is not None
+        while not (line := p.stderr.readline()).startswith("[1/"):
+            assert line, "the demo ended before its first step"
         p.send_signal(signal.SIGINT)
         out, _ = p.communicate(timeout=90)
     finally:

@@ -3,7 +3,6 @@ connection that lands on another node is admitted; with periodic-only sync it is
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,10 +32,20 @@ def run_sessions(mode: str, timeout_s: float = 3.0) -> list[dict[str, Any]]:
         return done if len(done) >= SESSIONS else None
 
     sessions: list[dict[str, Any]] = wait_for(f"{SESSIONS} FTP sessions", finished, 60)
-    # Let the daemon map the connections (still in the nodes' tables while they close) to nodes.
-    time.sleep(1.5)
-    by_name = {f["name"]: f for f in snapshot()["flows"]}
-    return [by_name.get(f["name"], f) for f in sessions]
+    names = {f["name"] for f in sessions}
+
+    def mapped() -> list[dict[str, Any]] | None:
+        # The daemon maps connections (still in the nodes' tables while they close) to nodes once
+        # a second: every session's control connection, and the data connection of those that worked.
+        fl = [f for f in snapshot()["flows"] if f["name"] in names]
+        return fl if len(fl) >= len(names) and all(
+            f.get("node") and (f["health"] != "done" or f.get("data_node")) for f in fl) else None
+
+    try:
+        return list(wait_for("the sessions mapped to nodes", mapped, 3, 0.2))
+    except AssertionError:  # a failed session's data connection may never reach a node's table
+        by_name = {f["name"]: f for f in snapshot()["flows"]}
+        return [by_name.get(f["name"], f) for f in sessions]
 
 
 def counters() -> dict[str, dict[str, int]]:

@@ -280,6 +280,11 @@ def test_syncwall_demo_on_a_terminal_opens_the_console_on_the_demos_own_lab(
     monkeypatch.setattr(app.console.app, "run_console", run_console)
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
-    assert demos.runner.run_demo("story", headless=False, as_json=False, lab=None) == 0
+    import argparse
+
+    import app.cli
+
+    # app.cli hands demos.runner the console opener (demos never import app).
+    assert app.cli.cmd_demo(argparse.Namespace(name="story", headless=False, json=False, lab=None)) == 0
     assert seen == ["up dm-story", "console story on /run/syncwall/dm-story/control.sock",
                     "down dm-story"]

@@ -1,0 +1,72 @@
+"""`syncwall bench NAME`: DESIGN.md's "Measurements", repeated, baselines measured in the same run.
+
+One module per bench (demos.bench.failover, ...), the lab link in demos.bench.lab, the
+statistics in demos.bench.stats. Each bench prints progress lines on stderr and, with
+--json, one JSON object on stdout (figures as {"median", "min", "max", "spread", "p99",
+"n", "samples"}). Exit 0 when the bench ran, whatever the figures; 1 when it could not run
+(the message says why). Targets are reported beside the figures, never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from demos.baselines import BenchError
+from demos.bench.chaos import bench_chaos
+from demos.bench.conn_rate import bench_conn_rate
+from demos.bench.failover import bench_failover
+from demos.bench.ftp import bench_ftp
+from demos.bench.lab import Progress, machine
+from demos.bench.memory import bench_memory
+from demos.bench.resync import bench_resync
+from demos.bench.stats import median, p99, percentile, ratio, readable, spread, summarize
+from demos.bench.sync_latency import bench_sync_latency
+from demos.bench.throughput import bench_throughput
+
+Bench = Callable[[int, str | None, Progress], dict[str, Any]]
+
+# name -> (the bench, its default number of runs)
+BENCHES: dict[str, tuple[Bench, int]] = {
+    "chaos": (bench_chaos, 2),
+    "throughput": (bench_throughput, 3),
+    "conn-rate": (bench_conn_rate, 3),
+    "sync-latency": (bench_sync_latency, 3),
+    "failover": (bench_failover, 5),
+    "ftp": (bench_ftp, 3),
+    "resync": (bench_resync, 3),
+    "memory": (bench_memory, 3),
+}
+
+
+def run_bench(name: str, as_json: bool, lab: str | None, runs: int) -> int:
+    """Run one bench; print its JSON (or a readable summary) on stdout. 0 when it ran."""
+    if name not in BENCHES:
+        sys.stderr.write(f"syncwall: no bench {name!r}; benches are {', '.join(BENCHES)}\n")
+        return 2
+    fn, default_runs = BENCHES[name]
+    runs = runs or default_runs
+    progress = Progress(name)
+    t0 = time.monotonic()
+    info = machine()
+    progress(f"{runs} run(s) on {info['cpus']} CPUs ({info['cpu_model']}), load {info['loadavg_at_start']}")
+    try:
+        result = fn(runs, lab, progress)
+    except (BenchError, OSError, subprocess.SubprocessError) as e:
+        sys.stderr.write(f"syncwall: bench {name} could not run: {e}\n")
+        return 1
+    doc = {"bench": name, "runs": runs, "elapsed_s": round(time.monotonic() - t0, 1), "machine": info,
+           "command": f"syncwall bench {name} --json --runs {runs}", **result}
+    if as_json:
+        sys.stdout.write(json.dumps(doc) + "\n")
+    else:
+        sys.stdout.write("\n".join(readable(doc)) + "\n")
+    return 0
+
+
+__all__ = ["BENCHES", "BenchError", "median", "p99", "percentile", "ratio", "readable", "run_bench",
+           "spread", "summarize"]

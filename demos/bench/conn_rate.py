@@ -1,0 +1,98 @@
+"""`syncwall bench conn-rate`: new TCP connections/s through one gateway and the cluster, sync on vs off."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from demos import baselines
+from demos.baselines import BenchError
+from demos.bench.lab import Progress, bench_lab, host_ns, in_host, lab_server_ip, run_in, set_policy
+from demos.bench.stats import ratio, summarize
+
+CONN_PORT_LAB = 5100  # inside the default rules' tcp 5000-5999
+CONN_WORKERS = 4
+
+
+def _parse_conn_rate(out: str) -> tuple[float, int]:
+    """(connections/s, failed) from the C client's 'ok N failed M seconds S' line."""
+    parts = out.split()
+    try:
+        ok, failed, seconds = int(parts[1]), int(parts[3]), float(parts[5])
+    except (IndexError, ValueError) as e:
+        raise BenchError(f"conn_rate client said {out.strip()!r}") from e
+    if not ok:
+        raise BenchError(f"no connection succeeded ({failed} failed)")
+    return ok / seconds, failed
+
+
+def bench_conn_rate(runs: int, lab: str | None, progress: Progress) -> dict[str, Any]:
+    duration_s = float(os.environ.get("SWBENCH_DURATION_S", "3"))
+    local: dict[str, list[float]] = {"kernel": [], "engine": []}
+    local_failed: dict[str, list[float]] = {m: [] for m in local}
+    cluster: dict[str, list[float]] = {"sync_on_hybrid": [], "sync_off_periodic_60s": []}
+    cluster_failed: dict[str, list[float]] = {m: [] for m in cluster}
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="swbench-") as tmp:
+        exe, why = baselines.build_c(Path(tmp), baselines.CNFQ_DIR / "conn_rate.c", [])
+        if exe is None:
+            raise BenchError(f"the C connection client could not be built: {why}")
+        # Single gateway first, in our own topology (the engine alone, no peer: sync off), then the cluster.
+        with baselines.Topology() as topo:
+            server = topo.popen(topo.receiver, [str(exe), "server", str(baselines.IPERF_PORT)],
+                                stdout=subprocess.DEVNULL)
+            baselines.wait_port(topo.receiver, baselines.IPERF_PORT)
+            cfg = baselines.write_engine_config(topo)
+            for i in range(runs):
+                for mode in local:
+                    with baselines.consumer(topo, mode, None, cfg):
+                        out = baselines.run(["ip", "netns", "exec", topo.sender, str(exe), "client",
+                                             baselines.RECEIVER_IP, str(baselines.IPERF_PORT),
+                                             f"{duration_s:g}", str(CONN_WORKERS)], timeout_s=duration_s + 30)
+                    rate, failed = _parse_conn_rate(out.stdout)
+                    local[mode].append(rate)
+                    local_failed[mode].append(failed)
+                    progress(f"run {i + 1}/{runs} single gateway, {mode}: {rate:,.0f} conn/s, "
+                             f"{failed} failed")
+            topo.stop(server)
+        with bench_lab(lab, progress) as name:
+            ip = lab_server_ip(name)
+            server_p = subprocess.Popen(in_host(name, "s1", [str(exe), "server", str(CONN_PORT_LAB)]),
+                                        stdout=subprocess.DEVNULL)
+            try:
+                baselines.wait_port(host_ns(name, "s1"), CONN_PORT_LAB)
+                for i in range(runs):
+                    for mode, (policy, interval_ms) in (("sync_on_hybrid", ("hybrid", 1000)),
+                                                        ("sync_off_periodic_60s", ("periodic", 60000))):
+                        set_policy(name, policy, interval_ms)
+                        time.sleep(0.5)  # every node has applied the policy
+                        argv = [str(exe), "client", ip, str(CONN_PORT_LAB), f"{duration_s:g}",
+                                str(CONN_WORKERS)]
+                        out = run_in(name, "c1", argv, timeout_s=duration_s + 30)
+                        rate, failed = _parse_conn_rate(out.stdout)
+                        cluster[mode].append(rate)
+                        cluster_failed[mode].append(failed)
+                        progress(f"run {i + 1}/{runs} cluster, {mode}: {rate:,.0f} conn/s, {failed} failed")
+                set_policy(name, "hybrid", 1000)
+            finally:
+                baselines.stop_process(server_p)
+    notes.append("sync off = periodic policy with a 60 s interval (no sync during the measurement)")
+    notes.append(f"client and server: demos/cnfq/conn_rate.c, {CONN_WORKERS} client processes, each "
+                 f"connect + 16-byte echo + close in a loop for {duration_s:g} s")
+    cost = [1 - a / b for a, b in zip(cluster["sync_on_hybrid"], cluster["sync_off_periodic_60s"],
+                                      strict=False) if b]
+    return {
+        "what": "new TCP connections/s (connect, echo, close)",
+        "single_gateway": {m: summarize(v, 0) for m, v in local.items()},
+        "single_gateway_failed_connections": {m: summarize(v, 0) for m, v in local_failed.items()},
+        "cluster": {m: summarize(v, 0) for m, v in cluster.items()},
+        "cluster_failed_connections": {m: summarize(v, 0) for m, v in cluster_failed.items()},
+        "sync_cost_fraction": summarize(cost, 3),
+        "engine_vs_kernel": ratio(local["engine"], local["kernel"]),
+        "targets": {"sync_cost_fraction": "<= 0.10"},
+        "notes": notes,
+    }

@@ -315,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("bench", cmd_bench, "measure a figure")
     p.add_argument("name")
     p.add_argument("--runs", type=int, default=0, help="repetitions (0: the bench's default)")
+    from app.capture_cmd import add_parsers as add_capture_parsers  # capture, decode
+
+    add_capture_parsers(add)
     return ap
 
 

@@ -21,11 +21,13 @@ def _say(msg: str) -> None:
 
 def cmd_capture(args: argparse.Namespace) -> int:
     from netns import capture
-    from netns.lab import load_lab_of, pick_lab
+    from netns.lab import LabNotRunning, daemon_pid, load_lab_of, pick_lab
 
     if os.geteuid() != 0:
         raise StateError("capture needs root: it runs tcpdump inside the lab's namespaces")
     lab = pick_lab(args.lab)
+    if daemon_pid(lab) is None:
+        raise LabNotRunning(f"lab {lab!r} is not running; start it with `syncwall up`")
     spec = load_lab_of(lab)
     res = capture.capture(spec, args.segment, Path(args.write), args.seconds, args.node, say=_say)
     if args.json:

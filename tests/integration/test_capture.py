@@ -30,6 +30,8 @@ integration = pytest.mark.integration
 FIELDS = ["frame.number", "syncwall.type_name", "syncwall.sender", "syncwall.incarnation", "syncwall.epoch",
           "syncwall.seq", "syncwall.ack", "syncwall.hmac_status", "syncwall.malformed",
           "syncwall.record.key", "syncwall.record.owner", "syncwall.record.version"]
+# The frames themselves, not the copies quoted in ICMP errors (a killed node's port is unreachable).
+ONLY_SYNC = "syncwall && !icmp"
 HMAC_WORDS = {"ok": "ok", "bad": "bad", "unchecked": "not checked"}
 
 
@@ -49,7 +51,7 @@ def _tshark(pcap: Path, *extra: str, key: bytes | None = None, port: int = 7400)
 
 def tshark_fields(pcap: Path, key: bytes | None = None, port: int = 7400) -> dict[int, dict[str, list[str]]]:
     """Per frame number, each field's values as tshark shows them (several for records)."""
-    args = ["-Y", "syncwall", "-T", "fields", "-E", "separator=\t", "-E", "occurrence=a",
+    args = ["-Y", ONLY_SYNC, "-T", "fields", "-E", "separator=\t", "-E", "occurrence=a",
             "-E", "aggregator=|"]
     for fld in FIELDS:
         args += ["-e", fld]
@@ -63,7 +65,7 @@ def tshark_fields(pcap: Path, key: bytes | None = None, port: int = 7400) -> dic
 
 def tshark_verbose(pcap: Path, key: bytes | None = None, port: int = 7400) -> dict[int, str]:
     """`tshark -V` split per frame."""
-    text = _tshark(pcap, "-V", "-Y", "syncwall", key=key, port=port)
+    text = _tshark(pcap, "-V", "-Y", ONLY_SYNC, key=key, port=port)
     parts = re.split(r"^Frame (\d+): ", text, flags=re.M)
     return {int(parts[i]): parts[i + 1] for i in range(1, len(parts) - 1, 2)}
 

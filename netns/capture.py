@@ -129,7 +129,7 @@ def _read_stderr(p: subprocess.Popen[str], lines: list[str], started: threading.
     for line in p.stderr:
         lines.append(line.rstrip())
         log.debug("tcpdump: %s", line.rstrip())
-        if line.startswith("listening on") or "listening on" in line:
+        if "listening on" in line:  # "tcpdump: listening on IFACE, link-type ..."
             started.set()
 
 

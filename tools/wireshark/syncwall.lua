@@ -414,6 +414,11 @@ end
 -- ---- the dissector ---------------------------------------------------------------------
 
 local key_bytes, key_error = nil, nil
+local hmac_seen = {} -- "frame:offset" -> "ok" or "bad", for the current key and file
+
+function p.init()
+  hmac_seen = {}
+end
 
 local function load_key()
   key_bytes, key_error = nil, nil
@@ -450,7 +455,13 @@ function p.dissector(tvb, pinfo, tree)
     status = "not checked (" .. key_error .. ")"
     t:add_proto_expert_info(ef_no_key, key_error)
   elseif key_bytes then
-    status = hmac_sha256(key_bytes, tvb:raw(0, body_len)) == tvb:raw(body_len, TAG_BYTES) and "ok" or "bad"
+    -- Pure-Lua SHA-256 is slow and Wireshark dissects a frame again on every click: once per frame.
+    local seen = pinfo.number .. ":" .. tvb:offset()
+    status = hmac_seen[seen]
+    if not status then
+      status = hmac_sha256(key_bytes, tvb:raw(0, body_len)) == tvb:raw(body_len, TAG_BYTES) and "ok" or "bad"
+      hmac_seen[seen] = status
+    end
     if status == "bad" then tag_item:add_proto_expert_info(ef_bad_hmac) end
   else
     status = "not checked"
@@ -527,6 +538,7 @@ local current_port = p.prefs.port
 udp:add(current_port, p)
 
 function p.prefs_changed()
+  hmac_seen = {}
   if p.prefs.port ~= current_port then
     udp:remove(current_port, p)
     current_port = p.prefs.port

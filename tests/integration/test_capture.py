@@ -230,6 +230,16 @@ def test_capture_on_a_node_and_clear_errors(lab: dict[str, Any], tmp_path: Path)
     assert "node n1's sync" in p.stderr
     senders = {f["sender"] for f in _decode_json(out)["frames"]}
     assert "n1" in senders and len(senders) == len(nodes(status()))
+    # The issue's bad captures, on a real one: another lab's frames, a wrong key, a cut file.
+    other = sw("decode", str(out), "--lab-id", "999").stdout
+    assert "OTHER LAB" in other and "from another lab" in other.splitlines()[-1]
+    wrong = subprocess.run([sys.executable, "-m", "app.cli", "decode", str(out), "--key", "00" * 32],
+                           capture_output=True, text=True, check=True).stdout
+    assert "hmac=bad" in wrong and "with a bad HMAC (wrong key" in wrong.splitlines()[-1]
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(out.read_bytes()[:-7])
+    p = sw("decode", str(cut))
+    assert "truncated pcap" in p.stderr and "sync frames" in p.stdout
     bad = sw("capture", "--segment", "sync", "--node", "n9", "-w", str(out), check=False)
     assert bad.returncode == 1 and "no node 'n9'" in bad.stderr
     bad = sw("capture", "--segment", "dmz", "-w", str(out), check=False)

@@ -62,10 +62,11 @@ def target(spec: LabSpec, segment: str, node: str | None = None) -> Target:
 
 def tcpdump_argv(t: Target, out: Path) -> list[str]:
     # -Z root: Debian's tcpdump otherwise drops to its own user before opening the output file,
-    # and could not write into a root-only folder. -U: each packet reaches the file at once, so
-    # a capture stopped abruptly still holds what it saw.
-    return ["ip", "netns", "exec", t.namespace, "tcpdump", "-i", t.interface, "-n", "-s", "0", "-U",
-            "-Z", "root", "-w", str(out)]
+    # and could not write into a root-only folder. --immediate-mode and -U: each packet reaches
+    # the file as it arrives; without them up to a second of the last packets waits in the
+    # kernel's ring buffer and is lost when tcpdump is stopped.
+    return ["ip", "netns", "exec", t.namespace, "tcpdump", "-i", t.interface, "-n", "-s", "0",
+            "--immediate-mode", "-U", "-Z", "root", "-w", str(out)]
 
 
 _COUNT_RE = re.compile(r"^(\d+) packets? (captured|dropped by kernel)", re.M)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from netns.lab import load_lab_of
 from netns.record import RUN_ROOT
 from sync.decode import DecodedFrame, decode_capture, udp_pcap
 from tests.integration.labtools import nodes, running_lab, status, sw, wait_for
@@ -170,6 +171,10 @@ def _tcpdumps_writing(path: Path) -> list[int]:
     return pids
 
 
+def lab_ip(node: str) -> str:
+    return str(load_lab_of("default").node(node).sync_ip) + ":"
+
+
 def _decode_json(pcap: Path) -> dict[str, Any]:
     doc: dict[str, Any] = json.loads(sw("decode", str(pcap), "--json").stdout)
     return doc
@@ -206,6 +211,10 @@ def test_a_kill_and_a_revive_decode_the_same_in_tshark_and_syncwall(lab: dict[st
         sw("revive", "n2")
         wait_for("n2 active with buckets again", lambda: (
             (n := nodes(status())["n2"])["state"] == "active" and n["buckets"]), 15)
+        # The capture file grows as packets arrive: stop once it holds the end of the resync.
+        wait_for("the revived node's resync in the capture", lambda: any(
+            f.type == "BULK_END" and f.dst.startswith(lab_ip("n2"))
+            for f in decode_capture(out.read_bytes())[0]), 10)
     finally:
         proc.send_signal(signal.SIGINT)  # as Ctrl-C: the capture stops, keeps what it saw
         rc = proc.wait(20)

@@ -386,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     from app import replay_cmd  # record, replay, serve --replay: their own module
 
     replay_cmd.add_commands(add, sub.choices["serve"])
+    from app.capture_cmd import add_parsers as add_capture_parsers  # capture, decode
+
+    add_capture_parsers(add)
     return ap
 
 

@@ -95,7 +95,7 @@ class ReplayLink:
             snap.pop("flows", None)
             return snap
         if cmd == "snapshot":
-            since = float(msg.get("since", "-inf"))  # the fake lab starts its clock at 0
+            since = float(msg.get("since") or "-inf")  # 0 means from the start, as for the daemon
             hi = bisect.bisect_right(self._times, self.cursor)
             lo = bisect.bisect_right(self._times, since, 0, hi)
             evs = self.recording.events[lo:hi]

@@ -408,7 +408,7 @@ class Recorder:
         """Record now what the console would get: the snapshot and every node's tables."""
         t0 = time.perf_counter()
         t = self.clock()
-        snap = await self._call({"cmd": "snapshot", "since": float("inf")})
+        snap = await self._call({"cmd": "snapshot", "max_events": 0})
         snap.pop("events", None)  # the events are recorded one by one, as they happen
         state: State = {"snapshot": snap}
         names = [str(n.get("name")) for n in snap.get("nodes", [])]

@@ -154,6 +154,8 @@ class Node:
             d = self._process(data, now, pkt.mark)
             v = d.verdict
             if v is Verdict.ACCEPT:
+                if d.payload is not None:  # a translated packet (NAT): pass the rewritten bytes
+                    pkt.set_payload(d.payload)
                 pkt.accept()
             elif v is Verdict.HOLD:
                 if self.binding.held(d, data, pkt.mark, pkt, now).verdict is Verdict.HOLD:

@@ -195,6 +195,8 @@ class Node:
         for r in b.releases():
             with contextlib.suppress(Exception):  # a packet the kernel forgot must not stop the rest
                 if r.accept:
+                    if r.payload is not None:
+                        r.handle.set_payload(r.payload)
                     r.handle.accept()
                 else:
                     r.handle.drop()

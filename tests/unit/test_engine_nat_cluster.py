@@ -106,3 +106,24 @@ def test_without_the_hash_a_translated_reply_lands_where_no_binding_is() -> None
             back = sim.packet(sim.owner_of(rb), tcp(S1, GW_OUT, 5001, q, "SA"), rb)
             assert back.verdict is not Verdict.ACCEPT
     assert elsewhere > 5
+
+
+def test_a_packet_held_for_a_pull_is_released_translated() -> None:
+    """The bucket's owner meets a mid-stream packet of a translated connection it never saw
+    (another node admitted it): it pulls the entry (claim 14), adopts it, and releases the
+    packet rewritten as the binding says, never untranslated."""
+    sim = nat_cluster(PortPlan(buckets=BUCKETS, rnd=RND))
+    sport = 43000
+    b = mark(C2b, sport, S1b, 5001)
+    owner = sim.owner_of(b)
+    other = next(x for x in sim.c.names if x != owner and x != sim.backup_of(owner))
+    d = sim.packet(other, tcp(C2, S1, sport, 5001, "S", 100), b)
+    assert d.payload is not None
+    q = IP(d.payload)[TCP].sport
+    held = sim.packet(owner, tcp(C2, S1, sport, 5001, "A", 101, 901), b, handle="ack")
+    assert held.verdict is Verdict.HOLD
+    assert sim.run_until(lambda: bool(sim.released[owner]), 1.0)
+    ((_, r),) = sim.released[owner]
+    assert r.handle == "ack" and r.accept and r.payload is not None
+    out = IP(r.payload)
+    assert (out.src, out[TCP].sport, out.dst, out[TCP].dport) == (GW_OUT, q, S1, 5001)

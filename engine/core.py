@@ -23,7 +23,7 @@ from engine.conntrack import (
     tcp_next,
 )
 from engine.ftp import Anomaly, Expect, Refuse, make_helper
-from engine.nat import NatBinding, PortPlan, allocate_port, rewrite
+from engine.nat import NatBinding, PortPlan, allocate_port, rewrite, rewrite_icmp_error
 from engine.packet import (
     ACK,
     ICMP,
@@ -238,8 +238,11 @@ class Engine:
             return self._decide(Verdict.DROP, p)
         if p.inner_key is not None:
             # An ICMP error about a packet of a connection we carry belongs to that connection.
-            if p.inner_key in self._conns:
+            ie = self._conns.get(p.inner_key)
+            if ie is not None and ie.nat is None:
                 return self._decide(Verdict.ACCEPT, Reason.RELATED_ICMP)
+            if self._nat_keys:
+                return self._icmp_error_nat(ie, p, data)
             return self._decide(Verdict.DROP, Reason.ICMP_ERROR_NO_STATE)
         e = self._conns.get(p.key)
         if e is None and self._nat_keys:
@@ -253,6 +256,23 @@ class Engine:
                     return self._translated(e, p, data, d)
                 return d
         return self._untracked(p, data, now, mark)
+
+    def _icmp_error_nat(self, e: Conn | None, p: Packet, data: bytes) -> Decision:
+        """An ICMP error quoting a translated connection's packet (`e`: the entry under the
+        quoted packet's original tuple, else looked up under its translated one), rewritten to
+        the other side; dropped when no binding explains it."""
+        to_translated = e is not None
+        if e is None:
+            k = self._nat_keys.get(p.inner_key or b"")
+            e = self._conns.get(k) if k is not None else None
+        if e is None or e.nat is None:
+            return self._decide(Verdict.DROP, Reason.ICMP_ERROR_NO_STATE)
+        out = rewrite_icmp_error(data, p.l4_off, p.end, e.nat, to_translated)
+        if out is None:
+            return self._decide(Verdict.DROP, Reason.ICMP_ERROR_NO_STATE)
+        d = self._decide(Verdict.ACCEPT, Reason.RELATED_ICMP)
+        self._count("nat-translated")
+        return Decision(_ACCEPT, d.reason, None, None, out)
 
     def _translated(self, e: Conn, p: Packet, data: bytes, d: Decision) -> Decision:
         """The accepted packet of a translated connection, rewritten: the original direction

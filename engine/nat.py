@@ -19,6 +19,7 @@ __all__ = [
     "hmark_bucket",
     "jhash_3words",
     "rewrite",
+    "rewrite_icmp_error",
 ]
 
 _M32 = 0xFFFFFFFF
@@ -209,4 +210,67 @@ def rewrite(data: bytes, l4: int, proto: int, src: bytes, sport: int, dst: bytes
                 c = 0xFFFF  # 0 means "no checksum" in UDP
             b[off] = c >> 8
             b[off + 1] = c & 0xFF
+    return bytes(b)
+
+
+def _inet_checksum(data: bytes | bytearray) -> int:
+    if len(data) % 2:
+        data = bytes(data) + b"\x00"
+    words: tuple[int, ...] = struct.unpack(f"!{len(data) // 2}H", data)
+    s = sum(words)
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def rewrite_icmp_error(data: bytes, l4: int, end: int, n: NatBinding, to_translated: bool) -> bytes | None:
+    """An IPv4 ICMP error about a packet of a translated connection, rewritten as Linux NAT
+    does: the quoted packet is mapped to the other side's tuple (`to_translated`: from the
+    original tuple to the translated one, else back), the outer source or destination that
+    is an endpoint of the quoted packet with it (a router's own address stays). Checksums:
+    the outer IP header and the quoted headers incrementally, the ICMP message recomputed (it
+    covers the quoted bytes). None when the quoted packet is not one of the connection's."""
+    io = l4 + 8
+    il4 = io + (data[io] & 0x0F) * 4
+    proto = data[io + 9]
+    isrc, idst = data[io + 12 : io + 16], data[io + 16 : io + 20]
+    isport = (data[il4] << 8) | data[il4 + 1]
+    idport = (data[il4 + 2] << 8) | data[il4 + 3]
+    inner = (isrc, isport, idst, idport)
+    orig = (n.osrc, n.osport, n.odst, n.odport)
+    trans = (n.src, n.sport, n.dst, n.dport)
+    here, there = (orig, trans) if to_translated else (trans, orig)
+    if inner == here:
+        ns, nsp, nd, ndp = there
+    elif inner == (here[2], here[3], here[0], here[1]):  # the quoted packet was a reply
+        nd, ndp, ns, nsp = there
+    else:
+        return None
+    b = bytearray(data)
+    # The quoted packet: its addresses, header checksum, ports and (if quoted) L4 checksum.
+    old_a, new_a = data[io + 12 : io + 20], ns + nd
+    b[io + 12 : io + 20] = new_a
+    c = checksum_adjust((b[io + 10] << 8) | b[io + 11], old_a, new_a)
+    b[io + 10], b[io + 11] = c >> 8, c & 0xFF
+    old_p = data[il4 : il4 + 4]
+    new_p = bytes((nsp >> 8, nsp & 0xFF, ndp >> 8, ndp & 0xFF))
+    b[il4 : il4 + 4] = new_p
+    off = il4 + 16 if proto == TCP else il4 + 6
+    if off + 2 <= end:
+        c = (b[off] << 8) | b[off + 1]
+        if proto != UDP or c:
+            c = checksum_adjust(c, old_a + old_p, new_a + new_p)
+            if proto == UDP and c == 0:
+                c = 0xFFFF
+            b[off], b[off + 1] = c >> 8, c & 0xFF
+    # The outer header: the error travels to the quoted packet's source.
+    osrc, odst = data[12:16], data[16:20]
+    new_osrc = nd if osrc == idst else osrc
+    new_odst = ns if odst == isrc else odst
+    b[12:20] = new_osrc + new_odst
+    c = checksum_adjust((b[10] << 8) | b[11], osrc + odst, new_osrc + new_odst)
+    b[10], b[11] = c >> 8, c & 0xFF
+    b[l4 + 2 : l4 + 4] = b"\x00\x00"
+    c = _inet_checksum(b[l4:end])
+    b[l4 + 2], b[l4 + 3] = c >> 8, c & 0xFF
     return bytes(b)

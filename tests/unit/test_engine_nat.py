@@ -7,7 +7,7 @@ import random
 from typing import Any
 
 import pytest
-from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
 
 from engine.core import NAT_NO_PORT, Engine, Verdict
 from engine.nat import PortPlan, allocate_port, checksum_adjust, hmark_bucket, rewrite
@@ -322,3 +322,52 @@ S1b = bytes((198, 18, 2, 10))
 
 def _a(b: bytes) -> str:
     return ".".join(str(x) for x in b)
+
+
+def _valid_icmp_error(pkt: bytes) -> IP:
+    """An ICMP error as scapy reads it, with its outer IP and ICMP checksums checked."""
+    ip = IP(pkt)
+    fresh = IP(pkt)
+    del fresh.chksum
+    del fresh[ICMP].chksum
+    again = IP(bytes(fresh))
+    assert (ip.chksum, ip[ICMP].chksum) == (again.chksum, again[ICMP].chksum)
+    return ip
+
+
+def test_icmp_errors_about_translated_packets_are_translated_too() -> None:
+    eng = nat_engine()
+    syn = eng.process(udp(C2, S1, 40000, 5001, b"ask"), 1.0, 0)
+    assert syn.payload is not None
+    # s1 refuses the translated datagram: the error it sends the cluster goes on to c2,
+    # quoting c2's own datagram.
+    err = bytes(IP(src=S1, dst=GW_OUT) / ICMP(type=3, code=3) / IP(syn.payload)[IP])
+    d = eng.process(err, 1.1, 0)
+    assert d.verdict is Verdict.ACCEPT and d.reason == "related-icmp" and d.payload is not None
+    out = _valid_icmp_error(d.payload)
+    assert (out.src, out.dst) == (S1, C2)
+    quoted = out[IPerror]
+    assert (quoted.src, quoted.dst, quoted[UDPerror].sport, quoted[UDPerror].dport) == (C2, S1, 40000, 5001)
+    q_fresh = IP(bytes(quoted))
+    del q_fresh.chksum
+    assert IP(bytes(q_fresh)).chksum == quoted.chksum, "the quoted header's checksum"
+    # A router on the way to s1 says the same: its own address stays the source.
+    err2 = bytes(IP(src="198.18.2.254", dst=GW_OUT) / ICMP(type=11) / IP(syn.payload)[IP])
+    d2 = eng.process(err2, 1.2, 0)
+    assert d2.payload is not None
+    assert (IP(d2.payload).src, IP(d2.payload).dst) == ("198.18.2.254", C2)
+    # c2 refuses a reply: its error about s1 -> c2 leaves quoting s1 -> the cluster's port.
+    rep = eng.process(udp(S1, GW_OUT, 5001, 40000, b"answer"), 1.3, 0)
+    assert rep.payload is not None
+    err3 = bytes(IP(src=C2, dst=S1) / ICMP(type=3, code=3) / IP(rep.payload)[IP])
+    d3 = eng.process(err3, 1.4, 0)
+    assert d3.payload is not None
+    out3 = _valid_icmp_error(d3.payload)
+    assert (out3.src, out3.dst, out3[IPerror].dst, out3[UDPerror].dport) == (GW_OUT, S1, GW_OUT, 40000)
+
+
+def test_an_icmp_error_quoting_an_unknown_tuple_is_dropped() -> None:
+    eng = nat_engine()
+    eng.process(udp(C2, S1, 40000, 5001), 1.0, 0)
+    err = bytes(IP(src=S1, dst=GW_OUT) / ICMP(type=3, code=3) / IP(udp(GW_OUT, S1, 40999, 5001))[IP])
+    assert eng.process(err, 1.1, 0).verdict is Verdict.DROP

@@ -372,7 +372,8 @@ class ConnTable:
         """A new own connection: NEW event."""
         self.tombs.pop(e.key, None)
         self.conns[e.key] = e
-        self.index_nat(e)
+        if e.nat is not None:
+            self.nat_keys[e.nat.key] = e.key
         self.refresh(e)
         self.schedule(e)
         if e.state in self.quiet_states:

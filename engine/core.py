@@ -415,25 +415,28 @@ class Engine:
         if rule.action is Action.REJECT:
             d = self._decide(Verdict.REJECT, "rule-reject:" + rule.name)
             return Decision(Verdict.REJECT, d.reason, None, reject_reply(p, data))
-        nat = self._bind(rule.snat, rule.dnat, p, mark) if rule.nat else None
-        if nat is None and rule.nat:
-            log.warning("%s: rule %s: no free NAT port for %s -> %s; dropped", self.node,
-                        rule.name, endpoint_text(p.src, p.sport), endpoint_text(p.dst, p.dport))
-            return self._decide(Verdict.DROP, NAT_NO_PORT)
+        nat = None
+        if rule.snat is not None or rule.dnat is not None:
+            nat = self._bind(rule.snat, rule.dnat, p, mark)
+            if nat is None:
+                log.warning("%s: rule %s: no free NAT port for %s -> %s; dropped", self.node,
+                            rule.name, endpoint_text(p.src, p.sport), endpoint_text(p.dst, p.dport))
+                return self._decide(Verdict.DROP, NAT_NO_PORT)
         helper = make_helper(rule.helper, p.src, p.dst) if rule.helper else None
         e = Conn(
             p.key, p.low, INITIAL_STATE[proto], self.node,
             next_version(table.version_floor(p.key), now), mark, now, helper,
             trigger="rule:" + rule.name,
         )
+        if nat is None:
+            table.add(e, now)
+            self._count("rule-accept:" + rule.name)
+            return self._decide(Verdict.ACCEPT, Reason.NEW)
         e.nat = nat
         table.add(e, now)
         self._count("rule-accept:" + rule.name)
-        d = self._decide(Verdict.ACCEPT, Reason.NEW)
-        if nat is not None:
-            self._count("nat-bindings")
-            return self._translated(e, p, data, d)
-        return d
+        self._count("nat-bindings")
+        return self._translated(e, p, data, self._decide(Verdict.ACCEPT, Reason.NEW))
 
     def _bind(
         self, snat: bytes | None, dnat: tuple[bytes, int | None] | None, p: Packet, bucket: int

@@ -23,7 +23,7 @@ from engine.conntrack import (
     tcp_next,
 )
 from engine.ftp import Anomaly, Expect, Refuse, make_helper
-from engine.nat import NatBinding, PortPlan, allocate_port, rewrite, rewrite_icmp_error
+from engine.nat import PortPlan, binding_text, make_binding, rewrite, rewrite_icmp_error
 from engine.packet import (
     ACK,
     ICMP,
@@ -417,7 +417,8 @@ class Engine:
             return Decision(Verdict.REJECT, d.reason, None, reject_reply(p, data))
         nat = None
         if rule.snat is not None or rule.dnat is not None:
-            nat = self._bind(rule.snat, rule.dnat, p, mark)
+            nat = make_binding(self.nat_ports, p.proto, (p.src, p.sport, p.dst, p.dport),
+                               rule.snat, rule.dnat, mark, self._nat_in_use)
             if nat is None:
                 log.warning("%s: rule %s: no free NAT port for %s -> %s; dropped", self.node,
                             rule.name, endpoint_text(p.src, p.sport), endpoint_text(p.dst, p.dport))
@@ -437,29 +438,6 @@ class Engine:
         self._count("rule-accept:" + rule.name)
         self._count("nat-bindings")
         return self._translated(e, p, data, self._decide(Verdict.ACCEPT, Reason.NEW))
-
-    def _bind(
-        self, snat: bytes | None, dnat: tuple[bytes, int | None] | None, p: Packet, bucket: int
-    ) -> NatBinding | None:
-        """The translation of a new connection, or None when its translated tuple cannot be
-        had: the source port is chosen (engine.nat.allocate_port) when the source changes;
-        a destination-only translation keeps the source and needs its tuple free."""
-        dst, dport = p.dst, p.dport
-        if dnat is not None:
-            dst = dnat[0]
-            dport = dnat[1] if dnat[1] is not None else p.dport
-        src, sport = p.src, p.sport
-        if snat is not None:
-            port = allocate_port(
-                self.nat_ports, p.proto, snat, dst, dport, p.sport, bucket, self._nat_in_use
-            )
-            if port is None:
-                return None
-            src, sport = snat, port
-        n = NatBinding(p.proto, (p.src, p.sport, p.dst, p.dport), src, sport, dst, dport)
-        if snat is None and self._nat_in_use(n.key):
-            return None
-        return n
 
     def _nat_in_use(self, key: bytes) -> bool:
         """Is a translated tuple with this key taken (by any connection this node knows)?"""
@@ -621,16 +599,10 @@ class Engine:
             "version": e.version,
             "bucket": e.bucket,
             "kind": "conn",
-            "nat": _nat_text(e.nat),
+            "nat": binding_text(e.nat),
         }
 
     def _describe(self, e: Conn) -> str:
         r = self._conn_row(e, self._now)
         return f"{r['proto']} {r['src']} -> {r['dst']}"
 
-
-def _nat_text(n: NatBinding | None) -> str:
-    """A binding as the console shows it: the translated tuple ("" when untranslated)."""
-    if n is None:
-        return ""
-    return f"{endpoint_text(n.src, n.sport)} -> {endpoint_text(n.dst, n.dport)}"

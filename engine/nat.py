@@ -8,16 +8,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from engine.packet import TCP, UDP, make_key
+from engine.packet import TCP, UDP, endpoint_text, make_key
 from engine.rules import EngineError
 
 __all__ = [
     "NatBinding",
     "PortPlan",
     "allocate_port",
+    "binding_text",
     "checksum_adjust",
     "hmark_bucket",
     "jhash_3words",
+    "make_binding",
     "rewrite",
     "rewrite_icmp_error",
 ]
@@ -168,6 +170,40 @@ class NatBinding:
     def __repr__(self) -> str:
         return (f"NatBinding({self.osrc.hex()}:{self.osport}>{self.odst.hex()}:{self.odport} as "
                 f"{self.src.hex()}:{self.sport}>{self.dst.hex()}:{self.dport})")
+
+
+def make_binding(
+    plan: PortPlan,
+    proto: int,
+    orig: tuple[bytes, int, bytes, int],
+    snat: bytes | None,
+    dnat: tuple[bytes, int | None] | None,
+    bucket: int,
+    in_use: Callable[[bytes], bool],
+) -> NatBinding | None:
+    """The translation of a new connection (`orig`: its src, sport, dst, dport), or None when
+    its translated tuple cannot be had: the source port is chosen (allocate_port) when the
+    source changes; a destination-only translation keeps the source and needs its tuple free."""
+    src, sport, dst, dport = orig
+    if dnat is not None:
+        dst = dnat[0]
+        dport = dnat[1] if dnat[1] is not None else dport
+    if snat is not None:
+        port = allocate_port(plan, proto, snat, dst, dport, sport, bucket, in_use)
+        if port is None:
+            return None
+        src, sport = snat, port
+    n = NatBinding(proto, orig, src, sport, dst, dport)
+    if snat is None and in_use(n.key):
+        return None
+    return n
+
+
+def binding_text(n: NatBinding | None) -> str:
+    """A binding as the console shows it: the translated tuple ("" when untranslated)."""
+    if n is None:
+        return ""
+    return f"{endpoint_text(n.src, n.sport)} -> {endpoint_text(n.dst, n.dport)}"
 
 
 _WORDS6 = struct.Struct("!6H")

@@ -42,6 +42,7 @@ class Release(Generic[H]):
 
     handle: H
     accept: bool
+    payload: bytes | None = None  # a translated packet's new bytes (NAT), to set before accepting
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +169,7 @@ class Binding(Generic[H]):
             # The state arrived (or not): the packets now meet the table as it is.
             for h, data, mark in hold.packets:
                 d = self.engine.process(data, now, mark)
-                self._releases.append(Release(h, d.verdict is Verdict.ACCEPT))
+                self._releases.append(Release(h, d.verdict is Verdict.ACCEPT, d.payload))
         self.hold_latencies_ms.append(waited_ms)
 
     def releases(self) -> list[Release[H]]:

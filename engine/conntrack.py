@@ -11,6 +11,7 @@ from enum import Enum
 from typing import Any
 
 from engine.ftp import FtpHelper
+from engine.nat import NatBinding
 from engine.packet import ACK, FIN, ICMP, ICMPV6, RST, SYN, TCP, UDP
 from engine.rules import EngineError
 from sync.records import Scope, Trigger
@@ -150,6 +151,7 @@ class Conn:
         "hold",
         "key",
         "last_seen",
+        "nat",
         "orig_low",
         "owner",
         "sched",
@@ -182,6 +184,7 @@ class Conn:
         # Additional information (NAT details, the master of a related connection...). None
         # until something is stored: most entries never need it, and an empty dict costs 64 B.
         self.extra: dict[str, Any] | None = None
+        self.nat: NatBinding | None = None  # its translation, when a NAT rule admitted it
         self.trigger = trigger
         self.hold = 0  # the sync id its packets wait on, 0 when none
         self.sched = -1.0  # the deadline it is queued under for expiry, -1 when not queued
@@ -305,6 +308,9 @@ class ConnTable:
         self.timeouts = timeouts
         self.timeout_by_state = timeouts.by_state()
         self.conns: dict[bytes, Conn] = {}
+        # The translated tuple's key -> the entry's key, for every translated connection this
+        # node knows (own and backup copies): a reply arrives under the translated tuple.
+        self.nat_keys: dict[bytes, bytes] = {}
         self.expects: dict[bytes, Expectation] = {}
         self.tombs: dict[bytes, Tombstone] = {}
         self._tomb_queue: deque[tuple[float, bytes, int]] = deque()
@@ -319,7 +325,11 @@ class ConnTable:
     def refresh(self, e: Conn) -> None:
         """Recompute whether the fast path may handle this entry."""
         e.fast = (
-            e.owner == self.node and e.hold == 0 and e.helper is None and e.state in FAST_STATES
+            e.owner == self.node
+            and e.hold == 0
+            and e.helper is None
+            and e.nat is None  # a translated packet is rewritten on the full path
+            and e.state in FAST_STATES
         )
 
     def deadline(self, e: Conn) -> float:
@@ -347,11 +357,23 @@ class ConnTable:
     def emit(self, kind: EventKind, key: bytes, scope: Scope, trigger: Trigger = Trigger.MODIFIED) -> None:
         self.events.append(StateEvent(kind, key, scope, trigger))
 
+    # ---- NAT index ----------------------------------------------------------------------
+    def index_nat(self, e: Conn) -> None:
+        """File the entry under its translated tuple too (own entries and copies alike)."""
+        if e.nat is not None:
+            self.nat_keys[e.nat.key] = e.key
+
+    def unindex_nat(self, e: Conn) -> None:
+        if e.nat is not None and self.nat_keys.get(e.nat.key) == e.key:
+            del self.nat_keys[e.nat.key]
+
     # ---- connections --------------------------------------------------------------------
     def add(self, e: Conn, now: float) -> None:
         """A new own connection: NEW event."""
         self.tombs.pop(e.key, None)
         self.conns[e.key] = e
+        if e.nat is not None:
+            self.nat_keys[e.nat.key] = e.key
         self.refresh(e)
         self.schedule(e)
         if e.state in self.quiet_states:
@@ -379,6 +401,7 @@ class ConnTable:
         if self.conns.get(e.key) is not e:
             return
         del self.conns[e.key]
+        self.unindex_nat(e)
         e.trigger = trigger
         e.version = next_version(e.version, now) if event else e.version
         self.bury(e.key, e.version, e.owner, Scope.NODE, e.bucket, now)

@@ -23,6 +23,7 @@ from engine.conntrack import (
     tcp_next,
 )
 from engine.ftp import Anomaly, Expect, Refuse, make_helper
+from engine.nat import PortPlan, binding_text, make_binding, rewrite, rewrite_icmp_error
 from engine.packet import (
     ACK,
     ICMP,
@@ -78,6 +79,7 @@ class Decision:
     reason: str
     sync_id: int | None = None
     reply: bytes | None = None  # REJECT: the packet to send back (TCP RST, ICMP unreachable)
+    payload: bytes | None = None  # ACCEPT of a translated packet: the bytes to pass on instead
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,8 @@ _VERDICT_COUNTERS = {
 _ACCEPT_ESTABLISHED = Decision(Verdict.ACCEPT, str(Reason.ESTABLISHED))
 _PROTO_NAMES = {TCP: "tcp", UDP: "udp", ICMP: "icmp", ICMPV6: "icmpv6"}
 _REOPENABLE = frozenset({ConnState.TIME_WAIT, ConnState.CLOSED})
+_ACCEPT = Verdict.ACCEPT
+NAT_NO_PORT = "nat-no-port"  # a NAT rule matched but no translated tuple was free
 
 
 class Engine:
@@ -130,6 +134,7 @@ class Engine:
         hold_timeout_s: float = 0.2,
         max_held_syncs: int = 256,
         quiet_states: frozenset[ConnState] = frozenset(),
+        nat_ports: PortPlan | None = None,
     ) -> None:
         if not node:
             raise EngineError("Engine needs the node's name (e.g. 'n1')")
@@ -148,6 +153,10 @@ class Engine:
         self.table = ConnTable(node, self.timeouts)
         self.table.quiet_states = quiet_states
         self._conns = self.table.conns  # the same dict, bound once for the fast path
+        self._nat_keys = self.table.nat_keys
+        # How NAT source ports are chosen: the lab's HMARK parameters make replies hash into
+        # the connection's own bucket (engine.nat.PortPlan).
+        self.nat_ports = nat_ports if nat_ports is not None else PortPlan()
         # Peers' connections wait here, outside the packet path's table, until promoted.
         self.backups = Backups()
         self._backups = self.backups.copies
@@ -229,21 +238,61 @@ class Engine:
             return self._decide(Verdict.DROP, p)
         if p.inner_key is not None:
             # An ICMP error about a packet of a connection we carry belongs to that connection.
-            if p.inner_key in self._conns:
+            ie = self._conns.get(p.inner_key)
+            if ie is not None and ie.nat is None:
                 return self._decide(Verdict.ACCEPT, Reason.RELATED_ICMP)
+            if self._nat_keys:
+                return self._icmp_error_nat(ie, p, data)
             return self._decide(Verdict.DROP, Reason.ICMP_ERROR_NO_STATE)
         e = self._conns.get(p.key)
+        if e is None and self._nat_keys:
+            k = self._nat_keys.get(p.key)  # a reply to a translated tuple
+            if k is not None:
+                e = self._conns.get(k)
         if e is not None:
             d = self._tracked(e, p, data, now)
             if d is not None:
+                if e.nat is not None and d.verdict is _ACCEPT:
+                    return self._translated(e, p, data, d)
                 return d
         return self._untracked(p, data, now, mark)
+
+    def _icmp_error_nat(self, e: Conn | None, p: Packet, data: bytes) -> Decision:
+        """An ICMP error quoting a translated connection's packet (`e`: the entry under the
+        quoted packet's original tuple, else looked up under its translated one), rewritten to
+        the other side; dropped when no binding explains it."""
+        to_translated = e is not None
+        if e is None:
+            k = self._nat_keys.get(p.inner_key or b"")
+            e = self._conns.get(k) if k is not None else None
+        if e is None or e.nat is None:
+            return self._decide(Verdict.DROP, Reason.ICMP_ERROR_NO_STATE)
+        out = rewrite_icmp_error(data, p.l4_off, p.end, e.nat, to_translated)
+        if out is None:
+            return self._decide(Verdict.DROP, Reason.ICMP_ERROR_NO_STATE)
+        d = self._decide(Verdict.ACCEPT, Reason.RELATED_ICMP)
+        self._count("nat-translated")
+        return Decision(_ACCEPT, d.reason, None, None, out)
+
+    def _translated(self, e: Conn, p: Packet, data: bytes, d: Decision) -> Decision:
+        """The accepted packet of a translated connection, rewritten: the original direction
+        to the translated tuple, replies to the translated tuple back to the original one."""
+        n = e.nat
+        assert n is not None
+        if p.key == e.key and p.low == e.orig_low:
+            out = rewrite(data, p.l4_off, p.proto, n.src, n.sport, n.dst, n.dport)
+        else:
+            out = rewrite(data, p.l4_off, p.proto, n.odst, n.odport, n.osrc, n.osport)
+        self._count("nat-translated")
+        return Decision(_ACCEPT, d.reason, None, None, out)
 
     def _tracked(self, e: Conn, p: Packet, data: bytes, now: float) -> Decision | None:
         """A packet of a known connection: track its state; the rules are not consulted.
         None when the packet starts a new connection on a closed entry's 5-tuple."""
         table = self.table
-        from_orig = p.low == e.orig_low
+        n = e.nat
+        # Under the translated tuple (a reply), the originator is the translated source.
+        from_orig = p.low == (e.orig_low if n is None or p.key == e.key else n.low)
         proto = p.proto
         held: Decision | None = None
         if proto == TCP:
@@ -321,10 +370,12 @@ class Engine:
     def _untracked(self, p: Packet, data: bytes, now: float, mark: int) -> Decision:
         """A packet no entry knows: an expected related connection, a pull, or the rules."""
         table = self.table
-        if self._backups and p.key in self._backups:
-            d = self._backup_copy(p, data, now)
-            if d is not None:
-                return d
+        if self._backups:
+            bk: bytes | None = p.key if p.key in self._backups else self._nat_keys.get(p.key)
+            if bk is not None and bk in self._backups:
+                d = self._backup_copy(bk, p, data, now)
+                if d is not None:
+                    return d
         proto = p.proto
         is_tcp = proto == TCP
         opens = not is_tcp or p.flags & (SYN | ACK) == SYN
@@ -364,26 +415,49 @@ class Engine:
         if rule.action is Action.REJECT:
             d = self._decide(Verdict.REJECT, "rule-reject:" + rule.name)
             return Decision(Verdict.REJECT, d.reason, None, reject_reply(p, data))
+        nat = None
+        if rule.snat is not None or rule.dnat is not None:
+            nat = make_binding(self.nat_ports, p.proto, (p.src, p.sport, p.dst, p.dport),
+                               rule.snat, rule.dnat, mark, self._nat_in_use)
+            if nat is None:
+                log.warning("%s: rule %s: no free NAT port for %s -> %s; dropped", self.node,
+                            rule.name, endpoint_text(p.src, p.sport), endpoint_text(p.dst, p.dport))
+                return self._decide(Verdict.DROP, NAT_NO_PORT)
         helper = make_helper(rule.helper, p.src, p.dst) if rule.helper else None
         e = Conn(
             p.key, p.low, INITIAL_STATE[proto], self.node,
             next_version(table.version_floor(p.key), now), mark, now, helper,
             trigger="rule:" + rule.name,
         )
+        if nat is None:
+            table.add(e, now)
+            self._count("rule-accept:" + rule.name)
+            return self._decide(Verdict.ACCEPT, Reason.NEW)
+        e.nat = nat
         table.add(e, now)
         self._count("rule-accept:" + rule.name)
-        return self._decide(Verdict.ACCEPT, Reason.NEW)
+        self._count("nat-bindings")
+        return self._translated(e, p, data, self._decide(Verdict.ACCEPT, Reason.NEW))
 
-    def _backup_copy(self, p: Packet, data: bytes, now: float) -> Decision | None:
-        """A packet of a connection we hold only as a peer's copy. In a bucket we own, we carry
-        it now (claim 14): the copy moves into our table. Outside our buckets it is the brief
-        overlap of a handover, when the old owner still forwards: it passes, the copy stays."""
-        e = self._backups[p.key]
+    def _nat_in_use(self, key: bytes) -> bool:
+        """Is a translated tuple with this key taken (by any connection this node knows)?"""
+        return key in self._nat_keys or key in self._conns or key in self._backups
+
+    def _backup_copy(self, key: bytes, p: Packet, data: bytes, now: float) -> Decision | None:
+        """A packet of a connection we hold only as a peer's copy (`key`: its entry's key). In
+        a bucket we own, we carry it now (claim 14): the copy moves into our table. Outside our
+        buckets it is the brief overlap of a handover, when the old owner still forwards: it
+        passes (translated as its owner does), the copy stays."""
+        e = self._backups[key]
         if self.owned_buckets is not None and e.bucket not in self.owned_buckets:
-            return self._decide(Verdict.ACCEPT, Reason.ESTABLISHED)
-        self.backups.adopt_one(self.table, p.key, now)
+            d = self._decide(Verdict.ACCEPT, Reason.ESTABLISHED)
+            return self._translated(e, p, data, d) if e.nat is not None else d
+        self.backups.adopt_one(self.table, key, now)
         self._count("adopted")
-        return self._tracked(e, p, data, now)
+        d2 = self._tracked(e, p, data, now)
+        if d2 is not None and e.nat is not None and d2.verdict is _ACCEPT:
+            return self._translated(e, p, data, d2)
+        return d2
 
     def _unknown_tcp(self, p: Packet, now: float) -> Decision:
         """Mid-stream TCP with no entry: maybe another node carries it; ask once, then drop."""
@@ -525,8 +599,10 @@ class Engine:
             "version": e.version,
             "bucket": e.bucket,
             "kind": "conn",
+            "nat": binding_text(e.nat),
         }
 
     def _describe(self, e: Conn) -> str:
         r = self._conn_row(e, self._now)
         return f"{r['proto']} {r['src']} -> {r['dst']}"
+

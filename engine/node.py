@@ -154,6 +154,8 @@ class Node:
             d = self._process(data, now, pkt.mark)
             v = d.verdict
             if v is Verdict.ACCEPT:
+                if d.payload is not None:  # a translated packet (NAT): pass the rewritten bytes
+                    pkt.set_payload(d.payload)
                 pkt.accept()
             elif v is Verdict.HOLD:
                 if self.binding.held(d, data, pkt.mark, pkt, now).verdict is Verdict.HOLD:
@@ -193,6 +195,8 @@ class Node:
         for r in b.releases():
             with contextlib.suppress(Exception):  # a packet the kernel forgot must not stop the rest
                 if r.accept:
+                    if r.payload is not None:
+                        r.handle.set_payload(r.payload)
                     r.handle.accept()
                 else:
                     r.handle.drop()

@@ -87,6 +87,14 @@ class Rule:
     dport: tuple[int, int] | None = None
     helper: str | None = None
     log: bool = False
+    # NAT of an accepted connection (IPv4 TCP/UDP): the source becomes `snat` (the port is
+    # chosen by the engine, see engine.nat), the destination `dnat` (port kept when None).
+    snat: bytes | None = None
+    dnat: tuple[bytes, int | None] | None = None
+
+    @property
+    def nat(self) -> bool:
+        return self.snat is not None or self.dnat is not None
 
     def matches(self, family: int, proto: int, src: int, dst: int, dport: int | None) -> bool:
         p = self.proto
@@ -133,7 +141,45 @@ class RuleSet:
         return None
 
 
-_FIELDS = frozenset({"name", "action", "proto", "src", "dst", "dport", "helper", "log"})
+_FIELDS = frozenset(
+    {"name", "action", "proto", "src", "dst", "dport", "helper", "log", "snat", "dnat"}
+)
+
+
+def _ipv4(i: int, name: str, field: str, text: str, expected: str) -> bytes:
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        raise RuleError(i, name, field, expected, text) from None
+    if addr.version != 4 or addr.is_multicast or addr.is_unspecified or addr == ipaddress.IPv4Address(
+        "255.255.255.255"
+    ):
+        raise RuleError(i, name, field, expected, text)
+    return addr.packed
+
+
+def _snat(i: int, name: str, value: object) -> bytes | None:
+    if value is None:
+        return None
+    expected = "one IPv4 unicast address like '198.18.2.1' (the cluster's outside address)"
+    if not isinstance(value, str):
+        raise RuleError(i, name, "snat", expected, value)
+    return _ipv4(i, name, "snat", value, expected)
+
+
+def _dnat(i: int, name: str, value: object) -> tuple[bytes, int | None] | None:
+    if value is None:
+        return None
+    expected = "an IPv4 address with an optional port, like '198.18.2.10:5000'"
+    if not isinstance(value, str):
+        raise RuleError(i, name, "dnat", expected, value)
+    host, sep, port_text = value.partition(":")
+    addr = _ipv4(i, name, "dnat", host, expected)
+    if not sep:
+        return addr, None
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise RuleError(i, name, "dnat", expected + " (port 1-65535)", value)
+    return addr, int(port_text)
 
 
 def _net(i: int, name: str, field: str, value: object) -> Net | None:
@@ -220,7 +266,22 @@ def parse_rule(i: int, raw: Mapping[str, Any]) -> Rule:
     log_flag = raw.get("log", False)
     if not isinstance(log_flag, bool):
         raise RuleError(i, name, "log", "true or false", log_flag)
-    return Rule(name, action, proto, src, dst, dport, helper, log_flag)
+    snat = _snat(i, name, raw.get("snat"))
+    dnat = _dnat(i, name, raw.get("dnat"))
+    if snat is not None or dnat is not None:
+        field = "snat" if snat is not None else "dnat"
+        if action is not Action.ACCEPT:
+            raise RuleError(i, name, field, "no NAT on a rule that does not accept", raw.get(field))
+        if proto not in (Proto.TCP, Proto.UDP):
+            raise RuleError(i, name, "proto", f"tcp or udp for {field}", raw.get("proto", "any"))
+        if helper is not None:
+            raise RuleError(i, name, "helper", f"no helper with {field} (the helper does not "
+                            "rewrite payloads)", helper)
+        for f, net in (("src", src), ("dst", dst)):
+            if net is not None and net.family != 4:
+                raise RuleError(i, name, f, f"an IPv4 network with {field} (NAT is IPv4 only)",
+                                raw.get(f))
+    return Rule(name, action, proto, src, dst, dport, helper, log_flag, snat, dnat)
 
 
 def parse_rules(raw: Iterable[Mapping[str, Any]]) -> RuleSet:

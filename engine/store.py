@@ -17,6 +17,7 @@ from engine.conntrack import (
     next_version,
 )
 from engine.ftp import make_helper
+from engine.nat import NatBinding
 from engine.packet import ICMP, ICMPV6, TCP, UDP, split_key
 from sync.records import NO_BUCKET, Record, Scope
 
@@ -25,14 +26,20 @@ log = logging.getLogger(__name__)
 _PROTOS = frozenset({TCP, UDP, ICMP, ICMPV6})
 
 
+NAT_EXTRA = "nat"  # the extra item that carries a connection's NAT binding
+
+
 def conn_record(e: Conn) -> Record:
     """Connection record data (positional): state, orig_low, created, last_seen, helper name,
-    helper state, extra as [k, v, ...], trigger."""
+    helper state, extra as [k, v, ...], trigger. A translated connection's binding is the extra
+    item "nat": [src, sport, dst, dport] of its translated tuple."""
     h = e.helper
     extra: list[Any] = []
     if e.extra:
         for k, v in e.extra.items():
             extra += [k, v]
+    if e.nat is not None:
+        extra += [NAT_EXTRA, e.nat.record()]
     return Record(
         e.key,
         Scope.NODE,
@@ -168,8 +175,9 @@ class EngineStore:
     def _remove(self, record: Record) -> None:
         t = self.table
         key = record.key
-        t.conns.pop(key, None)
-        self.backups.pop(key)
+        for e in (t.conns.pop(key, None), self.backups.pop(key)):
+            if e is not None:
+                t.unindex_nat(e)
         t.expects.pop(key, None)
         self.common.pop(key, None)
         t.bury(key, record.version, record.owner, record.scope, record.bucket, self._clock())
@@ -184,6 +192,12 @@ class EngineStore:
         helper_name, helper_state = str(d[4]), list(d[5])
         flat = list(d[6])
         extra = {str(flat[i]): flat[i + 1] for i in range(0, len(flat) - 1, 2)}
+        nat_data = extra.pop(NAT_EXTRA, None)
+        nat = None
+        if nat_data is not None:
+            proto, a, ap, b, bp = split_key(key)
+            orig = (a, ap, b, bp) if orig_low else (b, bp, a, ap)
+            nat = NatBinding.from_record(proto, orig, nat_data)
         trigger = str(d[7])
         helper = None
         if helper_name:
@@ -195,6 +209,9 @@ class EngineStore:
         if e is None:
             e = Conn(key, orig_low, state, record.owner, record.version, record.bucket, created)
         t.tombs.pop(key, None)
+        t.unindex_nat(e)
+        e.nat = nat
+        t.index_nat(e)
         e.orig_low = orig_low
         e.state = state
         e.owner = record.owner
@@ -253,6 +270,9 @@ class EngineStore:
             t.conns.clear()
         else:
             gone = self.backups.drop_owner(owner)
+        if t.nat_keys:  # forget the translated tuples of the entries that went
+            for k in [k for k, v in t.nat_keys.items() if v not in t.conns and v not in self.backups.copies]:
+                del t.nat_keys[k]
         for k in [k for k, tb in t.tombs.items() if tb.scope is Scope.NODE and tb.owner == owner]:
             del t.tombs[k]
         return gone

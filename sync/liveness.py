@@ -23,11 +23,18 @@ The hello, one line each way then one proof each way:
 The incarnation says which process holds the connection, so a close of an old process
 cannot fail its successor (the agent checks it against the one it knows); the fresh nonces
 make a recorded proof useless, so a stranger without the key cannot open a connection
-in a peer's name and close it to fail that peer."""
+in a peer's name and close it to fail that peer.
+
+After the proofs only one thing is ever sent: `bye`, by a live process just before it drops
+a link on purpose (it gave up a slow handshake the other side had already completed, a newer
+link replaces it, it is stale). A link that ends after a bye tells nothing; TCP delivers the
+bye before the end, so a live process's own close is never taken for its death. Only
+`close()`, when the node itself goes away, ends its links without one."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -56,7 +63,7 @@ class _Conn:
     peer: str
     incarnation: int
     writer: asyncio.StreamWriter
-    quiet: bool = False  # dropped by us (replaced, stale, closing): its end tells nothing
+    quiet: bool = False  # dropped on purpose by either end: its end tells nothing
 
 
 class Liveness:
@@ -114,8 +121,8 @@ class Liveness:
         return self
 
     def close(self) -> None:
-        """Stop: close every connection (the peers will take it as our end, as they should
-        when this node goes away) and stop listening and dialling."""
+        """Stop, when this node's process goes away: close every link without a bye (the
+        peers take it as our end, as they should) and stop listening and dialling."""
         self._closing = True
         for c in self._conns.values():
             c.quiet = True
@@ -168,16 +175,16 @@ class Liveness:
         try:
             try:
                 name, inc = await asyncio.wait_for(self._hello(reader, writer, expect), self._hello_timeout_s)
-            except (_Refused, OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                    ValueError) as exc:
+            except Exception as exc:  # refused, timed out, cut, malformed: all end the same way
                 self.counters["hello-refused"] += 1
                 log.info("%s: liveness hello refused (%s): %s", self.agent.node, expect or "incoming", exc)
+                # The other end may have completed its side: tell it we drop this on purpose.
+                self._bye(writer)
                 return False
             conn = _Conn(name, inc, writer)
             old = self._conns.get(name)
             if old is not None:  # a newer process, or the same one again: the old link tells nothing more
-                old.quiet = True
-                old.writer.close()
+                self._drop(old)
             self._conns[name] = conn
             self.counters["established"] += 1
             log.info("%s: liveness link to %s (incarnation %d) up", self.agent.node, name, inc)
@@ -194,7 +201,9 @@ class Liveness:
                 if not data:
                     closed = True  # EOF: the peer's socket was closed (its process ended)
                     break
-                self.counters["unexpected-data"] += 1  # nothing follows the hello: ignore it
+                # Only a bye follows the hello: the other end drops this link on purpose.
+                self.counters["bye"] += 1
+                conn.quiet = True
         except ConnectionResetError:
             closed = True  # RST: its process ended with unread data
         except OSError as exc:  # a timeout or an unreachable host is not a death certificate
@@ -219,8 +228,19 @@ class Liveness:
                 p = self.agent.peers.get(name)
                 if p is not None and p.inc not in (0, c.incarnation):
                     self.counters["stale-link"] += 1
-                    c.quiet = True
-                    c.writer.close()
+                    self._drop(c)
+
+    def _drop(self, c: _Conn) -> None:
+        c.quiet = True
+        self._bye(c.writer)
+
+    @staticmethod
+    def _bye(writer: asyncio.StreamWriter) -> None:
+        """Drop a link on purpose: a bye first (sent at once, before the FIN or RST)."""
+        if not writer.is_closing():
+            with contextlib.suppress(OSError):
+                writer.write(b"bye\n")
+        writer.close()
 
     # ---- the hello ----------------------------------------------------------------------------
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -43,6 +45,7 @@ class RecordingAgent(SyncAgent):
         self.closes: list[tuple[str, int, float]] = []
         self.closed_event = asyncio.Event()
         self.seen: list[SyncEvent] = []  # what its transport handed out
+        self.liveness: Liveness | None = None
 
     def peer_closed(self, name: str, incarnation: int, now: float) -> bool:
         self.closes.append((name, incarnation, time.monotonic()))
@@ -133,42 +136,47 @@ async def _child_main(arg: dict[str, Any]) -> None:
 
 async def _pair(
     me: str, other: str, full: bool = False, **cfg: Any
-) -> tuple[RecordingAgent, Liveness, Child]:
-    """This process runs `me`, a child runs `other`; returns once their link is up. Closing
-    the Liveness closes this side's sync transport too (full)."""
+) -> tuple[RecordingAgent, Callable[[], None], Child]:
+    """This process runs `me`, a child runs `other`; returns once their link is up, with the
+    function that stops this side (its Liveness, and its sync transport if `full`)."""
     nodes = _nodes()
     loop = asyncio.get_running_loop()
     agent = RecordingAgent(_config(me, nodes, **cfg), MemoryStore(), loop.time())
     addr = _addr(nodes, me)
+    stops: list[Callable[[], None]] = []
     on_closed = None
     if full:
         transport = await open_sync_transport(agent, addr, tick_ms=2, on_events=agent.seen.extend)
         on_closed = transport.flush
+        stops.append(transport.close)
     live = await Liveness(agent, addr, on_closed=on_closed).start()
-    if full:
-        close_live = live.close
+    stops.append(live.close)
+    agent.liveness = live
 
-        def close_both() -> None:
-            close_live()
-            transport.close()
+    def stop() -> None:
+        for f in stops:
+            f()
 
-        live.close = close_both  # type: ignore[method-assign]
-    child = await Child.spawn(other, nodes, full, **cfg)
-    assert await _until(lambda: live.connected().get(other) == child.incarnation), live.counters
-    return agent, live, child
+    try:
+        child = await Child.spawn(other, nodes, full, **cfg)
+        assert await _until(lambda: live.connected().get(other) == child.incarnation), live.counters
+    except BaseException:
+        stop()
+        raise
+    return agent, stop, child
 
 
 @pytest.mark.parametrize(("me", "other"), [("n1", "n2"), ("n2", "n1")], ids=["we-dial", "we-listen"])
 def test_a_killed_process_is_reported_with_its_incarnation(me: str, other: str) -> None:
     async def main() -> None:
-        agent, live, child = await _pair(me, other)
+        agent, stop, child = await _pair(me, other)
         try:
             child.signal(signal.SIGKILL)
             await asyncio.wait_for(agent.closed_event.wait(), 5.0)
             assert [(n, i) for n, i, _ in agent.closes] == [(other, child.incarnation)]
-            assert live.counters["closed"] == 1
+            assert agent.liveness is not None and agent.liveness.counters["closed"] == 1
         finally:
-            live.close()
+            stop()
             await child.end()
 
     asyncio.run(main())
@@ -176,19 +184,20 @@ def test_a_killed_process_is_reported_with_its_incarnation(me: str, other: str) 
 
 def test_a_paused_process_is_not_reported_then_its_death_is() -> None:
     async def main() -> None:
-        agent, live, child = await _pair("n1", "n2")
+        agent, stop, child = await _pair("n1", "n2")
         try:
             child.signal(signal.SIGSTOP)
             # Nothing to await: the claim is that nothing happens. Half a second is 50
             # heartbeats of 10 ms, far beyond any detection time.
             await asyncio.sleep(0.5)
-            assert agent.closes == [] and live.connected() == {"n2": child.incarnation}
+            assert agent.liveness is not None
+            assert agent.closes == [] and agent.liveness.connected() == {"n2": child.incarnation}
             child.signal(signal.SIGCONT)
             child.signal(signal.SIGKILL)
             await asyncio.wait_for(agent.closed_event.wait(), 5.0)
             assert [n for n, _, _ in agent.closes] == ["n2"]
         finally:
-            live.close()
+            stop()
             await child.end()
 
     asyncio.run(main())
@@ -218,28 +227,42 @@ def test_sockets_closed_abruptly_in_process_are_reported_and_the_link_comes_back
     asyncio.run(main())
 
 
+async def _dial_as(
+    addr: tuple[str, int], name: str, inc: int, src_ip: str, key: bytes = KEY, proof: str | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+    """Our own hello to a Liveness listener, as `name`; returns the proof we sent."""
+    reader, writer = await asyncio.open_connection(*addr, local_addr=(src_ip, 0))
+    mine = f"{MAGIC} t {name} {inc} {os.urandom(16).hex()}"
+    writer.write(mine.encode() + b"\n")
+    theirs = (await reader.readline()).decode().rstrip("\n")
+    sent = proof or hmac.new(key, f"{mine}\n{theirs}".encode(), hashlib.sha256).hexdigest()
+    writer.write(sent.encode() + b"\n")
+    await writer.drain()
+    return reader, writer, sent
+
+
+async def _listener(node: str = "n2") -> tuple[list[list[Any]], RecordingAgent, Liveness]:
+    nodes = _nodes()
+    agent = RecordingAgent(_config(node, nodes), MemoryStore(), asyncio.get_running_loop().time())
+    return nodes, agent, await Liveness(agent, _addr(nodes, node)).start()
+
+
 @pytest.mark.parametrize("how", ["replayed-proof", "wrong-key", "wrong-source"])
 def test_a_stranger_cannot_fail_a_node_by_closing_a_connection_it_opened(how: str) -> None:
     async def main() -> None:
-        nodes = _nodes()
-        loop = asyncio.get_running_loop()
-        agent = RecordingAgent(_config("n2", nodes), MemoryStore(), loop.time())
-        live = await Liveness(agent, _addr(nodes, "n2")).start()
+        nodes, agent, live = await _listener()
         try:
+            addr = _addr(nodes, "n2")
+            proof = None
+            if how == "replayed-proof":  # a proof seen on the wire, from an earlier exchange
+                _, w, proof = await _dial_as(addr, "n1", 12345, "127.0.0.1")
+                assert await _until(lambda: live.connected() == {"n1": 12345})
+                w.write(b"bye\n")
+                w.close()
+                assert await _until(lambda: live.connected() == {})
             src = "127.0.0.3" if how == "wrong-source" else "127.0.0.1"
-            reader, writer = await asyncio.open_connection(*_addr(nodes, "n2"), local_addr=(src, 0))
-            writer.write(f"{MAGIC} t n1 12345 {'ab' * 16}\n".encode())
-            await reader.readline()  # its hello
-            if how == "wrong-source":
-                proof = b"0" * 64
-            elif how == "wrong-key":
-                import hashlib
-                import hmac
-                proof = hmac.new(b"not-the-key", b"x", hashlib.sha256).hexdigest().encode()
-            else:
-                proof = b"f" * 64  # a proof recorded from another exchange: another nonce
-            writer.write(proof + b"\n")
-            await writer.drain()
+            key = b"not-the-key" if how == "wrong-key" else KEY
+            _, writer, _ = await _dial_as(addr, "n1", 12345, src, key, proof)
             assert await _until(lambda: live.counters["hello-refused"] == 1)
             writer.transport.abort()  # and "dies"
             await asyncio.sleep(0.05)  # nothing to await: the claim is that nothing happens
@@ -250,11 +273,33 @@ def test_a_stranger_cannot_fail_a_node_by_closing_a_connection_it_opened(how: st
     asyncio.run(main())
 
 
+def test_a_link_dropped_after_a_bye_tells_nothing_and_one_dropped_without_tells_its_death() -> None:
+    async def main() -> None:
+        nodes, agent, live = await _listener()
+        try:
+            addr = _addr(nodes, "n2")
+            _, writer, _ = await _dial_as(addr, "n1", 111, "127.0.0.1")
+            assert await _until(lambda: live.connected() == {"n1": 111})
+            writer.write(b"bye\n")  # a live process dropping the link on purpose
+            writer.transport.abort()  # even with a reset right behind it
+            assert await _until(lambda: live.connected() == {})
+            assert live.counters["bye"] == 1 and agent.closes == []
+            _, writer, _ = await _dial_as(addr, "n1", 222, "127.0.0.1")
+            assert await _until(lambda: live.connected() == {"n1": 222})
+            writer.transport.abort()  # a death
+            await asyncio.wait_for(agent.closed_event.wait(), 5.0)
+            assert [(n, i) for n, i, _ in agent.closes] == [("n1", 222)]
+        finally:
+            live.close()
+
+    asyncio.run(main())
+
+
 def test_a_killed_engine_is_taken_over_through_its_closed_link_not_its_silence() -> None:
     async def main() -> None:
         # Heartbeats would take a second to notice: if the takeover comes, the close did it.
         cfg = {"heartbeat_ms": 10, "miss_limit": 100}
-        agent, live, child = await _pair("n1", "n2", full=True, **cfg)
+        agent, stop, child = await _pair("n1", "n2", full=True, **cfg)
         try:
             assert await _until(lambda: agent.mode.name == "ACTIVE" and agent.peers["n2"].up
                                 and agent.view.state("n2").value == "active")
@@ -264,7 +309,7 @@ def test_a_killed_engine_is_taken_over_through_its_closed_link_not_its_silence()
             assert agent.stats()["counters"]["peer-closed"] == 1
             assert agent.owned_buckets == [1, 2, 3, 4]
         finally:
-            live.close()
+            stop()
             await child.end()
 
     asyncio.run(main())
@@ -273,12 +318,12 @@ def test_a_killed_engine_is_taken_over_through_its_closed_link_not_its_silence()
 async def _measure(tries: int) -> list[float]:
     out = []
     for _ in range(tries):
-        agent, live, child = await _pair("n1", "n2")
+        agent, stop, child = await _pair("n1", "n2")
         t0 = time.monotonic()
         child.signal(signal.SIGKILL)
         await asyncio.wait_for(agent.closed_event.wait(), 5.0)
         out.append((agent.closes[0][2] - t0) * 1e3)
-        live.close()
+        stop()
         await child.end()
     return out
 

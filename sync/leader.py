@@ -46,7 +46,7 @@ class Leader:
         ctx = self.ctx
         for p in ctx.peers.values():
             if p.up and now - p.last_heard > ctx.dead_s:
-                self._down(p, f"silent {(now - p.last_heard) * 1e3:.0f} ms", on_down)
+                self._down(p, f"silent {(now - p.last_heard) * 1e3:.0f} ms", False, on_down)
 
     def peer_closed(self, name: str, incarnation: int, on_down: Callable[[str], None]) -> Peer | None:
         """The kernel closed the sync connection of `name`'s process `incarnation`: that
@@ -62,15 +62,15 @@ class Leader:
             return None
         ctx.counters["peer-closed"] += 1
         if p.up:
-            self._down(p, "its process closed its sync connection", on_down)
+            self._down(p, "its process closed its liveness link", True, on_down)
         return p
 
-    def _down(self, p: Peer, why: str, on_down: Callable[[str], None]) -> None:
+    def _down(self, p: Peer, why: str, closed: bool, on_down: Callable[[str], None]) -> None:
         ctx = self.ctx
         p.up = False
         ctx.counters["peer-down"] += 1
         log.info("%s: peer %s down (%s)", ctx.node, p.name, why)
-        ctx.events.append(PeerDown(p.name))
+        ctx.events.append(PeerDown(p.name, closed))
         on_down(p.name)
 
     def answer_hello(self, p: Peer) -> None:

@@ -305,7 +305,7 @@ def test_a_killed_engine_is_taken_over_through_its_closed_link_not_its_silence()
                                 and agent.view.state("n2").value == "active")
             child.signal(signal.SIGKILL)
             await asyncio.wait_for(agent.closed_event.wait(), 5.0)
-            assert PeerDown("n2") in agent.seen
+            assert PeerDown("n2", closed=True) in agent.seen
             assert agent.stats()["counters"]["peer-closed"] == 1
             assert agent.owned_buckets == [1, 2, 3, 4]
         finally:

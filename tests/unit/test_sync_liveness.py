@@ -3,7 +3,7 @@ abruptly) is reported to the agent with its incarnation at once; a paused one (S
 stranger who opens and closes a connection in a peer's name are not.
 
 Run as a script it is the child process of these tests (`child`), or measures the time from
-SIGKILL to peer_closed (`measure [tries]`)."""
+SIGKILL to peer_closed, in both roles (`python tests/unit/test_sync_liveness.py measure 20`)."""
 
 from __future__ import annotations
 
@@ -295,6 +295,28 @@ def test_a_link_dropped_after_a_bye_tells_nothing_and_one_dropped_without_tells_
     asyncio.run(main())
 
 
+def test_a_new_link_of_the_same_peer_replaces_the_old_one_which_then_tells_nothing() -> None:
+    async def main() -> None:
+        nodes, agent, live = await _listener()
+        try:
+            addr = _addr(nodes, "n2")
+            old_reader, old_writer, _ = await _dial_as(addr, "n1", 111, "127.0.0.1")
+            await old_reader.readline()  # its proof
+            assert await _until(lambda: live.connected() == {"n1": 111})
+            # n1 restarted while the old link was cut (no close reached n2): a new link.
+            _, writer, _ = await _dial_as(addr, "n1", 222, "127.0.0.1")
+            assert await _until(lambda: live.connected() == {"n1": 222})
+            assert await asyncio.wait_for(old_reader.readline(), 5.0) == b"bye\n"
+            old_writer.transport.abort()
+            writer.transport.abort()  # the new process dies
+            await asyncio.wait_for(agent.closed_event.wait(), 5.0)
+            assert [(n, i) for n, i, _ in agent.closes] == [("n1", 222)]
+        finally:
+            live.close()
+
+    asyncio.run(main())
+
+
 def test_a_killed_engine_is_taken_over_through_its_closed_link_not_its_silence() -> None:
     async def main() -> None:
         # Heartbeats would take a second to notice: if the takeover comes, the close did it.
@@ -315,10 +337,10 @@ def test_a_killed_engine_is_taken_over_through_its_closed_link_not_its_silence()
     asyncio.run(main())
 
 
-async def _measure(tries: int) -> list[float]:
+async def _measure(tries: int, me: str = "n1", other: str = "n2") -> list[float]:
     out = []
     for _ in range(tries):
-        agent, stop, child = await _pair("n1", "n2")
+        agent, stop, child = await _pair(me, other)
         t0 = time.monotonic()
         child.signal(signal.SIGKILL)
         await asyncio.wait_for(agent.closed_event.wait(), 5.0)
@@ -332,6 +354,8 @@ if __name__ == "__main__":
     if sys.argv[1] == "child":
         asyncio.run(_child_main(json.loads(sys.argv[2])))
     elif sys.argv[1] == "measure":
-        ms = asyncio.run(_measure(int(sys.argv[2]) if len(sys.argv) > 2 else 20))
-        print(f"SIGKILL -> peer_closed over {len(ms)} tries: p50 {statistics.median(ms):.3f} ms, "
-              f"max {max(ms):.3f} ms")
+        tries = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+        for me, other, role in (("n1", "n2", "we dial"), ("n2", "n1", "we listen")):
+            ms = asyncio.run(_measure(tries, me, other))
+            print(f"SIGKILL -> peer_closed ({role}) over {len(ms)} tries: "
+                  f"p50 {statistics.median(ms):.3f} ms, max {max(ms):.3f} ms")

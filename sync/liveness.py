@@ -96,8 +96,8 @@ class Liveness:
         names = cfg.names
         me = names.index(cfg.node)
         self._addrs: dict[str, Address] = {n: (a[0], int(a[1])) for n, a in cfg.nodes if n != cfg.node}
-        self._dial = [n for n in names[me + 1:]]
-        self._accept = {n for n in names[:me]}
+        self._dial = list(names[me + 1:])
+        self._accept = set(names[:me])
         self._conns: dict[str, _Conn] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
@@ -151,10 +151,12 @@ class Liveness:
         host, port = self._addrs[name]
         while not self._closing:
             try:
-                reader, writer = await asyncio.open_connection(
-                    host, port, local_addr=(self.local_addr[0], 0), limit=_MAX_LINE
+                # Bounded: a SYN into a cut link would otherwise wait for the kernel's minutes.
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host, port, local_addr=(self.local_addr[0], 0), limit=_MAX_LINE),
+                    self._hello_timeout_s,
                 )
-            except OSError as exc:  # refused (not up yet, or gone), unreachable: try again later
+            except (OSError, TimeoutError) as exc:  # refused (not up yet, or gone), no answer: later
                 self.counters["connect-failed"] += 1
                 log.debug("%s: liveness connect to %s failed: %s", self.agent.node, name, exc)
                 await asyncio.sleep(delay)
@@ -166,7 +168,14 @@ class Liveness:
             await asyncio.sleep(delay)
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await self._serve(reader, writer, None)
+        task = asyncio.current_task()
+        if task is not None:  # so that close() ends it too
+            self._tasks.add(task)
+        try:
+            await self._serve(reader, writer, None)
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
 
     async def _serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, expect: str | None
@@ -180,6 +189,8 @@ class Liveness:
                 log.info("%s: liveness hello refused (%s): %s", self.agent.node, expect or "incoming", exc)
                 # The other end may have completed its side: tell it we drop this on purpose.
                 self._bye(writer)
+                return False
+            if self._closing:
                 return False
             conn = _Conn(name, inc, writer)
             old = self._conns.get(name)

@@ -164,6 +164,32 @@ class SyncAgent:
         self._replicate.deadlines(now)
         ctx.pump(now)
 
+    def peer_closed(self, name: str, incarnation: int, now: float) -> bool:
+        """The kernel told us that `name`'s process `incarnation` is gone (its authenticated
+        liveness connection got FIN or RST, sync/liveness.py). Declares it down at once, as
+        a heartbeat timeout would, and proposes the view without it if we lead. Ignored
+        (and counted as `peer-closed-stale`) unless `incarnation` is the one we know.
+        Returns whether it was taken. Never raises."""
+        ctx = self._ctx
+        ctx.now = now
+        if not ctx.started or ctx.modes.mode is Mode.GONE:
+            return False
+        try:
+            p = self._leader.peer_closed(name, incarnation, self._replicate.peer_down)
+            if p is None:
+                return False
+            # That process sends nothing more; a datagram of it still queued behind the close
+            # must not bring it back up, so its frames are stale from now on.
+            self._dispatch.end_incarnation(p)
+            p.inc = 0
+            self._leader.tick(now)
+            self._resync.leaving(now)
+            ctx.pump(now)
+        except Exception:
+            ctx.bad["internal-error"] += 1
+            log.exception("%s: internal error on the close of %s", self.node, name)
+        return True
+
     # ---- triggers (claims 2-7, 14-17) -------------------------------------------------
 
     def changed(self, key: bytes, now: float, trigger: Trigger = Trigger.MODIFIED) -> None:

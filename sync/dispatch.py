@@ -193,6 +193,11 @@ class Dispatcher:
     def _peer_restarted(self, p: Peer) -> None:
         log.info("%s: peer %s restarted (new incarnation); channel reset", self.ctx.node, p.name)
         self.ctx.counters["peer-restarted"] += 1
+        self.end_incarnation(p)
+
+    def end_incarnation(self, p: Peer) -> None:
+        """The peer's current incarnation is over (it restarted, or its process is gone):
+        its frames are stale from now on, and what its channel carried is forgotten."""
         p.retired.append(p.inc)
         p.channel.reset()
         p.view_sent_epoch = -1

@@ -16,6 +16,9 @@ class PeerUp:
 @dataclass(frozen=True, slots=True)
 class PeerDown:
     name: str
+    # True: its process is gone (its liveness link closed, SyncAgent.peer_closed); False: it
+    # fell silent for the failure-detection time (crashed, cut off, or too slow).
+    closed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,11 +46,32 @@ class Leader:
         ctx = self.ctx
         for p in ctx.peers.values():
             if p.up and now - p.last_heard > ctx.dead_s:
-                p.up = False
-                ctx.counters["peer-down"] += 1
-                log.info("%s: peer %s down (silent %.0f ms)", ctx.node, p.name, (now - p.last_heard) * 1e3)
-                ctx.events.append(PeerDown(p.name))
-                on_down(p.name)
+                self._down(p, f"silent {(now - p.last_heard) * 1e3:.0f} ms", False, on_down)
+
+    def peer_closed(self, name: str, incarnation: int, on_down: Callable[[str], None]) -> Peer | None:
+        """The kernel closed the sync connection of `name`'s process `incarnation`: that
+        process is gone. Down at once, as a heartbeat timeout would; returns the peer, or
+        None if the close is not of the incarnation we know (an older process, or one that
+        has been replaced already: the live one must not pay for it)."""
+        ctx = self.ctx
+        p = ctx.peers.get(name)
+        if p is None or incarnation == 0 or p.inc != incarnation:
+            ctx.counters["peer-closed-stale"] += 1
+            log.info("%s: ignored a close of %s incarnation %d (we know %s)", ctx.node, name, incarnation,
+                     p.inc if p is not None else "no such peer")
+            return None
+        ctx.counters["peer-closed"] += 1
+        if p.up:
+            self._down(p, "its process closed its liveness link", True, on_down)
+        return p
+
+    def _down(self, p: Peer, why: str, closed: bool, on_down: Callable[[str], None]) -> None:
+        ctx = self.ctx
+        p.up = False
+        ctx.counters["peer-down"] += 1
+        log.info("%s: peer %s down (%s)", ctx.node, p.name, why)
+        ctx.events.append(PeerDown(p.name, closed))
+        on_down(p.name)
 
     def answer_hello(self, p: Peer) -> None:
         """A (re)started peer: answer at once so it learns our incarnation."""

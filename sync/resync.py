@@ -133,6 +133,13 @@ class Resync:
     def leaving(self, now: float) -> None:
         """Timers: all pushed and acked -> tell the peers; nobody left to tell -> gone."""
         ctx = self.ctx
+        if ctx.modes.mode is Mode.LEAVING and self.leave_pending and not any(
+            p.up and p.mode in (Mode.JOINING, Mode.ACTIVE) for p in ctx.peers.values()
+        ):
+            # A leaving node proposes no views, and no live peer will: no new view will tell
+            # us that the acks of a dead peer are not coming (pushed_under), so stop waiting
+            # for them here, or we stay leaving forever.
+            self.leave_pending = {ps for ps in self.leave_pending if ctx.peers[ps[0]].up}
         if ctx.modes.mode is Mode.LEAVING and not self.leave_pending:
             ctx.fire(ModeEvent.PUSHED)
             for p in ctx.live_peers():

@@ -104,9 +104,15 @@ class SimCluster:
             a.start(self.now)
             self._collect(x)
 
-    def kill(self, name: str) -> None:
-        """Crash: the process is gone with no goodbye; its store is kept for inspection."""
-        self.agents.pop(name, None)
+    def kill(self, name: str, *, closed: bool = False) -> None:
+        """Crash: the process is gone with no goodbye; its store is kept for inspection.
+        `closed`: the kernel closes its sockets, so every live peer learns it at once
+        (SyncAgent.peer_closed, as sync/liveness.py reports it); else only silence tells."""
+        a = self.agents.pop(name, None)
+        if closed and a is not None:
+            for x, b in list(self.agents.items()):
+                b.peer_closed(name, a.incarnation, self.now)
+                self._collect(x)
 
     def revive(self, name: str) -> None:
         """Restart a crashed node as a new process with empty state."""

@@ -313,3 +313,31 @@ def test_a_healed_partition_ends_with_one_owner_per_bucket_and_no_stale_copies()
     c.put("n3", b"n3-5", [99])  # n1's copy must not shadow n3's newer versions
     c.run(0.01)
     assert c.stores["n1"].get(b"n3-5").data == [99]  # type: ignore[union-attr]
+
+
+def test_leaving_just_after_the_only_backup_died_still_completes() -> None:
+    c = _cluster(2, buckets=4)
+    for i in range(10):
+        c.put("n1", f"n1-{i}".encode(), [i])
+    c.run(0.05)
+    c.kill("n2")
+    c.agents["n1"].leave(c.now)  # pushes to n2, whose acks will never come
+    assert c.agents["n1"].mode.name == "LEAVING"
+    # Nobody is left to propose the view that would say so: n1 must notice on its own.
+    assert c.run_until(lambda: bool(_of(c, "n1", LeaveComplete)), 1.0), c.agents["n1"].mode
+    assert c.agents["n1"].mode.name == "GONE" and c.agents["n1"].owned_buckets == []
+
+
+def test_leaving_while_the_backup_dies_hands_everything_to_the_next_node() -> None:
+    c = _cluster(3, buckets=12)
+    for i in range(10):
+        c.put("n1", f"n1-{i}".encode(), [i])
+    c.run(0.05)
+    c.kill("n2")  # n1's only backup
+    c.agents["n1"].leave(c.now)
+    assert c.run_until(lambda: bool(_of(c, "n1", LeaveComplete)), 2.0), c.agents["n1"].mode
+    c.kill("n1")
+    c.run(0.2)
+    # n3 took the view without n1 only once it held n1's records: nothing was lost.
+    assert {r.key for r in c.stores["n3"].records(owner="n3")} >= {f"n1-{i}".encode() for i in range(10)}
+    assert all(v == ["n3"] for v in c.owners().values())

@@ -245,9 +245,10 @@ class Binding(Generic[H]):
                 if hold_id is not None and hold_id in self.holds:
                     # Other keys of the same pull keep their entry; one reply ends the hold.
                     self._finish(hold_id, found, now)
-            case PeerDown(name=name):
+            case PeerDown(name=name, closed=closed):
                 self.down_at[name] = now
-                self._note("peer-down", f"{name} missed its heartbeats", peer=name)
+                why = "its process is gone (link closed)" if closed else "missed its heartbeats"
+                self._note("peer-down", f"{name} {why}", peer=name, closed=closed)
             case PeerUp(name=name):
                 self.down_at.pop(name, None)  # its failure is over; never time a later takeover from it
                 self._note("peer-up", f"{name} is talking", peer=name)

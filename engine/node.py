@@ -25,6 +25,7 @@ from engine.core import Engine, Verdict
 from engine.nfq import owned_chain_text
 from engine.rules import parse_rules
 from sync.agent import SyncAgent, SyncConfig
+from sync.liveness import Liveness
 from sync.records import Trigger
 
 log = logging.getLogger(__name__)
@@ -233,6 +234,12 @@ class Node:
             log.error("iptables-restore failed: %s", err.decode(errors="replace").strip())
 
     # ---- loop -----------------------------------------------------------------------------
+    def _after_peer_closed(self) -> None:
+        """The agent just took a dead peer down (sync/liveness.py): apply the takeover and send
+        the new view now rather than at the next tick."""
+        self.binding.settle(time.monotonic())
+        self.after()
+
     def flush(self) -> None:
         sock = self.sock
         if sock is None:
@@ -313,6 +320,10 @@ class Node:
         os.chmod(ctl_path, 0o600)
         self.note("start", f"node {self.cfg.node} started (pid {os.getpid()}), joining")
         self.binding.start(time.monotonic())
+        # A peer's killed process closes its link at once: fail it now, not after its heartbeats.
+        liveness = await Liveness(
+            self.agent, self.sync_addr, clock=time.monotonic, on_closed=self._after_peer_closed
+        ).start()
         self.after()
         tick = asyncio.create_task(self.ticker())
         try:
@@ -323,6 +334,7 @@ class Node:
                     await asyncio.wait_for(asyncio.shield(self.bucket_task), 2.0)
         finally:
             tick.cancel()
+            liveness.close()  # the peers take this as our end, at once
             server.close()
             if nfq is not None:
                 loop.remove_reader(nfq_sock.sock.fileno())

@@ -16,6 +16,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from netns import api
 from netns import build as lab_build
 from netns.control import AsyncControlClient, ControlError
 from netns.handlers import ControlHandlers
@@ -97,7 +98,12 @@ class LabDaemon:
         self.faults_active: list[dict[str, Any]] = []
         self.frozen = False
         self.event_seq = 0
-        self.recorder = Recorder(run_dir, self.handle, Limits.from_env(), meta={"lab": spec.name})
+        self.control = ControlHandlers(self)
+        self.recorder = Recorder(run_dir, self.request, Limits.from_env(), meta={"lab": spec.name})
+
+    async def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """Answer one control request in-process, exactly as the control socket would."""
+        return await self.control.handle(api.parse_request(msg))
 
     # ---- events -----------------------------------------------------------------------------
     def note(self, kind: str, text: str, node: str = "lab", **extra: Any) -> None:
@@ -435,7 +441,7 @@ async def amain(spec: LabSpec, run_dir: Path, lab_file: Path | None) -> int:
         sock_path.unlink()
     old = os.umask(0o177)  # the control socket is root-only from the moment it exists
     try:
-        server = await asyncio.start_unix_server(ControlHandlers(d).serve, path=str(sock_path),
+        server = await asyncio.start_unix_server(d.control.serve, path=str(sock_path),
                                                  limit=1 << 20)
     finally:
         os.umask(old)

@@ -272,7 +272,8 @@ class Binding(Generic[H]):
             case ResyncProgress(peer=peer, received=received, total=total):
                 self._note("sync", f"resync from {peer}: {received}/{total} record(s)", peer=peer)
             case ResyncComplete(records=records):
-                self._note("sync", f"resync complete: {records} record(s)", records=records)
+                self._note("sync", f"resync complete: {records} record(s)", records=records,
+                           step="resync-complete")
 
     # ---- buckets and takeover -------------------------------------------------------------
     def _follow_view(self, now: float) -> None:

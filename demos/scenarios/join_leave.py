@@ -86,7 +86,7 @@ def jl_join(ctx: DemoContext) -> str:
         return [e for e in events_since(ctx, t0) if e.get("node") == LEAVER]
 
     def both(evs: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
-        return ([e["t"] for e in evs if e.get("kind") == "sync" and e.get("text") == "ResyncComplete"],
+        return ([e["t"] for e in evs if e.get("kind") == "sync" and e.get("step") == "resync-complete"],
                 [e["t"] for e in evs if e.get("kind") == "buckets" and e.get("buckets")])
 
     # The daemon fetches each node's events a moment after its status: wait for them.

@@ -20,9 +20,9 @@ from netns.build import LabBuildError, build_lab, cut_links, ns_name, restore_li
 from netns.record import (
     NETNS_DIR,
     LabRecord,
+    alive,
     labs_running,
     ns_inode,
-    proc_start_time,
     run_dir_for,
     stop_processes,
     teardown,
@@ -94,8 +94,7 @@ def host_before() -> tuple[str, str]:
     return host_snapshot()
 
 
-@pytest.fixture(scope="module")
-def lab(host_before: tuple[str, str]) -> Iterator[tuple[LabSpec, LabRecord]]:
+def built_lab() -> Iterator[tuple[LabSpec, LabRecord]]:
     spec = load_lab(None, {"name": unique_name()})
     record = build_lab(spec, run_dir_for(spec.name), forward="accept")
     try:
@@ -104,6 +103,18 @@ def lab(host_before: tuple[str, str]) -> Iterator[tuple[LabSpec, LabRecord]]:
         yield spec, record
     finally:
         teardown(record)
+
+
+@pytest.fixture(scope="module")
+def lab(host_before: tuple[str, str]) -> Iterator[tuple[LabSpec, LabRecord]]:
+    """One lab shared by the tests that only look at it (none of them tears it down)."""
+    yield from built_lab()
+
+
+@pytest.fixture
+def own_lab(host_before: tuple[str, str]) -> Iterator[tuple[LabSpec, LabRecord]]:
+    """A lab of the test's own, for a test that tears it down."""
+    yield from built_lab()
 
 
 def test_every_node_starts_owning_no_bucket_and_is_recorded(
@@ -223,9 +234,9 @@ def test_sync_segment_connects_nodes_and_block_sync_drops_on_it(
 
 
 def test_teardown_removes_exactly_the_record(
-    lab: tuple[LabSpec, LabRecord], host_before: tuple[str, str]
+    own_lab: tuple[LabSpec, LabRecord], host_before: tuple[str, str]
 ) -> None:
-    spec, record = lab
+    spec, record = own_lab
     decoy = ns_name(spec, "zz")  # lab-like name, not in the record
     pr_netns.create(decoy)
     decoy_inode = ns_inode(decoy)
@@ -238,7 +249,7 @@ def test_teardown_removes_exactly_the_record(
         assert set(record.namespace_names()) <= before
         assert not set(record.namespace_names()) & after
         assert decoy in after and ns_inode(decoy) == decoy_inode
-        assert proc_start_time(echo.pid) != echo.start_time  # the recorded server was stopped
+        assert not alive(echo)  # the recorded server was stopped (a zombie until reaped counts as gone)
         assert not record.run_dir.exists()
         assert spec.name not in labs_running()
         teardown(record)  # a second teardown is harmless

@@ -38,6 +38,8 @@ class NsEntry:
 
     def __post_init__(self) -> None:
         _typed(self, name=str, inode=int)
+        if "/" in self.name:  # it becomes a path under /run/netns at teardown
+            raise TypeError(f"NsEntry.name {self.name!r} is not a plain name")
 
 
 @dataclass(slots=True)
@@ -60,8 +62,8 @@ def _typed(entry: object, **types: type) -> None:
         value = getattr(entry, name)
         if not isinstance(value, want) or isinstance(value, bool):
             raise TypeError(f"{type(entry).__name__}.{name} is {value!r}, not a {want.__name__}")
-        if isinstance(value, str) and ("/" in value or not value):
-            raise TypeError(f"{type(entry).__name__}.{name} {value!r} is not a plain name")
+        if isinstance(value, str) and not value:
+            raise TypeError(f"{type(entry).__name__}.{name} is empty")
 
 
 @dataclass(slots=True)

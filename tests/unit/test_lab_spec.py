@@ -242,3 +242,16 @@ def test_teardown_never_removes_a_folder_without_the_record(tmp_path: Path) -> N
     keep.write_text("not the lab's")
     teardown(LabRecord(lab="x", run_dir=tmp_path))
     assert keep.exists()
+
+
+def test_a_record_keeps_a_process_labelled_by_its_path_but_refuses_a_namespace_path(tmp_path: Path) -> None:
+    # The throughput and conn-rate benches label their programs by path: that must round-trip,
+    # while a namespace name with a slash would become a path outside /run/netns at teardown.
+    from netns.record import NsEntry
+
+    rec = LabRecord("t", tmp_path)
+    rec.processes.append(ProcEntry(1, 2, "bench", "/tmp/swbench-x/conn_rate"))
+    rec.save()
+    assert LabRecord.load(tmp_path).processes[0].name == "/tmp/swbench-x/conn_rate"
+    with pytest.raises(TypeError, match="plain name"):
+        NsEntry("../etc", 1)

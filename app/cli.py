@@ -100,6 +100,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         overrides["policy"] = args.policy
     if args.interval_ms is not None:
         overrides["interval_ms"] = args.interval_ms
+    if args.lossless is not None:
+        overrides["lossless"] = args.lossless
     if args.nodes is not None:
         overrides["nodes"] = args.nodes
     lab_file = Path(args.lab_file).resolve() if args.lab_file else None
@@ -337,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backups", type=non_negative)
     p.add_argument("--policy", choices=api.POLICIES)
     p.add_argument("--interval-ms", type=positive)
+    p.add_argument("--lossless", action=argparse.BooleanOptionalAction, default=None,
+                   help="backups hold and replay their buckets' packets at a takeover")
     add("down", cmd_down, "stop the lab and remove everything it made")
     p = add("clean", cmd_clean, "remove whatever a crashed lab left behind (by its records)")
     p.add_argument("--force", action="store_true", help="also labs whose daemon still runs")

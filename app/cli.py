@@ -193,6 +193,12 @@ def cmd_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lossless(args: argparse.Namespace) -> int:
+    reply = call(pick_lab(args.lab), api.SetLossless(on=args.mode == "on"))
+    err(f"lossless takeover {'on' if reply['lossless'] else 'off'} on every node")
+    return 0
+
+
 TRAFFIC_FLAGS = ("flows", "interval_ms", "stagger_ms", "mode", "sessions", "count", "rate")
 
 
@@ -350,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
                          ("offline", "take a node offline gracefully")):
         p = add(action, cmd_action, help)
         p.add_argument("node")
+    p = add("lossless", cmd_lossless, "switch lossless takeover on or off at run time")
+    p.add_argument("mode", choices=("on", "off"))
     p = add("policy", cmd_policy, "switch the sync policy at run time")
     p.add_argument("policy", choices=api.POLICIES)
     p.add_argument("--interval-ms", type=positive,

@@ -100,6 +100,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         overrides["policy"] = args.policy
     if args.interval_ms is not None:
         overrides["interval_ms"] = args.interval_ms
+    if args.lossless is not None:
+        overrides["lossless"] = args.lossless
     if args.nodes is not None:
         overrides["nodes"] = args.nodes
     lab_file = Path(args.lab_file).resolve() if args.lab_file else None
@@ -188,6 +190,12 @@ def cmd_policy(args: argparse.Namespace) -> int:
     req = api.SetPolicy(args.policy, interval_ms=args.interval_ms)
     reply = call(pick_lab(args.lab), req)
     err(f"policy {reply['policy']}, interval {reply['interval_ms']} ms")
+    return 0
+
+
+def cmd_lossless(args: argparse.Namespace) -> int:
+    reply = call(pick_lab(args.lab), api.SetLossless(on=args.mode == "on"))
+    err(f"lossless takeover {'on' if reply['lossless'] else 'off'} on every node")
     return 0
 
 
@@ -337,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backups", type=non_negative)
     p.add_argument("--policy", choices=api.POLICIES)
     p.add_argument("--interval-ms", type=positive)
+    p.add_argument("--lossless", action=argparse.BooleanOptionalAction, default=None,
+                   help="backups hold and replay their buckets' packets at a takeover")
     add("down", cmd_down, "stop the lab and remove everything it made")
     p = add("clean", cmd_clean, "remove whatever a crashed lab left behind (by its records)")
     p.add_argument("--force", action="store_true", help="also labs whose daemon still runs")
@@ -346,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
                          ("offline", "take a node offline gracefully")):
         p = add(action, cmd_action, help)
         p.add_argument("node")
+    p = add("lossless", cmd_lossless, "switch lossless takeover on or off at run time")
+    p.add_argument("mode", choices=("on", "off"))
     p = add("policy", cmd_policy, "switch the sync policy at run time")
     p.add_argument("policy", choices=api.POLICIES)
     p.add_argument("--interval-ms", type=positive,

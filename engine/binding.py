@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from engine.core import Decision, Engine, SyncKind, SyncRequest, Verdict
+from engine.replay import ReplayQueue, ReplaySettings
 from sync.agent import Address, SyncAgent
 from sync.events import (
     BucketsGained,
@@ -73,7 +74,8 @@ class Binding(Generic[H]):
     claims 15-17) and pulls (state requests, claim 14) alike; the engine and the agent are
     given that same deadline, and `tick` enforces it."""
 
-    def __init__(self, engine: Engine, agent: SyncAgent, *, hold_timeout_ms: int) -> None:
+    def __init__(self, engine: Engine, agent: SyncAgent, *, hold_timeout_ms: int,
+                 replay: ReplaySettings | None = None) -> None:
         self.engine = engine
         self.agent = agent
         self.hold_timeout_s = hold_timeout_ms / 1000
@@ -93,10 +95,16 @@ class Binding(Generic[H]):
         # Buckets: what the agent says we own, and what the node has put in iptables.
         self.owned: list[int] = []
         self.applied: list[int] = []
+        # Lossless takeover: the buckets we back up are queued too, held a short window, and
+        # replayed when we adopt them (engine/replay.py).
+        self.replay: ReplayQueue[H] = ReplayQueue(replay or ReplaySettings())
+        self.shadow: list[int] = []  # the buckets we back up and queue (empty when lossless is off)
+        self.applied_shadow: list[int] = []
         self.left = False  # a graceful leave completed: the node may stop
         # Takeover timing: from the first peer-down to the gained buckets being accepted.
         self.down_at: dict[str, float] = {}
         self.pending_gain: tuple[list[int], int, float] | None = None
+        self.pending_replayed = 0  # packets replayed for the pending gain
         self.last_takeover: dict[str, Any] | None = None
         self._last_expire: float | None = None
         self.engine.owned_buckets = frozenset()  # nothing until the view gives us buckets
@@ -182,7 +190,26 @@ class Binding(Generic[H]):
         out = [h for hold in self.holds.values() for h, _, _ in hold.packets]
         for hold in self.holds.values():
             hold.packets.clear()
-        return out
+        return out + self.replay.drain()
+
+    def shadow_packet(self, data: bytes, mark: int, handle: H, now: float) -> bool:
+        """A packet of a bucket we back up (its mark is in `replay.buckets`): held without a
+        verdict. False when the cap refuses it: the node drops it now. Handles that expired on
+        the way are in `releases`."""
+        out = self.replay.put(mark, handle, data, mark, now)
+        if out and out[-1] is handle:
+            out.pop()
+            self._releases.extend(Release(h, False) for h in out)
+            return False
+        if out:
+            self._releases.extend(Release(h, False) for h in out)
+        return True
+
+    def set_lossless(self, on: bool, now: float) -> None:
+        """Switch lossless takeover on or off (the queued buckets follow at the next view step)."""
+        s = self.replay.settings
+        self.replay.settings = ReplaySettings(on, s.window_ms, s.cap_packets, s.cap_bytes)
+        self._follow_view(now)
 
     @property
     def held_packets(self) -> int:
@@ -210,6 +237,8 @@ class Binding(Generic[H]):
         self.flush_engine(now)
         for hold_id in [i for i, h in self.holds.items() if now >= h.deadline]:
             self._finish(hold_id, False, now)
+        if self.replay.packets:
+            self._releases.extend(Release(h, False) for h in self.replay.expire(now))
         if self._last_expire is None:
             self._last_expire = now
         if now - self._last_expire >= EXPIRE_EVERY_S:
@@ -256,11 +285,16 @@ class Binding(Generic[H]):
                 self._note("view", f"view epoch {view.epoch}", epoch=view.epoch)
                 self._follow_view(now)
             case BucketsGained(buckets=buckets, promoted=promoted):
-                # The agent promoted the copies before telling us: state first, then traffic.
-                self._note("takeover", f"took buckets {sorted(buckets)}, promoted {promoted} "
-                           "connection(s)", buckets=sorted(buckets), promoted=promoted)
+                # The agent promoted the copies before telling us: state first, then traffic
+                # (the held packets of those buckets are replayed in _follow_view).
                 self.pending_gain = (sorted(buckets), promoted, now)
                 self._follow_view(now)
+                # Timed already (the buckets were queued for replay), or still waiting on iptables.
+                replayed = (self.pending_replayed if self.pending_gain is not None
+                            else int((self.last_takeover or {}).get("replayed", 0)))
+                self._note("takeover", f"took buckets {sorted(buckets)}, promoted {promoted} "
+                           f"connection(s), replayed {replayed} packet(s)",
+                           buckets=sorted(buckets), promoted=promoted, replayed=replayed)
             case BucketsLost(buckets=buckets):
                 self._note("handover", f"gave up buckets {sorted(buckets)}", buckets=sorted(buckets))
                 self._follow_view(now)
@@ -280,26 +314,76 @@ class Binding(Generic[H]):
         # The agent's own set, not the view's: a restarted node still listed active in the view
         # owns nothing until it has resynced.
         owned = list(self.agent.owned_buckets)
-        if owned == self.owned:
-            self._time_takeover(now)
+        if owned != self.owned:
+            self.owned = owned
+            self.engine.owned_buckets = frozenset(owned)  # state was promoted: the engine owns them
+        self._follow_shadow(now)
+        self._time_takeover(now)
+
+    def _follow_shadow(self, now: float) -> None:
+        """Queue the buckets we back up (lossless on); replay the held packets of the ones we
+        just adopted, drop those of the ones we no longer back up."""
+        shadow: list[int] = []
+        if self.replay.settings.enabled:
+            me = self.agent.node
+            view = self.agent.view
+            mine = set(self.owned)
+            groups = view.backups
+            shadow = sorted(b for b, o in enumerate(view.bucket_owner, start=1)
+                            if o is not None and o != me and b not in mine and me in groups.get(o, ()))
+        if shadow == self.shadow:
             return
-        self.owned = owned
-        self.engine.owned_buckets = frozenset(owned)
+        gone = set(self.shadow) - set(shadow)
+        self.shadow = shadow
+        self.replay.buckets = frozenset(shadow)
+        adopted = gone & set(self.owned)
+        if adopted:
+            self._replay(adopted, now)
+        if gone - adopted:
+            self._releases.extend(Release(h, False) for h in self.replay.forget(gone - adopted))
+
+    def _replay(self, buckets: set[int], now: float) -> None:
+        """The held packets of adopted buckets meet the engine now, in their order of arrival."""
+        for h, data, mark in self.replay.take(buckets, now):
+            if mark < 0:  # older than the window
+                self._releases.append(Release(h, False))
+                continue
+            d = self.engine.process(data, now, mark)
+            if d.verdict is _HOLD:
+                if self.held(d, data, mark, h, now).verdict is not _HOLD:
+                    self._releases.append(Release(h, False))
+                continue
+            ok = d.verdict is Verdict.ACCEPT
+            self._releases.append(Release(h, ok, d.payload))
+            if ok:
+                self.replay.replayed(data)
+                self.pending_replayed += 1
 
     def wanted_buckets(self) -> list[int] | None:
-        """The buckets the node should accept in iptables, when that differs from what it applied."""
-        return list(self.owned) if self.owned != self.applied else None
+        """The buckets the node should accept in iptables, when that (or the queued backed-up
+        set, `shadow`) differs from what it applied."""
+        if self.owned != self.applied or self.shadow != self.applied_shadow:
+            return list(self.owned)
+        return None
 
-    def buckets_applied(self, buckets: list[int], now: float) -> None:
-        """The node's iptables now accept exactly `buckets`."""
+    def buckets_applied(self, buckets: list[int], now: float, shadow: list[int] | None = None) -> None:
+        """The node's iptables now accept exactly `buckets` (and queue `shadow`)."""
         self.applied = list(buckets)
-        self._note("buckets", f"accepting buckets {self.applied}", buckets=self.applied)
+        self.applied_shadow = list(shadow or [])
+        self._note("buckets", f"accepting buckets {self.applied}", buckets=self.applied,
+                   queued=self.applied_shadow)
         self._time_takeover(now)
 
     def _time_takeover(self, now: float) -> None:
-        """Once the gained buckets are in the accepted set, the takeover is complete: time it."""
+        """Once the gained buckets reach the engine, the takeover is complete: time it. They
+        do once iptables accepts them, or at once when they were queued for replay already."""
         gain = self.pending_gain
-        if gain is None or self.applied != self.owned or not set(gain[0]) <= set(self.applied):
+        if gain is None:
+            return
+        g = set(gain[0])
+        queued = g <= set(self.owned) and g <= set(self.applied_shadow)
+        accepted = self.applied == self.owned and g <= set(self.applied)
+        if not (queued or accepted):
             return
         self.pending_gain = None
         since = min(self.down_at.values()) if self.down_at else gain[2]
@@ -308,7 +392,9 @@ class Binding(Generic[H]):
             "promoted": gain[1],
             "detect_to_accept_ms": round((now - since) * 1000, 1),
             "apply_ms": round((now - gain[2]) * 1000, 1),
+            "replayed": self.pending_replayed,
         }
+        self.pending_replayed = 0
         self.down_at.clear()
 
     # ---- control --------------------------------------------------------------------------

@@ -39,10 +39,13 @@ log = logging.getLogger(__name__)
 OWNED_CHAIN = "SW_OWNED"
 
 
-def owned_chain_text(buckets: Iterable[int]) -> str:
-    """The body of the owned-bucket chain: RETURN (on to the engine) for owned marks, DROP the rest."""
+def owned_chain_text(buckets: Iterable[int], queued: Iterable[int] = ()) -> str:
+    """The body of the owned-bucket chain: RETURN (on to the engine) for owned marks, DROP the rest.
+
+    `queued`: the buckets this node backs up with lossless takeover on; they go on to the
+    queue as well, where the node holds them without a verdict (engine/replay.py)."""
     lines = [f":{OWNED_CHAIN} - [0:0]"]
-    lines += [f"-A {OWNED_CHAIN} -m mark --mark {b} -j RETURN" for b in sorted(set(buckets))]
+    lines += [f"-A {OWNED_CHAIN} -m mark --mark {b} -j RETURN" for b in sorted(set(buckets) | set(queued))]
     lines.append(f"-A {OWNED_CHAIN} -j DROP")
     return "\n".join(lines)
 

@@ -23,6 +23,7 @@ from engine.binding import Binding
 from engine.conntrack import TRANSIENT_TCP_STATES
 from engine.core import Engine, Verdict
 from engine.nfq import owned_chain_text
+from engine.replay import CAP_BYTES, CAP_PACKETS, WINDOW_MS, ReplaySettings
 from engine.rules import parse_rules
 from sync.agent import SyncAgent, SyncConfig
 from sync.liveness import Liveness
@@ -55,6 +56,10 @@ class NodeConfig:
     queue_num: int
     control_socket: str
     hold_timeout_ms: int
+    lossless: bool = False
+    lossless_window_ms: int = WINDOW_MS
+    lossless_cap_packets: int = CAP_PACKETS
+    lossless_cap_bytes: int = CAP_BYTES
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
@@ -86,9 +91,9 @@ class BudgetSocket:
         self.sock.close()
 
 
-def owned_buckets_rules(buckets: list[int]) -> str:
+def owned_buckets_rules(buckets: list[int], queued: list[int] | None = None) -> str:
     """iptables-restore text replacing the owned-bucket chain (atomic, with --noflush)."""
-    return f"*mangle\n{owned_chain_text(buckets)}\nCOMMIT\n"
+    return f"*mangle\n{owned_chain_text(buckets, queued or ())}\nCOMMIT\n"
 
 
 class Node:
@@ -121,7 +126,11 @@ class Node:
             engine.store,
             time.monotonic(),
         )
-        self.binding: Binding[Any] = Binding(engine, agent, hold_timeout_ms=cfg.hold_timeout_ms)
+        replay = ReplaySettings(cfg.lossless, cfg.lossless_window_ms, cfg.lossless_cap_packets,
+                                cfg.lossless_cap_bytes)
+        self.binding: Binding[Any] = Binding(engine, agent, hold_timeout_ms=cfg.hold_timeout_ms,
+                                             replay=replay)
+        self._replay = self.binding.replay  # read per packet: which marks are held for replay
         self.engine = engine
         self.agent = agent
         self._process = engine.process  # bound once: the packet path
@@ -137,7 +146,8 @@ class Node:
         self.sock: socket.socket | None = None
         self.raw: dict[int, socket.socket] = {}  # address family -> raw socket for REJECT replies
         self.started = time.monotonic()
-        self._setting: list[int] | None = None  # the buckets the latest iptables task applies
+        # The (owned, queued) buckets the latest iptables task applies.
+        self._setting: tuple[list[int], list[int]] | None = None
 
     # ---- timeline -------------------------------------------------------------------------
     def note(self, kind: str, text: str, **extra: Any) -> None:
@@ -151,15 +161,23 @@ class Node:
             self.counters["packets"] += 1
             now = time.monotonic()
             data = pkt.get_payload()
+            mark = pkt.mark
+            if mark in self._replay.buckets:
+                # A bucket we back up (lossless on): held without a verdict, replayed if we adopt it.
+                if self.binding.shadow_packet(data, mark, pkt, now):
+                    pkt.retain()
+                else:
+                    pkt.drop()
+                return
             # The engine first, the binding only for a hold: one call less per accepted packet.
-            d = self._process(data, now, pkt.mark)
+            d = self._process(data, now, mark)
             v = d.verdict
             if v is Verdict.ACCEPT:
                 if d.payload is not None:  # a translated packet (NAT): pass the rewritten bytes
                     pkt.set_payload(d.payload)
                 pkt.accept()
             elif v is Verdict.HOLD:
-                if self.binding.held(d, data, pkt.mark, pkt, now).verdict is Verdict.HOLD:
+                if self.binding.held(d, data, mark, pkt, now).verdict is Verdict.HOLD:
                     pkt.retain()
                 else:
                     pkt.drop()
@@ -202,9 +220,10 @@ class Node:
                 else:
                     r.handle.drop()
         wanted = b.wanted_buckets()
-        if wanted is not None and wanted != self._setting:
-            self._setting = wanted
-            self.bucket_task = asyncio.get_running_loop().create_task(self._set_buckets(wanted))
+        if wanted is not None and (wanted, b.shadow) != self._setting:
+            self._setting = (wanted, list(b.shadow))
+            self.bucket_task = asyncio.get_running_loop().create_task(
+                self._set_buckets(wanted, list(b.shadow)))
         for n in b.notes():
             self.note(n.kind, n.text, **n.extra)
         take = b.last_takeover
@@ -214,12 +233,12 @@ class Node:
             self.stop_event.set()
         self.flush()
 
-    async def _set_buckets(self, owned: list[int]) -> None:
+    async def _set_buckets(self, owned: list[int], queued: list[int]) -> None:
         async with self.iptables_lock:
-            if owned != self.binding.owned:
+            if owned != self.binding.owned or queued != self.binding.shadow:
                 return  # a newer view already superseded this one
-            await self._iptables_restore(owned_buckets_rules(owned))
-            self.binding.buckets_applied(owned, time.monotonic())
+            await self._iptables_restore(owned_buckets_rules(owned, queued))
+            self.binding.buckets_applied(owned, time.monotonic(), queued)
         self.after()
 
     async def _iptables_restore(self, text: str) -> None:
@@ -395,6 +414,12 @@ class Node:
             self.binding.set_policy(policy, self.interval_ms, bool(req.get("differential", True)))
             self.note("policy", f"sync policy {policy}, interval {self.interval_ms} ms")
             return {"ok": True}
+        if cmd == "lossless":
+            on = bool(req.get("on", True))
+            self.binding.set_lossless(on, now)
+            self.note("lossless", f"lossless takeover {'on' if on else 'off'}")
+            self.after()
+            return {"ok": True, "lossless": self.binding.replay.status()}
         if cmd == "full_sync":
             self.agent.full_sync(now)
             self.note("trigger", "full sync requested", trigger=Trigger.FULL_SYNC.value)
@@ -453,6 +478,7 @@ class Node:
             "counters": {**self.engine.counters, **b.counters, **self.counters},
             "sync": self.agent.stats(),
             "last_takeover": b.last_takeover,
+            "lossless": b.replay.status(),
             "hold_ms_p50": lat[len(lat) // 2] if lat else None,
             "hold_ms_p99": lat[int(len(lat) * 0.99)] if lat else None,
             "uptime_s": round(time.monotonic() - self.started, 3),

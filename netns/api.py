@@ -191,6 +191,17 @@ class SetPolicy(Request):
 
 
 @dataclass(frozen=True, slots=True)
+class SetLossless(Request):
+    """Lossless takeover on or off on every node (backups hold and replay their buckets' packets)."""
+
+    CMD: ClassVar[str] = "lossless"
+    on: bool = True
+
+    def __post_init__(self) -> None:
+        _bool("on", self.on)
+
+
+@dataclass(frozen=True, slots=True)
 class FullSync(Request):
     CMD: ClassVar[str] = "full_sync"
 
@@ -360,7 +371,7 @@ def _groups(value: Any) -> tuple[tuple[str, ...], ...]:
 
 REQUESTS: Mapping[tuple[str, str], type[Request]] = {
     (cls.CMD, cls.ACTION): cls
-    for cls in (Status, Snapshot, Table, Kill, Crash, Revive, Offline, SetPolicy, FullSync,
+    for cls in (Status, Snapshot, Table, Kill, Crash, Revive, Offline, SetPolicy, SetLossless, FullSync,
                 Freeze, Resume, Step, Down, TrafficStart, TrafficStop, TrafficClear, Fault)
 }
 COMMANDS = sorted({cmd for cmd, _ in REQUESTS})

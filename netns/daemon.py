@@ -85,6 +85,7 @@ class LabDaemon:
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENTS_KEPT)
         self.policy = spec.policy
         self.interval_ms = spec.interval_ms
+        self.lossless = spec.lossless  # lossless takeover, for every node (the `lossless` command)
         self.headline = ""
         self.failed_at: float | None = None
         self.last_takeover: dict[str, Any] | None = None
@@ -162,6 +163,10 @@ class LabDaemon:
             "queue_num": s.queue_num,
             "control_socket": str(self.run_dir / "nodes" / f"{name}.sock"),
             "hold_timeout_ms": s.hold_timeout_ms,
+            "lossless": self.lossless,
+            "lossless_window_ms": s.lossless_window_ms,
+            "lossless_cap_packets": s.lossless_cap_packets,
+            "lossless_cap_bytes": s.lossless_cap_bytes,
         }
         path = self.run_dir / "nodes" / f"{name}.json"
         path.write_text(json.dumps(cfg, indent=1))
@@ -289,6 +294,8 @@ class LabDaemon:
                     n = take["promoted"]
                     if failed:
                         self.headline = f"{np.name} took over {n} connections of {of} in {ms:.0f} ms"
+                        if self.lossless and take.get("replayed") is not None:
+                            self.headline += f", replayed {take['replayed']} packets"
                     else:
                         self.headline = f"{np.name} joined and took back buckets with {n} connections"
                     self.last_takeover = {"node": np.name, "of": failed, **take}
@@ -375,6 +382,7 @@ class LabDaemon:
             "last_takeover": st.get("last_takeover"),
             "hold_ms_p50": st.get("hold_ms_p50"),
             "hold_ms_p99": st.get("hold_ms_p99"),
+            "lossless": st.get("lossless"),
         }
 
     def status(self) -> dict[str, Any]:
@@ -383,6 +391,7 @@ class LabDaemon:
             "daemon_pid": os.getpid(),
             "policy": self.policy,
             "interval_ms": self.interval_ms,
+            "lossless": self.lossless,
             "sync_port": self.spec.sync_port,
             "buckets": self.spec.buckets,
             "backups_per_node": self.spec.backups,

@@ -104,6 +104,11 @@ class ControlHandlers:
                 })
                 self.d.note("policy", f"sync policy set to {req.policy}, interval {self.d.interval_ms} ms")
                 return {"ok": True, "policy": req.policy, "interval_ms": self.d.interval_ms}
+            case api.SetLossless(on=on):
+                self.d.lossless = on
+                await self._all_nodes({"cmd": "lossless", "on": on})
+                self.d.note("lossless", f"lossless takeover {'on' if on else 'off'} on every node")
+                return {"ok": True, "lossless": on}
             case api.FullSync():
                 await self._all_nodes({"cmd": "full_sync"})
                 self.d.note("trigger", "full sync requested on every node")

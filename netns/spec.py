@@ -26,6 +26,10 @@ LAB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,11}$")
 HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 MAX_BUCKETS = 1024
+# Lossless takeover (engine/replay.py): backups queue the buckets they back up, hold them a
+# window and replay them when they adopt. Held packets count against the NFQUEUE's length
+# (4096, engine/node.py), so the packet cap stays well below it.
+LOSSLESS_DEFAULT = True
 
 
 class LabError(SyncwallError):
@@ -75,6 +79,10 @@ class LabSpec:
     miss_limit: int
     sync_port: int
     hold_timeout_ms: int
+    lossless: bool
+    lossless_window_ms: int
+    lossless_cap_packets: int
+    lossless_cap_bytes: int
     gateway_inside_ip: IPv4Address
     gateway_outside_ip: IPv4Address
     gateway_mac_inside: str
@@ -129,6 +137,10 @@ _SCALARS: dict[str, type] = {
     "miss_limit": int,
     "sync_port": int,
     "hold_timeout_ms": int,
+    "lossless": bool,
+    "lossless_window_ms": int,
+    "lossless_cap_packets": int,
+    "lossless_cap_bytes": int,
     "gateway_inside_ip": str,
     "gateway_outside_ip": str,
     "gateway_mac_inside": str,
@@ -323,6 +335,12 @@ def validate(raw: Mapping[str, Any]) -> LabSpec:
         miss_limit=_int_range("miss_limit", v.get("miss_limit", 5), 1, 1000),
         sync_port=_int_range("sync_port", v.get("sync_port", 7400), 1, 65535),
         hold_timeout_ms=_int_range("hold_timeout_ms", v.get("hold_timeout_ms", 200), 1, 60_000),
+        lossless=v.get("lossless", LOSSLESS_DEFAULT),
+        lossless_window_ms=_int_range("lossless_window_ms", v.get("lossless_window_ms", 50), 1, 10_000),
+        lossless_cap_packets=_int_range("lossless_cap_packets", v.get("lossless_cap_packets", 2048),
+                                        1, 3000),
+        lossless_cap_bytes=_int_range("lossless_cap_bytes", v.get("lossless_cap_bytes", 4 << 20),
+                                      1500, 256 << 20),
         gateway_inside_ip=gw["inside"],
         gateway_outside_ip=gw["outside"],
         gateway_mac_inside=v["gateway_mac_inside"],

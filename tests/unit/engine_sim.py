@@ -7,6 +7,7 @@ from typing import Any
 
 from engine.binding import Binding, Release
 from engine.core import Decision, Engine
+from engine.replay import ReplaySettings
 from engine.rules import RuleSet, default_rules
 from sync.sim import SimCluster
 
@@ -22,6 +23,7 @@ class SimNodes:
         buckets: int = 6,
         hold_timeout_ms: int = 200,
         rules: RuleSet | None = None,
+        replay: ReplaySettings | None = None,
         **config: Any,
     ) -> None:
         self.c = SimCluster(n, buckets=buckets, **config)
@@ -34,7 +36,8 @@ class SimNodes:
             engine = Engine(x, rules if rules is not None else default_rules())
             store: Any = engine.store  # an EngineStore is a StateStore; the simulator's hint says MemoryStore
             self.c.start([x], store=store)
-            self.b[x] = Binding(engine, self.c.agents[x], hold_timeout_ms=hold_timeout_ms)
+            self.b[x] = Binding(engine, self.c.agents[x], hold_timeout_ms=hold_timeout_ms,
+                                replay=replay)
             self._seen[x] = 0
             self.released[x] = []
 
@@ -62,7 +65,7 @@ class SimNodes:
             self.released[x] += [(c.now, r) for r in b.releases()]
             wanted = b.wanted_buckets()
             if wanted is not None and self.apply_buckets:
-                b.buckets_applied(wanted, c.now)
+                b.buckets_applied(wanted, c.now, b.shadow)
 
     def run(self, duration_s: float) -> None:
         end = self.c.now + duration_s
@@ -79,7 +82,8 @@ class SimNodes:
 
     def settled(self) -> bool:
         return self.c.all_active() and all(
-            self.b[x].applied == self.c.agents[x].owned_buckets for x in self.c.alive
+            self.b[x].applied == self.c.agents[x].owned_buckets and self.b[x].wanted_buckets() is None
+            for x in self.c.alive
         )
 
     def start(self, timeout_s: float = 5.0) -> SimNodes:

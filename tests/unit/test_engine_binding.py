@@ -4,6 +4,7 @@ lab's hold timeout, pulls answered or not, takeover that promotes state before t
 from __future__ import annotations
 
 from engine.core import Verdict
+from engine.replay import ReplaySettings
 from engine.rules import parse_rules
 from sync.events import SyncCompleted
 from tests.unit.engine_packets import C1, S1, S2, TcpFlow, tcp
@@ -154,3 +155,75 @@ def test_reject_decisions_pass_through_with_their_reply() -> None:
     sim = SimNodes(rules=rules).start()
     d = sim.packet("n1", tcp(C1, S1, 40000, 23, "S"), sim.bucket_of("n1"))
     assert d.verdict is Verdict.REJECT and d.reply is not None and not sim.b["n1"].holds
+
+
+# ---- lossless takeover (engine/replay.py) ------------------------------------------------------
+def _lossless(**kw: int) -> SimNodes:
+    return SimNodes(replay=ReplaySettings(enabled=True, **kw)).start()
+
+
+def test_a_backup_queues_exactly_the_buckets_it_backs_up_only_when_lossless_is_on() -> None:
+    off = SimNodes().start()
+    assert all(not off.b[x].shadow and not off.b[x].replay.buckets for x in off.c.names)
+    sim = _lossless()
+    for x in sim.c.names:
+        view = sim.c.agents[x].view
+        expect = sorted(b for b, o in enumerate(view.bucket_owner, start=1)
+                        if o != x and x in view.backups[o])
+        assert expect and sim.b[x].shadow == expect and sim.b[x].applied_shadow == expect
+        assert sim.b[x].replay.buckets == frozenset(expect)
+        assert not set(expect) & set(sim.b[x].owned)
+    b = sim.b["n2"]
+    b.set_lossless(False, sim.now)
+    assert not b.shadow and b.wanted_buckets() == b.owned, "iptables must stop queueing them"
+
+
+def test_the_backup_replays_the_held_packets_after_promoting_the_state() -> None:
+    sim = _lossless(window_ms=500)
+    bucket = sim.bucket_of("n1")
+    backup = sim.backup_of("n1")
+    f = _flow(sim, "n1", bucket)
+    key = next(iter(sim.engine("n1").table.conns))
+    assert sim.run_until(lambda: key in sim.engine(backup).backups.copies, 0.1)
+    b = sim.b[backup]
+    assert bucket in b.replay.buckets
+    sim.kill("n1")
+    # What the wire brings the backup before it adopts n1's bucket: held, no verdict yet.
+    for i in range(3):
+        assert b.shadow_packet(f.c2s(b"in flight %d" % i), bucket, f"p{i}", sim.now)
+    assert b.replay.packets == 3 and not b.releases()
+    assert sim.run_until(lambda: b.last_takeover is not None and bucket in b.last_takeover["buckets"]
+                         and b.last_takeover["promoted"] >= 1, 2.0)
+    got = [(r.handle, r.accept) for _, r in sim.released[backup]]
+    assert got == [("p0", True), ("p1", True), ("p2", True)], "in their order, accepted"
+    assert key in sim.engine(backup).table.conns, "state first, then traffic"
+    assert b.last_takeover["replayed"] == 3 and b.replay.counters["replayed"] == 3
+    assert bucket not in b.replay.buckets and b.replay.packets == 0
+    (note,) = [n for n in b.notes() if n.kind == "takeover" and bucket in n.extra["buckets"]]
+    assert note.extra["replayed"] == 3 and "replayed 3 packet(s)" in note.text
+
+
+def test_held_packets_are_dropped_once_the_window_passes() -> None:
+    sim = _lossless(window_ms=50)
+    bucket = sim.bucket_of("n1")
+    b = sim.b[sim.backup_of("n1")]
+    f = _flow(sim, "n1", bucket)
+    assert b.shadow_packet(f.c2s(b"x"), bucket, "old", sim.now)
+    sim.run(0.049)
+    assert not sim.released[sim.backup_of("n1")]
+    sim.run(0.01)
+    assert [(r.handle, r.accept) for _, r in sim.released[sim.backup_of("n1")]] == [("old", False)]
+    assert b.replay.counters["expired"] == 1 and b.replay.packets == 0 and b.replay.bytes == 0
+
+
+def test_the_cap_refuses_packets_past_it_and_counts_them() -> None:
+    sim = _lossless(cap_packets=2)
+    bucket = sim.bucket_of("n1")
+    b = sim.b[sim.backup_of("n1")]
+    f = _flow(sim, "n1", bucket)
+    assert b.shadow_packet(f.c2s(b"a"), bucket, "a", sim.now)
+    assert b.shadow_packet(f.c2s(b"b"), bucket, "b", sim.now)
+    assert not b.shadow_packet(f.c2s(b"c"), bucket, "c", sim.now), "the node drops it now"
+    st = b.replay.status()
+    assert (st["held"], st["dropped_by_cap"], st["holding"]) == (2, 1, 2)
+    assert sorted(b.drop_all()) == ["a", "b"], "a stopping node drops what it holds"

@@ -16,7 +16,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from netns import api
+from netns import api, headline
 from netns import build as lab_build
 from netns.control import AsyncControlClient, ControlError
 from netns.handlers import ControlHandlers
@@ -278,27 +278,13 @@ class LabDaemon:
                     self.seen_takeovers.add(take["t"])  # the initial assignment of buckets, not a takeover
                 if take and take["t"] not in self.seen_takeovers:
                     self.seen_takeovers.add(take["t"])
-                    failed = [
-                        n.name
-                        for n in self.nodes.values()
-                        if n.name != np.name
-                        and (n.intent in ("killed", "crashed", "offline")
-                             or n.status.get("state") == "failed")
-                    ]
-                    of = ", ".join(failed) or "a peer"
                     if self.failed_at is not None and take["t"] > self.failed_at:
                         # From the operator's kill/crash to the backup accepting the buckets.
                         take = {**take, "takeover_ms": round((take["t"] - self.failed_at) * 1000, 1)}
                         self.failed_at = None
-                    ms = take.get("takeover_ms", take["detect_to_accept_ms"])
-                    n = take["promoted"]
-                    if failed:
-                        self.headline = f"{np.name} took over {n} connections of {of} in {ms:.0f} ms"
-                        if self.lossless and take.get("replayed") is not None:
-                            self.headline += f", replayed {take['replayed']} packets"
-                    else:
-                        self.headline = f"{np.name} joined and took back buckets with {n} connections"
-                    self.last_takeover = {"node": np.name, "of": failed, **take}
+                    # Whose buckets these were, netns/headline.py reads from the events.
+                    self.headline = headline.describe(self.events, {"node": np.name, **take})
+                    self.last_takeover = {"node": np.name, **take}
                     self.note("takeover", self.headline, node=np.name, **take)
             elif np.intent == "crashed":
                 np.status = {**np.status, "state": "failed", "held": 0}

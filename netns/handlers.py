@@ -15,7 +15,7 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
-from netns import api
+from netns import api, headline
 from netns import build as lab_build
 from syncwall_errors import NotFoundError, StateError, SyncwallError
 
@@ -78,10 +78,10 @@ class ControlHandlers:
     async def handle(self, req: api.Request) -> dict[str, Any]:
         match req:
             case api.Status():
-                return {"ok": True, **self.d.status()}
+                return {"ok": True, **self.status()}
             case api.Snapshot(since=since, max_events=max_events):
                 evs = [e for e in self.d.events if e["t"] > since][-max_events:] if max_events else []
-                return {"ok": True, **self.d.status(), "flows": self.d.flows(), "events": evs}
+                return {"ok": True, **self.status(), "flows": self.d.flows(), "events": evs}
             case api.Table():
                 np = self._node(req.node)
                 if np.link is None or np.proc is None or np.proc.returncode is not None:
@@ -138,6 +138,13 @@ class ControlHandlers:
                 return {"ok": True, "daemon_pid": os.getpid()}
         raise StateError(f"the lab daemon does not handle {req.CMD!r} yet")  # pragma: no cover
 
+    def status(self) -> dict[str, Any]:
+        """The daemon's status with the headline built from its events (netns/headline.py)."""
+        st = self.d.status()
+        down = [n["name"] for n in st.get("nodes", []) if n.get("state") in ("failed", "offline")]
+        head = headline.build(self.d.events, st["time"], faults=self.d.faults_active, down=down)
+        return {**st, "headline": head.render(st["time"]), "headline_event": head.to_dict()}
+
     async def step(self) -> dict[str, Any]:
         """Release one held sync message, from the node that has waited longest with one queued."""
         if not self.d.frozen:
@@ -178,7 +185,8 @@ class ControlHandlers:
         await np.proc.wait()
         assert self.d.record is not None
         self.d.record.remove_process(np.proc.pid)
-        self.d.note("action", f"kill {np.name}: SIGKILL to its engine (pid {np.proc.pid})", node=np.name)
+        self.d.note("action", f"kill {np.name}: SIGKILL to its engine (pid {np.proc.pid})", node=np.name,
+                    action="kill")
         return {"ok": True, "killed_at": time.time()}
 
     async def do_crash(self, np: NodeProc) -> dict[str, Any]:
@@ -188,7 +196,7 @@ class ControlHandlers:
         np.intent = "crashed"
         self.d.failed_at = time.time()
         await asyncio.to_thread(lab_build.cut_links, self.d.record, np.name)
-        self.d.note("action", f"crash {np.name}: all its links cut at once", node=np.name)
+        self.d.note("action", f"crash {np.name}: all its links cut at once", node=np.name, action="crash")
         return {"ok": True, "crashed_at": time.time()}
 
     async def do_revive(self, np: NodeProc) -> dict[str, Any]:
@@ -203,7 +211,8 @@ class ControlHandlers:
         if np.intent == "crashed":
             await asyncio.to_thread(lab_build.restore_links, self.d.record, np.name)
         await self.d.start_node(np.name)
-        self.d.note("action", f"revive {np.name}: a fresh engine joins and resyncs", node=np.name)
+        self.d.note("action", f"revive {np.name}: a fresh engine joins and resyncs", node=np.name,
+                    action="revive")
         return {"ok": True}
 
     async def do_offline(self, np: NodeProc) -> dict[str, Any]:
@@ -213,7 +222,7 @@ class ControlHandlers:
         reply = await np.link.request({"cmd": "leave"})
         if not reply.get("ok"):
             return reply
-        self.d.note("action", f"offline {np.name}: graceful leave", node=np.name)
+        self.d.note("action", f"offline {np.name}: graceful leave", node=np.name, action="offline")
         try:
             await asyncio.wait_for(np.proc.wait(), 10.0)
         except TimeoutError:

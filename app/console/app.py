@@ -261,15 +261,18 @@ class ConsoleApp(App[str]):
             parts.append("⏸ PAUSED (space resumes)")
         if self.snapshot.get("frozen"):
             parts.append(f"❄ SYNC FROZEN: {self.snapshot.get('queued', 0)} queued (n steps, z resumes)")
+        # Built by the lab (netns/headline.py) from its events, its age included.
         headline = str(self.snapshot.get("headline") or "")
-        if headline:
+        kind = (self.snapshot.get("headline_event") or {}).get("kind", "takeover" if headline else "quiet")
+        if headline and kind != "quiet":  # "all nodes in step" only when nothing else is said
             parts.append(headline)
         box = self.query_one("#headline", Static)
         text = "  ·  ".join(parts) or "all nodes in step"
         if text != self._headline_text:  # fixed height: no layout pass needed
             self._headline_text = text
             box.update(text, layout=False)
-        box.set_class(bool(headline), "-takeover")
+        box.set_class(kind != "quiet", "-takeover")
+        box.set_class(kind == "fault", "-fault")
         box.set_class(bool(self.link_trouble), "-trouble")
 
     @on(Worker.StateChanged)

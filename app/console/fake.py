@@ -29,7 +29,7 @@ from app.console.fake_parts import (
     QueuedMessage,
     WallClock,
 )
-from netns import api
+from netns import api, headline
 from sync.membership import MemberState, View, compute_view, home_node
 from syncwall_errors import SyncwallError
 
@@ -67,7 +67,6 @@ class FakeLab:
         self.detect_s = detect_ms / 1000
         self.join_s = join_ms / 1000
         self.churn = churn
-        self.headline = ""
         self.frozen = False
         self.queue: deque[QueuedMessage] = deque()
         self.requests: list[dict[str, Any]] = []  # every request seen, for tests
@@ -143,7 +142,7 @@ class FakeLab:
             "sync_port": 7400,
             "buckets": self.buckets,
             "time": round(now, 3),
-            "headline": self.headline,
+            **self._headline(now),
             "frozen": self.frozen,
             "queued": len(self.queue),
             "nodes": [self._node_dict(n, now) for n in self.nodes.values()],
@@ -151,6 +150,11 @@ class FakeLab:
             "events": [e for e in self.events if not req.since or e["t"] > req.since][
                 -min(req.max_events, EVENTS_IN_SNAPSHOT):] if req.max_events else [],
         }
+
+    def _headline(self, now: float) -> dict[str, Any]:
+        down = [n.name for n in self.nodes.values() if n.state in (NodeState.FAILED, NodeState.OFFLINE)]
+        head = headline.build(self.events, now, down=down)
+        return {"headline": head.render(now), "headline_event": head.to_dict()}
 
     def _cmd_table(self, req: api.Table, now: float) -> dict[str, Any]:
         node = self._node(req.node)
@@ -178,7 +182,7 @@ class FakeLab:
         node.state = NodeState.FAILED
         node.failed_at_s = now
         node.held = 0
-        self._event(now, node.name, "action", f"{node.name} {how}")
+        self._event(now, node.name, "action", f"{node.name} {how}", action=req.CMD)
         self._schedule(now + self.detect_s, lambda: self._take_over(node.name, graceful=False))
         return {"ok": True}
 
@@ -187,7 +191,8 @@ class FakeLab:
         if node.state is not NodeState.ACTIVE:
             raise _Refused(f"{node.name} is {node.state.value}; only an active node can leave")
         node.failed_at_s = now
-        self._event(now, node.name, "action", f"{node.name} leaving: pushing all state first")
+        self._event(now, node.name, "action", f"{node.name} leaving: pushing all state first",
+                    action="offline")
         node.state = NodeState.OFFLINE
         self._take_over(node.name, graceful=True)
         return {"ok": True}
@@ -200,7 +205,8 @@ class FakeLab:
             )
         node.state = NodeState.JOINING
         self.members[node.name] = MemberState.JOINING
-        self._event(now, node.name, "join", f"{node.name} restarted: hello, asking for bulk state")
+        self._event(now, node.name, "action", f"{node.name} restarted: hello, asking for bulk state",
+                    action="revive")
         self._schedule(now + self.join_s, lambda: self._join(node.name, now))
         return {"ok": True}
 
@@ -391,14 +397,15 @@ class FakeLab:
         if not successors:
             for conn in moved:
                 self._drop_conn(conn.key, now)
-            self.headline = f"no live backup for {failed}: {len(moved)} connections lost"
-            self._event(now, failed, "takeover", self.headline)
+            self._event(now, failed, "lost", f"no live backup for {failed}: {len(moved)} "
+                        "connections lost")
             return
-        successor = ",".join(successors)
-        if not graceful:
-            self._event(now, successors[0], "peer-down",
-                        f"{successor} missed {failed}'s heartbeats: {failed} is down",
-                        peers=[failed], latency_ms=round(took_ms, 1))
+        if graceful:
+            self._event(now, failed, "leave", "left the cluster gracefully")
+        else:
+            for s in successors:  # as the engines say it: the observer, the peer, how
+                self._event(now, s, "peer-down", f"{failed} its process is gone (link closed)",
+                            peers=[failed], peer=failed, closed=True)
         trigger = "graceful-leave" if graceful else "node-failed"
         for conn in moved:
             conn.owner = new_owner[conn.key] or successors[0]
@@ -417,15 +424,15 @@ class FakeLab:
             if not conn.common and conn.owner not in successors and any(
                     p not in conn.copies for p in self._peers_of(conn)):
                 self._send(conn, now, trigger, quiet=True)
-        if graceful:
-            self.headline = (f"{failed} left gracefully: {successor} took over {len(moved)} "
-                             f"connections with no loss")
-        else:
-            self.headline = (f"{successor} took over {len(moved)} connections of {failed} "
-                             f"in {took_ms:.0f} ms")
-        self._event(now, successors[0], "takeover",
-                    f"{self.headline}; buckets {', '.join(map(str, buckets)) or 'none'}",
-                    peers=[failed], latency_ms=round(took_ms, 1), trigger=trigger)
+        for s in successors:  # the daemon's takeover event, one per adopter
+            mine = [b for b in buckets if self.bucket_owner.get(b) == s]
+            fields = {"node": s, "t": round(now, 3), "buckets": mine,
+                      "detect_to_accept_ms": round(took_ms, 1),
+                      "promoted": sum(1 for c in moved if c.owner == s)}
+            self._event(now, s, "takeover", headline.describe(self.events, fields), peers=[failed],
+                        latency_ms=round(took_ms, 1), trigger=trigger, buckets=mine,
+                        promoted=sum(1 for c in moved if c.owner == s),
+                        detect_to_accept_ms=round(took_ms, 1), takeover_ms=round(took_ms, 1))
 
     def _join(self, name: str, started_s: float) -> None:
         now = self._sim_s
@@ -455,10 +462,14 @@ class FakeLab:
                 self._send(conn, now, "rebalance", quiet=True)
                 moved += 1
         took_ms = (now - started_s) * 1000
-        self.headline = (f"{name} rejoined: took back {len(back)} buckets and {moved} "
-                         f"connections in {took_ms:.0f} ms")
-        self._event(now, name, "rebalance", self.headline, latency_ms=round(took_ms, 1),
-                    trigger="rebalance")
+        for other in self._order:
+            if other != name and self._alive(other):
+                self._event(now, other, "peer-up", f"{name} is talking", peer=name)
+        fields = {"node": name, "t": round(now, 3), "buckets": back, "promoted": moved,
+                  "detect_to_accept_ms": round(took_ms, 1)}
+        self._event(now, name, "takeover", headline.describe(self.events, fields), buckets=back,
+                    promoted=moved, latency_ms=round(took_ms, 1), trigger="rebalance",
+                    detect_to_accept_ms=round(took_ms, 1))
 
     # ---- building blocks -------------------------------------------------------------------
 
@@ -667,11 +678,12 @@ class FakeLab:
 
     def _event(self, now: float, node: str, kind: str, text: str, *, key: str = "",
                peers: list[str] | None = None, latency_ms: float | None = None,
-               trigger: str = "") -> None:
+               trigger: str = "", **extra: Any) -> None:
         self._event_id += 1
         self.events.append({
             "id": self._event_id, "t": round(now, 3), "node": node, "kind": kind, "text": text,
             "key": key, "peers": list(peers or []), "latency_ms": latency_ms, "trigger": trigger,
+            **extra,
         })
 
 

@@ -51,7 +51,7 @@ def test_kill_fails_at_once_and_the_backup_takes_over_after_detection() -> None:
     n = nodes(lab)
     assert n["n1"]["buckets"] == [] and n["n2"]["buckets"] == [1, 2, 4, 5, 7, 8, 10, 11]
     snap = lab.request({"cmd": "snapshot"})
-    assert snap["headline"] == f"n2 took over {own_n1} connections of n1 in 120 ms"
+    assert snap["headline"] == f"n2 took over {own_n1} connections of n1 in 120 ms · 0 s ago"
     assert any(e["kind"] == "takeover" for e in snap["events"])
     rows = lab.request({"cmd": "table", "node": "n2", "scope": "own", "limit": 5000})["rows"]
     assert sum(r["trigger"] == "node-failed" for r in rows) == own_n1

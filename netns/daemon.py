@@ -359,8 +359,9 @@ class LabDaemon:
             "backup": st.get("backup", 0) if live else 0,
             "common": st.get("common", 0) if live else 0,
             "held": st.get("held", 0),
-            "sync_msgs_per_s": round(np.rate_hist[-1], 1) if np.rate_hist else 0.0,
-            "sync_rate_history": [round(x, 1) for x in np.rate_hist],
+            # A failed or offline node sends nothing: its last polled rate must not linger.
+            "sync_msgs_per_s": round(np.rate_hist[-1], 1) if np.rate_hist and live else 0.0,
+            "sync_rate_history": [round(x, 1) for x in np.rate_hist] if live else [],
             "pid": st.get("pid") if state not in ("failed", "offline") else None,
             "epoch": st.get("epoch"),
             "counters": st.get("counters", {}),

@@ -145,7 +145,11 @@ def _kill_n1() -> float:
 def test_kill_loses_no_flow_and_moves_buckets_to_the_backup(lab: dict[str, Any]) -> None:
     t0 = _kill_n1()
     _assert_no_flow_lost("kill n1", t0)
-    assert "took over" in snapshot()["headline"]
+    snap = snapshot()
+    assert "took over" in snap["headline"] and "of n1" in snap["headline"]
+    dead = nodes(snap)["n1"]
+    # A dead node's card must not go on showing the sync rate it had when it was killed.
+    assert dead["state"] == "failed" and dead["sync_msgs_per_s"] == 0 and dead["sync_rate_history"] == []
 
 
 def test_revive_resyncs_takes_buckets_back_and_loses_nothing(lab: dict[str, Any]) -> None:

@@ -511,12 +511,13 @@ def engine_gso(argv: list[str]) -> int:
     from engine import node
     from engine.nfq import enable_gso
 
-    class GsoQueue(netfilterqueue.NetfilterQueue):  # type: ignore[misc]
+    class GsoQueue(netfilterqueue.NetfilterQueue):
         def bind(self, queue_num: int, *args: Any, **kw: Any) -> None:
             super().bind(queue_num, *args, **kw)
             enable_gso(self, queue_num)
 
-    netfilterqueue.NetfilterQueue = GsoQueue
+    # setattr, not assignment: the module attribute is a class, and replacing it is the point.
+    setattr(netfilterqueue, "NetfilterQueue", GsoQueue)  # noqa: B010
     return node.main(argv)
 
 

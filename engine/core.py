@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 from engine.backups import Backups
@@ -22,26 +20,25 @@ from engine.conntrack import (
     next_version,
     tcp_next,
 )
+from engine.decision import NAT_NO_PORT, VERDICT_COUNTERS, Decision, SyncKind, SyncRequest, Verdict
 from engine.ftp import Anomaly, Expect, Refuse, make_helper
-from engine.nat import PortPlan, binding_text, make_binding, rewrite, rewrite_icmp_error
+from engine.nat import PortPlan, make_binding, rewrite, rewrite_icmp_error
 from engine.packet import (
     ACK,
-    ICMP,
     ICMP_ECHO_REPLY,
     ICMP_ECHO_REQUEST,
-    ICMPV6,
     RST,
     SYN,
     TCP,
     UDP,
     Packet,
     Reason,
-    addr_text,
     endpoint_text,
     parse,
-    split_key,
 )
 from engine.reject import reject_reply
+from engine.rows import PROTO_NAMES, conn_row
+from engine.rows import rows as engine_rows
 from engine.rules import Action, EngineError, RuleSet
 from engine.store import EngineStore
 from sync.records import Scope
@@ -49,6 +46,7 @@ from sync.records import Scope
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "NAT_NO_PORT",
     "Decision",
     "Engine",
     "EngineError",
@@ -59,36 +57,6 @@ __all__ = [
     "Timeouts",
     "Verdict",
 ]
-
-
-class Verdict(Enum):
-    ACCEPT = "accept"
-    DROP = "drop"
-    REJECT = "reject"
-    HOLD = "hold"  # keep the packet until sync_done(sync_id) (NetfilterQueue retain())
-
-
-class SyncKind(Enum):
-    PUSH = "push"  # send these keys to the cluster and tell me when they are acked (claims 15-17)
-    PULL = "pull"  # ask the cluster for these unknown keys (claim 14)
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    verdict: Verdict
-    reason: str
-    sync_id: int | None = None
-    reply: bytes | None = None  # REJECT: the packet to send back (TCP RST, ICMP unreachable)
-    payload: bytes | None = None  # ACCEPT of a translated packet: the bytes to pass on instead
-
-
-@dataclass(frozen=True, slots=True)
-class SyncRequest:
-    sync_id: int
-    keys: tuple[bytes, ...]
-    scope: Scope
-    deadline: float
-    kind: SyncKind = SyncKind.PUSH
 
 
 class _Pending:
@@ -103,18 +71,9 @@ class _Pending:
         self.deadline = deadline
 
 
-# Totals by verdict, beside the counters by reason.
-_VERDICT_COUNTERS = {
-    Verdict.ACCEPT: "accepted",
-    Verdict.DROP: "dropped",
-    Verdict.REJECT: "rejected",
-    Verdict.HOLD: "held",
-}
 _ACCEPT_ESTABLISHED = Decision(Verdict.ACCEPT, str(Reason.ESTABLISHED))
-_PROTO_NAMES = {TCP: "tcp", UDP: "udp", ICMP: "icmp", ICMPV6: "icmpv6"}
 _REOPENABLE = frozenset({ConnState.TIME_WAIT, ConnState.CLOSED})
 _ACCEPT = Verdict.ACCEPT
-NAT_NO_PORT = "nat-no-port"  # a NAT rule matched but no translated tuple was free
 
 
 class Engine:
@@ -216,7 +175,7 @@ class Engine:
         reason = str(reason)  # a Reason member counts under its plain name
         c = self._counts
         c[reason] = c.get(reason, 0) + 1
-        vk = _VERDICT_COUNTERS[verdict]
+        vk = VERDICT_COUNTERS[verdict]
         c[vk] = c.get(vk, 0) + 1
         d = self._decisions.get((verdict, reason))
         if d is None:
@@ -407,7 +366,7 @@ class Engine:
         if rule.log:
             log.info(
                 "%s: rule %s %s %s %s -> %s", self.node, rule.name, rule.action.value,
-                _PROTO_NAMES.get(proto, proto), endpoint_text(p.src, p.sport),
+                PROTO_NAMES.get(proto, proto), endpoint_text(p.src, p.sport),
                 endpoint_text(p.dst, p.dport),
             )
         if rule.action is Action.DROP:
@@ -551,58 +510,12 @@ class Engine:
             c["accepted"] = c.get("accepted", 0) + self._n_fast
         return c
 
-    # ---- the console's view -------------------------------------------------------------
+    # ---- the console's view (engine.rows) ----------------------------------------------
     def rows(self, scope: str) -> Iterator[dict[str, Any]]:
         """Rows for the console: scope "own" (this node's connections), "backup" (copies of other
         nodes' connections) or "common" (expectations and other cluster-wide records)."""
-        now = self._now
-        if scope in ("own", "backup"):
-            for e in list(self._conns.values()) if scope == "own" else self.backups:
-                yield self._conn_row(e, now)
-        elif scope == "common":
-            for x in list(self.table.expects.values()):
-                yield {
-                    "key": x.key.hex(),
-                    "proto": _PROTO_NAMES.get(x.proto, str(x.proto)),
-                    "src": endpoint_text(x.src_ip, x.src_port or None),
-                    "dst": endpoint_text(x.dst_ip, x.dst_port),
-                    "state": "expected",
-                    "owner": x.owner,
-                    "age_s": round(now - x.created, 3),
-                    "trigger": x.trigger,
-                    "version": x.version,
-                    "bucket": -1,
-                    "kind": "expect",
-                }
-            for r in list(self.store.common.values()):
-                yield {
-                    "key": r.key.hex(), "proto": "", "src": "", "dst": "", "state": "",
-                    "owner": r.owner, "age_s": 0.0, "trigger": "", "version": r.version,
-                    "bucket": r.bucket, "kind": "common",
-                }
-        else:
-            raise EngineError(f"rows(scope={scope!r}): expected 'own', 'backup' or 'common'")
-
-    def _conn_row(self, e: Conn, now: float) -> dict[str, Any]:
-        proto, a, ap, b, bp = split_key(e.key)
-        icmp = proto in (ICMP, ICMPV6)
-        (sa, sp), (da, dp) = ((a, ap), (b, bp)) if e.orig_low else ((b, bp), (a, ap))
-        return {
-            "key": e.key.hex(),
-            "proto": _PROTO_NAMES.get(proto, str(proto)),
-            "src": addr_text(sa) if icmp else endpoint_text(sa, sp),
-            "dst": addr_text(da) if icmp else endpoint_text(da, dp),
-            "state": e.state.value,
-            "owner": e.owner,
-            "age_s": round(now - e.created, 3),
-            "trigger": e.trigger,
-            "version": e.version,
-            "bucket": e.bucket,
-            "kind": "conn",
-            "nat": binding_text(e.nat),
-        }
+        return engine_rows(self, scope)
 
     def _describe(self, e: Conn) -> str:
-        r = self._conn_row(e, self._now)
+        r = conn_row(e, self._now)
         return f"{r['proto']} {r['src']} -> {r['dst']}"
-

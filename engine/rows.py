@@ -1,0 +1,69 @@
+"""The console's view of an engine: its connections, backup copies and common records as plain rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from engine.conntrack import Conn
+from engine.nat import binding_text
+from engine.packet import ICMP, ICMPV6, TCP, UDP, addr_text, endpoint_text, split_key
+from engine.rules import EngineError
+
+if TYPE_CHECKING:
+    from engine.core import Engine
+
+PROTO_NAMES = {TCP: "tcp", UDP: "udp", ICMP: "icmp", ICMPV6: "icmpv6"}
+
+
+def rows(engine: Engine, scope: str) -> Iterator[dict[str, Any]]:
+    """Rows for the console: scope "own" (this node's connections), "backup" (copies of other
+    nodes' connections) or "common" (expectations and other cluster-wide records)."""
+    now = engine._now
+    if scope in ("own", "backup"):
+        for e in list(engine.table.conns.values()) if scope == "own" else engine.backups:
+            yield conn_row(e, now)
+    elif scope == "common":
+        for x in list(engine.table.expects.values()):
+            yield {
+                "key": x.key.hex(),
+                "proto": PROTO_NAMES.get(x.proto, str(x.proto)),
+                "src": endpoint_text(x.src_ip, x.src_port or None),
+                "dst": endpoint_text(x.dst_ip, x.dst_port),
+                "state": "expected",
+                "owner": x.owner,
+                "age_s": round(now - x.created, 3),
+                "trigger": x.trigger,
+                "version": x.version,
+                "bucket": -1,
+                "kind": "expect",
+            }
+        for r in list(engine.store.common.values()):
+            yield {
+                "key": r.key.hex(), "proto": "", "src": "", "dst": "", "state": "",
+                "owner": r.owner, "age_s": 0.0, "trigger": "", "version": r.version,
+                "bucket": r.bucket, "kind": "common",
+            }
+    else:
+        raise EngineError(f"rows(scope={scope!r}): expected 'own', 'backup' or 'common'")
+
+
+def conn_row(e: Conn, now: float) -> dict[str, Any]:
+    """One connection (own or a backup copy) as the console shows it, addresses the way it was opened."""
+    proto, a, ap, b, bp = split_key(e.key)
+    icmp = proto in (ICMP, ICMPV6)
+    (sa, sp), (da, dp) = ((a, ap), (b, bp)) if e.orig_low else ((b, bp), (a, ap))
+    return {
+        "key": e.key.hex(),
+        "proto": PROTO_NAMES.get(proto, str(proto)),
+        "src": addr_text(sa) if icmp else endpoint_text(sa, sp),
+        "dst": addr_text(da) if icmp else endpoint_text(da, dp),
+        "state": e.state.value,
+        "owner": e.owner,
+        "age_s": round(now - e.created, 3),
+        "trigger": e.trigger,
+        "version": e.version,
+        "bucket": e.bucket,
+        "kind": "conn",
+        "nat": binding_text(e.nat),
+    }

@@ -11,7 +11,7 @@ is followed by the daemon's, so it is skipped.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,14 +55,14 @@ def _ms(ev: Mapping[str, Any]) -> float | None:
     return float(ms) if isinstance(ms, (int, float)) else None
 
 
-def _fault_text(faults: list[Mapping[str, Any]]) -> str:
+def _fault_text(faults: Sequence[Mapping[str, Any]]) -> str:
     parts = [" ".join(str(v) for k, v in f.items() if k not in ("cmd",) and v not in (None, ""))
              for f in faults]
     return "fault active: " + "; ".join(parts)
 
 
 def build(events: Iterable[Mapping[str, Any]], now: float, *,
-          faults: list[Mapping[str, Any]] | None = None,
+          faults: Sequence[Mapping[str, Any]] | None = None,
           down: Iterable[str] = ()) -> Headline:
     """The headline for the events so far (oldest first, as kept), seen at `now`."""
     last_action: dict[str, tuple[str, float]] = {}

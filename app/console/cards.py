@@ -49,7 +49,14 @@ class NodeCard(Vertical):
         self.border_title = f"{self.node_name} {STATE_MARK.get(state, '?')} {state.upper()}"
         # a restarted node's counters start again from zero: the lab's rate dips below zero once
         rate = max(0.0, float(node.get("sync_msgs_per_s", 0.0)))
-        self._history.append(rate)
+        lab_history = node.get("sync_rate_history")
+        if isinstance(lab_history, list):
+            # The lab's own samples: the same on every console and in a replay, and empty for a
+            # dead node, whatever this console's poll rate.
+            samples = [max(0.0, float(x)) for x in lab_history[-HISTORY:]]
+            self._history = deque([0.0] * (HISTORY - len(samples)) + samples, maxlen=HISTORY)
+        else:
+            self._history.append(rate)
         buckets = " ".join(str(b) for b in node.get("buckets", [])) or "none"
         backs_up = ", ".join(node.get("backs_up", [])) or "-"
         backups = ", ".join(node.get("backups", [])) or "-"

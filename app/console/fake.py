@@ -646,6 +646,10 @@ class FakeLab:
         while node.sent and node.sent[0] < now - 1.0:
             node.sent.popleft()
         dead = node.state in (NodeState.FAILED, NodeState.OFFLINE)
+        rate = 0.0 if dead else float(sum(1 for t in node.sent if t <= now))
+        if now >= node.rate_at + 0.5:
+            node.rate_hist.append(rate)
+            node.rate_at = now
         own = backup = common = 0
         if not dead:
             for conn in self.conns.values():
@@ -666,7 +670,8 @@ class FakeLab:
             "backup": backup,
             "common": common,
             "held": node.held,
-            "sync_msgs_per_s": 0.0 if dead else float(sum(1 for t in node.sent if t <= now)),
+            "sync_msgs_per_s": rate,
+            "sync_rate_history": [] if dead else list(node.rate_hist),
             "pid": None if dead else 1000 + node.index,
             "counters": {"accepted": own * 7, "held": node.held},
         }

@@ -60,6 +60,10 @@ class FakeNode:
     failed_at_s: float | None = None
     sent: deque[float] = field(default_factory=deque)  # send times of sync messages
     counters: dict[str, int] = field(default_factory=dict)
+    # The lab's own rate history (the daemon's `sync_rate_history`): one sample per half second
+    # of the lab's clock, however often it is asked.
+    rate_hist: deque[float] = field(default_factory=lambda: deque(maxlen=60))
+    rate_at: float = float("-inf")
 
 
 @dataclass(slots=True)

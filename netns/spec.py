@@ -29,7 +29,10 @@ MAX_BUCKETS = 1024
 # Lossless takeover (engine/replay.py): backups queue the buckets they back up, hold them a
 # window and replay them when they adopt. Held packets count against the NFQUEUE's length
 # (4096, engine/node.py), so the packet cap stays well below it.
-LOSSLESS_DEFAULT = True
+# Off by default: under kill/crash/revive flapping, replayed packets left a backup with one copy
+# more than its owner holds (tests/integration/test_reliability.py's flapping test). Until that
+# is understood, a lab turns it on (`lossless = true`, `syncwall up --lossless`).
+LOSSLESS_DEFAULT = False
 
 
 class LabError(SyncwallError):

@@ -8,11 +8,13 @@ are syncwall/peer, run by run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -398,6 +400,18 @@ def _pair_ratio(a: list[float], b: list[float]) -> dict[str, Any]:
     return summarize([x / y for x, y in zip(a, b, strict=False) if y], 3)
 
 
+@contextlib.contextmanager
+def _same_flows(n_flows: int) -> Iterator[None]:
+    """Our failover bench under as many flows as the peer's (SWBENCH_FLOWS, unless the caller set it)."""
+    before = os.environ.get("SWBENCH_FLOWS")
+    os.environ.setdefault("SWBENCH_FLOWS", str(n_flows))
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("SWBENCH_FLOWS", None)
+
+
 def bench_peers(runs: int, lab: str | None, progress: Progress) -> dict[str, Any]:
     gone = peerlab.missing_tools()
     if gone:
@@ -411,7 +425,7 @@ def bench_peers(runs: int, lab: str | None, progress: Progress) -> dict[str, Any
         if exe is None:
             raise BenchError(f"the C connection client could not be built: {why}")
         peer = measure_peer(runs, exe, progress)
-        with bench_lab(lab, progress) as name:
+        with bench_lab(lab, progress) as name, _same_flows(peer["flows"]):
             ours_fail = bench_failover(runs, name, progress)
             ours_sync = bench_sync_latency(runs, name, progress)
             ours_rate = _ours_conn_rate(name, exe, runs, duration_s, progress)

@@ -159,7 +159,7 @@ class Topology:
         self.procs.append(p)
         if self.record is not None:
             with contextlib.suppress(SyncwallError):  # it exited already: nothing to record
-                self.record.add_process(p.pid, "bench", argv[0])
+                self.record.add_process(p.pid, "bench", Path(argv[0]).name)
         return p
 
     def stop(self, p: subprocess.Popen[bytes]) -> None:

@@ -23,6 +23,7 @@ from demos.bench.failover import bench_failover
 from demos.bench.ftp import bench_ftp
 from demos.bench.lab import Progress, machine
 from demos.bench.memory import bench_memory
+from demos.bench.peers import bench_peers
 from demos.bench.resync import bench_resync
 from demos.bench.stats import median, p99, percentile, ratio, readable, spread, summarize
 from demos.bench.sync_latency import bench_sync_latency
@@ -40,6 +41,7 @@ BENCHES: dict[str, tuple[Bench, int]] = {
     "ftp": (bench_ftp, 3),
     "resync": (bench_resync, 3),
     "memory": (bench_memory, 3),
+    "peers": (bench_peers, 3),
 }
 
 

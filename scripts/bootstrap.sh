@@ -10,7 +10,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-apt_pkgs=(iptables iproute2 libnetfilter-queue-dev gcc make python3-dev python3-venv tmux curl iperf3 tcpdump tshark keepalived conntrackd conntrack)
+apt_pkgs=(iptables iproute2 libnetfilter-queue-dev gcc make python3-dev python3-venv tmux curl iperf3 tcpdump tshark)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

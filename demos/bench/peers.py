@@ -417,7 +417,8 @@ def bench_peers(runs: int, lab: str | None, progress: Progress) -> dict[str, Any
     if gone:
         raise BenchError(
             f"the peer cluster needs {', '.join(gone)}: install the Debian packages "
-            "keepalived conntrackd conntrack (scripts/bootstrap.sh does)"
+            "keepalived conntrackd conntrack (apt-get install; the set-up leaves them out, since on a "
+            "systemd host their packages start a conntrackd in the host namespace: stop and disable it)"
         )
     duration_s = float(os.environ.get("SWBENCH_DURATION_S", "3"))
     with tempfile.TemporaryDirectory(prefix="swbench-") as tmp:

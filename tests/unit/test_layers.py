@@ -86,10 +86,10 @@ def test_module_imports_only_lower_layers(path: Path) -> None:
     assert not bad, f"{rel} imports {sorted(bad)}, above its layer in {' <- '.join(LAYERS)}"
 
 
-@pytest.mark.parametrize(("rel", "module"), sorted(ALLOWED), ids=lambda v: str(v))
-def test_every_allowed_violation_still_exists(rel: str, module: str) -> None:
-    assert module in upward_imports(ROOT / rel), (
-        f"{rel} no longer imports {module}: remove it from ALLOWED in {Path(__file__).name}")
+def test_every_allowed_violation_still_exists() -> None:
+    # Empty today; an entry added later must name an import that exists, or be removed.
+    gone = [(rel, m) for rel, m in sorted(ALLOWED) if m not in upward_imports(ROOT / rel)]
+    assert not gone, f"no longer imported, remove from ALLOWED in {Path(__file__).name}: {gone}"
 
 
 def test_the_check_sees_upward_imports_even_lazy_and_relative(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from netns import lab as lab_life
 from netns.control import ControlError
 from netns.lab import daemon_pid, live_labs, load_lab_of, pick_lab, running_labs
 from netns.record import RUN_ROOT
-from syncwall_errors import SyncwallError
+from syncwall_errors import SyncwallError, UsageError
 
 DEFAULT_LAB = "default"
 
@@ -126,9 +126,15 @@ def bring_up(lab: str, lab_file: Path | None, overrides: dict[str, Any], quiet: 
 def cmd_down(args: argparse.Namespace) -> int:
     need_root()
     lab = pick_lab(args.lab)
+    saved: dict[str, Any] | None = None
+    if args.record:  # first: the recording goes with the run folder
+        from app.replay_cmd import save_lab_recording, saved_text
+
+        saved = save_lab_recording(lab, Path(args.record))
+        err(saved_text(saved))
     took = lab_life.down(lab, say=err)
     if args.json:
-        print(json.dumps({"ok": True, "lab": lab, "down_s": round(took, 2)}))
+        print(json.dumps({"ok": True, "lab": lab, "down_s": round(took, 2), "recording": saved}))
     else:
         err(f"lab {lab!r} is down ({took:.1f} s)")
     return 0
@@ -307,8 +313,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         finally:
             link.close()
 
+    record = Path(args.record) if args.record else None
+    if record is not None and not record.parent.is_dir():  # say so now, not after the demo
+        raise UsageError(f"--record {record}: no folder {record.parent}")
     return run_demo(args.name, headless=args.headless, as_json=args.json, lab=args.lab,
-                    open_console=open_console)
+                    open_console=open_console, record=record)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -347,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval-ms", type=positive)
     p.add_argument("--lossless", action=argparse.BooleanOptionalAction, default=None,
                    help="backups hold and replay their buckets' packets at a takeover")
-    add("down", cmd_down, "stop the lab and remove everything it made")
+    p = add("down", cmd_down, "stop the lab and remove everything it made")
+    p.add_argument("--record", metavar="FILE", help="first save the lab's recording to FILE")
     p = add("clean", cmd_clean, "remove whatever a crashed lab left behind (by its records)")
     p.add_argument("--force", action="store_true", help="also labs whose daemon still runs")
     add("status", cmd_status, "nodes, states, buckets, backups, entry counts, policy")
@@ -391,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=port, default=8000)
     p = add("demo", cmd_demo, "run a scripted scenario")
     p.add_argument("name")
+    p.add_argument("--record", metavar="FILE", help="save the demo's recording to FILE at its end")
     p.add_argument("--headless", action="store_true")
     p = add("bench", cmd_bench, "measure a figure")
     p.add_argument("name")

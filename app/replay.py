@@ -146,7 +146,10 @@ def summarize(recording: Recording) -> dict[str, Any]:
             if f.get("health") in LOST_HEALTH or name not in worst:
                 worst[name] = str(f.get("health"))
     takeovers = [e for e in recording.events if e.get("kind") == "takeover"]
-    real = [e for e in takeovers if "took over" in str(e.get("text", ""))]
+    # The daemon notes a takeover with its timing (detect_to_accept_ms) and the headline's text;
+    # an engine's own takeover event (any change of its buckets: the first assignment, a
+    # handback after a revive) carries neither, and counts as a bucket move.
+    real = [e for e in takeovers if "detect_to_accept_ms" in e and "took over" in str(e.get("text", ""))]
     lost = sorted(n for n, h in worst.items() if h in LOST_HEALTH)
     return {
         "lab": recording.header.get("lab"),
@@ -158,7 +161,7 @@ def summarize(recording: Recording) -> dict[str, Any]:
         "captures": captures,
         "events": len(recording.events),
         "takeovers": len(real),
-        "rejoins": len(takeovers) - len(real),
+        "bucket_moves": sum("detect_to_accept_ms" not in e for e in takeovers),
         "takeover_texts": [str(e.get("text")) for e in real],
         "flows": len(worst),
         "flows_lost": len(lost),

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from netns.recorder import FLUSH_FILE, RECORDING_DIR, Recording, pack_folder
-
-FLUSH_WAIT_S = 3.0  # the daemon writes its open segment at its next capture (every 500 ms)
+from netns.recorder import Recording, save_recording
 
 Add = Callable[[str, Any, str], argparse.ArgumentParser]
 
@@ -46,31 +42,24 @@ def _out(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
 
 def cmd_record(args: argparse.Namespace) -> int:
     from netns.lab import pick_lab
-    from netns.record import RUN_ROOT
 
     lab = pick_lab(args.lab)
-    folder = RUN_ROOT / lab / RECORDING_DIR
-    flush = folder / FLUSH_FILE
-    if folder.is_dir():
-        flush.touch()
-        deadline = time.monotonic() + FLUSH_WAIT_S
-        while flush.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)  # a file the daemon removes: nothing to await but the file
-    data = pack_folder(folder)
-    target = Path(args.file)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_bytes(data)
-    os.chmod(tmp, 0o644)  # a recording is meant to be shared: replay needs no root
-    os.replace(tmp, target)
-    rec = Recording.from_bytes(data, str(target))
-    duration = rec.t_end - rec.t_start
-    doc = {"ok": True, "lab": lab, "file": str(target), "bytes": len(data),
-           "segments": len(rec.segments), "duration_s": round(duration, 1),
-           "partial": bool(flush.exists()), "problem": rec.problem}
-    note = "" if not flush.exists() else " (the daemon did not write its last few seconds in time)"
-    _out(args, doc, f"saved {duration:.0f} s of lab {lab} to {target} "
-                    f"({len(data) / 1e6:.1f} MB, {len(rec.segments)} segments){note}")
+    doc = save_lab_recording(lab, Path(args.file))
+    _out(args, doc, saved_text(doc))
     return 0
+
+
+def save_lab_recording(lab: str, target: Path) -> dict[str, Any]:
+    """`record save`, `down --record` and `demo --record`: the lab's recording into `target`."""
+    from netns.record import RUN_ROOT
+
+    return {"lab": lab, **save_recording(RUN_ROOT / lab, target)}
+
+
+def saved_text(doc: dict[str, Any]) -> str:
+    note = " (the daemon did not write its last few seconds in time)" if doc["partial"] else ""
+    return (f"saved {doc['duration_s']:.0f} s of lab {doc['lab']} to {doc['file']} "
+            f"({doc['bytes'] / 1e6:.1f} MB, {doc['segments']} segments){note}")
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

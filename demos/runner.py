@@ -20,6 +20,8 @@ from typing import Any
 from demos.scenarios import SCENARIOS, DemoContext, DemoError, Link, Scenario, Step
 from netns.control import ControlClient, ControlError
 from netns.record import RUN_ROOT
+from netns.recorder import save_recording
+from syncwall_errors import SyncwallError
 
 log = logging.getLogger(__name__)
 
@@ -242,8 +244,19 @@ def _sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 # ---- `syncwall demo NAME` ------------------------------------------------------------------------
+def _save_recording(lab: str, target: Path, say: Callable[[str], None]) -> None:
+    """`demo --record FILE`: the lab's recording of the demo, also of a failed one."""
+    try:
+        doc = save_recording(RUN_ROOT / lab, target)
+    except (SyncwallError, OSError) as e:
+        say(f"could not save the recording to {target}: {e}")
+        return
+    say(f"recording of the demo saved to {target} ({doc['duration_s']:.0f} s, "
+        f"{doc['bytes'] / 1e6:.1f} MB): `syncwall replay {target}` plays it, no root needed")
+
+
 def run_demo(name: str, headless: bool, as_json: bool, lab: str | None,
-             open_console: OpenConsole | None = None) -> int:
+             open_console: OpenConsole | None = None, record: Path | None = None) -> int:
     """Run a demo end to end; exit status 0 only if every expectation held.
 
     Without `lab` the demo starts a lab of its own and tears it down at the end, also on
@@ -266,7 +279,7 @@ def run_demo(name: str, headless: bool, as_json: bool, lab: str | None,
         return 1
     if open_console is not None and not headless and not as_json and sys.stdout.isatty() \
             and sys.stdin.isatty() and (sc.needs_lab or lab):
-        return _run_in_console(name, sc, lab, open_console)
+        return _run_in_console(name, sc, lab, open_console, record)
     interactive = [not headless and sys.stdin.isatty() and not as_json]
     old_term = signal.signal(signal.SIGTERM, _sigterm)
     run: DemoRun | None = None
@@ -282,6 +295,8 @@ def run_demo(name: str, headless: bool, as_json: bool, lab: str | None,
                 else:
                     say(f"starting lab {sc.lab_name!r} for this demo ...")
                     lab_name = stack.enter_context(own_lab(sc.lab_name))
+                if record is not None:  # before the demo's own lab goes down (LIFO)
+                    stack.callback(_save_recording, lab_name, record, say)
                 client = ControlClient(RUN_ROOT / lab_name / "control.sock", timeout_s=15.0)
                 stack.callback(client.close)
             run = DemoRun(name, client, lab_name)
@@ -329,7 +344,8 @@ def run_demo(name: str, headless: bool, as_json: bool, lab: str | None,
     return 0 if ok else (130 if error == "interrupted" else 1)
 
 
-def _run_in_console(name: str, sc: Scenario, lab: str | None, open_console: OpenConsole) -> int:
+def _run_in_console(name: str, sc: Scenario, lab: str | None, open_console: OpenConsole,
+                    record: Path | None = None) -> int:
     """`syncwall demo NAME` on a terminal: the console, opened on the demo's panel.
 
     The lab is started and always taken down as on the headless path; on a lab given with
@@ -343,6 +359,8 @@ def _run_in_console(name: str, sc: Scenario, lab: str | None, open_console: Open
             else:
                 print(f"starting lab {sc.lab_name!r} for demo {name} ...", flush=True)
                 lab_name = stack.enter_context(own_lab(sc.lab_name))
+            if record is not None:
+                stack.callback(_save_recording, lab_name, record, print)
             choice = open_console(RUN_ROOT / lab_name / "control.sock", name)
             if lab and choice == "stop":
                 _take_down(lab)

@@ -260,6 +260,38 @@ def pack_folder(folder: Path) -> bytes:
     return b"".join(parts)
 
 
+FLUSH_WAIT_S = 3.0  # the daemon writes its open segment at its next capture (every 500 ms)
+
+
+def save_recording(run_dir: Path, target: Path, wait_s: float = FLUSH_WAIT_S) -> dict[str, Any]:
+    """Copy a lab's live recording out to `target` (readable by anyone: replay needs no root).
+
+    Asks the daemon to write its open segment first (the flush file, removed at its next
+    capture) and waits up to `wait_s` for it; `partial` says when it did not come in time.
+    Returns what `record save --json` prints."""
+    folder = run_dir / RECORDING_DIR
+    flush = folder / FLUSH_FILE
+    if folder.is_dir():
+        flush.touch()
+        deadline = time.monotonic() + wait_s
+        while flush.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # a file the daemon removes: nothing to await but the file
+    data = pack_folder(folder)
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        tmp.write_bytes(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise RecordingError(f"cannot write the recording to {target}: {e.strerror}") from e
+    rec = Recording.from_bytes(data, str(target))
+    return {"ok": True, "file": str(target), "bytes": len(data), "segments": len(rec.segments),
+            "duration_s": round(rec.t_end - rec.t_start, 1), "partial": flush.exists(),
+            "problem": rec.problem}
+
+
 class Recorder:
     """Owned by the lab daemon: captures the console's replies every interval and every trace event.
 

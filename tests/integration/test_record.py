@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from textual.widgets import Static
 
+from app.console.cards import NodeCard
+from app.replay import ReplayApp, ReplayLink
 from netns.recorder import FLUSH_FILE, RECORDING_DIR, Recording
 from tests.integration.labtools import (
     RUN_ROOT,
@@ -25,6 +31,7 @@ from tests.integration.labtools import (
     sw_json,
     wait_for,
 )
+from tests.tui.snap_app import SIZE, settle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -94,3 +101,82 @@ def test_a_kill_recorded_and_replayed_without_root(lab: dict[str, Any], tmp_path
              f"{kill_t - 0.01 - rec.t_start:.2f}", f"{rec.t_end - rec.t_start:.2f}", "--json")
     moved = json.loads(out.stdout)["moved"]
     assert [(m["from"], m["to"]) for m in moved] == [("n1", "n2")] and moved[0]["count"] > 0
+
+
+def _all_active() -> None:
+    """This test's precondition, whatever ran before it on the module's lab: every node active."""
+    for name, n in nodes(status()).items():
+        if n["state"] in ("failed", "offline"):
+            sw("revive", name)
+    wait_for("every node active with buckets", lambda: all(
+        n["state"] == "active" and n["buckets"] for n in nodes(status()).values()), 30)
+
+
+def _capture_now() -> None:
+    flush = RUN_ROOT / "default" / RECORDING_DIR / FLUSH_FILE
+    flush.touch()
+    wait_for("the daemon's capture", lambda: not flush.exists(), 5)
+
+
+def _without_age(headline: str) -> str:
+    return re.sub(r" · \d+ s ago$", "", headline)
+
+
+def test_the_replay_at_a_kill_shows_what_the_live_lab_showed(lab: dict[str, Any], tmp_path: Path) -> None:
+    _all_active()
+    sw("traffic", "clear")
+    sw("policy", "periodic", "--interval-ms", "200")
+    sw("policy", "hybrid", "--interval-ms", "500")
+    ftp = sw_json("traffic", "start", "ftp", "--mode", "active", "--sessions", "0",
+                  "--interval-ms", "300", "--client", "c2")["name"]
+    sw("traffic", "start", "tcp", "--flows", "20", "--client", "c2", "--interval-ms", "100")
+    wait_for("FTP sessions done through the cluster", lambda: sum(
+        f["health"] == "done" for f in flows_of(snapshot(), ftp)) >= 2, 30)
+    wait_for("20 healthy TCP flows", lambda: len(fl := flows_of(snapshot(), "tcp-")) >= 20
+             and all(f["health"] == "healthy" for f in fl), 30)
+    _capture_now()
+
+    sw("kill", "n3")
+    wait_for("n3's takeover", lambda: "took over" in snapshot()["headline"]
+             and nodes(status())["n3"]["state"] == "failed", 10)
+    live = snapshot()
+    t_live = time.time()
+    _capture_now()  # a capture at the moment of the live snapshot (nothing changes in between)
+    sw("revive", "n3")
+    wait_for("n3 back with its buckets", lambda: nodes(status())["n3"]["state"] == "active"
+             and nodes(status())["n3"]["buckets"], 30)
+    sw("policy", "on-demand")
+    failed_ftp = [f["name"] for f in flows_of(snapshot(), ftp) if f["health"] == "failed"]
+    sw("traffic", "clear")
+    saved = sw_json("record", "save", str(tmp_path / "lab.swrec"))
+    assert saved["ok"] and not saved["partial"]
+
+    rec = Recording.open(tmp_path / "lab.swrec")
+    actions = [str(e.get("text", "")) for e in rec.events if e.get("kind") == "action"]
+    for what in ("kill n3", "revive n3"):
+        assert any(a.startswith(what) for a in actions), (what, actions)
+    assert not failed_ftp, failed_ftp
+
+    async def at_the_kill() -> dict[str, Any]:
+        app = ReplayApp(ReplayLink(rec), play_tick_s=None)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            app.seek_offset(t_live + 0.2 - rec.t_start)
+            await settle(pilot)
+            return {
+                "cards": {n: (str(app.query_one(f"#card-{n}", NodeCard).border_title),
+                              sorted(app.query_one(f"#card-{n}", NodeCard).node.get("buckets", [])))
+                          for n in ("n1", "n2", "n3")},
+                "headline": str(app.query_one("#headline", Static).render()),
+            }
+
+    shown = asyncio.run(at_the_kill())
+    for n in live["nodes"]:
+        title, buckets = shown["cards"][n["name"]]
+        assert n["state"].upper() in title, (n["name"], title, n["state"])
+        assert buckets == sorted(n["buckets"]), (n["name"], buckets, n["buckets"])
+    assert _without_age(live["headline"]) in shown["headline"], (live["headline"], shown["headline"])
+    # ... and the end of the recording is the lab after the revive, not the kill.
+    _t, end = rec.state_at(rec.t_end)
+    assert {n["name"]: n["state"] for n in end["snapshot"]["nodes"]} == {
+        "n1": "active", "n2": "active", "n3": "active"}

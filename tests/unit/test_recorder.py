@@ -25,6 +25,7 @@ from netns.recorder import (
     freeze_ages,
     pack_folder,
     patch_state,
+    save_recording,
     table_channel,
     thaw_ages,
 )
@@ -238,3 +239,25 @@ def test_ages_are_kept_as_birth_times_so_ageing_rows_cost_nothing() -> None:
     assert thaw_ages(100.5, b)["t"]["rows"][3]["age_s"] == 13.5
     jittered = freeze_ages(200.0, {"t": {"rows": [{"key": "x", "age_s": 4.7}]}})
     assert abs(thaw_ages(200.0, jittered)["t"]["rows"][0]["age_s"] - 4.7) <= 0.5
+
+
+def test_save_copies_the_recording_out_readable_by_anyone(tmp_path: Path) -> None:
+    record(tmp_path, 12)
+    target = tmp_path / "out.swrec"
+    # No daemon removes the flush file here: the save says the last seconds may be missing.
+    doc = save_recording(tmp_path, target, wait_s=0.1)
+    assert doc["ok"] and doc["partial"] and doc["segments"] == 2 and doc["bytes"] == target.stat().st_size
+    assert target.stat().st_mode & 0o777 == 0o644
+    assert len(Recording.open(target).events) == len(Recording.open(tmp_path / RECORDING_DIR).events)
+
+
+def test_save_of_a_folder_without_recording_says_so_and_writes_nothing(tmp_path: Path) -> None:
+    with pytest.raises(RecordingError, match="holds no recording"):
+        save_recording(tmp_path, tmp_path / "out.swrec", wait_s=0.1)
+    assert not (tmp_path / "out.swrec").exists()
+
+
+def test_save_into_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    record(tmp_path, 2)
+    with pytest.raises(RecordingError, match=r"cannot write the recording to .*missing"):
+        save_recording(tmp_path, tmp_path / "missing" / "out.swrec", wait_s=0.1)

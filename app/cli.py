@@ -127,7 +127,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     need_root()
     lab = pick_lab(args.lab)
     saved: dict[str, Any] | None = None
-    if args.record:  # first: the recording goes with the run folder
+    if getattr(args, "record", None):  # first: the recording goes with the run folder
         from app.replay_cmd import save_lab_recording, saved_text
 
         saved = save_lab_recording(lab, Path(args.record))
@@ -313,7 +313,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         finally:
             link.close()
 
-    record = Path(args.record) if args.record else None
+    record = Path(args.record) if getattr(args, "record", None) else None
     if record is not None and not record.parent.is_dir():  # say so now, not after the demo
         raise UsageError(f"--record {record}: no folder {record.parent}")
     return run_demo(args.name, headless=args.headless, as_json=args.json, lab=args.lab,

@@ -22,6 +22,28 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
 fi
 
+# The peer cluster of `syncwall bench peers`. Their Debian packages start their daemons on
+# install (in the host's namespace, on the host's conntrack table): a policy-rc.d that refuses
+# every start keeps them stopped; ours only if the machine has none of its own, removed after.
+peer_pkgs=(keepalived conntrackd conntrack)
+missing=()
+for p in "${peer_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "syncwall: installing Debian packages for the peer cluster (not started): ${missing[*]}" >&2
+  guard=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    guard=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\n# syncwall bootstrap: no service starts while its packages install\nexit 101\n' > "$guard"
+    chmod 755 "$guard"
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >&2 || true
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 || { [ -z "$guard" ] || rm -f "$guard"; exit 1; }
+  [ -z "$guard" ] || rm -f "$guard"
+fi
+
 py=${SYNCWALL_PYTHON:-python3}
 stamp=.venv/.syncwall-stamp
 want=$( (cat requirements.lock pyproject.toml; "$py" --version) | sha256sum | cut -d' ' -f1)

@@ -416,9 +416,8 @@ def bench_peers(runs: int, lab: str | None, progress: Progress) -> dict[str, Any
     gone = peerlab.missing_tools()
     if gone:
         raise BenchError(
-            f"the peer cluster needs {', '.join(gone)}: install the Debian packages "
-            "keepalived conntrackd conntrack (apt-get install; the set-up leaves them out, since on a "
-            "systemd host their packages start a conntrackd in the host namespace: stop and disable it)"
+            f"the peer cluster needs {', '.join(gone)}: ./scripts/bootstrap.sh installs the Debian "
+            "packages keepalived conntrackd conntrack without starting their services"
         )
     duration_s = float(os.environ.get("SWBENCH_DURATION_S", "3"))
     with tempfile.TemporaryDirectory(prefix="swbench-") as tmp:

@@ -145,9 +145,10 @@ def cmd_clean(args: argparse.Namespace) -> int:
     labs = [args.lab] if args.lab else running_labs()
     cleaned = []
     for lab in labs:
-        pid = daemon_pid(lab)
+        pid = lab_life.owner_pid(lab)
         if pid and not args.force:
-            err(f"lab {lab!r} is running (daemon pid {pid}); use `syncwall down`, or clean --force")
+            how = "use `syncwall down`" if daemon_pid(lab) else "its owner takes it down when done"
+            err(f"lab {lab!r} is running (pid {pid}); {how}, or clean --force")
             continue
         lab_life.clean(lab)
         cleaned.append(lab)

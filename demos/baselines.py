@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from netns.record import RUN_ROOT, LabRecord, make_run_dir, teardown
+from netns.record import RUN_ROOT, LabRecord, make_run_dir, owner_meta, teardown
 from syncwall_errors import SyncwallError
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class Topology:
                              f"`syncwall clean --lab {self.name}` removes what it lists")
         make_run_dir(self.record_path.parent)
         self.record = LabRecord(lab=self.name, run_dir=self.record_path.parent,
-                                meta={"kind": "bench-topology", "owner_pid": os.getpid()})
+                                meta={"kind": "bench-topology", **owner_meta()})
         self.record.save()
         for ns in (self.sender, self.gateway, self.receiver):
             run(["ip", "netns", "add", ns])

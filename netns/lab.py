@@ -17,7 +17,7 @@ from typing import Any
 
 from netns import api
 from netns.control import ControlClient, ControlError
-from netns.record import RUN_ROOT, LabRecord, RecordError, alive, teardown
+from netns.record import RUN_ROOT, LabRecord, RecordError, alive, owner_alive, teardown
 from netns.spec import LabError, LabSpec, load_lab
 from syncwall_errors import NotFoundError, StateError
 
@@ -61,6 +61,18 @@ def daemon_pid(lab: str) -> int | None:
         if p.role == "daemon" and alive(p):
             return p.pid
     return None
+
+
+def owner_pid(lab: str) -> int | None:
+    """Who keeps the lab alive: its daemon, or the process that built a daemon-less topology (a
+    bench's own namespaces, the peer cluster), while it runs. `clean` leaves such labs alone."""
+    pid = daemon_pid(lab)
+    if pid:
+        return pid
+    try:
+        return owner_alive(LabRecord.load(RUN_ROOT / lab))
+    except (OSError, ValueError, RecordError):
+        return None
 
 
 def live_labs() -> list[str]:

@@ -165,6 +165,21 @@ def proc_start_time(pid: int) -> int | None:
     return int(fields[22 - 3])
 
 
+def owner_meta(pid: int | None = None) -> dict[str, int]:
+    """Record meta naming the process that owns a lab without a daemon (a bench's own topology):
+    pid and start time, so `owner_alive` is not fooled by a reused pid."""
+    pid = os.getpid() if pid is None else pid
+    return {"owner_pid": pid, "owner_start": proc_start_time(pid) or 0}
+
+
+def owner_alive(record: LabRecord) -> int | None:
+    """The pid of the process named by `owner_meta` in the record, while it still runs."""
+    pid, start = record.meta.get("owner_pid"), record.meta.get("owner_start")
+    if not isinstance(pid, int) or not isinstance(start, int):
+        return None
+    return pid if alive(ProcEntry(pid, start, "owner", "lab owner")) else None
+
+
 def alive(entry: ProcEntry) -> bool:
     """True while the recorded process runs: same pid, same start time, not a zombie."""
     start = proc_start_time(entry.pid)

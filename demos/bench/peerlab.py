@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from demos.baselines import BenchError, run, stop_process
-from netns.record import NETNS_DIR, RUN_ROOT, LabRecord, make_run_dir, teardown
+from netns.record import NETNS_DIR, RUN_ROOT, LabRecord, make_run_dir, owner_meta, teardown
 from syncwall_errors import SyncwallError
 
 NODES = ("n1", "n2")
@@ -204,7 +204,7 @@ class PeerLab:
             )
         make_run_dir(self.run_dir)
         self.record = LabRecord(
-            lab=self.name, run_dir=self.run_dir, meta={"kind": "peer-cluster", "owner_pid": os.getpid()}
+            lab=self.name, run_dir=self.run_dir, meta={"kind": "peer-cluster", **owner_meta()}
         )
         self.record.save()
         for h in hosts:

@@ -26,6 +26,10 @@ LAB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,11}$")
 HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 MAX_BUCKETS = 1024
+# The default bucket count follows the node count: with 4 each, the busiest node of any count
+# holds exactly as many as the least busy (a lab file's own count may not divide evenly, and a
+# node that takes over a failed one's buckets holds twice its share until it returns).
+BUCKETS_PER_NODE = 4
 # Lossless takeover (engine/replay.py): backups queue the buckets they back up, hold them a
 # window and replay them when they adopt. Held packets count against the NFQUEUE's length
 # (4096, engine/node.py), so the packet cap stays well below it.
@@ -311,7 +315,7 @@ def validate(raw: Mapping[str, Any]) -> LabSpec:
     policy = v.get("policy", "hybrid")
     if policy not in POLICIES:
         raise LabSpecError(f"policy: expected one of {', '.join(POLICIES)}, got {policy!r}")
-    buckets = _int_range("buckets", v.get("buckets", 12), 1, MAX_BUCKETS)
+    buckets = _int_range("buckets", v.get("buckets", BUCKETS_PER_NODE * len(nodes)), 1, MAX_BUCKETS)
     if buckets < len(nodes):
         raise LabSpecError(f"buckets: {buckets} buckets for {len(nodes)} nodes; need at least one per node")
     backups = v.get("backups", 1)

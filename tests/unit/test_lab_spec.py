@@ -11,6 +11,7 @@ import pytest
 from netns.iptables import hmark_rnd, node_rules, owned_chain_text
 from netns.record import LabRecord, ProcEntry, labs_running, proc_start_time, teardown
 from netns.spec import LabSpecError, load_lab, spec_to_dict, validate
+from sync.membership import MemberState, compute_view
 
 
 def test_the_default_lab_is_the_one_in_the_design() -> None:
@@ -66,6 +67,23 @@ def test_overrides_apply_last_and_nodes_may_be_a_count() -> None:
     assert spec.node_names == ("n1", "n2", "n3", "n4", "n5")
     assert str(spec.nodes[4].sync_ip) == "198.18.0.15"
     assert (spec.backups, spec.policy) == (2, "on-demand")
+
+
+@pytest.mark.parametrize("count", [3, 5, 8, 16])
+def test_the_default_bucket_count_gives_every_node_an_even_share(count: int) -> None:
+    spec = load_lab(None, {"nodes": count, "name": f"even{count}"})
+    assert spec.buckets == 4 * count
+    view = compute_view(spec.node_names, {n: MemberState.ACTIVE for n in spec.node_names},
+                        spec.buckets, spec.backups, epoch=1)
+    shares = [len(view.buckets_of(n)) for n in spec.node_names]
+    assert max(shares) == min(shares) == 4, shares
+
+
+def test_a_lab_files_own_bucket_count_is_kept(tmp_path: Path) -> None:
+    f = tmp_path / "odd.toml"
+    f.write_text('name = "odd"\nbuckets = 10\n')
+    assert load_lab(f, {"nodes": 4}).buckets == 10
+    assert validate(spec_to_dict(load_lab(None, {"nodes": 8}))).buckets == 32  # as written, not recounted
 
 
 def test_spec_round_trips_through_a_plain_dict() -> None:

@@ -31,7 +31,10 @@ from sync.records import Trigger
 
 log = logging.getLogger(__name__)
 
-TICK_S = 0.002
+# The timer tick: retransmissions (RTO from 20 ms), heartbeats (20 ms), holds and lossless windows.
+# Packets, sync input and liveness closes are handled as they come, not on the tick; 5 ms
+# (was 2 ms) cuts an idle node's wakeups from ~600/s to ~250/s.
+TICK_S = 0.005
 NFQ_BUDGET = 256  # queue messages per event-loop turn, so that timers and sync input get their turn
 TIMELINE_LEN = 2000
 

@@ -25,6 +25,7 @@ from demos.bench.lab import Progress, machine
 from demos.bench.memory import bench_memory
 from demos.bench.peers import bench_peers
 from demos.bench.resync import bench_resync
+from demos.bench.scale import bench_scale
 from demos.bench.stats import median, p99, percentile, ratio, readable, spread, summarize
 from demos.bench.sync_latency import bench_sync_latency
 from demos.bench.throughput import bench_throughput
@@ -42,6 +43,7 @@ BENCHES: dict[str, tuple[Bench, int]] = {
     "resync": (bench_resync, 3),
     "memory": (bench_memory, 3),
     "peers": (bench_peers, 3),
+    "scale": (bench_scale, 1),
 }
 
 

@@ -20,7 +20,15 @@ from engine.conntrack import (
     next_version,
     tcp_next,
 )
-from engine.decision import NAT_NO_PORT, VERDICT_COUNTERS, Decision, SyncKind, SyncRequest, Verdict
+from engine.decision import (
+    NAT_NO_PORT,
+    NAT_TRUNCATED,
+    VERDICT_COUNTERS,
+    Decision,
+    SyncKind,
+    SyncRequest,
+    Verdict,
+)
 from engine.ftp import Anomaly, Expect, Refuse, make_helper
 from engine.nat import PortPlan, make_binding, rewrite, rewrite_icmp_error
 from engine.packet import (
@@ -238,6 +246,9 @@ class Engine:
         to the translated tuple, replies to the translated tuple back to the original one."""
         n = e.nat
         assert n is not None
+        if (data[2] << 8 | data[3]) > len(data):
+            # A GSO packet cut at the copy range: its rewritten copy would cut the packet.
+            return self._decide(Verdict.DROP, NAT_TRUNCATED)
         if p.key == e.key and p.low == e.orig_low:
             out = rewrite(data, p.l4_off, p.proto, n.src, n.sport, n.dst, n.dport)
         else:

@@ -8,6 +8,7 @@ from enum import Enum
 from sync.records import Scope
 
 NAT_NO_PORT = "nat-no-port"  # a NAT rule matched but no translated tuple was free
+NAT_TRUNCATED = "nat-truncated"  # a translated packet captured only in part (GSO): not rewritable
 
 
 class Verdict(Enum):

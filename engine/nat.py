@@ -3,6 +3,7 @@ with incremental checksum updates (RFC 1624). Pure: bytes in, bytes out."""
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,12 +13,14 @@ from engine.packet import TCP, UDP, endpoint_text, make_key
 from engine.rules import EngineError
 
 __all__ = [
+    "TRANSLATED_MARK",
     "NatBinding",
     "PortPlan",
     "allocate_port",
     "binding_text",
     "checksum_adjust",
     "hmark_bucket",
+    "hmark_rnd",
     "jhash_3words",
     "make_binding",
     "rewrite",
@@ -25,6 +28,11 @@ __all__ = [
 ]
 
 _M32 = 0xFFFFFFFF
+# The skb mark bit a node sets on a packet it translated. A packet translated in mangle
+# PREROUTING (addressed to the cluster's own address) is routed afterwards and would meet the
+# FORWARD queue a second time; the lab's FORWARD chain accepts packets with this bit at once
+# (netns/iptables.py). Far above any bucket number, so the owned-bucket chain never sees it.
+TRANSLATED_MARK = 0x40000000
 _JHASH_INITVAL = 0xDEADBEEF
 
 
@@ -70,6 +78,15 @@ def hmark_bucket(
     ports = (dport << 16) | sport if dport > sport else (sport << 16) | dport
     h = jhash_3words(s, d, ports, rnd) ^ proto
     return ((h * buckets) >> 32) + offset  # reciprocal_scale
+
+
+def hmark_rnd(lab_id: int) -> int:
+    """The HMARK hash seed of a lab: the same on every node, different between labs.
+
+    The one definition both sides use: netns/iptables.py writes it into `--hmark-rnd`, and
+    engine/node.py gives it to its PortPlan, so the engine computes the marks the kernel gives."""
+    digest = hashlib.blake2b(lab_id.to_bytes(8, "big"), digest_size=4, person=b"sw-hmark").digest()
+    return int.from_bytes(digest, "big") or 1
 
 
 @dataclass(frozen=True, slots=True)

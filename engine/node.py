@@ -22,6 +22,7 @@ from typing import Any
 from engine.binding import Binding
 from engine.conntrack import TRANSIENT_TCP_STATES
 from engine.core import Engine, Verdict
+from engine.nat import TRANSLATED_MARK, PortPlan, hmark_rnd
 from engine.nfq import owned_chain_text
 from engine.replay import CAP_BYTES, CAP_PACKETS, WINDOW_MS, ReplaySettings
 from engine.rules import parse_rules
@@ -71,6 +72,27 @@ class NodeConfig:
         return cls(**raw)
 
 
+def nat_port_plan(cfg: NodeConfig) -> PortPlan:
+    """The NAT port plan of a lab node (docs/nat.md): the lab's HMARK modulus and seed, the
+    same `hmark_rnd` netns/iptables.py writes into the rules. It depends on neither the view
+    nor the buckets this node owns: a connection's bucket is the mark of its first packet, so
+    a view change needs no new plan.
+
+    A lab daemon writes the lab's numeric id; a node started with another id (a test) has
+    no HMARK seed to agree with, and splits the port range by bucket instead."""
+    if not cfg.lab_id.isdigit():
+        return PortPlan(buckets=cfg.buckets)
+    return PortPlan(buckets=cfg.buckets, rnd=hmark_rnd(int(cfg.lab_id)))
+
+
+def nat_counts(engine: Engine) -> dict[str, int]:
+    """NAT bindings this node holds: in its own entries and in its backup copies."""
+    return {
+        "own": sum(1 for e in engine.table.conns.values() if e.nat is not None),
+        "backup": sum(1 for e in engine.backups.copies.values() if e.nat is not None),
+    }
+
+
 class BudgetSocket:
     """The queue's netlink socket, read at most `budget` messages per event-loop turn.
 
@@ -109,7 +131,7 @@ class Node:
         # step of its handshake and teardown: the new owner of a half-open connection after a
         # failover sees the retransmitted SYN and rebuilds it from the rules.
         engine = Engine(cfg.node, parse_rules(cfg.rules), hold_related=cfg.policy != "periodic",
-                        quiet_states=TRANSIENT_TCP_STATES)
+                        quiet_states=TRANSIENT_TCP_STATES, nat_ports=nat_port_plan(cfg))
         key = Path(cfg.key_file).read_bytes()
         self.sync_addr = next((ip, port) for name, ip, port in cfg.nodes if name == cfg.node)
         agent = SyncAgent(
@@ -178,6 +200,7 @@ class Node:
             if v is Verdict.ACCEPT:
                 if d.payload is not None:  # a translated packet (NAT): pass the rewritten bytes
                     pkt.set_payload(d.payload)
+                    pkt.set_mark(mark | TRANSLATED_MARK)  # not queued again in FORWARD
                 pkt.accept()
             elif v is Verdict.HOLD:
                 if self.binding.held(d, data, mark, pkt, now).verdict is Verdict.HOLD:
@@ -219,6 +242,7 @@ class Node:
                 if r.accept:
                     if r.payload is not None:
                         r.handle.set_payload(r.payload)
+                        r.handle.set_mark(r.handle.mark | TRANSLATED_MARK)
                     r.handle.accept()
                 else:
                     r.handle.drop()
@@ -475,6 +499,7 @@ class Node:
             "own": counts["own"],
             "backup": counts["backup"],
             "common": counts["common"],
+            "nat": nat_counts(self.engine),
             "held": b.held_packets,
             "policy": self.policy,
             "interval_ms": self.interval_ms,

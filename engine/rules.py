@@ -294,8 +294,20 @@ def parse_rules(raw: Iterable[Mapping[str, Any]]) -> RuleSet:
     return RuleSet(rules)
 
 
-# The default lab (DESIGN.md): inside may open TCP 5000-5999 and FTP (with the helper), UDP
-# 5000-5999 and ping towards outside; everything else is dropped by the implicit final rule.
+# The default lab's NAT (docs/nat.md): c2's services traffic leaves as the outside gateway
+# address, and the outside reaches s1's echo service through a port forward.
+DEFAULT_NAT_RULES: list[dict[str, Any]] = [
+    {"name": "c2-snat-tcp", "action": "accept", "proto": "tcp", "src": "198.18.1.11/32",
+     "dst": "198.18.2.0/24", "dport": "5000-5999", "snat": "198.18.2.1"},
+    {"name": "c2-snat-udp", "action": "accept", "proto": "udp", "src": "198.18.1.11/32",
+     "dst": "198.18.2.0/24", "dport": "5000-5999", "snat": "198.18.2.1"},
+    {"name": "web-forward", "action": "accept", "proto": "tcp", "src": "198.18.2.0/24",
+     "dst": "198.18.2.1", "dport": 8080, "dnat": "198.18.2.10:5001", "snat": "198.18.2.1"},
+]
+
+# The default lab (DESIGN.md), after its NAT rules: inside may open TCP 5000-5999 and FTP
+# (with the helper), UDP 5000-5999 and ping towards outside; everything else is dropped by
+# the implicit final rule. These alone are the filter without NAT (`default_rules`).
 DEFAULT_RULES: list[dict[str, Any]] = [
     {"name": "tcp-services", "action": "accept", "proto": "tcp",
      "src": "198.18.1.0/24", "dst": "198.18.2.0/24", "dport": "5000-5999"},
@@ -308,6 +320,6 @@ DEFAULT_RULES: list[dict[str, Any]] = [
 ]
 
 
-def default_rules() -> RuleSet:
-    """The default lab's rule set, parsed."""
-    return parse_rules(DEFAULT_RULES)
+def default_rules(nat: bool = False) -> RuleSet:
+    """The default lab's filter rules, parsed; with `nat`, its whole rule set (NAT first)."""
+    return parse_rules([*DEFAULT_NAT_RULES, *DEFAULT_RULES] if nat else DEFAULT_RULES)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +42,19 @@ _NODE_SYSCTLS = [
     "net.ipv4.conf.all.send_redirects=0",
     "net.ipv4.conf.default.send_redirects=0",
 ]
+
+
+# NAT (docs/nat.md): a node forwards a port-forwarded packet with the cluster's own address
+# as its source, which the kernel refuses as a martian unless accept_local is on.
+_NAT_NODE_SYSCTLS = ["net.ipv4.conf.all.accept_local=1", "net.ipv4.conf.default.accept_local=1"]
+# Turns TX checksum offload off on a host's interface (TSO goes with it), inside its namespace.
+_TX_OFF = (
+    "from pyroute2.ethtool import Ethtool\n"
+    "e = Ethtool()\n"
+    "f = e.get_features({ifname!r})\n"
+    "f.features['tx-checksum-ip-generic'].enable = False\n"
+    "e.set_features({ifname!r}, f)\n"
+)
 
 
 class LabBuildError(LabError):
@@ -98,6 +112,9 @@ def build_lab(spec: LabSpec, run_dir: Path, forward: str = "nfqueue") -> LabReco
         _step(record, "nodes")
         _configure_hosts(spec)
         _step(record, "hosts")
+        if nat_hosts(spec):
+            _tx_checksum_off(spec)
+            _step(record, "offload")
         _install_rules(spec, forward)
         _step(record, "rules")
     except BaseException as e:
@@ -144,6 +161,8 @@ def _sysctls(spec: LabSpec) -> None:
     jobs: list[tuple[str, list[str], str | None]] = []
     for ns in [ns_name(spec, FABRIC), *node_ns, *(ns_name(spec, h.name) for h in spec.hosts)]:
         values = _NODE_SYSCTLS if ns in node_ns else _NS_SYSCTLS
+        if ns in node_ns and iptables.nat_addresses(spec.rules):
+            values = [*values, *_NAT_NODE_SYSCTLS]
         jobs.append((ns, ["sysctl", "-q", "-w", *values], None))
     _run_parallel(jobs)
 
@@ -212,8 +231,37 @@ def _configure_hosts(spec: LabSpec) -> None:
             ip.route("add", dst="0.0.0.0/0", gateway=str(spec.gateway_ip(host.segment)))
 
 
+def nat_hosts(spec: LabSpec) -> list[str]:
+    """The hosts whose packets a NAT rule may rewrite: in a NAT rule's `src` or `dst`, or its
+    `dnat` target (any host when the rule leaves `src` or `dst` open)."""
+    from engine.rules import parse_rules
+
+    found = set()
+    for r in parse_rules([dict(x) for x in spec.rules]).rules:
+        if not r.nat:
+            continue
+        dnat = r.dnat[0] if r.dnat is not None else None
+        for h in spec.hosts:
+            a = int(h.ip)
+            if (r.src is None or r.src.contains(4, a) or r.dst is None or r.dst.contains(4, a)
+                    or dnat == h.ip.packed):
+                found.add(h.name)
+    return sorted(found)
+
+
+def _tx_checksum_off(spec: LabSpec) -> None:
+    """NAT rewrites a packet with an incremental checksum update, which needs the complete
+    checksum of the wire. A local socket's packet over veth carries only a partial one
+    (CHECKSUM_PARTIAL), and the queue (with GSO on) hands it over so, with no sign user space
+    can read; TSO also makes super-packets the queue cuts at its copy range. So the hosts
+    NAT concerns send finished, MSS-sized packets. Inside lab namespaces only."""
+    code = _TX_OFF.format(ifname=HOST_IFACE)
+    _run_parallel([(ns_name(spec, h), [sys.executable, "-c", code], None) for h in nat_hosts(spec)])
+
+
 def _install_rules(spec: LabSpec, forward: str) -> None:
-    text = iptables.node_rules(spec.buckets, iptables.hmark_rnd(spec.lab_id), spec.queue_num, forward)
+    text = iptables.node_rules(spec.buckets, iptables.hmark_rnd(spec.lab_id), spec.queue_num, forward,
+                               iptables.nat_addresses(spec.rules))
     # One iptables-restore per node, all at once.
     _run_parallel([(ns_name(spec, n.name), ["iptables-restore", "--wait"], text) for n in spec.nodes])
 

@@ -358,6 +358,7 @@ class LabDaemon:
             "own": st.get("own", 0) if live else 0,
             "backup": st.get("backup", 0) if live else 0,
             "common": st.get("common", 0) if live else 0,
+            "nat": st.get("nat", {"own": 0, "backup": 0}) if live else {"own": 0, "backup": 0},
             "held": st.get("held", 0),
             # A failed or offline node sends nothing: its last polled rate must not linger.
             "sync_msgs_per_s": round(np.rate_hist[-1], 1) if np.rate_hist and live else 0.0,

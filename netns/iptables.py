@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
+import ipaddress
 import logging
 import subprocess
 from collections.abc import Iterable, Sequence
 
+from engine.nat import TRANSLATED_MARK
+from engine.nat import hmark_rnd as hmark_rnd  # one definition: the engine computes the same marks
 from engine.nfq import OWNED_CHAIN, owned_chain_text
 from netns.spec import LabError
 
@@ -44,18 +46,46 @@ def iptables_restore(ns: str, text: str, noflush: bool = True) -> None:
     run_in_ns(ns, argv, input_text=text)
 
 
-def hmark_rnd(lab_id: int) -> int:
-    """The HMARK hash seed of a lab: the same on every node, different between labs."""
-    digest = hashlib.blake2b(lab_id.to_bytes(8, "big"), digest_size=4, person=b"sw-hmark").digest()
-    return int.from_bytes(digest, "big") or 1
+def nat_addresses(rules: Sequence[dict[str, object]]) -> list[str]:
+    """The cluster's own addresses that NAT rules use: every `snat` address (replies come back
+    to it) and the `dst` of every `dnat` rule when it is one address (a port forward)."""
+    from engine.rules import parse_rules
+
+    found: set[str] = set()
+    for r in parse_rules([dict(x) for x in rules]).rules:
+        if r.snat is not None:
+            found.add(str(ipaddress.IPv4Address(r.snat)))
+        if r.dnat is not None and r.dst is not None and r.dst.family == 4 and r.dst.mask == 0xFFFFFFFF:
+            found.add(str(ipaddress.IPv4Address(r.dst.network)))
+    return sorted(found, key=ipaddress.IPv4Address)
 
 
-def node_rules(buckets: int, rnd: int, queue_num: int, forward: str = "nfqueue") -> str:
+def _nat_queue_rules(addrs: Sequence[str], queue_num: int) -> list[str]:
+    """mangle PREROUTING: packets addressed to the cluster's NAT addresses go to the engine
+    before routing, so that the translated destination is what gets routed (docs/nat.md).
+    They come after the owned-bucket chain: only the bucket's owner sees them. ICMP only as
+    errors, so a ping of the gateway itself stays the kernel's."""
+    out = []
+    for i in DATA_IFACES:
+        for a in addrs:
+            for proto in ("-p tcp", "-p udp", "-p icmp --icmp-type destination-unreachable",
+                          "-p icmp --icmp-type time-exceeded"):
+                out.append(f"-A PREROUTING -i {i} -d {a}/32 {proto} -j NFQUEUE --queue-num {queue_num}")
+    return out
+
+
+def node_rules(
+    buckets: int, rnd: int, queue_num: int, forward: str = "nfqueue", nat_addrs: Sequence[str] = ()
+) -> str:
     """The node's whole rule set (DESIGN.md "Active-active distribution"), owning no bucket.
 
     The sync interface is never hashed or queued: the mangle and raw rules match only the
     data interfaces, and forwarding to or from the sync segment is refused so that the
     data path can never leak into it.
+
+    `nat_addrs`: the cluster addresses NAT rules use (`nat_addresses`). Packets to them are
+    queued in PREROUTING; a packet the engine translated there carries TRANSLATED_MARK and
+    is not queued a second time in FORWARD.
     """
     if forward not in ("nfqueue", "accept"):
         raise LabError(f"forward: expected 'nfqueue' or 'accept', got {forward!r}")
@@ -65,6 +95,9 @@ def node_rules(buckets: int, rnd: int, queue_num: int, forward: str = "nfqueue")
     raw = [f"-A PREROUTING -i {i} -j NOTRACK" for i in DATA_IFACES]
     mangle = [f"-A PREROUTING -i {i} {hmark}" for i in DATA_IFACES]
     mangle += [f"-A PREROUTING -i {i} -j {OWNED_CHAIN}" for i in DATA_IFACES]
+    nat = bool(nat_addrs) and forward == "nfqueue"
+    if nat:
+        mangle += _nat_queue_rules(nat_addrs, queue_num)
     # No --queue-bypass: with no engine listening, packets are dropped (fail closed).
     verdict = f"NFQUEUE --queue-num {queue_num}" if forward == "nfqueue" else "ACCEPT"
     filt = [
@@ -72,8 +105,10 @@ def node_rules(buckets: int, rnd: int, queue_num: int, forward: str = "nfqueue")
         f"-A INPUT -i {SYNC_IFACE} -j {SYNC_LOSS_CHAIN}",
         f"-A FORWARD -i {SYNC_IFACE} -j DROP",
         f"-A FORWARD -o {SYNC_IFACE} -j DROP",
-        f"-A FORWARD -j {verdict}",
     ]
+    if nat:
+        filt.append(f"-A FORWARD -m mark --mark {TRANSLATED_MARK:#x}/{TRANSLATED_MARK:#x} -j ACCEPT")
+    filt.append(f"-A FORWARD -j {verdict}")
     return "\n".join(
         [
             "*raw",
@@ -91,9 +126,11 @@ def node_rules(buckets: int, rnd: int, queue_num: int, forward: str = "nfqueue")
     )
 
 
-def install_node_rules(ns: str, buckets: int, rnd: int, queue_num: int, forward: str = "nfqueue") -> None:
+def install_node_rules(
+    ns: str, buckets: int, rnd: int, queue_num: int, forward: str = "nfqueue", nat_addrs: Sequence[str] = ()
+) -> None:
     # A node namespace is fresh, so a full (flushing) restore is exact and atomic.
-    iptables_restore(ns, node_rules(buckets, rnd, queue_num, forward), noflush=False)
+    iptables_restore(ns, node_rules(buckets, rnd, queue_num, forward, nat_addrs), noflush=False)
 
 
 def set_owned_buckets(ns: str, buckets: Iterable[int]) -> None:

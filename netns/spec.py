@@ -287,9 +287,17 @@ def validate(raw: Mapping[str, Any]) -> LabSpec:
     from engine.rules import RuleError, parse_rules
 
     try:
-        parse_rules([dict(r) for r in rules])
+        parsed = parse_rules([dict(r) for r in rules])
     except RuleError as e:
         raise LabSpecError(f"rules: {e}") from e
+    for i, r in enumerate(parsed.rules):
+        # A translated reply is addressed to the snat address: only a gateway address reaches
+        # the nodes (docs/nat.md).
+        if r.snat is not None and IPv4Address(r.snat) not in (gw["inside"], gw["outside"]):
+            raise LabSpecError(
+                f"rules[{i}].snat: {IPv4Address(r.snat)} is not a gateway address "
+                f"({gw['inside']} or {gw['outside']}); replies to it would never reach the nodes"
+            )
 
     seen: dict[str, str] = {FABRIC: "reserved for the fabric namespace"}
     named: list[tuple[str, list[str]]] = [

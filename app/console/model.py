@@ -89,7 +89,7 @@ def conn_cells(row: dict[str, Any]) -> Cells:
     synced = row.get("synced_to") or []
     return (
         str(row.get("proto", "")),
-        f"{row.get('src', '')} → {row.get('dst', '')}",
+        f"{row.get('src', '')} → {row.get('dst', '')}" + (f" nat {row['nat']}" if row.get("nat") else ""),
         str(row.get("state", "")),
         str(row.get("owner", "")),
         ",".join(map(str, synced)) if synced else "-",

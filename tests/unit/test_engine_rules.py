@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from engine.core import Engine, Verdict
-from engine.rules import DEFAULT_RULES, Action, Proto, RuleError, default_rules, parse_rules
+from engine.rules import (
+    DEFAULT_NAT_RULES,
+    DEFAULT_RULES,
+    Action,
+    Proto,
+    RuleError,
+    default_rules,
+    parse_rules,
+)
 from tests.unit.engine_packets import C1, S1, S2, ping, tcp, udp
 
 
@@ -23,7 +31,9 @@ def test_default_rules_equal_the_lab_file_rules() -> None:
     lab = Path(__file__).resolve().parents[2] / "netns" / "default.toml"
     if not lab.exists():
         pytest.skip("netns/default.toml not there yet")
-    assert tomllib.loads(lab.read_text())["rules"] == DEFAULT_RULES
+    assert tomllib.loads(lab.read_text())["rules"] == [*DEFAULT_NAT_RULES, *DEFAULT_RULES]
+    assert [r.name for r in default_rules(nat=True)] == [r["name"] for r in tomllib.loads(
+        lab.read_text())["rules"]]
 
 
 @pytest.mark.parametrize(

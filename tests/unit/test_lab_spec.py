@@ -42,6 +42,9 @@ def test_the_default_lab_is_the_one_in_the_design() -> None:
     assert spec.ns_name("n1") == "swdefault-n1"
     kinds = [(r["proto"], r.get("dport"), r.get("helper")) for r in spec.rules]
     assert kinds == [
+        ("tcp", "5000-5999", None),  # c2, translated (docs/nat.md)
+        ("udp", "5000-5999", None),
+        ("tcp", 8080, None),  # the port forward to s1
         ("tcp", "5000-5999", None),
         ("tcp", 21, "ftp"),
         ("udp", "5000-5999", None),
@@ -273,3 +276,32 @@ def test_a_record_keeps_a_process_labelled_by_its_path_but_refuses_a_namespace_p
     assert LabRecord.load(tmp_path).processes[0].name == "/tmp/swbench-x/conn_rate"
     with pytest.raises(TypeError, match="plain name"):
         NsEntry("../etc", 1)
+
+
+def test_the_default_lab_queues_its_nat_address_and_skips_translated_packets_in_forward() -> None:
+    from netns.build import nat_hosts
+    from netns.iptables import nat_addresses
+
+    spec = load_lab(None)
+    assert nat_addresses(spec.rules) == ["198.18.2.1"]
+    # c1 is in no NAT rule: it keeps its checksum offload
+    assert nat_hosts(spec) == ["c2", "s1", "s2"]
+    text = node_rules(buckets=12, rnd=hmark_rnd(7), queue_num=3, nat_addrs=nat_addresses(spec.rules))
+    lines = text.splitlines()
+    owned = lines.index("-A PREROUTING -i outside -j SW_OWNED")
+    queued = lines.index("-A PREROUTING -i outside -d 198.18.2.1/32 -p tcp -j NFQUEUE --queue-num 3")
+    assert owned < queued  # only the bucket's owner queues a packet to the cluster address
+    skip = lines.index("-A FORWARD -m mark --mark 0x40000000/0x40000000 -j ACCEPT")
+    assert skip < lines.index("-A FORWARD -j NFQUEUE --queue-num 3")
+    # without NAT, or without a queue, the rule set is as before
+    assert "0x40000000" not in node_rules(buckets=12, rnd=1, queue_num=3)
+    assert "NFQUEUE" not in node_rules(buckets=12, rnd=1, queue_num=3, forward="accept",
+                                       nat_addrs=["198.18.2.1"])
+
+
+def test_a_snat_address_that_is_no_gateway_address_is_refused(tmp_path: Path) -> None:
+    lab = tmp_path / "lab.toml"
+    lab.write_text('name = "t"\n[[rules]]\nname = "x"\naction = "accept"\nproto = "tcp"\n'
+                   'snat = "198.18.2.99"\n')
+    with pytest.raises(LabSpecError, match=r"rules\[0\]\.snat: 198\.18\.2\.99 is not a gateway address"):
+        load_lab(lab)

@@ -99,12 +99,14 @@ class Binding(Generic[H]):
         # replayed when we adopt them (engine/replay.py).
         self.replay: ReplayQueue[H] = ReplayQueue(replay or ReplaySettings())
         self.shadow: list[int] = []  # the buckets we back up and queue (empty when lossless is off)
+        self._shadow_set: frozenset[int] = frozenset()
         self.applied_shadow: list[int] = []
         self.left = False  # a graceful leave completed: the node may stop
         # Takeover timing: from the first peer-down to the gained buckets being accepted.
         self.down_at: dict[str, float] = {}
         self.pending_gain: tuple[list[int], int, float] | None = None
         self.pending_replayed = 0  # packets replayed for the pending gain
+        self.pending_replayed_udp = 0  # of them UDP: each may duplicate a datagram the dead node sent
         self.last_takeover: dict[str, Any] | None = None
         self._last_expire: float | None = None
         self.engine.owned_buckets = frozenset()  # nothing until the view gives us buckets
@@ -194,8 +196,13 @@ class Binding(Generic[H]):
 
     def shadow_packet(self, data: bytes, mark: int, handle: H, now: float) -> bool:
         """A packet of a bucket we back up (its mark is in `replay.buckets`): held without a
-        verdict. False when the cap refuses it: the node drops it now. Handles that expired on
-        the way are in `releases`."""
+        verdict. False when the cap refuses it (it alone exceeds the byte cap): the node drops it
+        now. Handles that expired or were evicted by the cap on the way are in `releases`."""
+        if mark not in self._shadow_set:
+            # A bucket we no longer back up that iptables still queues to us (the view moved
+            # on, iptables-restore has not yet): its owner forwards it; so does iptables, soon.
+            self.replay.counters["dropped_not_backed_up"] += 1
+            return False
         out = self.replay.put(mark, handle, data, mark, now)
         if out and out[-1] is handle:
             out.pop()
@@ -290,11 +297,15 @@ class Binding(Generic[H]):
                 self.pending_gain = (sorted(buckets), promoted, now)
                 self._follow_view(now)
                 # Timed already (the buckets were queued for replay), or still waiting on iptables.
-                replayed = (self.pending_replayed if self.pending_gain is not None
-                            else int((self.last_takeover or {}).get("replayed", 0)))
+                last = self.last_takeover or {}
+                pending = self.pending_gain is not None
+                replayed = self.pending_replayed if pending else int(last.get("replayed", 0))
+                udp = self.pending_replayed_udp if pending else int(last.get("replayed_udp", 0))
+                dup = f" ({udp} UDP: possible duplicates)" if udp else ""
                 self._note("takeover", f"took buckets {sorted(buckets)}, promoted {promoted} "
-                           f"connection(s), replayed {replayed} packet(s)",
-                           buckets=sorted(buckets), promoted=promoted, replayed=replayed)
+                           f"connection(s), replayed {replayed} packet(s){dup}",
+                           buckets=sorted(buckets), promoted=promoted, replayed=replayed,
+                           replayed_udp=udp)
             case BucketsLost(buckets=buckets):
                 self._note("handover", f"gave up buckets {sorted(buckets)}", buckets=sorted(buckets))
                 self._follow_view(now)
@@ -318,6 +329,7 @@ class Binding(Generic[H]):
             self.owned = owned
             self.engine.owned_buckets = frozenset(owned)  # state was promoted: the engine owns them
         self._follow_shadow(now)
+        self._route_shadow()
         self._time_takeover(now)
 
     def _follow_shadow(self, now: float) -> None:
@@ -335,7 +347,7 @@ class Binding(Generic[H]):
             return
         gone = set(self.shadow) - set(shadow)
         self.shadow = shadow
-        self.replay.buckets = frozenset(shadow)
+        self._shadow_set = frozenset(shadow)
         adopted = gone & set(self.owned)
         if adopted:
             self._replay(adopted, now)
@@ -356,8 +368,16 @@ class Binding(Generic[H]):
             ok = d.verdict is Verdict.ACCEPT
             self._releases.append(Release(h, ok, d.payload))
             if ok:
-                self.replay.replayed(data)
+                if self.replay.replayed(data):
+                    self.pending_replayed_udp += 1
                 self.pending_replayed += 1
+
+    def _route_shadow(self) -> None:
+        """The marks the node hands to `shadow_packet`: the buckets we back up, and those that
+        iptables still queues to us though we no longer back them up nor own them (dropped
+        there). Without these, such a packet would reach the engine, which would pass it as a
+        handover's overlap or pull its state, leaving us a copy nobody maintains."""
+        self.replay.buckets = self._shadow_set | (frozenset(self.applied_shadow) - frozenset(self.owned))
 
     def wanted_buckets(self) -> list[int] | None:
         """The buckets the node should accept in iptables, when that (or the queued backed-up
@@ -370,6 +390,7 @@ class Binding(Generic[H]):
         """The node's iptables now accept exactly `buckets` (and queue `shadow`)."""
         self.applied = list(buckets)
         self.applied_shadow = list(shadow or [])
+        self._route_shadow()
         self._note("buckets", f"accepting buckets {self.applied}", buckets=self.applied,
                    queued=self.applied_shadow)
         self._time_takeover(now)
@@ -393,8 +414,12 @@ class Binding(Generic[H]):
             "detect_to_accept_ms": round((now - since) * 1000, 1),
             "apply_ms": round((now - gain[2]) * 1000, 1),
             "replayed": self.pending_replayed,
+            # UDP has no sequence numbers: a replayed datagram the dead node had already
+            # forwarded reaches the receiver twice; this counts the possible duplicates.
+            "replayed_udp": self.pending_replayed_udp,
         }
         self.pending_replayed = 0
+        self.pending_replayed_udp = 0
         self.down_at.clear()
 
     # ---- control --------------------------------------------------------------------------

@@ -82,6 +82,7 @@ class _Pending:
 _ACCEPT_ESTABLISHED = Decision(Verdict.ACCEPT, str(Reason.ESTABLISHED))
 _REOPENABLE = frozenset({ConnState.TIME_WAIT, ConnState.CLOSED})
 _ACCEPT = Verdict.ACCEPT
+NOT_OWNED = "no-state-not-owned"  # mid-stream, unknown, in another node's bucket: not pulled
 
 
 class Engine:
@@ -362,7 +363,7 @@ class Engine:
                 table.add(e, now)
                 return self._decide(Verdict.ACCEPT, Reason.RELATED)
         if not opens:
-            return self._unknown_tcp(p, now)
+            return self._unknown_tcp(p, now, mark)
         if proto != UDP and proto != TCP and p.icmp_type != ICMP_ECHO_REQUEST[proto]:
             return self._decide(Verdict.DROP, Reason.NO_STATE)  # an echo reply nobody asked for
         rule = self.rules.match(
@@ -429,11 +430,16 @@ class Engine:
             return self._translated(e, p, data, d2)
         return d2
 
-    def _unknown_tcp(self, p: Packet, now: float) -> Decision:
-        """Mid-stream TCP with no entry: maybe another node carries it; ask once, then drop."""
+    def _unknown_tcp(self, p: Packet, now: float, mark: int) -> Decision:
+        """Mid-stream TCP with no entry: maybe another node carries it; ask once, then drop.
+        Never for a bucket we do not own (a packet the queue let through while iptables
+        caught up with a view change): the reply would leave us a copy of a connection we do
+        not back up, which no delete would ever reach, and its owner forwards the packet."""
         key = p.key
         if not self.pull_unknown or p.flags & RST:
             return self._decide(Verdict.DROP, Reason.NO_STATE)
+        if self.owned_buckets is not None and mark not in self.owned_buckets:
+            return self._decide(Verdict.DROP, NOT_OWNED)
         until = self._no_state.get(key)
         if until is not None and until > now:
             return self._decide(Verdict.DROP, Reason.NO_STATE)

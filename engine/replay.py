@@ -40,26 +40,41 @@ class ReplayQueue(Generic[H]):
         self.bytes = 0
         self.counters: dict[str, int] = {
             "held": 0, "replayed": 0, "replayed_udp": 0, "expired": 0, "dropped_by_cap": 0,
+            "evicted_by_cap": 0, "dropped_not_backed_up": 0,
         }
         self.buckets: frozenset[int] = frozenset()  # the buckets queued now (the node reads it per packet)
 
     def put(self, bucket: int, handle: H, data: bytes, mark: int, now: float) -> list[H]:
         """Hold one packet of a backed-up bucket. Returns handles to drop now: the ones that
-        expired from this bucket's left, and `handle` itself when the cap is reached."""
+        expired from this bucket's left, the oldest held ones evicted to make room when the
+        cap is reached (the newest packets are the ones a takeover most needs: the oldest were
+        the likeliest forwarded already), and `handle` itself when it alone exceeds the cap."""
         q = self.queues.get(bucket)
         if q is None:
             q = self.queues[bucket] = deque()
         out = self._expire_queue(q, now - self.window_s) if q and q[0][0] < now - self.window_s else []
         s = self.settings
-        if self.packets >= s.cap_packets or self.bytes + len(data) > s.cap_bytes:
+        size = len(data)
+        if size > s.cap_bytes or s.cap_packets < 1:
             self.counters["dropped_by_cap"] += 1
             out.append(handle)
             return out
+        while self.packets >= s.cap_packets or self.bytes + size > s.cap_bytes:
+            out.append(self._evict_oldest())
         q.append((now, handle, data, mark))
         self.packets += 1
         self.bytes += len(data)
         self.counters["held"] += 1
         return out
+
+    def _evict_oldest(self) -> H:
+        """Drop the oldest held packet of any bucket (the cap is reached); counted."""
+        oldest = min((q for q in self.queues.values() if q), key=lambda q: q[0][0])
+        _, h, data, _ = oldest.popleft()
+        self.packets -= 1
+        self.bytes -= len(data)
+        self.counters["evicted_by_cap"] += 1
+        return h
 
     def _expire_queue(self, q: deque[tuple[float, H, bytes, int]], before: float) -> list[H]:
         out: list[H] = []
@@ -99,11 +114,14 @@ class ReplayQueue(Generic[H]):
                     out.append((h, data, mark))
         return out
 
-    def replayed(self, data: bytes) -> None:
-        """Count one replayed packet; a UDP one may duplicate a datagram the dead node forwarded."""
+    def replayed(self, data: bytes) -> bool:
+        """Count one replayed packet. True for UDP: it may duplicate a datagram the dead node had
+        forwarded (TCP drops a duplicate segment; UDP hands it to the application)."""
         self.counters["replayed"] += 1
         if data and (data[9] if data[0] >> 4 == 4 else data[6] if len(data) > 6 else 0) == 17:
             self.counters["replayed_udp"] += 1
+            return True
+        return False
 
     def forget(self, buckets: Iterable[int]) -> list[H]:
         """Buckets no longer backed up (nor adopted): their packets, to be dropped."""

@@ -33,9 +33,10 @@ BUCKETS_PER_NODE = 4
 # Lossless takeover (engine/replay.py): backups queue the buckets they back up, hold them a
 # window and replay them when they adopt. Held packets count against the NFQUEUE's length
 # (4096, engine/node.py), so the packet cap stays well below it.
-# Off by default: under kill/crash/revive flapping, replayed packets left a backup with one copy
-# more than its owner holds (tests/integration/test_reliability.py's flapping test). Until that
-# is understood, a lab turns it on (`lossless = true`, `syncwall up --lossless`).
+# Off by default, for its cost (`syncwall bench lossless`, docs/benchmarks.md): every packet also
+# crosses its backup's engine, so at saturation the cluster carried 0.44 of the 64-byte packets/s
+# and 0.62 of the TCP Mbit/s it carries with lossless off, at 1.3x the engines' CPU. A lab that
+# wants kills TCP does not notice turns it on (`lossless = true`, `syncwall up --lossless`).
 LOSSLESS_DEFAULT = False
 
 

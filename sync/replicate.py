@@ -205,15 +205,23 @@ class Replicator:
     def apply_records(self, p: Peer, trig: Trigger, recs: list[Record], now: float, epoch: int) -> None:
         ctx = self.ctx
         view = ctx.view
-        if epoch < view.epoch and ctx.modes.mode is not Mode.JOINING:
-            # Sent under an older view: keep only what we still hold in ours.
+        if epoch <= view.epoch and ctx.modes.mode is not Mode.JOINING:
+            # Sent under an older view: keep only what we still hold in ours. Under our own
+            # epoch too, keep no copy of a node we do not back up: nothing would ever delete
+            # it (its owner's deletes go to its backups), and our next view would drop it
+            # anyway. Such a copy does arrive: after a split brain both sides made views of
+            # the same epoch, and a rejoiner's offers forwarded under one side's view reach a
+            # node that follows the other's. (A record sent under a newer view than ours is
+            # kept: it may be for the role that view gives us; adopting the view prunes it.)
             keep = {ctx.node, *view.backed_up_by(ctx.node)}
             owner_of = view.owner
+            older = epoch < view.epoch
             n = len(recs)
             recs = [
                 r
                 for r in recs
-                if r.scope is Scope.COMMON or (r.owner in keep and owner_of(r.bucket) in (r.owner, None))
+                if r.scope is Scope.COMMON
+                or (r.owner in keep and (not older or owner_of(r.bucket) in (r.owner, None)))
             ]
             ctx.counters["records-outdated"] += n - len(recs)
         apply = ctx.store.apply

@@ -22,6 +22,7 @@ from demos.bench.conn_rate import bench_conn_rate
 from demos.bench.failover import bench_failover
 from demos.bench.ftp import bench_ftp
 from demos.bench.lab import Progress, machine
+from demos.bench.lossless_cost import bench_lossless
 from demos.bench.memory import bench_memory
 from demos.bench.peers import bench_peers
 from demos.bench.resync import bench_resync
@@ -39,6 +40,7 @@ BENCHES: dict[str, tuple[Bench, int]] = {
     "conn-rate": (bench_conn_rate, 3),
     "sync-latency": (bench_sync_latency, 3),
     "failover": (bench_failover, 5),
+    "lossless": (bench_lossless, 4),
     "ftp": (bench_ftp, 3),
     "resync": (bench_resync, 3),
     "memory": (bench_memory, 3),

@@ -81,3 +81,13 @@ def test_readable_output_names_each_figure_with_median_and_range() -> None:
     assert "modes.c.pps: 2 [1-3] p99 3 (2 samples)" in lines
     assert "modes.none.pps: no samples" in lines
     assert not any("cpus" in line for line in lines)
+
+
+def test_conn_rate_prints_ratios_only_when_the_kernel_baseline_is_steady() -> None:
+    from demos.bench.conn_rate import STABLE_SPREAD, _relative_spread
+
+    # The collapse the TIME_WAIT ports caused (issue 13): 21.6k -> 434 conn/s in one run.
+    assert (_relative_spread([21600, 20900, 434]) or 0) > STABLE_SPREAD
+    assert _relative_spread([12154, 11656, 11684]) == 0.043
+    assert _relative_spread([1.0, 2.0, 3.0, 4.0]) == 1.2  # (4 - 1) / median 2.5
+    assert _relative_spread([]) is None

@@ -4,10 +4,10 @@ lab's hold timeout, pulls answered or not, takeover that promotes state before t
 from __future__ import annotations
 
 from engine.core import Verdict
-from engine.replay import ReplaySettings
+from engine.replay import ReplayQueue, ReplaySettings
 from engine.rules import parse_rules
 from sync.events import SyncCompleted
-from tests.unit.engine_packets import C1, S1, S2, TcpFlow, tcp
+from tests.unit.engine_packets import C1, S1, S2, TcpFlow, tcp, udp
 from tests.unit.engine_sim import SimNodes
 
 PORT = b"PORT 198,18,1,10,195,81\r\n"  # the client will listen on 198.18.1.10:50001
@@ -216,14 +216,81 @@ def test_held_packets_are_dropped_once_the_window_passes() -> None:
     assert b.replay.counters["expired"] == 1 and b.replay.packets == 0 and b.replay.bytes == 0
 
 
-def test_the_cap_refuses_packets_past_it_and_counts_them() -> None:
+def test_the_cap_evicts_the_oldest_held_packet_and_counts_it() -> None:
     sim = _lossless(cap_packets=2)
     bucket = sim.bucket_of("n1")
-    b = sim.b[sim.backup_of("n1")]
+    backup = sim.backup_of("n1")
+    b = sim.b[backup]
     f = _flow(sim, "n1", bucket)
     assert b.shadow_packet(f.c2s(b"a"), bucket, "a", sim.now)
     assert b.shadow_packet(f.c2s(b"b"), bucket, "b", sim.now)
-    assert not b.shadow_packet(f.c2s(b"c"), bucket, "c", sim.now), "the node drops it now"
+    assert b.shadow_packet(f.c2s(b"c"), bucket, "c", sim.now), "the newest is held"
+    assert [(r.handle, r.accept) for r in b.releases()] == [("a", False)], "the oldest is dropped"
     st = b.replay.status()
-    assert (st["held"], st["dropped_by_cap"], st["holding"]) == (2, 1, 2)
-    assert sorted(b.drop_all()) == ["a", "b"], "a stopping node drops what it holds"
+    assert (st["held"], st["evicted_by_cap"], st["dropped_by_cap"], st["holding"]) == (3, 1, 0, 2)
+    assert sorted(b.drop_all()) == ["b", "c"], "a stopping node drops what it holds"
+
+
+def test_the_cap_evicts_across_buckets_and_refuses_a_packet_larger_than_the_byte_cap() -> None:
+    q: ReplayQueue[str] = ReplayQueue(ReplaySettings(True, 50, 3, 100))
+    assert q.put(1, "old", b"x" * 40, 1, 0.0) == []
+    assert q.put(2, "mid", b"x" * 40, 2, 0.001) == []
+    assert q.put(2, "new", b"x" * 40, 2, 0.002) == ["old"], "bytes: the oldest of any bucket goes"
+    assert q.put(1, "huge", b"x" * 101, 1, 0.003) == ["huge"]
+    assert (q.counters["evicted_by_cap"], q.counters["dropped_by_cap"], q.packets, q.bytes) == (1, 1, 2, 80)
+    assert [h for h, _, _ in q.take([1, 2], 0.004)] == ["mid", "new"]
+
+
+def test_replayed_udp_datagrams_are_counted_as_possible_duplicates_of_the_takeover() -> None:
+    sim = _lossless(window_ms=500)
+    bucket = sim.bucket_of("n1")
+    backup = sim.backup_of("n1")
+    b = sim.b[backup]
+    assert sim.packet("n1", udp(C1, S1, 41000, 5001, b"first"), bucket).verdict is Verdict.ACCEPT
+    key = next(iter(sim.engine("n1").table.conns))
+    assert sim.run_until(lambda: key in sim.engine(backup).backups.copies, 0.1)
+    sim.kill("n1")
+    # Two datagrams the dead node may or may not have forwarded before it died.
+    assert b.shadow_packet(udp(C1, S1, 41000, 5001, b"d1"), bucket, "u1", sim.now)
+    assert b.shadow_packet(udp(C1, S1, 41000, 5001, b"d2"), bucket, "u2", sim.now)
+    assert sim.run_until(lambda: b.last_takeover is not None and bucket in b.last_takeover["buckets"], 2.0)
+    assert [(r.handle, r.accept) for _, r in sim.released[backup]] == [("u1", True), ("u2", True)]
+    assert b.last_takeover["replayed"] == 2 and b.last_takeover["replayed_udp"] == 2
+    assert b.replay.counters["replayed_udp"] == 2
+    (note,) = [n for n in b.notes() if n.kind == "takeover" and bucket in n.extra["buckets"]]
+    assert note.extra["replayed_udp"] == 2 and "2 UDP: possible duplicates" in note.text
+
+
+def test_a_bucket_no_longer_backed_up_but_still_queued_by_iptables_is_dropped_not_pulled() -> None:
+    # The view moves on at once; iptables-restore follows some milliseconds later. In between
+    # the queue still brings us the packets of a bucket we no longer back up: if they reached
+    # the engine, it would pull their state and keep a copy of a connection nobody maintains
+    # (a backup ended one copy ahead of its owner after flapping).
+    sim = _lossless()
+    bucket = sim.bucket_of("n1")
+    backup = sim.backup_of("n1")
+    b = sim.b[backup]
+    f = _flow(sim, "n1", bucket)
+    assert bucket in b.replay.buckets and b.applied_shadow
+    sim.apply_buckets = False
+    b.set_lossless(False, sim.now)  # the same as a view in which we no longer back n1 up
+    assert not b.shadow and bucket in b.applied_shadow, "iptables has not caught up"
+    assert bucket in b.replay.buckets, "the node still routes the bucket's packets to the binding"
+    assert not b.shadow_packet(f.c2s(b"late"), bucket, "late", sim.now), "dropped at once"
+    assert b.replay.counters["dropped_not_backed_up"] == 1 and b.replay.packets == 0
+    assert not b.holds and not sim.engine(backup).drain_sync_requests(), "no state was pulled"
+    b.buckets_applied(list(b.owned), sim.now, b.shadow)
+    assert not b.replay.buckets
+
+
+def test_the_engine_does_not_pull_the_state_of_a_mid_stream_packet_in_a_bucket_it_does_not_own() -> None:
+    sim = SimNodes().start()
+    other = sim.bucket_of("n2")
+    f = TcpFlow(C1, S1, 40100, 5001)
+    f.handshake()
+    e = sim.engine("n1")
+    d = e.process(f.c2s(b"data"), sim.now, other)
+    assert (d.verdict, d.reason) == (Verdict.DROP, "no-state-not-owned")
+    assert not e.drain_sync_requests() and e.held_syncs == 0
+    d = e.process(f.c2s(b"data"), sim.now, sim.bucket_of("n1"))
+    assert d.verdict is Verdict.HOLD, "in an own bucket it still asks the cluster"

@@ -341,3 +341,35 @@ def test_leaving_while_the_backup_dies_hands_everything_to_the_next_node() -> No
     # n3 took the view without n1 only once it held n1's records: nothing was lost.
     assert {r.key for r in c.stores["n3"].records(owner="n3")} >= {f"n1-{i}".encode() for i in range(10)}
     assert all(v == ["n3"] for v in c.owners().values())
+
+
+def test_an_active_node_keeps_no_copy_of_a_node_it_does_not_back_up_sent_under_its_own_epoch() -> None:
+    # After a split brain both sides made views of the same epoch; a record forwarded under one
+    # side's view reached a node of the other, which stored a copy nobody would ever delete
+    # (its owner's deletes go to its backups): backups diverged from their owners for good.
+    from sync.records import Record
+
+    c = _cluster(3)
+    y = "n1"
+    a = c.agents[y]
+    view = a.view
+    backed = set(view.backed_up_by(y))
+    stranger = next(x for x in c.names if x != y and x not in backed)
+    (mine,) = backed
+    ctx = a._ctx  # the receiving side of a RECORDS message, as the dispatcher calls it
+    rep = a._replicate
+    peer = ctx.peers[mine]
+
+    def rec(key: bytes, owner: str) -> Record:
+        return Record(key, Scope.NODE, owner, 10**12, view.buckets_of(owner)[0], [])
+
+    before = ctx.counters["records-outdated"]
+    rep.apply_records(peer, Trigger.REBALANCE, [rec(b"k-stranger", stranger)], c.now, view.epoch)
+    assert c.stores[y].get(b"k-stranger") is None
+    assert ctx.counters["records-outdated"] == before + 1
+    # What the node does need under its epoch: its own records (offers) and its owners' copies.
+    rep.apply_records(peer, Trigger.REBALANCE, [rec(b"k-own", y), rec(b"k-backed", mine)], c.now, view.epoch)
+    assert c.stores[y].get(b"k-own") is not None and c.stores[y].get(b"k-backed") is not None
+    # Under a newer view than ours it may be for the role that view gives us: kept for now.
+    rep.apply_records(peer, Trigger.REBALANCE, [rec(b"k-next", stranger)], c.now, view.epoch + 1)
+    assert c.stores[y].get(b"k-next") is not None

@@ -7,6 +7,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 
+from syncwall_errors import SyncwallError
+
 
 class FakeClock:
     """A clock that only moves when told to (tests)."""
@@ -117,3 +119,7 @@ class QueuedMessage:
 CLIENTS = {"c1": "198.18.1.10", "c2": "198.18.1.11"}
 SERVERS = {"s1": "198.18.2.10", "s2": "198.18.2.11"}
 TCP_STATES = ("SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "TIME_WAIT")
+
+
+class Refused(SyncwallError):
+    """A request the lab turns down; becomes `{"ok": false, "error": ...}`."""

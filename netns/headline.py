@@ -55,10 +55,22 @@ def _ms(ev: Mapping[str, Any]) -> float | None:
     return float(ms) if isinstance(ms, (int, float)) else None
 
 
+def fault_label(fault: Mapping[str, Any]) -> str:
+    """A fault in a few words (`loss 30% on n2`, `partition n1 | n2,n3`); its effect apart."""
+    kind = str(fault.get("kind", "fault"))
+    if kind == "partition" and fault.get("groups"):
+        return "partition " + " | ".join(",".join(map(str, g)) for g in fault["groups"])
+    if kind == "loss" and isinstance(fault.get("rate"), (int, float)):
+        return f"loss {float(fault['rate']):.0%} into {fault.get('node') or 'all'}"
+    if kind == "slow" and fault.get("delay_ms") is not None:
+        return f"{fault.get('node', '?')} slow by {fault['delay_ms']} ms"
+    rest = " ".join(str(v) for k, v in fault.items()
+                    if k not in ("cmd", "kind", "effect") and v not in (None, ""))
+    return f"{kind} {rest}".strip()
+
+
 def _fault_text(faults: Sequence[Mapping[str, Any]]) -> str:
-    parts = [" ".join(str(v) for k, v in f.items() if k not in ("cmd",) and v not in (None, ""))
-             for f in faults]
-    return "fault active: " + "; ".join(parts)
+    return "fault active: " + "; ".join(fault_label(f) for f in faults)
 
 
 def build(events: Iterable[Mapping[str, Any]], now: float, *,

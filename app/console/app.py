@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from textual import on, work
@@ -14,11 +15,11 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import ModalScreen, Screen
-from textual.theme import Theme
 from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from app.console import requests
+from app.console import requests, settings
+from app.console.banner import BucketStrip, FaultBanner
 from app.console.cards import ClusterView, NodeCard
 from app.console.demo import DemoCaption, DemoListScreen, DemoPanel, LockedLink, available_demos
 from app.console.dialogs import (
@@ -30,42 +31,20 @@ from app.console.dialogs import (
     TrafficScreen,
 )
 from app.console.link import LabLink, LinkError, RequestRefused, checked
-from app.console.model import Scope
+from app.console.model import Scope, takeover_times
+from app.console.settings import (
+    DEMO_KEYS,
+    LAB_ACTIONS,
+    NODE_STATE_ACTIONS,
+    PRESENT_THEME,
+    STAR_PRESENT_S,
+    STAR_S,
+    screenshot_dir,
+)
 from app.console.tables import ConnectionsPane, DiffTable, FlowsPane, TimelinePane
 from netns import api
 
 log = logging.getLogger(__name__)
-
-PRESENT_THEME = Theme(
-    name="syncwall-present",
-    primary="#3b82f6",
-    secondary="#ffffff",
-    accent="#ffd700",
-    warning="#ffb000",
-    error="#ff3b3b",
-    success="#00e676",
-    foreground="#ffffff",
-    background="#000000",
-    surface="#0a0a0a",
-    panel="#202020",
-    dark=True,
-)
-
-# Actions that change the lab: hidden in viewer mode (the daemon refuses them from viewers too).
-LAB_ACTIONS = frozenset({
-    "kill", "crash", "revive", "offline", "policy", "full_sync", "traffic", "traffic_kind",
-    "freeze", "step",
-})
-NODE_STATE_ACTIONS = {  # action -> node states in which it applies
-    "kill": {"active"},
-    "crash": {"active"},
-    "offline": {"active"},
-    "revive": {"failed", "offline"},
-}
-VIEWS = ("connections", "timeline", "flows")
-# The demo panel's keys: they apply only while it is open, and never to viewers (viewers watch).
-DEMO_KEYS = frozenset({"demo_next", "demo_auto", "demo_close"})
-
 
 class ConsoleApp(App[str]):
     """The syncwall console. `run()` returns "keep" or "stop": what to do with the lab."""
@@ -77,7 +56,7 @@ class ConsoleApp(App[str]):
     BINDINGS = [
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit_console", "Quit"),
-        Binding("space", "toggle_pause", "Pause"),
+        Binding("space", "toggle_pause", "Pause", show=False),  # in the help and the headline
         Binding("slash", "filter", "Filter", key_display="/"),
         Binding("c", "view('connections')", "Connections", show=False),
         Binding("t", "view('timeline')", "Sync timeline", show=False),
@@ -90,7 +69,7 @@ class ConsoleApp(App[str]):
         Binding("r", "revive", "Revive"),
         Binding("o", "offline", "Offline"),
         Binding("p", "policy", "Policy"),
-        Binding("y", "full_sync", "Sync all"),
+        Binding("y", "full_sync", "Sync all", show=False),
         Binding("a", "traffic", "Traffic"),
         Binding("z", "freeze", "Freeze"),
         Binding("n", "step", "Step"),
@@ -116,8 +95,10 @@ class ConsoleApp(App[str]):
         table_limit: int = 500,
         clock: Callable[[], float] = time.monotonic,
         demo: str | None = None,
+        run_dir: Path | None = None,
     ) -> None:
         super().__init__()
+        self.run_dir = run_dir  # the lab's run folder: where screenshots go without ~/Downloads
         self.link = link
         # The pollers, the action workers and a demo's steps share one link from several threads.
         self._link_lock = threading.Lock()
@@ -135,6 +116,7 @@ class ConsoleApp(App[str]):
         self._poll_worker: Worker[Any] | None = None
         self._binding_state: tuple[Any, ...] = ()
         self._headline_text = ""
+        self._listing_keys = False  # the help is asking check_action: list every key
         if present:
             self.register_theme(PRESENT_THEME)
 
@@ -143,6 +125,8 @@ class ConsoleApp(App[str]):
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False, icon="◆")
         yield Static("connecting to the lab…", id="headline")
+        yield FaultBanner()
+        yield BucketStrip()
         yield DemoCaption()
         yield ClusterView()
         with Horizontal(id="main"):
@@ -157,6 +141,8 @@ class ConsoleApp(App[str]):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
+        # Stars on adopted rows: long enough to point at them; on a projector, to talk them over.
+        self.query_one(ConnectionsPane).stars.hold_s = STAR_PRESENT_S if self.present else STAR_S
         if self.present:
             self.theme = PRESENT_THEME.name
             self.screen.add_class("-present")
@@ -223,9 +209,17 @@ class ConsoleApp(App[str]):
         cluster = self.query_one(ClusterView)
         first = not cluster.selected
         await cluster.update_nodes(list(snapshot.get("nodes", [])))
+        self.query_one(FaultBanner).show(list(snapshot.get("faults") or []))
+        self.query_one(BucketStrip).show(list(snapshot.get("nodes", [])),
+                                         int(snapshot.get("buckets") or 0))
         conns = self.query_one(ConnectionsPane)
         if first and cluster.selected:
             conns.show(node=cluster.selected)
+        conns.down = frozenset(str(n.get("name")) for n in snapshot.get("nodes", [])
+                               if n.get("state") in ("failed", "offline"))
+        conns.takeovers = takeover_times(snapshot.get("nodes", []))
+        lab_now = snapshot.get("time")
+        conns.lab_now = float(lab_now) if isinstance(lab_now, (int, float)) else 0.0
         if table is not None:
             conns.apply(table, now_s, asked)
         self._apply_hidden_views()
@@ -315,10 +309,13 @@ class ConsoleApp(App[str]):
             return self._demo_keys_apply()
         if action in ("step", "close_filter") and self._demo_keys_apply():
             return False  # n and escape belong to the open demo
+        # A key that does not apply now leaves the footer (which must fit 100 columns); the
+        # help still lists it, marked as not applying.
+        idle = None if self._listing_keys else False
         if action in NODE_STATE_ACTIONS:
-            return True if self.node_state() in NODE_STATE_ACTIONS[action] else None
+            return True if self.node_state() in NODE_STATE_ACTIONS[action] else idle
         if action == "step":
-            return True if self.snapshot.get("frozen") else None
+            return True if self.snapshot.get("frozen") else idle
         if action == "select_node":
             return (bool(parameters) and int(str(parameters[0])) <= len(
                 self.snapshot.get("nodes", []))) or None
@@ -408,6 +405,14 @@ class ConsoleApp(App[str]):
         if self._allowed("step"):
             self.send(requests.STEP, "one sync message released")
 
+    def deliver_screenshot(self, filename: str | None = None, path: str | None = None,
+                           time_format: str | None = None) -> str | None:
+        # Textual saves to ~/Downloads, which a lab VM often lacks: the save then fails.
+        where = Path(path) if path else screenshot_dir(self.run_dir)
+        if not path and where != settings.user_downloads_path():
+            self.notify(f"no ~/Downloads here: the screenshot goes to {where}", title="Screenshot")
+        return super().deliver_screenshot(filename, str(where), time_format)
+
     # ---- demos -----------------------------------------------------------------------------
 
     def _demo_keys_apply(self) -> bool:
@@ -493,8 +498,18 @@ class ConsoleApp(App[str]):
 
     def action_help(self) -> None:
         rows: list[tuple[str, str, bool]] = []
-        seen: set[str] = set()
         # the console's own keys first, then those of the focused widget (cursor keys...)
+        self._listing_keys = True
+        try:
+            self._list_keys(rows)
+        finally:
+            self._listing_keys = False
+        extra = ["1..9 select a node's card and its tables; click a card or a column header too",
+                 "\\[ and ] switch own / backup / common; ctrl+p opens the command palette"]
+        self.push_screen(HelpScreen(rows, extra))
+
+    def _list_keys(self, rows: list[tuple[str, str, bool]]) -> None:
+        seen: set[str] = set()
         bindings = sorted(self.screen.active_bindings.values(),
                           key=lambda a: (a.node is not self, a.binding.action == "quit"))
         for active in bindings:
@@ -505,9 +520,6 @@ class ConsoleApp(App[str]):
                 continue  # hidden here (viewer mode): not listed either
             seen.add(binding.description)
             rows.append((self.get_key_display(binding), binding.description, active.enabled))
-        extra = ["1..9 select a node's card and its tables; click a card or a column header too",
-                 "\\[ and ] switch own / backup / common; ctrl+p opens the command palette"]
-        self.push_screen(HelpScreen(rows, extra))
 
     async def action_quit(self) -> None:
         """ctrl+q too asks what to do with the lab."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from app.console.fake_parts import FakeClock, NodeState, Policy, Refused, WallClock
 from app.console.fake_sim import Simulation
-from netns import api, headline
+from netns import api, faults, headline
 from sync.membership import MemberState
 
 __all__ = ["FakeClock", "FakeLab", "WallClock"]  # what the console and its tests import from here
@@ -65,6 +65,7 @@ class FakeLab(Simulation):
             "buckets": self.buckets,
             "time": round(now, 3),
             **self._headline(now),
+            "faults": self.faults,
             "frozen": self.frozen,
             "queued": len(self.queue),
             "nodes": [self._node_dict(n, now) for n in self.nodes.values()],
@@ -75,7 +76,7 @@ class FakeLab(Simulation):
 
     def _headline(self, now: float) -> dict[str, Any]:
         down = [n.name for n in self.nodes.values() if n.state in (NodeState.FAILED, NodeState.OFFLINE)]
-        head = headline.build(self.events, now, down=down)
+        head = headline.build(self.events, now, faults=self.faults, down=down)
         return {"headline": head.render(now), "headline_event": head.to_dict()}
 
     def _cmd_table(self, req: api.Table, now: float) -> dict[str, Any]:
@@ -188,10 +189,20 @@ class FakeLab(Simulation):
         self._event(now, "n1", "freeze", f"sync channel resumed: {count} messages released")
         return {"ok": True, "released": count}
 
+    def _cmd_fault(self, req: api.Fault, now: float) -> dict[str, Any]:
+        """Faults as the daemon lists them (netns.faults.describe_active); a partition splits
+        the bucket view: each side owns the other side's buckets too (split brain)."""
+        if req.node is not None:
+            self._node(req.node)
+        self.faults = faults.describe_active(self.faults, req.to_dict())
+        given = {k: v for k, v in req.to_dict().items() if k != "cmd"}
+        self._event(now, "lab", "fault", f"fault {req.kind}: {given}")
+        return {"ok": True}
+
     def _cmd_down(self, req: api.Down, now: float) -> dict[str, Any]:
         return {"ok": True, "daemon_pid": 4242}
 
 
 def _haystack(row: dict[str, Any]) -> str:
-    return " ".join(str(row.get(k, "")) for k in ("key", "proto", "src", "dst", "state", "owner",
-                                                  "trigger")).lower()
+    # As engine/node.py's table filter: every field of the row, shown on screen or not.
+    return " ".join(str(v) for v in row.values()).lower()

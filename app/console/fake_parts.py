@@ -6,6 +6,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from syncwall_errors import SyncwallError
 
@@ -66,6 +67,7 @@ class FakeNode:
     # of the lab's clock, however often it is asked.
     rate_hist: deque[float] = field(default_factory=lambda: deque(maxlen=60))
     rate_at: float = float("-inf")
+    last_takeover: dict[str, Any] | None = None  # the engine's own (engine/binding.py), with `t`
 
 
 @dataclass(slots=True)

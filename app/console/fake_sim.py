@@ -60,6 +60,7 @@ class Simulation:
         self.churn = churn
         self.frozen = False
         self.queue: deque[QueuedMessage] = deque()
+        self.faults: list[dict[str, Any]] = []  # as the daemon's status lists them
         self.requests: list[dict[str, Any]] = []  # every request seen, for tests
         self.nodes = {f"n{i + 1}": FakeNode(f"n{i + 1}", i) for i in range(nodes)}
         self._order = list(self.nodes)
@@ -245,8 +246,8 @@ class Simulation:
             conn.version += 1
             conn.trigger = trigger
             conn.copies = {}
-        for other in self.conns.values():
-            other.copies.pop(failed, None)
+        # The copies the failed node got stay listed, as the engines' provenance (`sent_to`)
+        # keeps naming a peer that has since died: the console, not the lab, must leave it out.
         for conn in moved:
             self._send(conn, now, trigger, quiet=True)
         # claim 11: backup duties are handed on, so new backups get their copies at once
@@ -259,6 +260,7 @@ class Simulation:
             fields = {"node": s, "t": round(now, 3), "buckets": mine,
                       "detect_to_accept_ms": round(took_ms, 1),
                       "promoted": sum(1 for c in moved if c.owner == s)}
+            self.nodes[s].last_takeover = {k: v for k, v in fields.items() if k != "node"}
             self._event(now, s, "takeover", headline.describe(self.events, fields), peers=[failed],
                         latency_ms=round(took_ms, 1), trigger=trigger, buckets=mine,
                         promoted=sum(1 for c in moved if c.owner == s),
@@ -297,6 +299,7 @@ class Simulation:
                 self._event(now, other, "peer-up", f"{name} is talking", peer=name)
         fields = {"node": name, "t": round(now, 3), "buckets": back, "promoted": moved,
                   "detect_to_accept_ms": round(took_ms, 1)}
+        node.last_takeover = {k: v for k, v in fields.items() if k != "node"}
         self._event(now, name, "takeover", headline.describe(self.events, fields), buckets=back,
                     promoted=moved, latency_ms=round(took_ms, 1), trigger="rebalance",
                     detect_to_accept_ms=round(took_ms, 1))
@@ -311,6 +314,17 @@ class Simulation:
         self.view = compute_view(self._order, self.members, self.buckets, 1, self.view.epoch + 1)
         self.bucket_owner = dict(enumerate(self.view.bucket_owner, start=1))
         self.backups = self.view.backups
+
+    def _buckets_seen_by(self, name: str) -> list[int]:
+        """The buckets `name` accepts: under a partition, its side's view, where the nodes
+        across the cut look failed (each side then owns the other's buckets too)."""
+        cut = next((f for f in self.faults if f["kind"] == "partition"), None)
+        if cut is None or not self._alive(name):
+            return sorted(b for b, o in self.bucket_owner.items() if o == name)
+        side = next((g for g in cut["groups"] if name in g), [name])
+        members = {n: (s if n in side else MemberState.FAILED) for n, s in self.members.items()}
+        view = compute_view(self._order, members, self.buckets, 1, self.view.epoch)
+        return [b for b, o in enumerate(view.bucket_owner, start=1) if o == name]
 
     def _backs_up(self, name: str) -> list[str]:
         return [n for n, group in self.backups.items() if name in group]
@@ -492,7 +506,7 @@ class Simulation:
         return {
             "name": node.name,
             "state": node.state.value,
-            "buckets": sorted(b for b, o in self.bucket_owner.items() if o == node.name),
+            "buckets": self._buckets_seen_by(node.name),
             "backs_up": self._backs_up(node.name),
             "backups": list(self.backups.get(node.name, [])),
             "sync_address": f"198.18.0.{11 + node.index}",
@@ -504,6 +518,7 @@ class Simulation:
             "sync_rate_history": [] if dead else list(node.rate_hist),
             "pid": None if dead else 1000 + node.index,
             "counters": {"accepted": own * 7, "held": node.held},
+            "last_takeover": node.last_takeover,
         }
 
     def _node(self, name: Any) -> FakeNode:

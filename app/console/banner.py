@@ -61,9 +61,9 @@ class BucketStrip(Static):
         owners = bucket_owners(nodes, buckets)
         text = strip_markup(owners, [str(n.get("name")) for n in nodes])
         doubled = twice_owned(owners)
-        if doubled:
-            text += f"  [bold red]split brain: bucket{'s' if len(doubled) > 1 else ''} " \
-                    f"{', '.join(map(str, doubled))} owned twice[/]"
+        if doubled:  # first, so that a narrow screen cuts the cells rather than the warning
+            many = f"{len(doubled)} buckets" if len(doubled) > 1 else f"bucket {doubled[0]}"
+            text = f"[bold red]SPLIT BRAIN: {many} owned twice[/] " + text
         if text != self._text:
             self._text = text
             self.update(text, layout=False)

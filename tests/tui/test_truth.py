@@ -190,3 +190,25 @@ def test_the_footer_shows_only_keys_that_apply_and_fits_100_columns() -> None:
         assert max(right for _, right in keys) <= 100
 
     drive(scenario, size=(100, 30))
+
+
+def _owner_fits(app: ConsoleApp) -> bool:
+    table = conn_table(app)
+    right = 0
+    for column in table.ordered_columns:
+        right += column.get_render_width(table)
+        if column.key.value == "owner":
+            return right <= table.scrollable_content_region.width
+    return False
+
+
+@pytest.mark.parametrize(("present", "demo"), [(True, "takeover"), (False, None), (True, None)])
+def test_the_owner_column_stays_on_screen_at_100x30(present: bool, demo: str | None) -> None:
+    async def scenario(pilot: Pilot[Any], app: ConsoleApp, lab: FakeLab) -> None:
+        await pilot.pause()
+        assert _owner_fits(app)
+        assert conn_table(app).row_count > 0  # refilled after the columns changed
+        headers = [str(c.label) for c in conn_table(app).ordered_columns]
+        assert "Last trigger" not in headers  # abbreviated
+
+    drive(scenario, size=(100, 30), present=present, demo=demo)

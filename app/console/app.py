@@ -116,6 +116,7 @@ class ConsoleApp(App[str]):
         self._poll_worker: Worker[Any] | None = None
         self._binding_state: tuple[Any, ...] = ()
         self._headline_text = ""
+        self._followed: Any = None  # the takeover the table last followed (its time)
         self._listing_keys = False  # the help is asking check_action: list every key
         if present:
             self.register_theme(PRESENT_THEME)
@@ -222,6 +223,7 @@ class ConsoleApp(App[str]):
         conns.lab_now = float(lab_now) if isinstance(lab_now, (int, float)) else 0.0
         if table is not None:
             conns.apply(table, now_s, asked)
+        self._follow_takeover()
         self._apply_hidden_views()
         self._update_headline()
         title = f"syncwall · lab {snapshot.get('lab', '?')}"
@@ -234,6 +236,23 @@ class ConsoleApp(App[str]):
         if state != self._binding_state:
             self._binding_state = state
             self.refresh_bindings()
+
+    def _follow_takeover(self) -> None:
+        """After the node on screen fails or leaves, move the table to the node that took its
+        connections over (the headline names adopters first, then whom they took from)."""
+        head = self.snapshot.get("headline_event") or {}
+        nodes = [str(n) for n in head.get("nodes") or []]
+        if head.get("kind") not in ("takeover", "leave") or len(nodes) < 2 or head.get("t") is None:
+            return
+        if head["t"] == self._followed or nodes[-1] != self.selected_node:
+            return
+        self._followed = head["t"]
+        adopters = [n for n in nodes[:-1] if self.node_state(n) == "active"]
+        if adopters and self.node_state() in ("failed", "offline"):
+            self._select(adopters[0])
+            others = f" (and {', '.join(adopters[1:])}: press its number)" if adopters[1:] else ""
+            self.notify(f"following the takeover: {nodes[-1]}'s connections are on "
+                        f"{adopters[0]} now{others}", title="takeover", timeout=6)
 
     def _apply_hidden_views(self) -> None:
         """Timeline and flows are refreshed only while on screen (and when switched to)."""

@@ -195,9 +195,9 @@ def test_the_footer_shows_only_keys_that_apply_and_fits_100_columns() -> None:
 def _owner_fits(app: ConsoleApp) -> bool:
     table = conn_table(app)
     right = 0
-    for column in table.ordered_columns:
-        right += column.get_render_width(table)
-        if column.key.value == "owner":
+    for col in table.ordered_columns:
+        right += col.get_render_width(table)
+        if col.key.value == "owner":
             return right <= table.scrollable_content_region.width
     return False
 
@@ -212,3 +212,22 @@ def test_the_owner_column_stays_on_screen_at_100x30(present: bool, demo: str | N
         assert "Last trigger" not in headers  # abbreviated
 
     drive(scenario, size=(100, 30), present=present, demo=demo)
+
+
+def test_after_a_kill_the_table_follows_the_takeover_to_the_backup() -> None:
+    async def scenario(pilot: Pilot[Any], app: ConsoleApp, lab: FakeLab) -> None:
+        assert app.selected_node == "n1"
+        n1_keys = {k for k, c in lab.conns.items() if c.owner == "n1" and not c.common}
+        lab.request({"cmd": "kill", "node": "n1"})
+        await advance(pilot, 0.5)
+        await advance(pilot, 0.25)  # the view switched: its rows arrive with the next fetch
+        heirs = {lab.conns[k].owner for k in n1_keys if k in lab.conns}
+        assert app.selected_node in heirs and app.selected_node != "n1"
+        table = conn_table(app)
+        starred = {str(k.value) for k in table.rows if "★" in str(table.get_cell(str(k.value), "owner"))}
+        assert starred == {k for k in n1_keys if lab.conns[k].owner == app.selected_node}
+        app.action_select_node(1)  # going back to the dead node by hand: no second jump
+        await advance(pilot, 0.25)
+        assert app.selected_node == "n1"
+
+    drive(scenario, churn=False)

@@ -155,3 +155,23 @@ def describe(events: Iterable[Mapping[str, Any]], takeover: Mapping[str, Any]) -
     """The sentence for a new takeover event, to be its text: what the headline will say of it."""
     t = float(takeover["t"])
     return build([*events, {**takeover, "kind": "takeover"}], t).text
+
+
+def describe_lab(status: Mapping[str, Any]) -> str:
+    """The lab in one sentence for people: `3 nodes, 12 buckets, backups n1→n2→n3→n1`."""
+    nodes = [n for n in status.get("nodes") or [] if isinstance(n, Mapping)]
+    names = [str(n.get("name")) for n in nodes]
+    backups = {str(n.get("name")): [str(b) for b in n.get("backups") or []] for n in nodes}
+    text = f"{len(nodes)} node{'s' if len(nodes) != 1 else ''}, {status.get('buckets', '?')} buckets"
+    if not names or not any(backups.values()):
+        return text + ", no backups" if len(names) > 1 else text
+    chain, at = [names[0]], names[0]
+    while all(len(b) == 1 for b in backups.values()) and len(chain) <= len(names):
+        at = backups[at][0]
+        chain.append(at)
+        if at == names[0]:
+            break
+    if chain[-1] == names[0] and len(chain) == len(names) + 1:
+        return f"{text}, backups {'→'.join(chain)}"  # one ring: each node backed by the next
+    groups = "; ".join(f"{n}→{','.join(b) or 'none'}" for n, b in backups.items())
+    return f"{text}, backups {groups}"

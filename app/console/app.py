@@ -31,7 +31,7 @@ from app.console.dialogs import (
     TrafficScreen,
 )
 from app.console.link import LabLink, LinkError, RequestRefused, checked
-from app.console.model import Scope, takeover_times
+from app.console.model import Scope, empty_hint, takeover_times, takeover_to_follow
 from app.console.settings import (
     DEMO_KEYS,
     LAB_ACTIONS,
@@ -223,6 +223,7 @@ class ConsoleApp(App[str]):
         conns.lab_now = float(lab_now) if isinstance(lab_now, (int, float)) else 0.0
         if table is not None:
             conns.apply(table, now_s, asked)
+        conns.hint(empty_hint(self.snapshot, viewer=self.viewer))
         self._follow_takeover()
         self._apply_hidden_views()
         self._update_headline()
@@ -238,21 +239,17 @@ class ConsoleApp(App[str]):
             self.refresh_bindings()
 
     def _follow_takeover(self) -> None:
-        """After the node on screen fails or leaves, move the table to the node that took its
-        connections over (the headline names adopters first, then whom they took from)."""
+        """After the node on screen fails or leaves, move the table to its adopter."""
         head = self.snapshot.get("headline_event") or {}
-        nodes = [str(n) for n in head.get("nodes") or []]
-        if head.get("kind") not in ("takeover", "leave") or len(nodes) < 2 or head.get("t") is None:
+        follow = takeover_to_follow(head, self.selected_node, self.node_state, self._followed)
+        if follow is None:
             return
-        if head["t"] == self._followed or nodes[-1] != self.selected_node:
-            return
-        self._followed = head["t"]
-        adopters = [n for n in nodes[:-1] if self.node_state(n) == "active"]
-        if adopters and self.node_state() in ("failed", "offline"):
-            self._select(adopters[0])
-            others = f" (and {', '.join(adopters[1:])}: press its number)" if adopters[1:] else ""
-            self.notify(f"following the takeover: {nodes[-1]}'s connections are on "
-                        f"{adopters[0]} now{others}", title="takeover", timeout=6)
+        self._followed = head.get("t")
+        if follow:
+            self._select(follow[0])
+            others = f" (and {', '.join(follow[1:])}: press its number)" if follow[1:] else ""
+            self.notify(f"following the takeover: {head['nodes'][-1]}'s connections are on "
+                        f"{follow[0]} now{others}", title="takeover", timeout=6)
 
     def _apply_hidden_views(self) -> None:
         """Timeline and flows are refreshed only while on screen (and when switched to)."""

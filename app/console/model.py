@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -260,3 +260,28 @@ class TakeoverStars:
 
     def is_lit(self, key: str) -> bool:
         return key in self.lit
+
+
+def empty_hint(snapshot: dict[str, Any], *, viewer: bool) -> str:
+    """What to press in a lab with no connections and no flows ("" when there is traffic)."""
+    nodes = snapshot.get("nodes") or []
+    if not nodes or snapshot.get("flows") or any(int(n.get("own") or 0) for n in nodes):
+        return ""
+    if viewer:
+        return "The lab is quiet: no connections yet. The operator starts the traffic."
+    return ("The lab is quiet: no connections yet. Press [b]a[/b] to start traffic, "
+            "[b]d[/b] for a guided demo, [b]?[/b] for every key.")
+
+
+def takeover_to_follow(head: dict[str, Any], selected: str, state_of: Callable[[str], str],
+                       followed: Any) -> list[str] | None:
+    """The adopters to move the table to after `selected` failed or left, per the headline
+    (adopters first, then whom they took from); [] to only mark it seen, None to do nothing."""
+    nodes = [str(n) for n in head.get("nodes") or []]
+    if head.get("kind") not in ("takeover", "leave") or len(nodes) < 2 or head.get("t") is None:
+        return None
+    if head["t"] == followed or nodes[-1] != selected:
+        return None
+    if state_of(selected) not in ("failed", "offline"):
+        return []
+    return [n for n in nodes[:-1] if state_of(n) == "active"]

@@ -185,6 +185,7 @@ class ConnectionsPane(Vertical):
             yield Tabs(*(Tab(s.value, id=f"scope-{s.value}") for s in Scope), id="scope-tabs")
             yield Static("", id="totals")
         yield Input(placeholder="filter rows (Enter to keep, Esc to clear)", id="filter")
+        yield Static("", id="empty-hint")
         yield DiffTable(CONN_COLUMNS, self._render_cell, widths=CONN_WIDTHS, id="conn-table")
 
     @property
@@ -193,6 +194,13 @@ class ConnectionsPane(Vertical):
 
     def on_resize(self) -> None:
         self.call_after_refresh(self._relayout)  # not inside the layout pass that resized it
+
+    def hint(self, text: str) -> None:
+        """What to do in an empty lab (or nothing): a line above the table."""
+        box = self.query_one("#empty-hint", Static)
+        if str(box.render()) != text:
+            box.update(text)
+        box.display = bool(text)
 
     def _relayout(self) -> None:
         columns, widths = conn_layout(self.size.width)

@@ -249,6 +249,8 @@ def test_revive_is_greyed_out_until_the_node_is_down() -> None:
         assert app.check_action("revive", ()) is True
         assert app.check_action("kill", ()) is False
         await advance(pilot, 0.5)
+        await pilot.press("1")  # the table followed the takeover to n2: back to n1
+        await settle(pilot)
         await pilot.press("r")
         await settle(pilot)
         assert sent(lab, "revive") == [{"cmd": "revive", "node": "n1"}]

@@ -87,3 +87,15 @@ def test_the_daemon_status_carries_the_headline_built_from_its_events() -> None:
     st = asyncio.run(handlers.handle(api.Status()))
     assert st["headline"] == "n3 took over 11 connections of n1 in 28 ms · 1 s ago"
     assert st["headline_event"]["kind"] == "takeover"
+
+
+def test_the_lab_in_one_sentence_for_people() -> None:
+    ring = {"buckets": 12, "nodes": [{"name": "n1", "backups": ["n2"]}, {"name": "n2", "backups": ["n3"]},
+                                     {"name": "n3", "backups": ["n1"]}]}
+    assert headline.describe_lab(ring) == "3 nodes, 12 buckets, backups n1→n2→n3→n1"
+    two = {"buckets": 12, "nodes": [{"name": "n1", "backups": ["n2", "n3"]},
+                                    {"name": "n2", "backups": ["n1", "n3"]},
+                                    {"name": "n3", "backups": ["n1", "n2"]}]}
+    assert headline.describe_lab(two) == "3 nodes, 12 buckets, backups n1→n2,n3; n2→n1,n3; n3→n1,n2"
+    assert headline.describe_lab({"buckets": 4, "nodes": [{"name": "n1", "backups": []}]}) == (
+        "1 node, 4 buckets")

@@ -183,7 +183,8 @@ def test_the_footer_shows_only_keys_that_apply_and_fits_100_columns() -> None:
         lab.request({"cmd": "kill", "node": "n1"})
         lab.request({"cmd": "freeze"})
         await advance(pilot, 0.5)
-        await pilot.pause()
+        await pilot.press("1")  # the table followed the takeover: back to the dead node
+        await advance(pilot, 0.25)
         keys = _footer_keys(app)
         shown = {k for k, _ in keys}
         assert "r" in shown and "n" in shown and not {"k", "x", "o"} & shown
@@ -231,3 +232,20 @@ def test_after_a_kill_the_table_follows_the_takeover_to_the_backup() -> None:
         assert app.selected_node == "n1"
 
     drive(scenario, churn=False)
+
+
+@pytest.mark.parametrize("viewer", [False, True])
+def test_an_empty_lab_says_what_to_press(viewer: bool) -> None:
+    async def scenario(pilot: Pilot[Any], app: ConsoleApp, lab: FakeLab) -> None:
+        hint = app.query_one("#empty-hint")
+        assert not hint.display  # the fake lab starts with flows
+        lab.request({"cmd": "traffic", "action": "stop"})
+        await advance(pilot, 0.5)
+        assert hint.display
+        text = str(hint.render())
+        assert ("Press a to start traffic" in text) != viewer
+        lab.request({"cmd": "traffic", "action": "start", "kind": "tcp", "flows": 1})
+        await advance(pilot, 0.5)
+        assert not hint.display
+
+    drive(scenario, connections=0, viewer=viewer)

@@ -23,6 +23,11 @@ HOLD_S = 30.0
 QUIET = "all nodes in step"
 FAILING = ("kill", "crash", "offline")
 MERGE_S = 5.0  # takeovers of one failed node by several adopters within this read as one
+HEAL_S = 10.0  # bucket moves this soon after `fault heal` are the views merging, not a takeover
+
+
+def _conns(n: int) -> str:
+    return f"{n} connection{'' if n == 1 else 's'}"
 
 
 @dataclass
@@ -82,6 +87,7 @@ def build(events: Iterable[Mapping[str, Any]], now: float, *,
     left: dict[str, float] = {}
     took: dict[tuple[str, str], int] = {}  # (adopter, peer) -> connections, for a false suspicion
     head = Headline("quiet", QUIET)
+    healed_at: float | None = None
     for ev in sorted(events, key=lambda e: float(e.get("t", 0.0))):
         t, node, kind = float(ev.get("t", 0.0)), str(ev.get("node", "")), ev.get("kind")
         if kind == "action":
@@ -96,7 +102,7 @@ def build(events: Iterable[Mapping[str, Any]], now: float, *,
             act, at = last_action.get(peer, ("", 0.0))
             if not closed and not (act in (*FAILING, "revive") and at <= t):
                 n = took.pop((node, peer), None)
-                what = f" and took over {n} connections" if n is not None else ""
+                what = f" and took over {_conns(n)}" if n is not None else ""
                 head = Headline("suspicion", f"false suspicion: {node} thought {peer} failed "
                                 f"(missed heartbeats){what}; {peer} answered "
                                 f"{(t - since) * 1000:.0f} ms later", t, [node, peer])
@@ -105,7 +111,15 @@ def build(events: Iterable[Mapping[str, Any]], now: float, *,
             head = Headline("leave", f"{node} left gracefully", t, [node])
         elif kind == "fault":
             head = Headline("fault", str(ev.get("text", "fault")), t, [])
+            if str(ev.get("text", "")).startswith("fault heal"):
+                healed_at = t
+                head = Headline("fault", "faults healed: the nodes merge their views", t, [])
         elif kind == "takeover" and "promoted" in ev and _ms(ev) is not None:
+            if healed_at is not None and 0 <= t - healed_at <= HEAL_S:
+                buckets = ", ".join(str(b) for b in ev.get("buckets") or []) or "none"
+                head = Headline("rejoin", f"after the heal, {node} holds buckets {buckets} "
+                                f"({_conns(int(ev.get('promoted') or 0))})", t, [node])
+                continue
             head = _takeover(ev, head, last_action, down_seen, left, took)
     if faults:
         return Headline("fault", _fault_text(faults), head.t if head.kind == "fault" else None)
@@ -131,12 +145,12 @@ def _takeover(ev: Mapping[str, Any], head: Headline, last_action: dict[str, tupl
     act, _at = last_action.get(adopter, ("", 0.0))
     if not of and act == "revive":
         buckets = ", ".join(str(b) for b in ev.get("buckets") or []) or "none"
-        return Headline("rejoin", f"{adopter} rejoined: took back buckets {buckets} with {n} "
-                        f"connections in {ms:.0f} ms{tail}", t, [adopter])
+        return Headline("rejoin", f"{adopter} rejoined: took back buckets {buckets} with "
+                        f"{_conns(n)} in {ms:.0f} ms{tail}", t, [adopter])
     if not of and leavers:
         who = leavers[-1]
-        return Headline("leave", f"{who} left gracefully: {adopter} took over its {n} "
-                        f"connections in {ms:.0f} ms{tail}", t, [adopter, who])
+        return Headline("leave", f"{who} left gracefully: {adopter} took over its "
+                        f"{_conns(n)} in {ms:.0f} ms{tail}", t, [adopter, who])
     who = ", ".join(of) or "a peer"
     for p in of:
         took[(adopter, p)] = took.get((adopter, p), 0) + n
@@ -145,9 +159,9 @@ def _takeover(ev: Mapping[str, Any], head: Headline, last_action: dict[str, tupl
         # Several adopters of one failed node: one sentence, the counts summed.
         adopters = [*head.nodes[:-1], adopter]
         n += int(head.text.split(" took over ")[1].split(" ")[0])
-        return Headline("takeover", f"{' and '.join(adopters)} took over {n} connections of "
+        return Headline("takeover", f"{' and '.join(adopters)} took over {_conns(n)} of "
                         f"{who} in {ms:.0f} ms{tail}", t, [*adopters, who])
-    return Headline("takeover", f"{adopter} took over {n} connections of {who} in {ms:.0f} ms{tail}",
+    return Headline("takeover", f"{adopter} took over {_conns(n)} of {who} in {ms:.0f} ms{tail}",
                     t, [adopter, who])
 
 

@@ -65,9 +65,9 @@ class ConsoleApp(App[str]):
         Binding("right_square_bracket", "scope(1)", "Scope →", show=False, key_display="]"),
         Binding("s", "sort", "Sort", show=False),
         Binding("k", "kill", "Kill"),
-        Binding("x", "crash", "Crash"),
+        Binding("x", "crash", "Crash", show=False),  # in the help and the palette: the footer fits 100
         Binding("r", "revive", "Revive"),
-        Binding("o", "offline", "Offline"),
+        Binding("o", "offline", "Offline", show=False),
         Binding("p", "policy", "Policy"),
         Binding("y", "full_sync", "Sync all", show=False),
         Binding("a", "traffic", "Traffic"),
@@ -78,10 +78,11 @@ class ConsoleApp(App[str]):
         # filter's escape so that these win; enter must also beat the focused table's own
         # enter, so it is a priority binding that lets the key through when no demo is open.
         Binding("d", "demos", "Demos"),
-        Binding("n", "demo_next", "Next demo step"),
+        # Short words: with a demo open the footer carries these too and must fit 100 columns.
+        Binding("n", "demo_next", "Next step", tooltip="run the demo's next step"),
         Binding("enter", "demo_next", "Next demo step", priority=True, show=False),
-        Binding("A", "demo_auto", "Auto-play"),
-        Binding("escape", "demo_close", "Close demo"),
+        Binding("A", "demo_auto", "Auto", tooltip="auto-play the demo on or off"),
+        Binding("escape", "demo_close", "Close"),
         *(Binding(str(i), f"select_node({i})", f"Node {i}", show=False) for i in range(1, 10)),
     ]
 
@@ -318,8 +319,8 @@ class ConsoleApp(App[str]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in LAB_ACTIONS and self.viewer:
             return False
-        if action == "demos":
-            return not self.viewer
+        if action == "demos":  # not while one is open: its footer needs the room
+            return not self.viewer and (self._listing_keys or not self.demo_panel.is_open)
         if action in DEMO_KEYS:
             # False, not None: the key then falls through to the table, the filter, a dialog
             return self._demo_keys_apply()

@@ -337,15 +337,28 @@ def _flow_render(key: str, column: int, value: str) -> str | Text:
 class FlowsPane(Vertical):
     """Every traffic flow: health, bytes moved, and the node carrying it now."""
 
+    REFRESH_S = 1.0  # bytes and ages move every poll; people read the board once a second
+
     def __init__(self) -> None:
         super().__init__(id="flows-pane")
         self._summary = ""
+        self._at: float | None = None  # when the board was last redrawn (the console's clock)
+        self._news: tuple[tuple[Any, Any, Any], ...] = ()  # each flow's name, health, node
 
     def compose(self) -> ComposeResult:
         yield Static("", id="flow-summary")
         yield DiffTable(FLOW_COLUMNS, _flow_render, id="flow-table")
 
-    def apply(self, flows: list[dict[str, Any]]) -> RowDiff:
+    def apply(self, flows: list[dict[str, Any]], now_s: float | None = None) -> RowDiff | None:
+        """Redraw the board when a flow's health or node changed, else at most once per
+        REFRESH_S of `now_s` (always without it): bytes and ages can wait, a stall cannot."""
+        news = tuple((f.get("name"), f.get("health"), f.get("node")) for f in flows)
+        if now_s is not None:
+            if (news == self._news and self._at is not None
+                    and 0 <= now_s - self._at < self.REFRESH_S):
+                return None
+            self._at = now_s
+        self._news = news
         summary = "  ".join(f"[{HEALTH_STYLE[h]}]{n} {h}[/]" for h, n in flow_counts(flows).items())
         text = f"{len(flows)} flows  {summary}"
         if text != self._summary:

@@ -263,3 +263,31 @@ def test_the_footer_fits_100_columns_with_a_demo_open_in_present_mode() -> None:
         assert max(right for _, right in keys) <= 100
 
     drive(scenario, size=(100, 30), present=True, demo="takeover")
+
+
+def test_the_flows_board_redraws_once_a_second_unless_a_flow_changes_health() -> None:
+    async def scenario(pilot: Pilot[Any], app: ConsoleApp, lab: FakeLab) -> None:
+        await pilot.press("f")
+        await settle(pilot)
+        table = app.query_one("#flow-table")
+        drawn: list[float] = []
+        original = table.apply  # type: ignore[attr-defined]
+
+        def spy(rows: Any) -> Any:
+            drawn.append(app.clock())
+            return original(rows)
+
+        table.apply = spy  # type: ignore[attr-defined]
+        for _ in range(8):  # two seconds of polls, four a second
+            await advance(pilot, 0.25)
+        assert 2 <= len(drawn) <= 3, drawn
+        assert all(b - a >= 1.0 for a, b in itertools.pairwise(drawn))
+        await pilot.press("c", "f")  # switching to the board draws it at once
+        await settle(pilot)
+        before = len(drawn)
+        await advance(pilot, 0.25)
+        lab.request({"cmd": "kill", "node": "n1"})  # its flows stall: shown at the next poll
+        await advance(pilot, 0.05)
+        assert len(drawn) == before + 1
+
+    drive(scenario, churn=False)

@@ -119,7 +119,10 @@ def bring_up(lab: str, lab_file: Path | None, overrides: dict[str, Any], quiet: 
     if quiet:
         print(json.dumps({"ok": True, "lab": lab, "daemon_pid": pid, "up_s": round(took, 2)}))
     else:
-        err(f"lab {lab!r} is up in {took:.1f} s")
+        from netns.headline import describe_lab
+
+        st = lab_life.client(lab, 5.0).request({"cmd": "status"})
+        err(f"lab {lab!r} is up in {took:.1f} s: {describe_lab(st)}")
     return 0
 
 

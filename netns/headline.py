@@ -23,6 +23,11 @@ HOLD_S = 30.0
 QUIET = "all nodes in step"
 FAILING = ("kill", "crash", "offline")
 MERGE_S = 5.0  # takeovers of one failed node by several adopters within this read as one
+HEAL_S = 10.0  # bucket moves this soon after `fault heal` are the views merging, not a takeover
+
+
+def _conns(n: int) -> str:
+    return f"{n} connection{'' if n == 1 else 's'}"
 
 
 @dataclass
@@ -55,10 +60,22 @@ def _ms(ev: Mapping[str, Any]) -> float | None:
     return float(ms) if isinstance(ms, (int, float)) else None
 
 
+def fault_label(fault: Mapping[str, Any]) -> str:
+    """A fault in a few words (`loss 30% on n2`, `partition n1 | n2,n3`); its effect apart."""
+    kind = str(fault.get("kind", "fault"))
+    if kind == "partition" and fault.get("groups"):
+        return "partition " + " | ".join(",".join(map(str, g)) for g in fault["groups"])
+    if kind == "loss" and isinstance(fault.get("rate"), (int, float)):
+        return f"loss {float(fault['rate']):.0%} into {fault.get('node') or 'all'}"
+    if kind == "slow" and fault.get("delay_ms") is not None:
+        return f"{fault.get('node', '?')} slow by {fault['delay_ms']} ms"
+    rest = " ".join(str(v) for k, v in fault.items()
+                    if k not in ("cmd", "kind", "effect") and v not in (None, ""))
+    return f"{kind} {rest}".strip()
+
+
 def _fault_text(faults: Sequence[Mapping[str, Any]]) -> str:
-    parts = [" ".join(str(v) for k, v in f.items() if k not in ("cmd",) and v not in (None, ""))
-             for f in faults]
-    return "fault active: " + "; ".join(parts)
+    return "fault active: " + "; ".join(fault_label(f) for f in faults)
 
 
 def build(events: Iterable[Mapping[str, Any]], now: float, *,
@@ -70,6 +87,7 @@ def build(events: Iterable[Mapping[str, Any]], now: float, *,
     left: dict[str, float] = {}
     took: dict[tuple[str, str], int] = {}  # (adopter, peer) -> connections, for a false suspicion
     head = Headline("quiet", QUIET)
+    healed_at: float | None = None
     for ev in sorted(events, key=lambda e: float(e.get("t", 0.0))):
         t, node, kind = float(ev.get("t", 0.0)), str(ev.get("node", "")), ev.get("kind")
         if kind == "action":
@@ -84,7 +102,7 @@ def build(events: Iterable[Mapping[str, Any]], now: float, *,
             act, at = last_action.get(peer, ("", 0.0))
             if not closed and not (act in (*FAILING, "revive") and at <= t):
                 n = took.pop((node, peer), None)
-                what = f" and took over {n} connections" if n is not None else ""
+                what = f" and took over {_conns(n)}" if n is not None else ""
                 head = Headline("suspicion", f"false suspicion: {node} thought {peer} failed "
                                 f"(missed heartbeats){what}; {peer} answered "
                                 f"{(t - since) * 1000:.0f} ms later", t, [node, peer])
@@ -93,7 +111,15 @@ def build(events: Iterable[Mapping[str, Any]], now: float, *,
             head = Headline("leave", f"{node} left gracefully", t, [node])
         elif kind == "fault":
             head = Headline("fault", str(ev.get("text", "fault")), t, [])
+            if str(ev.get("text", "")).startswith("fault heal"):
+                healed_at = t
+                head = Headline("fault", "faults healed: the nodes merge their views", t, [])
         elif kind == "takeover" and "promoted" in ev and _ms(ev) is not None:
+            if healed_at is not None and 0 <= t - healed_at <= HEAL_S:
+                buckets = ", ".join(str(b) for b in ev.get("buckets") or []) or "none"
+                head = Headline("rejoin", f"after the heal, {node} holds buckets {buckets} "
+                                f"({_conns(int(ev.get('promoted') or 0))})", t, [node])
+                continue
             head = _takeover(ev, head, last_action, down_seen, left, took)
     if faults:
         return Headline("fault", _fault_text(faults), head.t if head.kind == "fault" else None)
@@ -119,12 +145,12 @@ def _takeover(ev: Mapping[str, Any], head: Headline, last_action: dict[str, tupl
     act, _at = last_action.get(adopter, ("", 0.0))
     if not of and act == "revive":
         buckets = ", ".join(str(b) for b in ev.get("buckets") or []) or "none"
-        return Headline("rejoin", f"{adopter} rejoined: took back buckets {buckets} with {n} "
-                        f"connections in {ms:.0f} ms{tail}", t, [adopter])
+        return Headline("rejoin", f"{adopter} rejoined: took back buckets {buckets} with "
+                        f"{_conns(n)} in {ms:.0f} ms{tail}", t, [adopter])
     if not of and leavers:
         who = leavers[-1]
-        return Headline("leave", f"{who} left gracefully: {adopter} took over its {n} "
-                        f"connections in {ms:.0f} ms{tail}", t, [adopter, who])
+        return Headline("leave", f"{who} left gracefully: {adopter} took over its "
+                        f"{_conns(n)} in {ms:.0f} ms{tail}", t, [adopter, who])
     who = ", ".join(of) or "a peer"
     for p in of:
         took[(adopter, p)] = took.get((adopter, p), 0) + n
@@ -133,9 +159,9 @@ def _takeover(ev: Mapping[str, Any], head: Headline, last_action: dict[str, tupl
         # Several adopters of one failed node: one sentence, the counts summed.
         adopters = [*head.nodes[:-1], adopter]
         n += int(head.text.split(" took over ")[1].split(" ")[0])
-        return Headline("takeover", f"{' and '.join(adopters)} took over {n} connections of "
+        return Headline("takeover", f"{' and '.join(adopters)} took over {_conns(n)} of "
                         f"{who} in {ms:.0f} ms{tail}", t, [*adopters, who])
-    return Headline("takeover", f"{adopter} took over {n} connections of {who} in {ms:.0f} ms{tail}",
+    return Headline("takeover", f"{adopter} took over {_conns(n)} of {who} in {ms:.0f} ms{tail}",
                     t, [adopter, who])
 
 
@@ -143,3 +169,23 @@ def describe(events: Iterable[Mapping[str, Any]], takeover: Mapping[str, Any]) -
     """The sentence for a new takeover event, to be its text: what the headline will say of it."""
     t = float(takeover["t"])
     return build([*events, {**takeover, "kind": "takeover"}], t).text
+
+
+def describe_lab(status: Mapping[str, Any]) -> str:
+    """The lab in one sentence for people: `3 nodes, 12 buckets, backups n1→n2→n3→n1`."""
+    nodes = [n for n in status.get("nodes") or [] if isinstance(n, Mapping)]
+    names = [str(n.get("name")) for n in nodes]
+    backups = {str(n.get("name")): [str(b) for b in n.get("backups") or []] for n in nodes}
+    text = f"{len(nodes)} node{'s' if len(nodes) != 1 else ''}, {status.get('buckets', '?')} buckets"
+    if not names or not any(backups.values()):
+        return text + ", no backups" if len(names) > 1 else text
+    chain, at = [names[0]], names[0]
+    while all(len(b) == 1 for b in backups.values()) and len(chain) <= len(names):
+        at = backups[at][0]
+        chain.append(at)
+        if at == names[0]:
+            break
+    if chain[-1] == names[0] and len(chain) == len(names) + 1:
+        return f"{text}, backups {'→'.join(chain)}"  # one ring: each node backed by the next
+    groups = "; ".join(f"{n}→{','.join(b) or 'none'}" for n, b in backups.items())
+    return f"{text}, backups {groups}"

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from textual import on, work
@@ -14,11 +15,11 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import ModalScreen, Screen
-from textual.theme import Theme
 from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from app.console import requests
+from app.console import requests, settings
+from app.console.banner import BucketStrip, FaultBanner
 from app.console.cards import ClusterView, NodeCard
 from app.console.demo import DemoCaption, DemoListScreen, DemoPanel, LockedLink, available_demos
 from app.console.dialogs import (
@@ -30,42 +31,20 @@ from app.console.dialogs import (
     TrafficScreen,
 )
 from app.console.link import LabLink, LinkError, RequestRefused, checked
-from app.console.model import Scope
+from app.console.model import Scope, empty_hint, takeover_times, takeover_to_follow
+from app.console.settings import (
+    DEMO_KEYS,
+    LAB_ACTIONS,
+    NODE_STATE_ACTIONS,
+    PRESENT_THEME,
+    STAR_PRESENT_S,
+    STAR_S,
+    screenshot_dir,
+)
 from app.console.tables import ConnectionsPane, DiffTable, FlowsPane, TimelinePane
 from netns import api
 
 log = logging.getLogger(__name__)
-
-PRESENT_THEME = Theme(
-    name="syncwall-present",
-    primary="#3b82f6",
-    secondary="#ffffff",
-    accent="#ffd700",
-    warning="#ffb000",
-    error="#ff3b3b",
-    success="#00e676",
-    foreground="#ffffff",
-    background="#000000",
-    surface="#0a0a0a",
-    panel="#202020",
-    dark=True,
-)
-
-# Actions that change the lab: hidden in viewer mode (the daemon refuses them from viewers too).
-LAB_ACTIONS = frozenset({
-    "kill", "crash", "revive", "offline", "policy", "full_sync", "traffic", "traffic_kind",
-    "freeze", "step",
-})
-NODE_STATE_ACTIONS = {  # action -> node states in which it applies
-    "kill": {"active"},
-    "crash": {"active"},
-    "offline": {"active"},
-    "revive": {"failed", "offline"},
-}
-VIEWS = ("connections", "timeline", "flows")
-# The demo panel's keys: they apply only while it is open, and never to viewers (viewers watch).
-DEMO_KEYS = frozenset({"demo_next", "demo_auto", "demo_close"})
-
 
 class ConsoleApp(App[str]):
     """The syncwall console. `run()` returns "keep" or "stop": what to do with the lab."""
@@ -77,7 +56,7 @@ class ConsoleApp(App[str]):
     BINDINGS = [
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit_console", "Quit"),
-        Binding("space", "toggle_pause", "Pause"),
+        Binding("space", "toggle_pause", "Pause", show=False),  # in the help and the headline
         Binding("slash", "filter", "Filter", key_display="/"),
         Binding("c", "view('connections')", "Connections", show=False),
         Binding("t", "view('timeline')", "Sync timeline", show=False),
@@ -86,11 +65,11 @@ class ConsoleApp(App[str]):
         Binding("right_square_bracket", "scope(1)", "Scope →", show=False, key_display="]"),
         Binding("s", "sort", "Sort", show=False),
         Binding("k", "kill", "Kill"),
-        Binding("x", "crash", "Crash"),
+        Binding("x", "crash", "Crash", show=False),  # in the help and the palette: the footer fits 100
         Binding("r", "revive", "Revive"),
-        Binding("o", "offline", "Offline"),
+        Binding("o", "offline", "Offline", show=False),
         Binding("p", "policy", "Policy"),
-        Binding("y", "full_sync", "Sync all"),
+        Binding("y", "full_sync", "Sync all", show=False),
         Binding("a", "traffic", "Traffic"),
         Binding("z", "freeze", "Freeze"),
         Binding("n", "step", "Step"),
@@ -99,10 +78,11 @@ class ConsoleApp(App[str]):
         # filter's escape so that these win; enter must also beat the focused table's own
         # enter, so it is a priority binding that lets the key through when no demo is open.
         Binding("d", "demos", "Demos"),
-        Binding("n", "demo_next", "Next demo step"),
+        # Short words: with a demo open the footer carries these too and must fit 100 columns.
+        Binding("n", "demo_next", "Next step", tooltip="run the demo's next step"),
         Binding("enter", "demo_next", "Next demo step", priority=True, show=False),
-        Binding("A", "demo_auto", "Auto-play"),
-        Binding("escape", "demo_close", "Close demo"),
+        Binding("A", "demo_auto", "Auto", tooltip="auto-play the demo on or off"),
+        Binding("escape", "demo_close", "Close"),
         *(Binding(str(i), f"select_node({i})", f"Node {i}", show=False) for i in range(1, 10)),
     ]
 
@@ -116,8 +96,10 @@ class ConsoleApp(App[str]):
         table_limit: int = 500,
         clock: Callable[[], float] = time.monotonic,
         demo: str | None = None,
+        run_dir: Path | None = None,
     ) -> None:
         super().__init__()
+        self.run_dir = run_dir  # the lab's run folder: where screenshots go without ~/Downloads
         self.link = link
         # The pollers, the action workers and a demo's steps share one link from several threads.
         self._link_lock = threading.Lock()
@@ -135,6 +117,8 @@ class ConsoleApp(App[str]):
         self._poll_worker: Worker[Any] | None = None
         self._binding_state: tuple[Any, ...] = ()
         self._headline_text = ""
+        self._followed: Any = None  # the takeover the table last followed (its time)
+        self._listing_keys = False  # the help is asking check_action: list every key
         if present:
             self.register_theme(PRESENT_THEME)
 
@@ -143,6 +127,8 @@ class ConsoleApp(App[str]):
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False, icon="◆")
         yield Static("connecting to the lab…", id="headline")
+        yield FaultBanner()
+        yield BucketStrip()
         yield DemoCaption()
         yield ClusterView()
         with Horizontal(id="main"):
@@ -157,6 +143,8 @@ class ConsoleApp(App[str]):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
+        # Stars on adopted rows: long enough to point at them; on a projector, to talk them over.
+        self.query_one(ConnectionsPane).stars.hold_s = STAR_PRESENT_S if self.present else STAR_S
         if self.present:
             self.theme = PRESENT_THEME.name
             self.screen.add_class("-present")
@@ -223,11 +211,21 @@ class ConsoleApp(App[str]):
         cluster = self.query_one(ClusterView)
         first = not cluster.selected
         await cluster.update_nodes(list(snapshot.get("nodes", [])))
+        self.query_one(FaultBanner).show(list(snapshot.get("faults") or []))
+        self.query_one(BucketStrip).show(list(snapshot.get("nodes", [])),
+                                         int(snapshot.get("buckets") or 0))
         conns = self.query_one(ConnectionsPane)
         if first and cluster.selected:
             conns.show(node=cluster.selected)
+        conns.down = frozenset(str(n.get("name")) for n in snapshot.get("nodes", [])
+                               if n.get("state") in ("failed", "offline"))
+        conns.takeovers = takeover_times(snapshot.get("nodes", []))
+        lab_now = snapshot.get("time")
+        conns.lab_now = float(lab_now) if isinstance(lab_now, (int, float)) else 0.0
         if table is not None:
             conns.apply(table, now_s, asked)
+        conns.hint(empty_hint(self.snapshot, viewer=self.viewer))
+        self._follow_takeover()
         self._apply_hidden_views()
         self._update_headline()
         title = f"syncwall · lab {snapshot.get('lab', '?')}"
@@ -241,17 +239,32 @@ class ConsoleApp(App[str]):
             self._binding_state = state
             self.refresh_bindings()
 
-    def _apply_hidden_views(self) -> None:
-        """Timeline and flows are refreshed only while on screen (and when switched to)."""
+    def _follow_takeover(self) -> None:
+        """After the node on screen fails or leaves, move the table to its adopter."""
+        head = self.snapshot.get("headline_event") or {}
+        follow = takeover_to_follow(head, self.selected_node, self.node_state, self._followed)
+        if follow is None:
+            return
+        self._followed = head.get("t")
+        if follow:
+            self._select(follow[0])
+            others = f" (and {', '.join(follow[1:])}: press its number)" if follow[1:] else ""
+            self.notify(f"following the takeover: {head['nodes'][-1]}'s connections are on "
+                        f"{follow[0]} now{others}", title="takeover", timeout=6)
+
+    def _apply_hidden_views(self, shown: bool = False) -> None:
+        """Timeline and flows are refreshed only while on screen (and when switched to); the
+        flows board once a second (it cost a quarter of a core at 4 redraws a second)."""
         active = self.query_one(TabbedContent).active
         if active == "timeline":
             self.query_one(TimelinePane).apply(list(self.snapshot.get("events", [])))
         elif active == "flows":
-            self.query_one(FlowsPane).apply(list(self.snapshot.get("flows", [])))
+            self.query_one(FlowsPane).apply(list(self.snapshot.get("flows", [])),
+                                            None if shown else self.clock())
 
     @on(TabbedContent.TabActivated, "#views")
     def _view_shown(self) -> None:
-        self._apply_hidden_views()
+        self._apply_hidden_views(shown=True)
 
     def _update_headline(self) -> None:
         parts: list[str] = []
@@ -308,17 +321,20 @@ class ConsoleApp(App[str]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in LAB_ACTIONS and self.viewer:
             return False
-        if action == "demos":
-            return not self.viewer
+        if action == "demos":  # not while one is open: its footer needs the room
+            return not self.viewer and (self._listing_keys or not self.demo_panel.is_open)
         if action in DEMO_KEYS:
             # False, not None: the key then falls through to the table, the filter, a dialog
             return self._demo_keys_apply()
         if action in ("step", "close_filter") and self._demo_keys_apply():
             return False  # n and escape belong to the open demo
+        # A key that does not apply now leaves the footer (which must fit 100 columns); the
+        # help still lists it, marked as not applying.
+        idle = None if self._listing_keys else False
         if action in NODE_STATE_ACTIONS:
-            return True if self.node_state() in NODE_STATE_ACTIONS[action] else None
+            return True if self.node_state() in NODE_STATE_ACTIONS[action] else idle
         if action == "step":
-            return True if self.snapshot.get("frozen") else None
+            return True if self.snapshot.get("frozen") else idle
         if action == "select_node":
             return (bool(parameters) and int(str(parameters[0])) <= len(
                 self.snapshot.get("nodes", []))) or None
@@ -408,6 +424,14 @@ class ConsoleApp(App[str]):
         if self._allowed("step"):
             self.send(requests.STEP, "one sync message released")
 
+    def deliver_screenshot(self, filename: str | None = None, path: str | None = None,
+                           time_format: str | None = None) -> str | None:
+        # Textual saves to ~/Downloads, which a lab VM often lacks: the save then fails.
+        where = Path(path) if path else screenshot_dir(self.run_dir)
+        if not path and where != settings.user_downloads_path():
+            self.notify(f"no ~/Downloads here: the screenshot goes to {where}", title="Screenshot")
+        return super().deliver_screenshot(filename, str(where), time_format)
+
     # ---- demos -----------------------------------------------------------------------------
 
     def _demo_keys_apply(self) -> bool:
@@ -493,8 +517,18 @@ class ConsoleApp(App[str]):
 
     def action_help(self) -> None:
         rows: list[tuple[str, str, bool]] = []
-        seen: set[str] = set()
         # the console's own keys first, then those of the focused widget (cursor keys...)
+        self._listing_keys = True
+        try:
+            self._list_keys(rows)
+        finally:
+            self._listing_keys = False
+        extra = ["1..9 select a node's card and its tables; click a card or a column header too",
+                 "\\[ and ] switch own / backup / common; ctrl+p opens the command palette"]
+        self.push_screen(HelpScreen(rows, extra))
+
+    def _list_keys(self, rows: list[tuple[str, str, bool]]) -> None:
+        seen: set[str] = set()
         bindings = sorted(self.screen.active_bindings.values(),
                           key=lambda a: (a.node is not self, a.binding.action == "quit"))
         for active in bindings:
@@ -505,9 +539,6 @@ class ConsoleApp(App[str]):
                 continue  # hidden here (viewer mode): not listed either
             seen.add(binding.description)
             rows.append((self.get_key_display(binding), binding.description, active.enabled))
-        extra = ["1..9 select a node's card and its tables; click a card or a column header too",
-                 "\\[ and ] switch own / backup / common; ctrl+p opens the command palette"]
-        self.push_screen(HelpScreen(rows, extra))
 
     async def action_quit(self) -> None:
         """ctrl+q too asks what to do with the lab."""

@@ -6,6 +6,9 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
+
+from syncwall_errors import SyncwallError
 
 
 class FakeClock:
@@ -64,6 +67,7 @@ class FakeNode:
     # of the lab's clock, however often it is asked.
     rate_hist: deque[float] = field(default_factory=lambda: deque(maxlen=60))
     rate_at: float = float("-inf")
+    last_takeover: dict[str, Any] | None = None  # the engine's own (engine/binding.py), with `t`
 
 
 @dataclass(slots=True)
@@ -117,3 +121,7 @@ class QueuedMessage:
 CLIENTS = {"c1": "198.18.1.10", "c2": "198.18.1.11"}
 SERVERS = {"s1": "198.18.2.10", "s2": "198.18.2.11"}
 TCP_STATES = ("SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "TIME_WAIT")
+
+
+class Refused(SyncwallError):
+    """A request the lab turns down; becomes `{"ok": false, "error": ...}`."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -12,8 +12,9 @@ from netns.api import FlowReport
 Cells = tuple[str, ...]
 
 # Triggers that mean "this row arrived here because a node went away or came back".
-TAKEOVER_TRIGGERS = frozenset({"node-failed", "graceful-leave", "rebalance"})
-MAX_TRACKED = 200_000  # row owners remembered for highlighting
+# The engines' own words for an adopted copy ("promoted", "adopted": engine/backups.py) and the
+# sync triggers it is re-sent under (sync/records.py Trigger).
+TAKEOVER_TRIGGERS = frozenset({"node-failed", "graceful-leave", "rebalance", "promoted", "adopted"})
 
 
 class Scope(Enum):
@@ -83,10 +84,34 @@ CONN_COLUMNS: Sequence[tuple[str, str]] = (
 CONN_WIDTHS: dict[str, int] = {"proto": 5, "endpoints": 38, "state": 11, "owner": 6,
                                "synced_to": 10, "age": 5, "trigger": 18}
 OWNER_COLUMN = 3
+# At 100 columns: short headers and narrower cells, so that the last column is not cut off.
+CONN_NARROW: Sequence[tuple[str, str]] = (
+    ("proto", "P"), ("endpoints", "Endpoints"), ("state", "State"), ("owner", "Owner"),
+    ("synced_to", "Synced"), ("age", "Age"), ("trigger", "Trigger"))
+CONN_NARROW_WIDTHS: dict[str, int] = {"proto": 3, "endpoints": 36, "state": 11, "owner": 6,
+                                      "synced_to": 6, "age": 5, "trigger": 14}
+# Beside the demo panel: the owner first, where the panel cannot hide it.
+CONN_TIGHT: Sequence[tuple[str, str]] = (
+    ("owner", "Owner"), ("state", "State"), ("endpoints", "Endpoints"), ("proto", "P"),
+    ("synced_to", "Synced"), ("age", "Age"), ("trigger", "Trigger"))
+WIDE_MIN = 108  # a pane at least this wide shows CONN_COLUMNS whole
+NARROW_MIN = 90
 
 
-def conn_cells(row: dict[str, Any]) -> Cells:
-    synced = row.get("synced_to") or []
+def conn_layout(width: int) -> tuple[Sequence[tuple[str, str]], dict[str, int]]:
+    """The connection table's columns for a pane `width` cells wide."""
+    if width >= WIDE_MIN:
+        return CONN_COLUMNS, CONN_WIDTHS
+    if width >= NARROW_MIN:
+        return CONN_NARROW, CONN_NARROW_WIDTHS
+    return CONN_TIGHT, CONN_NARROW_WIDTHS
+
+
+def conn_cells(row: dict[str, Any], down: frozenset[str] = frozenset()) -> Cells:
+    """One connection row; `synced_to` without the nodes that are down (`down`): the engines'
+    provenance names every peer a record was sent to, dead ones included, but a copy on a dead
+    node is no copy."""
+    synced = [p for p in row.get("synced_to") or [] if str(p) not in down]
     return (
         str(row.get("proto", "")),
         f"{row.get('src', '')} → {row.get('dst', '')}" + (f" nat {row['nat']}" if row.get("nat") else ""),
@@ -199,48 +224,64 @@ def provenance(events: Sequence[dict[str, Any]], selected: dict[str, Any]) -> li
     return lines
 
 
-class OwnerTracker:
-    """Remembers who owned each row last, to light up rows whose owner just changed.
+def takeover_times(nodes: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """When each node last took buckets over, in the lab's clock (the node's `last_takeover.t`)."""
+    out: dict[str, float] = {}
+    for node in nodes:
+        take = node.get("last_takeover")
+        t = take.get("t") if isinstance(take, dict) else None
+        if isinstance(t, (int, float)) and not isinstance(t, bool):
+            out[str(node.get("name"))] = float(t)
+    return out
 
-    A row lights up when its owner differs from the one last seen for its key, or when it
-    newly appears in a view already on screen carrying a takeover trigger (rows a backup took
-    over come from its backup table, which may not be the view on screen).
+
+class TakeoverStars:
+    """Which rows wear a star: those the lab says were adopted in a takeover that is still recent.
+
+    A row is starred when its own trigger says it arrived by a takeover and its owner took
+    buckets over less than `hold_s` ago (by the lab's clock): the same rows on every console,
+    whichever node was on screen before, and none after `hold_s`.
     """
 
-    def __init__(self, hold_s: float = 4.0) -> None:
+    def __init__(self, hold_s: float = 10.0) -> None:
         self.hold_s = hold_s
-        self._owner: dict[str, str] = {}
-        self._lit: dict[str, float] = {}  # key -> when it lit up
+        self.lit: set[str] = set()
 
-    def observe(self, rows: Iterable[dict[str, Any]], now_s: float, *, fresh_view: bool) -> set[str]:
-        """Record the rows of one fetch; return the keys that just lit up."""
-        lit: set[str] = set()
-        if len(self._owner) > MAX_TRACKED:
-            self._owner.clear()  # bursts of short connections: forget rather than grow forever
-        for row in rows:
-            key = str(row.get("key"))
-            owner = str(row.get("owner", ""))
-            before = self._owner.get(key)
-            moved = before is not None and before != owner
-            arrived = (before is None and not fresh_view
-                       and row.get("trigger") in TAKEOVER_TRIGGERS)
-            if moved or arrived:
-                lit.add(key)
-            self._owner[key] = owner
-        for key in lit:
-            self._lit[key] = now_s
-        return lit
+    def observe(self, rows: Iterable[dict[str, Any]], takeovers: dict[str, float],
+                lab_now: float) -> tuple[set[str], set[str]]:
+        """The rows of one fetch; returns (keys that lit up, keys that went dark)."""
+        recent = {n for n, t in takeovers.items() if 0 <= lab_now - t < self.hold_s}
+        # A starred row keeps its star while its owner's takeover is recent, even when a later
+        # change (a TCP state moving on) gives it another trigger.
+        lit = {str(r.get("key")) for r in rows if str(r.get("owner", "")) in recent and (
+            r.get("trigger") in TAKEOVER_TRIGGERS or str(r.get("key")) in self.lit)}
+        before, self.lit = self.lit, lit
+        return lit - before, before - lit
 
-    def is_lit(self, key: str, now_s: float) -> bool:
-        at = self._lit.get(key)
-        return at is not None and now_s - at < self.hold_s
+    def is_lit(self, key: str) -> bool:
+        return key in self.lit
 
-    def expire(self, now_s: float) -> set[str]:
-        """Forget highlights older than hold_s; return the keys that went dark."""
-        dark = {k for k, at in self._lit.items() if now_s - at >= self.hold_s}
-        for key in dark:
-            del self._lit[key]
-        return dark
 
-    def lit_keys(self) -> set[str]:
-        return set(self._lit)
+def empty_hint(snapshot: dict[str, Any], *, viewer: bool) -> str:
+    """What to press in a lab with no connections and no flows ("" when there is traffic)."""
+    nodes = snapshot.get("nodes") or []
+    if not nodes or snapshot.get("flows") or any(int(n.get("own") or 0) for n in nodes):
+        return ""
+    if viewer:
+        return "The lab is quiet: no connections yet. The operator starts the traffic."
+    return ("The lab is quiet: no connections yet. Press [b]a[/b] to start traffic, "
+            "[b]d[/b] for a guided demo, [b]?[/b] for every key.")
+
+
+def takeover_to_follow(head: dict[str, Any], selected: str, state_of: Callable[[str], str],
+                       followed: Any) -> list[str] | None:
+    """The adopters to move the table to after `selected` failed or left, per the headline
+    (adopters first, then whom they took from); [] to only mark it seen, None to do nothing."""
+    nodes = [str(n) for n in head.get("nodes") or []]
+    if head.get("kind") not in ("takeover", "leave") or len(nodes) < 2 or head.get("t") is None:
+        return None
+    if head["t"] == followed or nodes[-1] != selected:
+        return None
+    if state_of(selected) not in ("failed", "offline"):
+        return []
+    return [n for n in nodes[:-1] if state_of(n) == "active"]

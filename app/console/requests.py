@@ -27,8 +27,10 @@ TRAFFIC: tuple[tuple[str, str, api.TrafficStart], ...] = (
 
 
 def table(node: str, scope: str, filter_text: str, limit: int) -> api.Table:
-    # The filter box may hold more than the schema takes; only what fits is sent.
-    return api.Table(node, scope=scope, filter=filter_text[:api.MAX_TEXT],
+    # The filter box may hold more than the schema takes; only what fits is sent. The engines
+    # match it against every field of a row, case-sensitively, and their values are lower case;
+    # the console then keeps the rows whose shown cells match (ConnectionsPane.apply).
+    return api.Table(node, scope=scope, filter=filter_text[:api.MAX_TEXT].lower(),
                      limit=max(1, min(limit, api.MAX_LIMIT)))
 
 

@@ -19,12 +19,12 @@ from app.console.model import (
     EVENT_COLUMNS,
     FLOW_COLUMNS,
     HEALTH_COLUMN,
-    OWNER_COLUMN,
     Cells,
-    OwnerTracker,
     RowDiff,
     Scope,
+    TakeoverStars,
     conn_cells,
+    conn_layout,
     diff_rows,
     event_cells,
     event_key,
@@ -55,6 +55,8 @@ class DiffTable(DataTable[Any]):
                  widths: dict[str, int] | None = None, **kwargs: Any) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self._columns = list(columns)
+        self._source = list(columns)  # the order of the cells given to apply()
+        self._pick: list[int] | None = None  # cells shown, by index into them (relayout)
         # Fixed widths keep a live table from jumping about (and its picture the same whatever
         # order the rows arrived in); columns without one fit their content.
         self._widths = widths or {}
@@ -74,6 +76,22 @@ class DiffTable(DataTable[Any]):
             for key, label in self._columns:
                 self.add_column(label, key=key, width=self._widths.get(key))
 
+    def relayout(self, columns: Sequence[tuple[str, str]], widths: dict[str, int]) -> bool:
+        """Show other columns (a subset or another order of the cells' columns, by key) or
+        widths; the rows come back on the next apply. False when nothing changes."""
+        if list(columns) == self._columns and widths == self._widths:
+            return False
+        keys = [k for k, _ in self._source]
+        self._pick = [keys.index(k) for k, _ in columns]
+        self._columns, self._widths = list(columns), dict(widths)
+        self.clear(columns=True)
+        self.on_screen.clear()
+        self._ensure_columns()
+        return True
+
+    def column_key(self, column: int) -> str:
+        return self._columns[column][0]
+
     def reset(self) -> None:
         """Forget every row: used when the view switches to another node or scope."""
         self.clear()
@@ -81,6 +99,9 @@ class DiffTable(DataTable[Any]):
 
     def apply(self, rows: Sequence[tuple[str, Cells]]) -> RowDiff:
         self._ensure_columns()
+        if self._pick is not None:
+            pick = self._pick
+            rows = [(k, tuple(cells[i] for i in pick)) for k, cells in rows]
         diff = diff_rows(self.on_screen, rows)
         restyle = self.restyle - {k for k, _ in diff.added}
         self.restyle = set()
@@ -151,24 +172,43 @@ class ConnectionsPane(Vertical):
         self.node = ""
         self.scope = Scope.OWN
         self.filter = ""
-        self.tracker = OwnerTracker()
-        self._fresh = True  # the next fetch is the first of this view: nothing lights up
+        self.stars = TakeoverStars()
+        self.takeovers: dict[str, float] = {}  # node -> when it last took over (lab clock)
+        self.lab_now = 0.0
         self.now_s = 0.0
         self._caption = ""
+        self._last: dict[str, Any] | None = None  # the last reply shown
+        self.down: frozenset[str] = frozenset()  # nodes failed or offline: no copy lives there
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="conn-bar"):
             yield Tabs(*(Tab(s.value, id=f"scope-{s.value}") for s in Scope), id="scope-tabs")
             yield Static("", id="totals")
         yield Input(placeholder="filter rows (Enter to keep, Esc to clear)", id="filter")
+        yield Static("", id="empty-hint")
         yield DiffTable(CONN_COLUMNS, self._render_cell, widths=CONN_WIDTHS, id="conn-table")
 
     @property
     def table(self) -> DiffTable:
         return self.query_one("#conn-table", DiffTable)
 
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._relayout)  # not inside the layout pass that resized it
+
+    def hint(self, text: str) -> None:
+        """What to do in an empty lab (or nothing): a line above the table."""
+        box = self.query_one("#empty-hint", Static)
+        if str(box.render()) != text:
+            box.update(text)
+        box.display = bool(text)
+
+    def _relayout(self) -> None:
+        columns, widths = conn_layout(self.size.width)
+        if self.table.relayout(columns, widths) and self._last is not None:
+            self.apply(self._last, self.now_s)  # refill from the last reply, not a new fetch
+
     def _render_cell(self, key: str, column: int, value: str) -> str | Text:
-        if column == OWNER_COLUMN and self.tracker.is_lit(key, self.now_s):
+        if self.table.column_key(column) == "owner" and self.stars.is_lit(key):
             return Text(f"{value} ★", style=LIT_STYLE)
         return value
 
@@ -187,8 +227,8 @@ class ConnectionsPane(Vertical):
             self.scope, changed = scope, True
             self.query_one(Tabs).active = f"scope-{scope.value}"
         if changed:
+            self._last = None
             self.table.reset()
-            self._fresh = True
             self.post_message(self.ViewChanged())
 
     def apply(self, reply: dict[str, Any], now_s: float,
@@ -201,17 +241,24 @@ class ConnectionsPane(Vertical):
                 None, self.scope.value):
             return None
         self.now_s = now_s
+        self._last = reply
         rows = list(reply.get("rows", []))
-        lit = self.tracker.observe(rows, now_s, fresh_view=self._fresh)
-        self._fresh = False
+        total = int(reply.get("total", len(rows)))
+        if self.filter:
+            # The lab matched every field of a row, the hidden ones too (its key, bucket,
+            # version, NAT binding): keep only the rows whose cells on screen match.
+            needle = self.filter.lower()
+            shown = [r for r in rows if needle in " ".join(conn_cells(r, self.down)).lower()]
+            total -= len(rows) - len(shown)
+            rows = shown
+        lit, dark = self.stars.observe(rows, self.takeovers, self.lab_now)
         table = self.table
-        table.restyle |= lit | self.tracker.expire(now_s)
-        diff = table.apply([(str(r["key"]), conn_cells(r)) for r in rows])
+        table.restyle |= lit | dark
+        diff = table.apply([(str(r["key"]), conn_cells(r, self.down)) for r in rows])
         if lit and table.sort_column is None:
             # rows just taken over float to the top, where the operator is looking
-            table.sort("owner", key=lambda cell: not isinstance(cell, Text))
+            table.sort("owner", key=lambda cell: not isinstance(cell, Text))  # stars first
             table.move_cursor(row=0, animate=False)
-        total = int(reply.get("total", len(rows)))
         note = reply.get("note")
         caption = f"{self.node} · {self.scope.value} · "
         caption += f"{len(rows)} of {total} rows" if total > len(rows) else f"{total} rows"
@@ -240,7 +287,6 @@ class ConnectionsPane(Vertical):
         event.stop()
         self.filter = event.value.strip()
         self.table.reset()
-        self._fresh = True
         self.post_message(self.ViewChanged())
 
     @on(Input.Submitted, "#filter")
@@ -291,15 +337,28 @@ def _flow_render(key: str, column: int, value: str) -> str | Text:
 class FlowsPane(Vertical):
     """Every traffic flow: health, bytes moved, and the node carrying it now."""
 
+    REFRESH_S = 1.0  # bytes and ages move every poll; people read the board once a second
+
     def __init__(self) -> None:
         super().__init__(id="flows-pane")
         self._summary = ""
+        self._at: float | None = None  # when the board was last redrawn (the console's clock)
+        self._news: tuple[tuple[Any, Any, Any], ...] = ()  # each flow's name, health, node
 
     def compose(self) -> ComposeResult:
         yield Static("", id="flow-summary")
         yield DiffTable(FLOW_COLUMNS, _flow_render, id="flow-table")
 
-    def apply(self, flows: list[dict[str, Any]]) -> RowDiff:
+    def apply(self, flows: list[dict[str, Any]], now_s: float | None = None) -> RowDiff | None:
+        """Redraw the board when a flow's health or node changed, else at most once per
+        REFRESH_S of `now_s` (always without it): bytes and ages can wait, a stall cannot."""
+        news = tuple((f.get("name"), f.get("health"), f.get("node")) for f in flows)
+        if now_s is not None:
+            if (news == self._news and self._at is not None
+                    and 0 <= now_s - self._at < self.REFRESH_S):
+                return None
+            self._at = now_s
+        self._news = news
         summary = "  ".join(f"[{HEALTH_STYLE[h]}]{n} {h}[/]" for h, n in flow_counts(flows).items())
         text = f"{len(flows)} flows  {summary}"
         if text != self._summary:

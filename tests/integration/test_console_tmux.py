@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -63,13 +64,19 @@ def test_console_shows_the_cluster_and_a_keyboard_kill_moves_connections_to_the_
     tmux("send-keys", "-t", "console", "k")
     see("the kill confirmation", lambda s: "Kill n1?" in s)
     tmux("send-keys", "-t", "console", "y")
+    killed_at = time.monotonic()
     shot = see("n1 failed and the takeover headline",
                lambda s: "n1 ✖ FAILED" in s and "took over" in s, 20)
-    assert "n2 took over" in shot, "n1's backup is n2"
+    assert "n2 took over" in shot and "of n1" in shot, "n1's backup is n2"
 
-    tmux("send-keys", "-t", "console", "2")
-    shot = see("n2's table holding n1's connections, highlighted",
+    # Two seconds after the kill, with no key pressed: the table followed the takeover to n2,
+    # and every row n2 adopted wears a star.
+    time.sleep(max(0.0, killed_at + 2.0 - time.monotonic()))
+    shot = see("n2's table holding n1's connections, starred",
                lambda s: "n2 · own" in s and "n2 ★" in s)
+    took = re.search(r"n2 took over (\d+) connections? of n1", shot)
+    assert took, shot
+    assert shot.count("n2 ★") == int(took.group(1)), shot
     assert "buckets 1 2 4 5 7 8 10 11" in shot
 
     tmux("send-keys", "-t", "console", "q")

@@ -114,3 +114,14 @@ def test_bursts_come_and_go_and_the_table_window_holds() -> None:
     assert len(lab.conns) == before
     table = lab.request({"cmd": "table", "node": "n1", "scope": "backup", "limit": 500})
     assert len(table["rows"]) == 500 and table["total"] > 900
+
+
+def test_every_console_module_is_under_600_lines() -> None:
+    """The house rule (files under 600 lines), for the console's own package."""
+    from pathlib import Path
+
+    import app.console
+
+    package = Path(app.console.__file__).parent
+    sizes = {p.name: len(p.read_text().splitlines()) for p in package.glob("*.py")}
+    assert sizes and all(n < 600 for n in sizes.values()), sizes

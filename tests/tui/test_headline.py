@@ -87,3 +87,24 @@ def test_the_daemon_status_carries_the_headline_built_from_its_events() -> None:
     st = asyncio.run(handlers.handle(api.Status()))
     assert st["headline"] == "n3 took over 11 connections of n1 in 28 ms · 1 s ago"
     assert st["headline_event"]["kind"] == "takeover"
+
+
+def test_the_lab_in_one_sentence_for_people() -> None:
+    ring = {"buckets": 12, "nodes": [{"name": "n1", "backups": ["n2"]}, {"name": "n2", "backups": ["n3"]},
+                                     {"name": "n3", "backups": ["n1"]}]}
+    assert headline.describe_lab(ring) == "3 nodes, 12 buckets, backups n1→n2→n3→n1"
+    two = {"buckets": 12, "nodes": [{"name": "n1", "backups": ["n2", "n3"]},
+                                    {"name": "n2", "backups": ["n1", "n3"]},
+                                    {"name": "n3", "backups": ["n1", "n2"]}]}
+    assert headline.describe_lab(two) == "3 nodes, 12 buckets, backups n1→n2,n3; n2→n1,n3; n3→n1,n2"
+    assert headline.describe_lab({"buckets": 4, "nodes": [{"name": "n1", "backups": []}]}) == (
+        "1 node, 4 buckets")
+
+
+def test_after_a_heal_the_views_merge_and_one_connection_is_singular() -> None:
+    events = [*kill_n1_taken_by_n3(), ev(30, "lab", "fault", text='fault partition: {"groups": []}'),
+              ev(40, "lab", "fault", text="fault heal: {}"), takeover(41, "n3", 0)]
+    head = headline.build(events, T0 + 42)
+    assert head.kind == "rejoin" and head.text == "after the heal, n3 holds buckets 1, 4 (0 connections)"
+    one = [ev(0, "n2", "peer-down", peer="n1", closed=True), takeover(0.1, "n2", 1)]
+    assert headline.build(one, T0 + 1).text == "n2 took over 1 connection of n1 in 25 ms"

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from app.console.model import OwnerTracker, diff_rows, fmt_age, fmt_bytes, provenance
+from app.console.model import (
+    TakeoverStars,
+    diff_rows,
+    fmt_age,
+    fmt_bytes,
+    provenance,
+    takeover_times,
+)
 
 
 def test_diff_reports_only_what_changed() -> None:
@@ -25,23 +32,21 @@ def test_formatting() -> None:
     assert fmt_bytes(999) == "999 B" and fmt_bytes(250_000) == "250.0 kB"
 
 
-def test_rows_light_up_when_their_owner_changes_and_then_fade() -> None:
-    tracker = OwnerTracker(hold_s=3.0)
-    rows = [{"key": "a", "owner": "n1", "trigger": "state-modified"}]
-    assert tracker.observe(rows, 0.0, fresh_view=True) == set()
-    assert tracker.observe([{"key": "a", "owner": "n2", "trigger": "node-failed"}], 1.0,
-                           fresh_view=False) == {"a"}
-    assert tracker.is_lit("a", 2.0)
-    assert tracker.expire(4.5) == {"a"} and not tracker.is_lit("a", 4.5)
-
-
-def test_rows_arriving_by_takeover_light_up_but_not_on_a_fresh_view() -> None:
-    tracker = OwnerTracker()
-    taken = [{"key": "b", "owner": "n2", "trigger": "node-failed"}]
-    assert tracker.observe(taken, 0.0, fresh_view=True) == set()
-    more = [{"key": "c", "owner": "n2", "trigger": "node-failed"},
-            {"key": "d", "owner": "n2", "trigger": "state-modified"}]
-    assert tracker.observe(more, 1.0, fresh_view=False) == {"c"}
+def test_rows_adopted_by_a_recent_takeover_wear_a_star_until_it_ages() -> None:
+    stars = TakeoverStars(hold_s=3.0)
+    rows = [{"key": "a", "owner": "n2", "trigger": "node-failed"},
+            {"key": "b", "owner": "n2", "trigger": "promoted"},  # the engine's own word
+            {"key": "c", "owner": "n2", "trigger": "state-modified"},
+            {"key": "d", "owner": "n1", "trigger": "node-failed"}]
+    assert stars.observe(rows, {}, 5.0) == (set(), set())
+    taken = takeover_times([{"name": "n2", "last_takeover": {"t": 10.0, "promoted": 2}},
+                            {"name": "n1", "last_takeover": {"t": 1.0, "promoted": 0}},
+                            {"name": "n3", "last_takeover": None}])
+    assert taken == {"n2": 10.0, "n1": 1.0}
+    assert stars.observe(rows, taken, 10.5) == ({"a", "b"}, set())
+    assert stars.is_lit("a") and not stars.is_lit("c") and not stars.is_lit("d")
+    assert stars.observe(rows, taken, 12.9) == (set(), set())
+    assert stars.observe(rows, taken, 13.0) == (set(), {"a", "b"})
 
 
 def test_provenance_follows_the_record_through_the_timeline() -> None:

@@ -70,3 +70,31 @@ def test_presentation_mode_takeover_at_100x30(snap_compare: Any) -> None:
 
 def test_viewer_mode(snap_compare: Any) -> None:
     assert snap_compare(build_app(viewer=True), terminal_size=SIZE, run_before=settle)
+
+
+def test_fault_banner(snap_compare: Any) -> None:
+    async def loss(pilot: Pilot[Any]) -> None:
+        await settle(pilot)
+        pilot.app.link.request({"cmd": "fault", "kind": "loss", "rate": 0.3, "node": "n2"})
+        await advance(pilot, 0.25)
+
+    assert snap_compare(build_app(), terminal_size=SIZE, run_before=loss)
+
+
+def test_a_bucket_owned_twice(snap_compare: Any) -> None:
+    async def partition(pilot: Pilot[Any]) -> None:
+        await settle(pilot)
+        pilot.app.link.request({"cmd": "fault", "kind": "partition", "groups": [["n1"], ["n2", "n3"]]})
+        await advance(pilot, 0.25)
+
+    assert snap_compare(build_app(), terminal_size=SIZE, run_before=partition)
+
+
+def test_presentation_mode_with_the_demo_panel_at_100x30(snap_compare: Any) -> None:
+    async def one_step(pilot: Pilot[Any]) -> None:
+        await settle(pilot)
+        await pilot.press("n")
+        await settle(pilot)
+
+    app = build_app(present=True, demo="takeover", connections=40)
+    assert snap_compare(app, terminal_size=PRESENT_SIZE, run_before=one_step)

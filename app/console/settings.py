@@ -1,0 +1,52 @@
+"""The console's fixed choices: its projector theme, which keys act on the lab, how long stars stay."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from platformdirs import user_downloads_path
+from textual.theme import Theme
+
+__all__ = ["DEMO_KEYS", "LAB_ACTIONS", "NODE_STATE_ACTIONS", "PRESENT_THEME", "STAR_PRESENT_S",
+           "STAR_S", "VIEWS", "screenshot_dir", "user_downloads_path"]
+
+PRESENT_THEME = Theme(
+    name="syncwall-present",
+    primary="#3b82f6",
+    secondary="#ffffff",
+    accent="#ffd700",
+    warning="#ffb000",
+    error="#ff3b3b",
+    success="#00e676",
+    foreground="#ffffff",
+    background="#000000",
+    surface="#0a0a0a",
+    panel="#202020",
+    dark=True,
+)
+
+# Actions that change the lab: hidden in viewer mode (the daemon refuses them from viewers too).
+LAB_ACTIONS = frozenset({
+    "kill", "crash", "revive", "offline", "policy", "full_sync", "traffic", "traffic_kind",
+    "freeze", "step",
+})
+NODE_STATE_ACTIONS = {  # action -> node states in which it applies
+    "kill": {"active"},
+    "crash": {"active"},
+    "offline": {"active"},
+    "revive": {"failed", "offline"},
+}
+STAR_S = 10.0
+STAR_PRESENT_S = 30.0
+VIEWS = ("connections", "timeline", "flows")
+# The demo panel's keys: they apply only while it is open, and never to viewers (viewers watch).
+DEMO_KEYS = frozenset({"demo_next", "demo_auto", "demo_close"})
+
+
+def screenshot_dir(run_dir: Path | None) -> Path:
+    """~/Downloads when there is one to write to, else the lab's run folder, else here."""
+    for place in (user_downloads_path(), run_dir, Path.cwd()):
+        if place is not None and place.is_dir() and os.access(place, os.W_OK):
+            return place
+    return Path.cwd()

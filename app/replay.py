@@ -353,6 +353,10 @@ class ReplayApp(ConsoleApp):
             return
         self._moved()
 
+    def _follow_takeover(self) -> None:
+        """Live, the table follows a takeover to the adopter; in a replay the user scrubs back and
+        forth over the same takeover, so the table stays on the node the user chose."""
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in ("event", "jump") and isinstance(self.focused, Input):
             return False  # the filter box keeps its cursor keys

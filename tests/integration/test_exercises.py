@@ -86,3 +86,32 @@ def test_fast_path_both_ways(tmp_path: Path) -> None:
         md = Path(rep["markdown"]).read_text()
         assert "**hints used**: 1" in md and "- [x] nothing else got in" in md
         assert Path(rep["html"]).read_text().startswith("<!doctype html>")
+
+
+# ---- ftp-nodes ---------------------------------------------------------------------------------
+def sw(*args: str) -> str:
+    p = subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True,
+                       text=True, timeout=60, check=True)
+    return p.stdout
+
+
+def test_ftp_nodes_both_ways() -> None:
+    with started("ftp-nodes", "ex-ftp"):
+        # What a student reads: the nodes' no-rule-match counters.
+        st = json.loads(sw("status", "--lab", "ex-ftp", "--json"))
+        nrm = {n["name"]: n["counters"].get("no-rule-match", 0) for n in st["nodes"]}
+        dropper = max(nrm, key=lambda n: nrm[n])
+        assert nrm[dropper] > 0, nrm
+        wrong = next(n for n in nrm if n != dropper)
+
+        rc, res = ex("answer", wrong)
+        assert rc == 3 and not res["passed"]
+        bad = {c["text"]: c for c in failing(res)}
+        assert "you named the node that dropped the data connection" in bad
+        assert repr(wrong) in bad["you named the node that dropped the data connection"]["details"]
+        assert "active FTP works across nodes" in bad  # the planted policy is still there
+        assert bad["active FTP works across nodes"]["hint"]
+
+        sw("policy", "hybrid", "--interval-ms", "1000", "--lab", "ex-ftp")
+        rc, res = ex("answer", dropper)
+        assert rc == 0 and res["passed"], res

@@ -191,3 +191,24 @@ def test_fast_path_too_broad_rule_fails_on_nothing_more(monkeypatch: pytest.Monk
     res = grade(fp.FAST_PATH, ctx_on(FakeLab(rule="all-tcp")))
     assert [r.ok for r in res.results] == [True, True, True, False]
     assert "narrower" in res.results[3].hint
+
+
+# ---- ftp-nodes ---------------------------------------------------------------------------------
+def test_ftp_answer_is_checked_against_the_recorded_counters() -> None:
+    from demos.exercises.ftp_nodes import named_node
+
+    ctx = ctx_on(FakeLab())
+    ctx.mem["facts"] = {"dropped_by": "n3", "session": "ftp-1", "no_rule_match": {"n3": 2}}
+    assert not named_node(ctx).ok and "no answer" in named_node(ctx).details
+    ctx.mem["answer"] = "n2"
+    assert not named_node(ctx).ok and "'n2'" in named_node(ctx).details
+    ctx.mem["answer"] = " N3 "
+    g = named_node(ctx)
+    assert g.ok and "n3 2" in g.details
+
+
+def test_ftp_takes_answers_and_fast_path_does_not(tmp_path: Path) -> None:
+    Session("fast-path", "ex-fast", "f.toml").save(tmp_path)
+    with pytest.raises(StateError, match="takes no answer"):
+        runner.answer("n1", "fast-path", root=tmp_path)
+    assert EXERCISES["ftp-nodes"].observe

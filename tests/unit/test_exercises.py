@@ -212,3 +212,22 @@ def test_ftp_takes_answers_and_fast_path_does_not(tmp_path: Path) -> None:
     with pytest.raises(StateError, match="takes no answer"):
         runner.answer("n1", "fast-path", root=tmp_path)
     assert EXERCISES["ftp-nodes"].observe
+
+
+# ---- two-failures ------------------------------------------------------------------------------
+def test_two_backups_reads_the_lab_status() -> None:
+    from demos.exercises.two_failures import two_backups
+
+    class Lab(FakeLab):
+        def __init__(self, backups: dict[str, list[str]]) -> None:
+            super().__init__()
+            self.b = backups
+
+        def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+            nodes = [{"name": n, "backups": b, "counters": {}} for n, b in self.b.items()]
+            return {"ok": True, "nodes": nodes}
+
+    one = two_backups(ctx_on(Lab({"n1": ["n2"], "n2": ["n3"], "n3": ["n1"]})))
+    assert not one.ok and "n1 1" in one.details
+    assert two_backups(ctx_on(Lab({"n1": ["n2", "n3"], "n2": ["n3", "n1"], "n3": ["n1", "n2"]}))).ok
+    assert not two_backups(ctx_on(Lab({"n1": ["n2", "n3"], "n2": ["n1", "n3"]}))).ok  # two nodes cannot

@@ -139,3 +139,19 @@ def test_two_failures_both_ways() -> None:
             pytest.xfail("cluster finding: a double crash loses connections even with backups = 2: "
                          + str(res["criteria"][1]["details"]))
         assert res["passed"], res
+
+
+# ---- planted-fault -----------------------------------------------------------------------------
+def test_planted_fault_both_ways() -> None:
+    with started("planted-fault", "ex-fault"):
+        st = json.loads(sw("status", "--lab", "ex-fault", "--json"))
+        assert st["faults"] and st["faults"][0]["kind"] == "loss"
+        rc, res = ex("check")  # the fault is still there
+        assert rc == 3
+        bad = {c["text"]: c for c in failing(res)}
+        assert "every node has a backup" in bad and bad["every node has a backup"]["hint"]
+        assert "without a backup: " + st["faults"][0]["node"] in bad["every node has a backup"]["details"]
+
+        sw("fault", "heal", "--lab", "ex-fault")
+        rc, res = ex("check")
+        assert rc == 0 and res["passed"], res

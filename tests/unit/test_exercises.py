@@ -231,3 +231,17 @@ def test_two_backups_reads_the_lab_status() -> None:
     assert not one.ok and "n1 1" in one.details
     assert two_backups(ctx_on(Lab({"n1": ["n2", "n3"], "n2": ["n3", "n1"], "n3": ["n1", "n2"]}))).ok
     assert not two_backups(ctx_on(Lab({"n1": ["n2", "n3"], "n2": ["n1", "n3"]}))).ok  # two nodes cannot
+
+
+# ---- planted-fault -----------------------------------------------------------------------------
+def test_planted_fault_names_the_node_left_without_a_backup() -> None:
+    from demos.exercises.planted_fault import every_node_backed_up
+
+    class Lab(FakeLab):
+        def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+            return {"ok": True, "nodes": [{"name": "n1", "state": "active", "backups": ["n3"]},
+                                          {"name": "n2", "state": "active", "backups": []},
+                                          {"name": "n3", "state": "active", "backups": ["n1"]}]}
+
+    g = every_node_backed_up(ctx_on(Lab()))
+    assert not g.ok and g.details == "without a backup: n2"

@@ -416,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     from app.capture_cmd import add_parsers as add_capture_parsers  # capture, decode
 
     add_capture_parsers(add)
+    from app.exercise_cmd import add_parser as add_exercise_parser  # exercise: its own module
+
+    add_exercise_parser(add)
     return ap
 
 

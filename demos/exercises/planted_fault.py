@@ -1,0 +1,68 @@
+"""Exercise "planted-fault": a fault on the sync path (every sync datagram into one node lost);
+find it with the console and heal it. Passes when every connection has its copy again."""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+from demos.exercises.framework import Criterion, Exercise, Grade
+from demos.scenarios.framework import DemoContext, start_tcp
+
+FLOWS = 9
+
+LAB_TOML = '''\
+# Exercise planted-fault: the default lab; `exercise start` plants a fault on its sync path.
+name = "ex-fault"
+'''
+
+
+def plant(ctx: DemoContext) -> dict[str, Any]:
+    node = random.choice(sorted(ctx.nodes()))
+    ctx.call({"cmd": "fault", "kind": "loss", "node": node, "rate": 1.0})
+    return {"node": node, "kind": "loss", "rate": 1.0}
+
+
+def every_node_backed_up(ctx: DemoContext) -> Grade:
+    nodes = ctx.nodes()
+    alone = sorted(n for n, v in nodes.items() if v["state"] == "active" and not v.get("backups"))
+    return Grade(not alone, "every node has a backup" if not alone
+                 else f"without a backup: {', '.join(alone)}")
+
+
+def copies_complete(ctx: DemoContext) -> Grade:
+    names = start_tcp(ctx, FLOWS, placed=False)
+    time.sleep(1.5)  # the daemon polls the nodes every 250 ms; copies follow within a few ms
+    nodes = ctx.nodes()
+    own = sum(int(v.get("own", 0)) for v in nodes.values())
+    copies = sum(int(v.get("backup", 0)) for v in nodes.values())
+    healthy = sum(f["health"] == "healthy" for f in ctx.flows(names))
+    per = ", ".join(f"{n} own {v.get('own', 0)} copies {v.get('backup', 0)}"
+                    for n, v in sorted(nodes.items()))
+    return Grade(copies >= own > 0 and healthy == FLOWS,
+                 f"{healthy} of {FLOWS} flows healthy; {own} connections owned, {copies} copies held ({per})")
+
+
+PLANTED_FAULT = Exercise(
+    name="planted-fault",
+    title="A planted fault: find what breaks the sync path and heal it",
+    idea="State sync runs on its own segment; a fault there does not stop traffic at first, it "
+         "silently removes the copies a takeover would need. Knowing where sync traffic stops is "
+         "how an operator finds it before a failure does.",
+    task="Something is wrong on this lab's sync path, although the flows still run. Find it with "
+         "the console (sync rates, backups, events) or `syncwall status`, and heal it. `check` "
+         "passes when every node has a backup and every connection has its copy again.",
+    lab_name="ex-fault",
+    lab_toml=LAB_TOML,
+    setup=plant,
+    criteria=(
+        Criterion("every node has a backup", every_node_backed_up,
+                  "A node whose peers hear nothing from it is left out of the backup groups. "
+                  "Which node's sync rate is near zero, and what does the lab say about its "
+                  "sync segment?"),
+        Criterion("every connection has its copy at a backup while the flows run", copies_complete,
+                  "Copies travel as sync datagrams. Compare owned and copied connections per node: "
+                  "where do the datagrams stop arriving, and what on the sync segment makes that so?"),
+    ),
+)

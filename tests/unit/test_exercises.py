@@ -1,0 +1,247 @@
+"""The exercises' framework, session record and report, and the grading of each exercise against
+fake control replies (the real lab is tests/integration/test_exercises.py)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from demos.exercises import EXERCISES, runner
+from demos.exercises import fast_path as fp
+from demos.exercises.framework import Criterion, Exercise, Grade, grade, rule_accepts
+from demos.exercises.session import Session, html_page, markdown, write_report
+from demos.scenarios.framework import DemoContext, DemoError
+from syncwall_errors import NotFoundError, StateError
+
+
+class FakeLab:
+    """Answers status, snapshot and traffic like the lab daemon; `rule` (or None) is the rule
+    that admits c1's TCP service: each status poll moves the counters as traffic would."""
+
+    def __init__(self, rule: str | None = None) -> None:
+        self.rule = rule
+        self.counters: dict[str, dict[str, int]] = {"n1": {"established": 100}, "n2": {}, "n3": {}}
+        self.flows: list[dict[str, Any]] = []
+        self.sent: list[dict[str, Any]] = []
+        self.moving = False
+
+    def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+        self.sent.append(msg)
+        cmd = msg["cmd"]
+        if cmd == "traffic" and msg.get("action") == "start":
+            name = f"tcp-{len(self.sent)}"
+            n = int(msg.get("flows", 1))
+            for i in range(n):
+                node = f"n{i % 3 + 1}"
+                if self.rule:
+                    c = self.counters[node]
+                    c[f"rule-accept:{self.rule}"] = c.get(f"rule-accept:{self.rule}", 0) + 1
+                else:
+                    c = self.counters[node]
+                    c["no-rule-match"] = c.get("no-rule-match", 0) + 5
+                self.flows.append({"name": f"{name}-{i}", "workload": name, "node": node,
+                                   "health": "healthy" if self.rule else "stalled",
+                                   "bytes": 5000 if self.rule else 0})
+            self.moving = bool(self.rule)
+            return {"ok": True, "name": name}
+        if cmd == "traffic":
+            self.moving = False
+            return {"ok": True}
+        if cmd in ("status", "snapshot"):
+            if self.moving:
+                self.counters["n1"]["established"] = self.counters["n1"].get("established", 0) + 200
+            nodes = [{"name": n, "counters": dict(c)} for n, c in self.counters.items()]
+            return {"ok": True, "nodes": nodes, "flows": list(self.flows), "events": []}
+        return {"ok": False, "error": f"fake lab: no {cmd}"}
+
+
+def ctx_on(lab: FakeLab) -> DemoContext:
+    return DemoContext(lab, "ex-test")
+
+
+# ---- the framework ---------------------------------------------------------------------------
+def _ex(*criteria: Criterion) -> Exercise:
+    return Exercise("t", "T", "idea", "task", "ex-t", 'name = "ex-t"\n', criteria)
+
+
+def test_grade_gives_each_criterion_and_a_hint_only_for_failures() -> None:
+    def boom(_c: DemoContext) -> Grade:
+        raise DemoError("the lab refused traffic")
+
+    ex = _ex(Criterion("a", lambda c: Grade(True, "fine"), "hint a"),
+             Criterion("b", lambda c: Grade(False, "seen 2"), "hint b"),
+             Criterion("c", boom, "hint c"))
+    lab = FakeLab()
+    res = grade(ex, ctx_on(lab))
+    assert [(r.text, r.ok, r.hint) for r in res.results] == [("a", True, ""), ("b", False, "hint b"),
+                                                              ("c", False, "hint c")]
+    assert "could not grade: the lab refused traffic" in res.results[2].details
+    assert not res.passed and res.first_failure is not None and res.first_failure.text == "b"
+
+
+def test_grade_stops_the_traffic_the_criteria_started() -> None:
+    lab = FakeLab(rule="x")
+    ex = _ex(Criterion("a", lambda c: Grade(bool(c.traffic("tcp", client="c1", flows=1))), "h"))
+    assert grade(ex, ctx_on(lab)).passed
+    stops = [m for m in lab.sent if m["cmd"] == "traffic" and m.get("action") == "stop"]
+    assert [m["name"] for m in stops] == ["tcp-1"]
+
+
+def test_no_criteria_never_passes() -> None:
+    assert not grade(_ex(), ctx_on(FakeLab())).passed
+
+
+def test_rule_accepts_sums_over_nodes() -> None:
+    counters = {"n1": {"rule-accept:a": 2, "new": 9}, "n2": {"rule-accept:a": 1, "rule-accept:b": 4}}
+    assert rule_accepts(counters) == {"a": 3, "b": 4}
+
+
+# ---- the session record and the report ---------------------------------------------------------
+def test_session_round_trip_time_to_pass_and_report(tmp_path: Path) -> None:
+    s = Session("fast-path", "ex-fast", str(tmp_path / "f.toml"), started=1000.0)
+    s.add_check([{"text": "c1 reaches", "ok": False, "details": "0 of 3", "hint": "h"}], False, now=1010.0)
+    s.add_hint("c1 reaches", now=1011.0)
+    s.add_check([{"text": "c1 reaches", "ok": True, "details": "3 of 3", "hint": ""}], True, now=1042.0)
+    s.add_check([{"text": "c1 reaches", "ok": False, "details": "later", "hint": "h"}], False, now=1050.0)
+    s.save(tmp_path)
+    back = Session.load("fast-path", tmp_path)
+    assert back == s and back.time_to_pass_s == 42.0  # the first pass counts
+    md = markdown(back, "Fast path")
+    assert "**time to pass**: 42 s" in md and "**hints used**: 1" in md
+    assert "- [ ] c1 reaches: later" in md
+    page = html_page(back, "Fast <path>")
+    assert "Fast &lt;path&gt;" in page and "42 s" in page
+    a, b = write_report(back, "Fast path", tmp_path / "out")
+    assert a.read_text() == md and b.suffix == ".html" and b.exists()
+
+
+def test_hint_needs_a_check_and_counts_the_hints(tmp_path: Path) -> None:
+    s = Session("fast-path", "ex-fast", "f.toml")
+    s.save(tmp_path)
+    with pytest.raises(StateError, match="check"):
+        runner.hint(None, tmp_path)
+    s.add_check([{"text": "ok one", "ok": True, "details": "", "hint": ""},
+                 {"text": "bad one", "ok": False, "details": "", "hint": "look at the counters"}], False)
+    s.save(tmp_path)
+    _, crit, text = runner.hint(None, tmp_path)
+    assert (crit, text) == ("bad one", "look at the counters")
+    assert [h["criterion"] for h in Session.load("fast-path", tmp_path).hints] == ["bad one"]
+
+
+def test_unknown_exercise_and_no_session(tmp_path: Path) -> None:
+    with pytest.raises(NotFoundError, match="fast-path"):
+        runner.exercise("nope")
+    with pytest.raises(StateError, match="no exercise was started"):
+        runner.current(None, tmp_path)
+    with pytest.raises(StateError, match="was not started"):
+        runner.current("fast-path", tmp_path)
+
+
+def test_every_exercise_is_complete() -> None:
+    from netns.spec import load_lab
+
+    assert next(iter(EXERCISES)) == "fast-path"
+    for ex in EXERCISES.values():
+        assert ex.criteria and all(c.hint for c in ex.criteria), ex.name
+        assert ex.observe == bool(ex.answer_help), ex.name
+        path = Path(f"/tmp/{ex.name}-unit.toml")
+        path.write_text(ex.lab_toml)
+        try:
+            assert load_lab(path).name == ex.lab_name
+        finally:
+            path.unlink()
+
+
+# ---- fast-path ---------------------------------------------------------------------------------
+def _probe(outcome: str) -> Any:
+    def run(self: DemoContext, host: str, argv: list[str], timeout_s: float) -> Any:
+        return subprocess.CompletedProcess(argv, 0, outcome + "\n", "")
+    return run
+
+
+def test_fast_path_starting_lab_fails_on_admission(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fp, "SERVICE_WAIT_S", 0.5)
+    monkeypatch.setattr(DemoContext, "exec", _probe("TimeoutError"))
+    res = grade(fp.FAST_PATH, ctx_on(FakeLab(rule=None)))
+    first = res.first_failure
+    assert first is not None and first.text.startswith("c1 reaches")
+    assert "0 of 3" in first.details and "no-rule-match" in first.details
+    assert first.hint and "5001" not in first.hint  # the hint does not give the port away
+    assert not res.passed
+
+
+def test_fast_path_correct_rule_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    lab = FakeLab(rule="echo")
+    # The probe is refused; the fake counts its SYN as no-rule-match.
+    def refused(self: DemoContext, host: str, argv: list[str], timeout_s: float) -> Any:
+        lab.counters["n2"]["no-rule-match"] = lab.counters["n2"].get("no-rule-match", 0) + 1
+        return subprocess.CompletedProcess(argv, 0, "TimeoutError\n", "")
+
+    monkeypatch.setattr(DemoContext, "exec", refused)
+    res = grade(fp.FAST_PATH, ctx_on(lab))
+    assert res.passed, res.results
+    assert "rule-accept:echo +3" in res.results[1].details
+
+
+def test_fast_path_too_broad_rule_fails_on_nothing_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(DemoContext, "exec", _probe("connected"))
+    res = grade(fp.FAST_PATH, ctx_on(FakeLab(rule="all-tcp")))
+    assert [r.ok for r in res.results] == [True, True, True, False]
+    assert "narrower" in res.results[3].hint
+
+
+# ---- ftp-nodes ---------------------------------------------------------------------------------
+def test_ftp_answer_is_checked_against_the_recorded_counters() -> None:
+    from demos.exercises.ftp_nodes import named_node
+
+    ctx = ctx_on(FakeLab())
+    ctx.mem["facts"] = {"dropped_by": "n3", "session": "ftp-1", "no_rule_match": {"n3": 2}}
+    assert not named_node(ctx).ok and "no answer" in named_node(ctx).details
+    ctx.mem["answer"] = "n2"
+    assert not named_node(ctx).ok and "'n2'" in named_node(ctx).details
+    ctx.mem["answer"] = " N3 "
+    g = named_node(ctx)
+    assert g.ok and "n3 2" in g.details
+
+
+def test_ftp_takes_answers_and_fast_path_does_not(tmp_path: Path) -> None:
+    Session("fast-path", "ex-fast", "f.toml").save(tmp_path)
+    with pytest.raises(StateError, match="takes no answer"):
+        runner.answer("n1", "fast-path", root=tmp_path)
+    assert EXERCISES["ftp-nodes"].observe
+
+
+# ---- two-failures ------------------------------------------------------------------------------
+def test_two_backups_reads_the_lab_status() -> None:
+    from demos.exercises.two_failures import two_backups
+
+    class Lab(FakeLab):
+        def __init__(self, backups: dict[str, list[str]]) -> None:
+            super().__init__()
+            self.b = backups
+
+        def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+            nodes = [{"name": n, "backups": b, "counters": {}} for n, b in self.b.items()]
+            return {"ok": True, "nodes": nodes}
+
+    one = two_backups(ctx_on(Lab({"n1": ["n2"], "n2": ["n3"], "n3": ["n1"]})))
+    assert not one.ok and "n1 1" in one.details
+    assert two_backups(ctx_on(Lab({"n1": ["n2", "n3"], "n2": ["n3", "n1"], "n3": ["n1", "n2"]}))).ok
+    assert not two_backups(ctx_on(Lab({"n1": ["n2", "n3"], "n2": ["n1", "n3"]}))).ok  # two nodes cannot
+
+
+# ---- planted-fault -----------------------------------------------------------------------------
+def test_planted_fault_names_the_node_left_without_a_backup() -> None:
+    from demos.exercises.planted_fault import every_node_backed_up
+
+    class Lab(FakeLab):
+        def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+            return {"ok": True, "nodes": [{"name": "n1", "state": "active", "backups": ["n3"]},
+                                          {"name": "n2", "state": "active", "backups": []},
+                                          {"name": "n3", "state": "active", "backups": ["n1"]}]}
+
+    g = every_node_backed_up(ctx_on(Lab()))
+    assert not g.ok and g.details == "without a backup: n2"

@@ -190,6 +190,54 @@ class SyncAgent:
             log.exception("%s: internal error on the close of %s", self.node, name)
         return True
 
+    def heard(self, name: str, incarnation: int, now: float) -> bool:
+        """A path probe of `name`'s process `incarnation` arrived on some cluster interface
+        (sync/paths.py): it is alive, as a heartbeat would say, so a cut sync segment alone
+        does not fail it. Only refreshes a peer that is up with that very incarnation (a
+        probe carries no mode, epoch or readiness: heartbeats bring a peer up). Returns
+        whether it was taken. Never raises."""
+        p = self.peers.get(name)
+        if p is None or incarnation == 0 or p.inc != incarnation or not p.up:
+            return False
+        if now > p.last_heard:
+            p.last_heard = now
+        return True
+
+    @property
+    def fenced(self) -> bool:
+        return self._ctx.fenced
+
+    def fence(self, on: bool, now: float) -> None:
+        """Self-fencing: this node lost a data link (sync/paths.py decides). On: it gives up
+        its buckets at once and stays joining, not ready, so the view hands them to its
+        backups, which hold its state. Off: it rejoins from scratch, resync first, as a
+        node that joins. Never raises."""
+        ctx = self._ctx
+        ctx.now = now
+        if on == ctx.fenced or ctx.modes.mode not in (Mode.JOINING, Mode.ACTIVE):
+            return
+        try:
+            ctx.fenced = on
+            ctx.counters["fenced" if on else "unfenced"] += 1
+            if on:
+                log.warning("%s: fencing itself: a data link is lost; handing its buckets on", self.node)
+                if ctx.modes.mode is Mode.ACTIVE:
+                    self._takeover.rejoin(now)
+                ctx.ready = False
+                if ctx.owned:
+                    lost = tuple(sorted(ctx.owned))
+                    ctx.owned = set()
+                    ctx.events.append(BucketsLost(lost))
+            else:
+                log.info("%s: data links back; rejoining (resync first)", self.node)
+                self._resync.restart(now)
+            self._leader.heartbeat(now, force=True)
+            self._leader.tick(now)
+            ctx.pump(now)
+        except Exception:
+            ctx.bad["internal-error"] += 1
+            log.exception("%s: internal error while fencing", self.node)
+
     # ---- triggers (claims 2-7, 14-17) -------------------------------------------------
 
     def changed(self, key: bytes, now: float, trigger: Trigger = Trigger.MODIFIED) -> None:

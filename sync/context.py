@@ -88,6 +88,7 @@ class AgentContext:
         self.modes = ModeMachine(Mode.JOINING)
         self.owned: set[int] = set()  # buckets this node forwards (its BucketsGained minus Lost)
         self.ready = False  # joining: bulk resync complete
+        self.fenced = False  # a data link lost: hand the buckets on, do not become ready
         self.now = now
         self.started = False
         self.events: list[SyncEvent] = []

@@ -34,9 +34,9 @@ class Leader:
             ctx.send_unreliable(p, MsgType.HELLO, ctx.hb_payload())
         self._next_hb = now + ctx.hb_s
 
-    def heartbeat(self, now: float) -> None:
+    def heartbeat(self, now: float, force: bool = False) -> None:
         ctx = self.ctx
-        if now >= self._next_hb:
+        if force or now >= self._next_hb:
             self._next_hb = now + ctx.hb_s
             for p in ctx.peers.values():
                 ctx.send_unreliable(p, MsgType.HEARTBEAT, ctx.hb_payload())

@@ -139,6 +139,10 @@ class Takeover:
             # back holding state nobody else has), this is how it gets them.
             self.rep.send_records(handed, Trigger.REBALANCE, ctx.now)
 
+    def rejoin(self, now: float) -> None:
+        """Give up being active and join again (a node that fences itself)."""
+        self._rejoin(now)
+
     def _rejoin(self, now: float) -> None:
         """We were declared failed (cut off, or too slow): our buckets went to others, who
         promoted our state. What we hold may have been promoted by us in isolation and

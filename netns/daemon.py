@@ -370,6 +370,8 @@ class LabDaemon:
             "hold_ms_p50": st.get("hold_ms_p50"),
             "hold_ms_p99": st.get("hold_ms_p99"),
             "lossless": st.get("lossless"),
+            # Per peer and path: heard, ms ago, sync route; refused frames (sync/paths.py).
+            "paths": st.get("paths") if live else None,
         }
 
     def status(self) -> dict[str, Any]:

@@ -125,6 +125,7 @@ class Node:
                 differential=cfg.differential,
                 heartbeat_ms=cfg.heartbeat_ms,
                 miss_limit=cfg.miss_limit,
+                majority=cfg.paths,  # paths = false: the sync segment alone, as before
             ),
             engine.store,
             time.monotonic(),
@@ -539,6 +540,9 @@ class Node:
             "uptime_s": round(time.monotonic() - self.started, 3),
             "queued": self.agent.held(),
             "paths": self.paths_status(),
+            # degraded: a data link lost, buckets handed on; attention: the minority side of a
+            # cut on every path, forwarding nothing (sync/agent.py)
+            "health": ("degraded" if self.agent.fenced else "attention" if self.agent.attention else "ok"),
         }
 
     def paths_status(self) -> dict[str, Any] | None:

@@ -167,6 +167,7 @@ class LabDaemon:
             "lossless_window_ms": s.lossless_window_ms,
             "lossless_cap_packets": s.lossless_cap_packets,
             "lossless_cap_bytes": s.lossless_cap_bytes,
+            "paths": s.paths,
         }
         path = self.run_dir / "nodes" / f"{name}.json"
         path.write_text(json.dumps(cfg, indent=1))
@@ -372,6 +373,7 @@ class LabDaemon:
             "lossless": st.get("lossless"),
             # Per peer and path: heard, ms ago, sync route; refused frames (sync/paths.py).
             "paths": st.get("paths") if live else None,
+            "health": st.get("health", "ok") if live else "ok",
         }
 
     def status(self) -> dict[str, Any]:

@@ -93,8 +93,8 @@ class Leader:
     def is_leader(self, now: float) -> bool:
         """Lowest-id live node, preferring nodes active in the current view."""
         ctx = self.ctx
-        if ctx.modes.mode not in (Mode.JOINING, Mode.ACTIVE):
-            return False
+        if ctx.modes.mode not in (Mode.JOINING, Mode.ACTIVE) or ctx.attention:
+            return False  # the minority side of a cut proposes nothing
         view = ctx.view
         if ctx.max_epoch_seen > view.epoch:
             # Someone holds a newer view than ours (a node just started, or a view we missed):

@@ -29,6 +29,12 @@ class Takeover:
         old = ctx.view
         ctx.view = v
         ctx.max_epoch_seen = max(ctx.max_epoch_seen, v.epoch)
+        # The cluster's members for the majority rule: live in a view; gone when offline.
+        for name, st in zip(v.nodes, v.states, strict=True):
+            if st in LIVE:
+                ctx.members.add(name)
+            elif st is MemberState.OFFLINE and name != ctx.node:
+                ctx.members.discard(name)
         left = self._change_mode(v, now)
         ctx.events.append(ViewChanged(v))
         new_owned = set(v.buckets_of(ctx.node)) if ctx.owning() else set()

@@ -149,6 +149,43 @@ def test_a_silent_cut_of_one_link_loses_no_flow_and_never_owns_a_bucket_twice(
     assert verdict.ok, f"after healing the {link} cut: {verdict.text()}"
 
 
+def test_a_link_down_and_a_flapping_sync_link_lose_no_flow_and_never_own_a_bucket_twice(
+        lab: dict[str, Any]) -> None:
+    _settled()
+    _start_flows()
+    t_cut = time.time()
+    _sw("fault", "cut", "--node", "n1", "--link", "outside")  # carrier gone: fenced at once
+    _sw("fault", "cut", "--node", "n2", "--link", "sync", "--silent", "--flap-ms", "200")
+    samples, doubles = _watch(4.0)
+    n1 = nodes(_status())["n1"]
+    assert n1["health"] == "degraded" and n1["buckets"] == [] and not n1["paths"]["carrier"]["outside"]
+    _sw("fault", "heal")
+    assert samples >= 10 and not doubles, doubles[:3]
+    verdict = flow_judge.judge(_flows, t_cut, 30)
+    assert verdict.ok, verdict.text()
+    _settled()
+
+
+def test_a_node_cut_off_on_every_path_forwards_nothing_and_the_majority_takes_over(
+        lab: dict[str, Any]) -> None:
+    _settled()
+    _start_flows()
+    t_cut = time.time()
+    for link in ("sync", "inside", "outside"):
+        _sw("fault", "cut", "--node", "n1", "--link", link, "--silent")
+    samples, doubles = _watch(2.5)
+    st = _status()
+    _sw("fault", "heal")
+    assert samples >= 10 and not doubles, doubles[:3]
+    n1 = nodes(st)["n1"]
+    assert n1["health"] == "attention" and n1["buckets"] == [], (n1["health"], n1["buckets"])
+    assert sorted(nodes(st)["n2"]["buckets"] + nodes(st)["n3"]["buckets"]) == list(range(1, 13))
+    verdict = flow_judge.judge(_flows, t_cut, 30)
+    assert verdict.ok, verdict.text()
+    st = _settled()
+    assert nodes(st)["n1"]["health"] == "ok" and nodes(st)["n1"]["buckets"] == [1, 4, 7, 10]
+
+
 def test_a_partition_of_the_sync_segment_alone_takes_nothing_over(lab: dict[str, Any]) -> None:
     st0 = _settled()
     downs0 = Counter({n["name"]: n["sync"]["counters"].get("peer-down", 0) for n in st0["nodes"]})

@@ -233,3 +233,25 @@ foreign = bytearray(real); foreign[5] ^= 0xFF
 for frame in (real, bytes(bad), bytes(foreign), b"SWP1garbage", b"\x00" * 60):
     s.sendto(frame, dst)
 """
+
+
+def test_with_the_extra_paths_off_a_sync_partition_is_a_split_brain(tmp_path: Path) -> None:
+    """The lab setting `paths = false`: the sync segment alone decides, as before the probes,
+    and the same partition makes every bucket owned twice (what the lesson shows)."""
+    name = "splitoff"
+    f = tmp_path / f"{name}.toml"
+    f.write_text(f'name = "{name}"\npaths = false\n')
+    sw("up", str(f), "--json", "--lab", name)
+    try:
+        c = ControlClient(RUN_ROOT / name / "control.sock")
+        try:
+            wait_for("every bucket owned once", lambda: _owned_once(c.request({"cmd": "status"})), 30)
+            assert all(n["paths"] is None for n in c.request({"cmd": "status"})["nodes"])
+            sw("fault", "partition", "--groups", "n1/n2,n3", "--lab", name)
+            st = wait_for("a bucket owned twice", lambda: (s := c.request({"cmd": "status"}))
+                          and any(len(o) > 1 for o in _owners(s).values()) and s, 10)
+            assert sorted(nodes(st)["n1"]["buckets"]) == list(range(1, 13))
+        finally:
+            c.close()
+    finally:
+        sw("down", "--lab", name, check=False)

@@ -237,7 +237,8 @@ def fault_request(args: argparse.Namespace) -> api.Fault:
     groups = tuple(tuple(g.split(",")) for g in args.groups.split("/")) if args.groups else None
     try:
         return api.Fault(args.kind, node=args.node, rate=args.rate, groups=groups,
-                         delay_ms=args.delay_ms)
+                         delay_ms=args.delay_ms, link=args.link,
+                         silent=True if args.silent else None, flap_ms=args.flap_ms)
     except api.RequestError as e:
         raise CliError(f"--{e.field.replace('_', '-')}: {e}") from e
 
@@ -389,12 +390,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=non_negative, help="burst: connections, 0 = until stopped")
     p.add_argument("--rate", type=positive_float, help="burst: new connections per second")
     p.add_argument("--name", help="stop: the workload to stop (default: all traffic)")
-    p = add("fault", cmd_fault, "inject a fault on the sync segment: loss, partition, slow, heal")
+    p = add("fault", cmd_fault, "inject a fault: loss, partition, slow (sync segment), cut (any link), heal")
     p.add_argument("kind", choices=api.FAULT_KINDS)
-    p.add_argument("--node", help="the node (loss, slow)")
+    p.add_argument("--node", help="the node (loss, slow, cut)")
     p.add_argument("--rate", type=fraction, help="loss: fraction of sync datagrams dropped, 0..1")
     p.add_argument("--groups", help="partition: e.g. n1/n2,n3 (nodes in different groups cannot sync)")
     p.add_argument("--delay-ms", type=non_negative, help="slow: how late the node handles sync input")
+    p.add_argument("--link", choices=api.CUT_LINKS, help="cut: which link of the node")
+    p.add_argument("--silent", action="store_true",
+                   help="cut: carrier stays up, frames are dropped at the fabric (a failed switch port)")
+    p.add_argument("--flap-ms", type=non_negative, help="cut: the link goes and comes back every MS")
     p = add("exec", cmd_exec, "run a program inside a lab host or node")
     p.add_argument("host")
     p.add_argument("cmd", nargs=argparse.REMAINDER)

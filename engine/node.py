@@ -28,6 +28,8 @@ from engine.replay import CAP_BYTES, CAP_PACKETS, WINDOW_MS, ReplaySettings
 from engine.rules import parse_rules
 from sync.agent import SyncAgent, SyncConfig
 from sync.liveness import Liveness
+from sync.pathio import PathIO
+from sync.paths import KIND_PROBE, PATHS, Paths, Received
 from sync.records import Trigger
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ class NodeConfig:
     lossless_window_ms: int = WINDOW_MS
     lossless_cap_packets: int = CAP_PACKETS
     lossless_cap_bytes: int = CAP_BYTES
+    paths: bool = True  # probes and sync failover on every cluster interface (sync/paths.py)
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
@@ -147,6 +150,7 @@ class Node:
                 differential=cfg.differential,
                 heartbeat_ms=cfg.heartbeat_ms,
                 miss_limit=cfg.miss_limit,
+                majority=cfg.paths,  # paths = false: the sync segment alone, as before
             ),
             engine.store,
             time.monotonic(),
@@ -173,6 +177,15 @@ class Node:
         self.started = time.monotonic()
         # The (owned, queued) buckets the latest iptables task applies.
         self._setting: tuple[list[int], list[int]] | None = None
+        # Every cluster interface a path (sync/paths.py): probes, sync failover, self-fencing.
+        self._addr_of = {name: (ip, port) for name, ip, port in cfg.nodes}
+        self._peer_at = {a: n for n, a in self._addr_of.items() if n != cfg.node}
+        self.pathio: PathIO | None = None
+        if cfg.paths:
+            paths = Paths(cfg.lab_id, key, cfg.node, [n for n, _, _ in cfg.nodes], agent.incarnation,
+                          time.monotonic(), probe_ms=cfg.heartbeat_ms)
+            self.pathio = PathIO(paths, {p: p for p in PATHS}, self._on_path, time.monotonic)
+        self._next_fence_check = 0.0
 
     # ---- timeline -------------------------------------------------------------------------
     def note(self, kind: str, text: str, **extra: Any) -> None:
@@ -290,7 +303,15 @@ class Node:
         sock = self.sock
         if sock is None:
             return
+        pio = self.pathio
+        now = time.monotonic()
         for addr, data in self.binding.datagrams():
+            if pio is not None and (peer := self._peer_at.get(addr)) is not None:
+                # The sync segment to that peer is silent while a data segment hears it: the
+                # datagram goes there, in a record frame (sync/paths.py).
+                route = pio.paths.route(peer, now)
+                if route != "sync" and pio.send_record(route, peer, data):
+                    continue
             try:
                 sock.sendto(data, addr)
             except OSError as e:  # a peer that is gone or a full buffer is the channel's problem
@@ -314,6 +335,32 @@ class Node:
                 self.binding.receive(data, src, now)
         self.after()
 
+    def _on_path(self, r: Received, now: float) -> None:
+        """A frame of a peer on one of the paths: a probe refreshes it (alive somewhere), a
+        record is one of its sync datagrams that came over a data segment."""
+        if r.kind == KIND_PROBE:
+            self.agent.heard(r.sender, r.incarnation, now)
+            return
+        self.binding.receive(r.datagram, self._addr_of[r.sender], now)
+        self.after()
+
+    def _paths_tick(self, now: float) -> None:
+        pio = self.pathio
+        if pio is None:
+            return
+        pio.tick(now)
+        if now < self._next_fence_check:
+            return
+        self._next_fence_check = now + pio.paths.probe_s
+        fence = pio.paths.fencing(now, pio.carriers())
+        if fence != self.agent.fenced:
+            self.agent.fence(fence, now)
+            if fence:
+                self.note("degraded", f"degraded: {pio.paths.fence_why}; buckets handed to the backups")
+            else:
+                self.note("degraded", "data links back: rejoining, resync first")
+            self.binding.settle(now)
+
     def _late_receive(self, data: bytes, src: tuple[str, int]) -> None:
         self.binding.receive(data, src, time.monotonic())
         self.after()
@@ -332,6 +379,7 @@ class Node:
             # Read what peers sent before judging them: after a stall of this process their
             # heartbeats wait in the socket, and they are alive.
             self.on_sync_readable()
+            self._paths_tick(time.monotonic())
             self.binding.tick(time.monotonic())
             self.after()
             await asyncio.sleep(TICK_S)
@@ -370,6 +418,12 @@ class Node:
         liveness = await Liveness(
             self.agent, self.sync_addr, clock=time.monotonic, on_closed=self._after_peer_closed
         ).start()
+        if self.pathio is not None:
+            try:
+                self.pathio.open()
+            except OSError as e:  # no AF_PACKET (not root?): the sync segment alone, as before
+                log.error("path probes off: %s", e)
+                self.pathio = None
         self.after()
         tick = asyncio.create_task(self.ticker())
         try:
@@ -381,6 +435,8 @@ class Node:
         finally:
             tick.cancel()
             liveness.close()  # the peers take this as our end, at once
+            if self.pathio is not None:
+                self.pathio.close()
             server.close()
             if nfq is not None:
                 loop.remove_reader(nfq_sock.sock.fileno())
@@ -511,7 +567,22 @@ class Node:
             "hold_ms_p99": lat[int(len(lat) * 0.99)] if lat else None,
             "uptime_s": round(time.monotonic() - self.started, 3),
             "queued": self.agent.held(),
+            "paths": self.paths_status(),
+            # degraded: a data link lost, buckets handed on; attention: the minority side of a
+            # cut on every path, forwarding nothing (sync/agent.py)
+            "health": ("degraded" if self.agent.fenced else "attention" if self.agent.attention else "ok"),
         }
+
+    def paths_status(self) -> dict[str, Any] | None:
+        """Per peer and path: heard, ms ago, the sync route; refused frames; degraded."""
+        pio = self.pathio
+        if pio is None:
+            return None
+        out = pio.paths.status(time.monotonic())
+        out["send_errors"] = dict(pio.errors)
+        out["carrier"] = pio.carriers()
+        out["degraded"] = self.agent.fenced
+        return out
 
     def table(self, scope: str, needle: str, limit: int) -> dict[str, Any]:
         rows = list(self.engine.rows(scope))

@@ -24,7 +24,8 @@ POLICIES = ("on-demand", "periodic", "hybrid")
 SCOPES = ("own", "backup", "common")
 TRAFFIC_KINDS = ("tcp", "udp", "burst", "ftp")
 FTP_MODES = ("active", "passive")
-FAULT_KINDS = ("loss", "partition", "slow", "heal")
+FAULT_KINDS = ("loss", "partition", "slow", "cut", "heal")
+CUT_LINKS = ("sync", "inside", "outside")
 INTERVAL_MS = (10, 60_000)  # the sync policy's period
 MAX_LIMIT = 100_000
 MAX_EVENTS = 100_000
@@ -322,13 +323,16 @@ _FAULT_FIELDS: Mapping[str, tuple[set[str], set[str]]] = {
     "loss": ({"rate"}, {"node"}),
     "partition": ({"groups"}, set()),
     "slow": ({"node", "delay_ms"}, set()),
+    "cut": ({"node", "link"}, {"silent", "flap_ms"}),
     "heal": (set(), set()),
 }
 
 
 @dataclass(frozen=True, slots=True)
 class Fault(Request):
-    """Fault injection on the sync segment: loss, partition, slow peer, heal (netns/faults.py)."""
+    """Fault injection: loss, partition, slow peer on the sync segment; a cut of one node's
+    link (sync, inside or outside: link down, or `silent` with the carrier up, optionally
+    flapping every `flap_ms`); heal (netns/faults.py)."""
 
     CMD: ClassVar[str] = "fault"
     kind: str
@@ -336,11 +340,14 @@ class Fault(Request):
     rate: float | None = None
     groups: tuple[tuple[str, ...], ...] | None = None
     delay_ms: int | None = None
+    link: str | None = None
+    silent: bool | None = None
+    flap_ms: int | None = None
 
     def __post_init__(self) -> None:
         _choice("kind", self.kind, FAULT_KINDS)
         required, optional = _FAULT_FIELDS[self.kind]
-        for name in ("node", "rate", "groups", "delay_ms"):
+        for name in ("node", "rate", "groups", "delay_ms", "link", "silent", "flap_ms"):
             given = getattr(self, name) is not None
             if name in required and not given:
                 raise RequestError(name, f"a {self.kind} fault needs {name}")
@@ -352,6 +359,12 @@ class Fault(Request):
             _num("rate", self.rate, 0.0, 1.0)
         if self.delay_ms is not None:
             _int("delay_ms", self.delay_ms, 0, 60_000)
+        if self.link is not None:
+            _choice("link", self.link, CUT_LINKS)
+        if self.silent is not None and not isinstance(self.silent, bool):
+            raise RequestError("silent", f"silent is true or false, not {self.silent!r}")
+        if self.flap_ms is not None:
+            _int("flap_ms", self.flap_ms, 20, 60_000)
         if self.groups is not None:
             groups = _groups(self.groups)
             object.__setattr__(self, "groups", groups)

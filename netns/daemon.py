@@ -167,6 +167,7 @@ class LabDaemon:
             "lossless_window_ms": s.lossless_window_ms,
             "lossless_cap_packets": s.lossless_cap_packets,
             "lossless_cap_bytes": s.lossless_cap_bytes,
+            "paths": s.paths,
         }
         path = self.run_dir / "nodes" / f"{name}.json"
         path.write_text(json.dumps(cfg, indent=1))
@@ -371,6 +372,9 @@ class LabDaemon:
             "hold_ms_p50": st.get("hold_ms_p50"),
             "hold_ms_p99": st.get("hold_ms_p99"),
             "lossless": st.get("lossless"),
+            # Per peer and path: heard, ms ago, sync route; refused frames (sync/paths.py).
+            "paths": st.get("paths") if live else None,
+            "health": st.get("health", "ok") if live else "ok",
         }
 
     def status(self) -> dict[str, Any]:

@@ -91,6 +91,9 @@ class LabSpec:
     lossless_window_ms: int
     lossless_cap_packets: int
     lossless_cap_bytes: int
+    # Probes and sync failover on every cluster interface (sync/paths.py); off: the sync
+    # segment alone decides who is alive, as before (the split-brain lesson shows why not).
+    paths: bool
     gateway_inside_ip: IPv4Address
     gateway_outside_ip: IPv4Address
     gateway_mac_inside: str
@@ -149,6 +152,7 @@ _SCALARS: dict[str, type] = {
     "lossless_window_ms": int,
     "lossless_cap_packets": int,
     "lossless_cap_bytes": int,
+    "paths": bool,
     "gateway_inside_ip": str,
     "gateway_outside_ip": str,
     "gateway_mac_inside": str,
@@ -357,6 +361,7 @@ def validate(raw: Mapping[str, Any]) -> LabSpec:
                                         1, 3000),
         lossless_cap_bytes=_int_range("lossless_cap_bytes", v.get("lossless_cap_bytes", 4 << 20),
                                       1500, 256 << 20),
+        paths=v.get("paths", True),
         gateway_inside_ip=gw["inside"],
         gateway_outside_ip=gw["outside"],
         gateway_mac_inside=v["gateway_mac_inside"],

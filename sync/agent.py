@@ -31,7 +31,7 @@ from sync.events import (
     ViewChanged,
 )
 from sync.leader import Leader
-from sync.membership import IllegalModeChange, Mode, ModeEvent, View
+from sync.membership import IllegalModeChange, Mode, ModeEvent, View, has_majority
 from sync.policy import SyncPolicy, make_policy
 from sync.records import StateStore, Trigger
 from sync.replicate import Replicator
@@ -153,7 +153,8 @@ class SyncAgent:
         mode = ctx.modes.mode
         if not ctx.started or mode is Mode.GONE:
             return
-        if mode is Mode.JOINING:
+        self._majority(now)
+        if ctx.modes.mode is Mode.JOINING:
             self._resync.joining(now)
         leader = self._leader
         leader.heartbeat(now)
@@ -163,6 +164,50 @@ class SyncAgent:
         self._replicate.period(now)
         self._replicate.deadlines(now)
         ctx.pump(now)
+
+    def _majority(self, now: float) -> None:
+        """Majority rule: cut off from the others on every path, only a side holding a
+        majority of the cluster's members (an even split: the side with the lowest node in
+        ring order) keeps and adopts buckets. This node, on the other side, stops forwarding
+        every bucket (`attention`) and stays joining until the majority is back, then rejoins
+        with a resync. Members gone for certain (closed, offline) are not counted."""
+        ctx = self._ctx
+        if not ctx.config.majority or ctx.modes.mode not in (Mode.JOINING, Mode.ACTIVE):
+            return
+        # A side about to lose the majority must let go before the other side adopts: it
+        # counts a peer as gone two heartbeats before the failure-detection time fails it.
+        margin = 2 * ctx.hb_s if ctx.config.miss_limit >= 3 else 0.0
+        fresh = ctx.dead_s - margin
+        reachable = {ctx.node, *(p.name for p in ctx.peers.values() if p.up and now - p.last_heard <= fresh)}
+        members = sorted(ctx.members | {ctx.node})
+        ok = has_majority(members, reachable, ctx.names)
+        if ok != ctx.attention:
+            return
+        ctx.attention = not ok
+        ctx.counters["attention" if not ok else "attention-over"] += 1
+        if not ok:
+            # Only stop forwarding: the state is kept, in case the others are dead rather than
+            # cut off. If they formed a view without us, we rejoin when it reaches us.
+            log.warning("%s: cut off from the majority of %s (hears %s): fail closed, forwarding nothing",
+                        self.node, members, sorted(reachable))
+            if ctx.owned:
+                lost = tuple(sorted(ctx.owned))
+                ctx.owned = set()
+                ctx.events.append(BucketsLost(lost))
+        else:
+            log.info("%s: the majority is back", self.node)
+            if ctx.modes.mode is not Mode.ACTIVE:
+                self._resync.restart(now)
+            elif ctx.max_epoch_seen > ctx.view.epoch:
+                # The majority formed views without us meanwhile: our buckets are theirs now
+                # and what we hold may be stale. Rejoin, resync first, as a node that joins.
+                self._takeover.rejoin(now)
+            else:
+                self._takeover.adopt(ctx.view, now)  # nobody moved on: take back what is ours
+
+    @property
+    def attention(self) -> bool:
+        return self._ctx.attention
 
     def peer_closed(self, name: str, incarnation: int, now: float) -> bool:
         """The kernel told us that `name`'s process `incarnation` is gone (its authenticated
@@ -182,6 +227,8 @@ class SyncAgent:
             # must not bring it back up, so its frames are stale from now on.
             self._dispatch.end_incarnation(p)
             p.inc = 0
+            # Gone for certain: it no longer counts for the majority until a view has it again.
+            ctx.members.discard(name)
             self._leader.tick(now)
             self._resync.leaving(now)
             ctx.pump(now)
@@ -189,6 +236,54 @@ class SyncAgent:
             ctx.bad["internal-error"] += 1
             log.exception("%s: internal error on the close of %s", self.node, name)
         return True
+
+    def heard(self, name: str, incarnation: int, now: float) -> bool:
+        """A path probe of `name`'s process `incarnation` arrived on some cluster interface
+        (sync/paths.py): it is alive, as a heartbeat would say, so a cut sync segment alone
+        does not fail it. Only refreshes a peer that is up with that very incarnation (a
+        probe carries no mode, epoch or readiness: heartbeats bring a peer up). Returns
+        whether it was taken. Never raises."""
+        p = self.peers.get(name)
+        if p is None or incarnation == 0 or p.inc != incarnation or not p.up:
+            return False
+        if now > p.last_heard:
+            p.last_heard = now
+        return True
+
+    @property
+    def fenced(self) -> bool:
+        return self._ctx.fenced
+
+    def fence(self, on: bool, now: float) -> None:
+        """Self-fencing: this node lost a data link (sync/paths.py decides). On: it gives up
+        its buckets at once and stays joining, not ready, so the view hands them to its
+        backups, which hold its state. Off: it rejoins from scratch, resync first, as a
+        node that joins. Never raises."""
+        ctx = self._ctx
+        ctx.now = now
+        if on == ctx.fenced or ctx.modes.mode not in (Mode.JOINING, Mode.ACTIVE):
+            return
+        try:
+            ctx.fenced = on
+            ctx.counters["fenced" if on else "unfenced"] += 1
+            if on:
+                log.warning("%s: fencing itself: a data link is lost; handing its buckets on", self.node)
+                if ctx.modes.mode is Mode.ACTIVE:
+                    self._takeover.rejoin(now)
+                ctx.ready = False
+                if ctx.owned:
+                    lost = tuple(sorted(ctx.owned))
+                    ctx.owned = set()
+                    ctx.events.append(BucketsLost(lost))
+            else:
+                log.info("%s: data links back; rejoining (resync first)", self.node)
+                self._resync.restart(now)
+            self._leader.heartbeat(now, force=True)
+            self._leader.tick(now)
+            ctx.pump(now)
+        except Exception:
+            ctx.bad["internal-error"] += 1
+            log.exception("%s: internal error while fencing", self.node)
 
     # ---- triggers (claims 2-7, 14-17) -------------------------------------------------
 
@@ -327,6 +422,9 @@ class SyncAgent:
             "ack_latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "samples": len(lat)},
             "held": self.held(),
             "frozen": ctx.frozen,
+            "fenced": ctx.fenced,
+            "attention": ctx.attention,
+            "members": sorted(ctx.members),
         }
 
     def provenance(self, key: bytes) -> dict[str, Any] | None:

@@ -32,6 +32,11 @@ class SyncConfig:
     join_wait_ms: int = 0  # 0: 2 * heartbeat_ms * miss_limit (time to hear the others)
     request_timeout_ms: int = 500
     provenance_keys: int = 10_000
+    # Majority rule (sync/agent.py): cut off from the others, only the side with a majority
+    # adopts; the other forwards nothing. On in every lab node (engine/node.py); off here by
+    # default, because under it a silent crash of half the cluster stops the other half too,
+    # and the simulator's tests of arbitrary silent crashes expect the survivors to go on.
+    majority: bool = False
 
     def __post_init__(self) -> None:
         names = [n for n, _ in self.nodes]

@@ -88,6 +88,12 @@ class AgentContext:
         self.modes = ModeMachine(Mode.JOINING)
         self.owned: set[int] = set()  # buckets this node forwards (its BucketsGained minus Lost)
         self.ready = False  # joining: bulk resync complete
+        self.fenced = False  # a data link lost: hand the buckets on, do not become ready
+        # Majority rule (sync/agent.py): the nodes of the cluster as this node knows it (seen
+        # live in a view, not since gone for certain: closed, or offline), and whether this
+        # node is on the minority side of a cut (`attention`: owns nothing, stays joining).
+        self.members: set[str] = {self.node}
+        self.attention = False
         self.now = now
         self.started = False
         self.events: list[SyncEvent] = []
@@ -102,8 +108,14 @@ class AgentContext:
         """Change this node's mode through the transition table (raises if it refuses)."""
         return self.modes.fire(event)
 
+    def held_back(self) -> bool:
+        """Fenced or on the minority side: this node must not become ready to own buckets."""
+        return self.fenced or self.attention
+
     def owning(self) -> bool:
         """Whether this node forwards buckets in its mode (a leaving node does until it goes)."""
+        if self.attention:  # the minority side of a cut forwards nothing
+            return False
         return self.modes.mode in (Mode.ACTIVE, Mode.LEAVING, Mode.LEFT)
 
     def live_peers(self) -> list[Peer]:

@@ -34,9 +34,9 @@ class Leader:
             ctx.send_unreliable(p, MsgType.HELLO, ctx.hb_payload())
         self._next_hb = now + ctx.hb_s
 
-    def heartbeat(self, now: float) -> None:
+    def heartbeat(self, now: float, force: bool = False) -> None:
         ctx = self.ctx
-        if now >= self._next_hb:
+        if force or now >= self._next_hb:
             self._next_hb = now + ctx.hb_s
             for p in ctx.peers.values():
                 ctx.send_unreliable(p, MsgType.HEARTBEAT, ctx.hb_payload())
@@ -93,8 +93,8 @@ class Leader:
     def is_leader(self, now: float) -> bool:
         """Lowest-id live node, preferring nodes active in the current view."""
         ctx = self.ctx
-        if ctx.modes.mode not in (Mode.JOINING, Mode.ACTIVE):
-            return False
+        if ctx.modes.mode not in (Mode.JOINING, Mode.ACTIVE) or ctx.attention:
+            return False  # the minority side of a cut proposes nothing
         view = ctx.view
         if ctx.max_epoch_seen > view.epoch:
             # Someone holds a newer view than ours (a node just started, or a view we missed):

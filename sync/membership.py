@@ -251,3 +251,16 @@ def view_from_wire(
     if owners != list(v.bucket_owner) or groups != [list(g) for g in v.backup_groups]:
         return None
     return v
+
+
+def has_majority(members: Sequence[str], reachable: set[str], ring: Sequence[str]) -> bool:
+    """Majority rule for a cut on every path: a side may adopt buckets only if it holds more
+    than half of the cluster's `members`, or exactly half including the member lowest in
+    ring order. Exactly one side of any split can hold it, so at most one side adopts."""
+    if not members:
+        return True
+    held = sum(1 for m in members if m in reachable)
+    if 2 * held != len(members):
+        return 2 * held > len(members)
+    lowest = min(members, key=ring.index)
+    return lowest in reachable

@@ -61,7 +61,9 @@ class Resync:
         in_view = [p for p in ctx.peers.values() if view.state(p.name) is MemberState.ACTIVE]
         heard_all = bool(in_view) and all(p.up for p in in_view)
         waited = now - self.join_started >= self.join_wait_s
-        ready = (waited or heard_all) and all(p.bulk_done for p in actives)
+        # A fenced node (a data link lost, sync/paths.py) or one on the minority side of a cut
+        # stays joining: it cannot, or must not, carry flows.
+        ready = (waited or heard_all) and all(p.bulk_done for p in actives) and not ctx.held_back()
         if ready and not ctx.ready:
             n = sum(p.bulk_received for p in actives)
             log.info("%s: resync complete, %d records from %s", ctx.node, n, [p.name for p in actives])

@@ -85,6 +85,7 @@ class SimCluster:
         self.events: dict[str, list[SyncEvent]] = {x: [] for x in self.names}
         self.timeline: list[tuple[float, str, SyncEvent]] = []
         self.cut: set[str] = set()
+        self.groups: list[set[str]] = []  # a partition: nodes in different groups hear nothing
         self.stats = SimStats()
         self.tap: Callable[[float, str, str, bytes], None] | None = None
         self._heap: list[_InFlight] = []
@@ -165,7 +166,7 @@ class SimCluster:
             dst = self._by_addr.get(addr)
             self.stats.sent += 1
             self.stats.bytes += len(data)
-            if dst is None or src in self.cut or dst in self.cut:
+            if dst is None or src in self.cut or dst in self.cut or self._apart(src, dst):
                 self.stats.lost += 1
                 continue
             if self.tap is not None:
@@ -183,6 +184,11 @@ class SimCluster:
                     delay += self.rng.random() * f.reorder_delay_s
                 self._n += 1
                 heapq.heappush(self._heap, _InFlight(self.now + delay, self._n, dst, self.addrs[src], data))
+
+    def _apart(self, a: str, b: str) -> bool:
+        ga = next((i for i, g in enumerate(self.groups) if a in g), None)
+        gb = next((i for i, g in enumerate(self.groups) if b in g), None)
+        return ga is not None and gb is not None and ga != gb
 
     def inject(self, dst: str, src: Address, data: bytes) -> None:
         """Deliver an arbitrary datagram now (tests of bad frames)."""

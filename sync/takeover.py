@@ -29,6 +29,12 @@ class Takeover:
         old = ctx.view
         ctx.view = v
         ctx.max_epoch_seen = max(ctx.max_epoch_seen, v.epoch)
+        # The cluster's members for the majority rule: live in a view; gone when offline.
+        for name, st in zip(v.nodes, v.states, strict=True):
+            if st in LIVE:
+                ctx.members.add(name)
+            elif st is MemberState.OFFLINE and name != ctx.node:
+                ctx.members.discard(name)
         left = self._change_mode(v, now)
         ctx.events.append(ViewChanged(v))
         new_owned = set(v.buckets_of(ctx.node)) if ctx.owning() else set()
@@ -138,6 +144,10 @@ class Takeover:
             # The new owner has these already if it resynced from us; if it had not (we come
             # back holding state nobody else has), this is how it gets them.
             self.rep.send_records(handed, Trigger.REBALANCE, ctx.now)
+
+    def rejoin(self, now: float) -> None:
+        """Give up being active and join again (a node that fences itself)."""
+        self._rejoin(now)
 
     def _rejoin(self, now: float) -> None:
         """We were declared failed (cut off, or too slow): our buckets went to others, who

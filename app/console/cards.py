@@ -11,8 +11,9 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Sparkline, Static
 
-STATES = ("active", "failed", "offline", "joining")
-STATE_MARK = {"active": "●", "failed": "✖", "offline": "○", "joining": "◐"}
+STATES = ("active", "failed", "offline", "joining", "degraded", "attention")
+STATE_MARK = {"active": "●", "failed": "✖", "offline": "○", "joining": "◐", "degraded": "◑", "attention": "!"}
+PATH_NAMES = ("sync", "inside", "outside")
 HISTORY = 40  # sparkline samples kept per node (10 s at 4 polls/s)
 
 
@@ -39,9 +40,12 @@ class NodeCard(Vertical):
         yield Static("", classes="card-body")
         yield Sparkline([0.0] * HISTORY, classes="card-spark")
 
-    def update_node(self, node: dict[str, Any]) -> None:
+    def update_node(self, node: dict[str, Any], twice: dict[int, list[str]] | None = None) -> None:
+        """Show `node`; `twice`: buckets owned by more than one node, with their owners."""
         self.node = node
         state = str(node.get("state", "active"))
+        if node.get("health") in ("degraded", "attention"):  # a data link lost, or cut off
+            state = str(node["health"])
         if state != self.state:
             self.remove_class(f"-{self.state}")
             self.add_class(f"-{state}")
@@ -57,7 +61,10 @@ class NodeCard(Vertical):
             self._history = deque([0.0] * (HISTORY - len(samples)) + samples, maxlen=HISTORY)
         else:
             self._history.append(rate)
-        buckets = " ".join(str(b) for b in node.get("buckets", [])) or "none"
+        twice = twice or {}
+        buckets = " ".join(
+            f"[b red]{b}({'+'.join(o for o in twice[b] if o != self.node_name)})[/b red]" if b in twice
+            else str(b) for b in node.get("buckets", [])) or "none"
         backs_up = ", ".join(node.get("backs_up", [])) or "-"
         backups = ", ".join(node.get("backups", [])) or "-"
         body = (
@@ -67,6 +74,9 @@ class NodeCard(Vertical):
             f"common {node.get('common', 0)}\n"
             f"held {node.get('held', 0)}  sync {rate:.0f} msg/s"
         )
+        paths = node.get("paths")
+        if isinstance(paths, dict) and paths.get("peers"):
+            body += "\n" + paths_line(paths)
         if body != self._body:  # a card's size never depends on its text: skip the layout pass
             self._body = body
             self.query_one(".card-body", Static).update(body, layout=False)
@@ -74,6 +84,19 @@ class NodeCard(Vertical):
 
     def on_click(self) -> None:
         self.post_message(self.Selected(self.node_name))
+
+
+def paths_line(paths: dict[str, Any]) -> str:
+    """One line: per peer, heard (●) or not (○) on sync, inside, outside; the sync route when
+    it is not the sync segment; refused path frames when there are any."""
+    parts = []
+    for peer, p in sorted(paths["peers"].items()):
+        marks = "".join("●" if p.get("paths", {}).get(x, {}).get("heard") else "[red]○[/red]"
+                        for x in PATH_NAMES)
+        route = p.get("route", "sync")
+        parts.append(f"{peer} {marks}" + (f"→{route}" if route != "sync" else ""))
+    refused = sum(int(v) for v in paths.get("refused", {}).values())
+    return "paths " + " ".join(parts) + (f" · [red]refused {refused}[/red]" if refused else "")
 
 
 class ClusterView(Horizontal):
@@ -91,8 +114,14 @@ class ClusterView(Horizontal):
             card.add_class("-active")
             self.cards[card.node_name] = card
             await self.mount(card)
+        owners: dict[int, list[str]] = {}
         for node in nodes:
-            self.cards[str(node["name"])].update_node(node)
+            for b in node.get("buckets", []):
+                owners.setdefault(int(b), []).append(str(node["name"]))
+        # Should never happen now; if it does, it must be seen: drawn red, with both owners.
+        twice = {b: o for b, o in owners.items() if len(o) > 1}
+        for node in nodes:
+            self.cards[str(node["name"])].update_node(node, twice)
         if not self.selected and self.cards:
             self.select(next(iter(self.cards)))
 

@@ -226,7 +226,7 @@ def test_fault_chains_descriptions_and_refusals(tmp_path: Path) -> None:
                        ({"kind": "loss", "node": "n9", "rate": 0.1}, "no node 'n9'"),
                        ({"kind": "partition", "groups": [["n1"]]}, "two non-empty groups"),
                        ({"kind": "partition", "groups": [["n1"], ["n1", "n2"]]}, "two groups"),
-                       ({"kind": "explode"}, "loss, partition or heal"),
+                       ({"kind": "explode"}, "loss, partition, cut or heal"),
                        ({"kind": "loss", "rate": 0.1}, "not in the lab's record")):
         reply = faults.apply_fault(spec, record, req)
         assert reply["ok"] is False and words in reply["error"], (req, reply)
@@ -389,27 +389,25 @@ def test_slow_peer_gets_retransmissions_and_recovers(lab: dict[str, Any]) -> Non
 
 
 @integration
-def test_partition_makes_a_visible_split_brain_and_heal_merges_it(lab: dict[str, Any]) -> None:
+def test_partition_of_the_sync_segment_switches_paths_and_takes_nothing_over(lab: dict[str, Any]) -> None:
+    # Before the path probes (sync/paths.py) this made a split brain: each side declared the
+    # other failed and every bucket was owned twice. Now the nodes still hear each other on
+    # the inside and outside segments: nobody fails, sync goes over a data segment.
     _ready(flows=False)
     _fresh_flows()
     sw("fault", "partition", "--lab", LAB, "--groups", "n1/n2,n3")
     try:
-        # Each side declares the other failed and takes its buckets: n1 alone takes all of
-        # them, n2 and n3 share them: every bucket is owned twice.
-        every = list(range(1, 13))
         t0 = time.monotonic()
-        st = wait_for("both sides own every bucket", _when(
-            lambda s: sorted(nodes(s)["n1"]["buckets"]) == every
-            and sorted(nodes(s)["n2"]["buckets"] + nodes(s)["n3"]["buckets"]) == every), 10)
-        FIGURES["partition"] = {"split_s": round(time.monotonic() - t0, 2),
-                                "owners_per_bucket": sorted(Counter(
-                                    b for n in st["nodes"] for b in n["buckets"]).values())}
+        st = wait_for("n2's sync to n1 over a data segment", _when(
+            lambda s: nodes(s)["n2"]["paths"]["peers"]["n1"]["route"] != "sync"), 10)
+        FIGURES["partition"] = {"switch_s": round(time.monotonic() - t0, 2)}
+        time.sleep(1.0)
+        st = status(LAB)
         owners = Counter(b for n in st["nodes"] for b in n["buckets"])
-        assert set(owners.values()) == {2}, "duplicate ownership is what a split brain looks like"
+        assert sorted(owners) == list(range(1, 13)) and set(owners.values()) == {1}, owners
         ns = nodes(st)
-        assert not ns["n1"]["sync"]["peers"]["n2"]["up"] and not ns["n2"]["sync"]["peers"]["n1"]["up"]
-        assert ns["n2"]["sync"]["peers"]["n3"]["up"]
-        assert st["faults"][0]["kind"] == "partition" and "split brain" in st["faults"][0]["effect"]
+        assert ns["n1"]["sync"]["peers"]["n2"]["up"] and ns["n2"]["sync"]["peers"]["n1"]["up"]
+        assert st["faults"][0]["kind"] == "partition" and "probes" in st["faults"][0]["effect"]
     finally:
         sw("fault", "heal", "--lab", LAB)
     lost = _lost_after("partition")

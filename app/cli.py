@@ -104,13 +104,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         overrides["lossless"] = args.lossless
     if args.nodes is not None:
         overrides["nodes"] = args.nodes
-    if args.lab:  # `up --lab NAME` names the lab (over a lab file's name): it brought up "default"
-        overrides["name"] = args.lab
+    if args.lab and not args.lab_file:  # `up --lab NAME` without a file: it brought up "default"
+        overrides["name"] = args.lab  # (a lab file's own name stays its name)
     lab_file = Path(args.lab_file).resolve() if args.lab_file else None
     try:
         spec = load_lab(lab_file, overrides or None)
     except LabSpecError as e:
-        raise CliError(f"bad lab {'name or file' if args.lab else 'file'}: {e}") from e
+        raise CliError(f"bad lab {'file' if args.lab_file else 'name'}: {e}") from e
     except OSError as e:
         raise CliError(f"cannot read lab file: {e}") from e
     return bring_up(spec.name, lab_file, overrides, quiet=args.json)

@@ -80,7 +80,8 @@ def test_a_kill_recorded_and_replayed_without_root(lab: dict[str, Any], tmp_path
         shared.unlink()
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
-    assert doc["takeovers"] == 1, doc["takeover_texts"]
+    # The module's lab (and its recording) may also hold another test's takeover: count n1's.
+    assert sum("of n1 " in t for t in doc["takeover_texts"]) == 1, doc["takeover_texts"]
     assert doc["flows_lost"] == 0, doc["lost_flows"]
     assert doc["nodes"] == ["n1", "n2", "n3"]
     assert doc["flows"] >= FLOWS and doc["duration_s"] > 0 and not doc["problem"]
@@ -157,11 +158,17 @@ def test_the_replay_at_a_kill_shows_what_the_live_lab_showed(lab: dict[str, Any]
         assert any(a.startswith(what) for a in actions), (what, actions)
     assert not failed_ftp, failed_ftp
 
+    # The first capture after the live snapshot (the flush asked for it before the revive).
+    t_cap = t_live
+    while rec.state_at(t_cap)[0] < t_live and t_cap < t_live + 3:
+        t_cap += 0.02
+    assert rec.state_at(t_cap)[0] >= t_live, "no capture after the live snapshot"
+
     async def at_the_kill() -> dict[str, Any]:
         app = ReplayApp(ReplayLink(rec), play_tick_s=None)
         async with app.run_test(size=SIZE) as pilot:
             await settle(pilot)
-            app.seek_offset(t_live + 0.2 - rec.t_start)
+            app.seek_offset(t_cap - rec.t_start)
             await settle(pilot)
             return {
                 "cards": {n: (str(app.query_one(f"#card-{n}", NodeCard).border_title),

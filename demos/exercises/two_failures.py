@@ -23,6 +23,9 @@ LAB_TOML = '''\
 # lose no connection, then run `syncwall exercise check` (it rebuilds the lab from this file,
 # runs traffic and crashes two nodes).
 name = "ex-two"
+# Five nodes: two of them crashed still leave a majority (three) that may take over; with three
+# nodes the one survivor would be a minority, which forwards nothing rather than risk a split brain.
+nodes = 5
 backups = 1
 '''
 

@@ -149,8 +149,11 @@ def test_planted_fault_both_ways() -> None:
         rc, res = ex("check")  # the fault is still there
         assert rc == 3
         bad = {c["text"]: c for c in failing(res)}
-        assert "every node has a backup" in bad and bad["every node has a backup"]["hint"]
-        assert "without a backup: " + st["faults"][0]["node"] in bad["every node has a backup"]["details"]
+        # With the extra liveness paths the deaf node stays a member, but its copies never come:
+        # either criterion may be the one that fails, and each failure carries its hint.
+        assert bad and all(c["hint"] for c in bad.values()), res
+        if "every node has a backup" in bad:
+            assert "without a backup: " + st["faults"][0]["node"] in bad["every node has a backup"]["details"]
 
         sw("fault", "heal", "--lab", "ex-fault")
         rc, res = ex("check")

@@ -34,8 +34,8 @@ def test_the_default_lab_is_the_one_in_the_design() -> None:
     assert spec.gateway_outside_ip == IPv4Address("198.18.2.1")
     assert (spec.buckets, spec.backups, spec.policy, spec.interval_ms) == (12, 1, "hybrid", 1000)
     assert (spec.heartbeat_ms, spec.miss_limit, spec.sync_port, spec.hold_timeout_ms) == (
-        20,
-        5,
+        10,
+        10,
         7400,
         200,
     )

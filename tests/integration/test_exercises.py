@@ -19,6 +19,22 @@ from netns.lab import daemon_pid
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _remove_our_sessions() -> Iterator[None]:
+    """The session records these tests make (a student's are kept for the report): by name,
+    only the files that were not there before, and the folder only if we made it."""
+    from demos.exercises.session import EX_ROOT
+
+    had_root = EX_ROOT.exists()
+    before = set(EX_ROOT.iterdir()) if had_root else set()
+    yield
+    if EX_ROOT.exists():
+        for f in set(EX_ROOT.iterdir()) - before:
+            f.unlink(missing_ok=True)
+        if not had_root and not any(EX_ROOT.iterdir()):
+            EX_ROOT.rmdir()
+
+
 def ex(*args: str, timeout: float = 180) -> tuple[int, dict[str, Any]]:
     p = subprocess.run([sys.executable, "-m", "app.cli", "exercise", *args, "--json"],
                        capture_output=True, text=True, timeout=timeout, check=False)

@@ -10,11 +10,15 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
+missing_of() {  # sets `missing` to those of the named Debian packages that are not installed
+  missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+}
+
 apt_pkgs=(iptables iproute2 libnetfilter-queue-dev gcc make python3-dev python3-venv tmux curl iperf3 tcpdump tshark)
-missing=()
-for p in "${apt_pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
+missing_of "${apt_pkgs[@]}"
 if [ ${#missing[@]} -gt 0 ]; then
   echo "syncwall: installing Debian packages: ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
@@ -26,10 +30,7 @@ fi
 # install (in the host's namespace, on the host's conntrack table): a policy-rc.d that refuses
 # every start keeps them stopped; ours only if the machine has none of its own, removed after.
 peer_pkgs=(keepalived conntrackd conntrack)
-missing=()
-for p in "${peer_pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
+missing_of "${peer_pkgs[@]}"
 if [ ${#missing[@]} -gt 0 ]; then
   echo "syncwall: installing Debian packages for the peer cluster (not started): ${missing[*]}" >&2
   guard=""

@@ -190,10 +190,7 @@ class SyncAgent:
             # cut off. If they formed a view without us, we rejoin when it reaches us.
             log.warning("%s: cut off from the majority of %s (hears %s): fail closed, forwarding nothing",
                         self.node, members, sorted(reachable))
-            if ctx.owned:
-                lost = tuple(sorted(ctx.owned))
-                ctx.owned = set()
-                ctx.events.append(BucketsLost(lost))
+            self._forward_nothing()
         else:
             log.info("%s: the majority is back", self.node)
             if ctx.modes.mode is not Mode.ACTIVE:
@@ -271,10 +268,7 @@ class SyncAgent:
                 if ctx.modes.mode is Mode.ACTIVE:
                     self._takeover.rejoin(now)
                 ctx.ready = False
-                if ctx.owned:
-                    lost = tuple(sorted(ctx.owned))
-                    ctx.owned = set()
-                    ctx.events.append(BucketsLost(lost))
+                self._forward_nothing()
             else:
                 log.info("%s: data links back; rejoining (resync first)", self.node)
                 self._resync.restart(now)
@@ -341,6 +335,14 @@ class SyncAgent:
             self._ctx.pump(now)
 
     # ---- output -------------------------------------------------------------------------
+
+    def _forward_nothing(self) -> None:
+        """Attention and fencing: give up every owned bucket at once (the state is kept)."""
+        ctx = self._ctx
+        if ctx.owned:
+            lost = tuple(sorted(ctx.owned))
+            ctx.owned = set()
+            ctx.events.append(BucketsLost(lost))
 
     def datagrams(self) -> list[tuple[Address, bytes]]:
         ctx = self._ctx

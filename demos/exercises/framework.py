@@ -15,15 +15,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from demos.scenarios.framework import DemoContext, DemoError
+from demos.scenarios.framework import Check, DemoContext, DemoError
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Grade:
-    ok: bool
-    details: str = ""
+# A criterion's grade is a demo expectation's check: passed or not, and what was seen.
+Grade = Check
 
 
 @dataclass(frozen=True, slots=True)

@@ -276,12 +276,16 @@ def empty_hint(snapshot: dict[str, Any], *, viewer: bool) -> str:
 def takeover_to_follow(head: dict[str, Any], selected: str, state_of: Callable[[str], str],
                        followed: Any) -> list[str] | None:
     """The adopters to move the table to after `selected` failed or left, per the headline
-    (adopters first, then whom they took from); [] to only mark it seen, None to do nothing."""
+    (adopters first, then whom they took from); None to do nothing yet.
+
+    The headline comes from the adopter and the node's state from the lab, so the headline can
+    arrive a snapshot before the lab marks the node down: then nothing is done, and the next
+    snapshot asks again (the headline's time tells one takeover from the next)."""
     nodes = [str(n) for n in head.get("nodes") or []]
     if head.get("kind") not in ("takeover", "leave") or len(nodes) < 2 or head.get("t") is None:
         return None
     if head["t"] == followed or nodes[-1] != selected:
         return None
     if state_of(selected) not in ("failed", "offline"):
-        return []
+        return None
     return [n for n in nodes[:-1] if state_of(n) == "active"]

@@ -31,11 +31,16 @@ def screen() -> str:
 
 
 def see(what: str, pred: Callable[[str], bool], timeout_s: float = 15) -> str:
-    def ready() -> str | None:
-        s = screen()
-        return s if pred(s) else None
+    last = [""]
 
-    shot: str = wait_for(what, ready, timeout_s, 0.2)
+    def ready() -> str | None:
+        last[0] = screen()
+        return last[0] if pred(last[0]) else None
+
+    try:
+        shot: str = wait_for(what, ready, timeout_s, 0.2)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; the screen was:\n{last[0]}") from None
     return shot
 
 

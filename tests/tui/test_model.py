@@ -9,6 +9,7 @@ from app.console.model import (
     fmt_bytes,
     provenance,
     takeover_times,
+    takeover_to_follow,
 )
 
 
@@ -61,3 +62,14 @@ def test_provenance_follows_the_record_through_the_timeline() -> None:
     assert "sent to: n2" in text and "acked after 500.20 ms" in text
     assert "record k1: 2 event(s)" in text and "other" not in text
     assert any(line.lstrip().startswith("▶") and "released" in line for line in lines)
+
+
+def test_the_table_follows_a_takeover_only_once_the_lab_marks_the_node_down() -> None:
+    # The adopter's headline can arrive a snapshot before the lab's state of the dead node.
+    head = {"kind": "takeover", "nodes": ["n2", "n1"], "t": 12.5}
+    states = {"n1": "active", "n2": "active"}
+    assert takeover_to_follow(head, "n1", states.__getitem__, None) is None
+    states["n1"] = "failed"
+    assert takeover_to_follow(head, "n1", states.__getitem__, None) == ["n2"]
+    assert takeover_to_follow(head, "n1", states.__getitem__, 12.5) is None, "followed once"
+    assert takeover_to_follow(head, "n3", states.__getitem__, None) is None, "not the node on screen"

@@ -201,13 +201,19 @@ def cmd_action(args: argparse.Namespace) -> int:
 def cmd_policy(args: argparse.Namespace) -> int:
     req = api.SetPolicy(args.policy, interval_ms=args.interval_ms)
     reply = call(pick_lab(args.lab), req)
-    err(f"policy {reply['policy']}, interval {reply['interval_ms']} ms")
+    if args.json:
+        print(json.dumps(reply))
+    else:
+        err(f"policy {reply['policy']}, interval {reply['interval_ms']} ms")
     return 0
 
 
 def cmd_lossless(args: argparse.Namespace) -> int:
     reply = call(pick_lab(args.lab), api.SetLossless(on=args.mode == "on"))
-    err(f"lossless takeover {'on' if reply['lossless'] else 'off'} on every node")
+    if args.json:
+        print(json.dumps(reply))
+    else:
+        err(f"lossless takeover {'on' if reply['lossless'] else 'off'} on every node")
     return 0
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,23 @@ def cmd_capture(args: argparse.Namespace) -> int:
     if daemon_pid(lab) is None:
         raise LabNotRunning(f"lab {lab!r} is not running; start it with `syncwall up`")
     spec = load_lab_of(lab)
-    res = capture.capture(spec, args.segment, Path(args.write), args.seconds, args.node, say=_say)
+    # Ctrl-C and SIGTERM stop the capture and keep what it saw. Handlers of our own, not
+    # Python's KeyboardInterrupt: a program started from a background job (CI, nohup, `cmd &`
+    # in a script) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if not stop.is_set():
+            _say(f"{signal.Signals(signum).name}: stopping the capture")
+        stop.set()
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        res = capture.capture(spec, args.segment, Path(args.write), args.seconds, args.node,
+                              say=_say, stop=stop)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
     if args.json:
         print(json.dumps({"ok": True, "file": str(res.path), "packets": res.packets,
                           "dropped": res.dropped, "seconds": round(res.seconds, 3)}))

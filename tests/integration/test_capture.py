@@ -201,7 +201,10 @@ def test_a_kill_and_a_revive_decode_the_same_in_tshark_and_syncwall(lab: dict[st
     out = tmp_path / "failover.pcap"
     sw("traffic", "start", "tcp", "--flows", "6", "--client", "c1", "--interval-ms", "100")
     argv = ["--lab", "default", "capture", "--segment", "sync", "-w", str(out), "--seconds", "60"]
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", *argv], stderr=subprocess.PIPE, text=True)
+    # Started with SIGINT ignored, as from a background job (CI, nohup, `cmd &` in a script):
+    # Ctrl-C must stop the capture all the same (it ran on for its 60 s, and CI failed).
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", *argv], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         assert proc.stderr is not None
         assert "capturing" in proc.stderr.readline()
@@ -217,7 +220,12 @@ def test_a_kill_and_a_revive_decode_the_same_in_tshark_and_syncwall(lab: dict[st
             for f in decode_capture(out.read_bytes())[0]), 10)
     finally:
         proc.send_signal(signal.SIGINT)  # as Ctrl-C: the capture stops, keeps what it saw
-        rc = proc.wait(20)
+        try:
+            rc = proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # and its tcpdump stops with it: the capture reaps it in a finally
+            proc.wait()
+            raise AssertionError("the capture did not stop on SIGINT within 20 s") from None
         err = proc.stderr.read() if proc.stderr else ""
         sw("traffic", "stop", "tcp", check=False)
     assert rc == 0, err

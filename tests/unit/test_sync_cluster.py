@@ -373,3 +373,23 @@ def test_an_active_node_keeps_no_copy_of_a_node_it_does_not_back_up_sent_under_i
     # Under a newer view than ours it may be for the role that view gives us: kept for now.
     rep.apply_records(peer, Trigger.REBALANCE, [rec(b"k-next", stranger)], c.now, view.epoch + 1)
     assert c.stores[y].get(b"k-next") is not None
+
+
+def test_two_backups_survive_the_owner_and_its_first_backup_failing_one_after_the_other() -> None:
+    # n2's first backup, n3, adopts n2's buckets and dies before its hand-on reaches anyone:
+    # n2's second backup, n4, must still hold n2's copies when it adopts n3's buckets.
+    c = _cluster(5, buckets=20, backups=2, heartbeat_ms=10, miss_limit=5)
+    assert c.agents["n1"].view.backups["n2"] == ["n3", "n4"]
+    keys = [f"n2-{i}".encode() for i in range(30)]
+    for i, k in enumerate(keys):
+        c.put("n2", k, [i])
+    c.run(0.05)
+    assert all(set(c.holders(k)) == {"n2", "n3", "n4"} for k in keys)
+    c.kill("n2")
+    assert c.run_until(lambda: bool(_of(c, "n3", BucketsGained)), 1.0)
+    c.kill("n3")  # in the same step: nothing n3 sent after its takeover is delivered
+    assert c.run_until(lambda: all(
+        any(r.key == k for x in c.alive for r in c.stores[x].records(owner=x)) for k in keys), 1.0), (
+        [k for k in keys if not any(r.key == k for x in c.alive for r in c.stores[x].records(owner=x))])
+    owners = c.owners()
+    assert all(len(v) == 1 and v[0] in c.alive for v in owners.values()), owners

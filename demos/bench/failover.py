@@ -24,6 +24,7 @@ from demos.bench.lab import (
     iperf3_server,
     lab_nodes,
     lab_request,
+    node_status,
     run_in,
     stop_traffic,
     traffic,
@@ -159,11 +160,13 @@ def udp_across_kill(name: str, runs: int, progress: Progress, mode: str,
     ooo: list[int] = []
     takeover: list[float] = []
     failures: list[str] = []
+    window: list[dict[str, int]] = []
     stop_traffic(name)
     with iperf3_server(name) as ip:
         for i in range(runs):
             try:
                 q = _udp_end(iperf3(name, ip, args, UDP_S))
+                held0 = {n: _lossless(name, n) for n in lab_nodes(name) if n != victim}
                 p = subprocess.Popen(in_host(name, "c1", iperf3_argv(ip, args, UDP_S)),
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
                 try:
@@ -187,6 +190,9 @@ def udp_across_kill(name: str, runs: int, progress: Progress, mode: str,
             sent.append(k["packets"])
             ooo.append(k["out_of_order"])
             dup.append(int(lt.get("replayed_udp") or 0))
+            # Why a datagram may still be lost with lossless on: held past the window, or over the cap.
+            held1 = _lossless(name, lt["node"])
+            window.append({c: held1.get(c, 0) - held0.get(lt["node"], {}).get(c, 0) for c in held1})
             takeover.append((float(lt["t"]) - killed_at) * 1000)
             progress(f"{mode} UDP run {i + 1}/{runs}: lost {k['lost']} of {k['packets']} across the kill "
                      f"({q['lost']} without), {dup[-1]} replayed (possible duplicates), "
@@ -196,7 +202,21 @@ def udp_across_kill(name: str, runs: int, progress: Progress, mode: str,
             "lost_with_kill": killed, "lost_without_kill": quiet, "packets": sent,
             "lost_by_kill": [max(0, k - q) for k, q in zip(killed, quiet, strict=True)],
             "replayed_udp": dup, "out_of_order": ooo, "takeover_ms": summarize(takeover, 1),
-            "failed_runs": failures}
+            "adopter_lossless_delta": window, "failed_runs": failures}
+
+
+LOSSLESS_COUNTERS = ("held", "replayed", "replayed_udp", "expired", "dropped_by_cap", "evicted_by_cap",
+                     "dropped_not_backed_up")
+
+
+def _lossless(name: str, node: str) -> dict[str, int]:
+    """A node's lossless counters (held, replayed, expired, dropped_by_cap ...), from its own socket."""
+    try:
+        got = node_status(name, node).get("lossless") or {}
+    except (BenchError, OSError):
+        return {}
+    counters = got.get("counters", got)
+    return {k: int(v) for k, v in counters.items() if k in LOSSLESS_COUNTERS}
 
 
 def _bench_mode(name: str, runs: int, progress: Progress, mode: str, action: str = "kill") -> dict[str, Any]:
@@ -215,6 +235,7 @@ def _bench_mode(name: str, runs: int, progress: Progress, mode: str, action: str
     retrans_base: list[int] = []
     server_retrans: list[int] = []
     replayed: list[int] = []
+    request_to_cut: list[float] = []
 
     def tcp() -> list[dict[str, Any]]:
         return [f for f in flows(name, "tcp-") if f.get("kind") == "tcp"]
@@ -250,7 +271,13 @@ def _bench_mode(name: str, runs: int, progress: Progress, mode: str, action: str
         # The daemon sends SIGKILL as soon as it reads the request; its own killed_at is taken
         # after reaping the process, which can be tens of ms later on a busy machine.
         killed_at = time.time()
-        lab_request(name, {"cmd": action, "node": victim}, 30)
+        reply = lab_request(name, {"cmd": action, "node": victim}, 30)
+        if action == "crash":
+            # A crash is the moment the links go down: the daemon cuts them (pyroute2 in the
+            # fabric namespace, tens to hundreds of ms after the request on a busy host) and
+            # answers at once; until then the node is alive and heard.
+            request_to_cut.append((float(reply["crashed_at"]) - killed_at) * 1000)
+            killed_at = float(reply["crashed_at"])
 
         try:
             lt = wait_until("a backup to take the failed node's buckets",
@@ -259,6 +286,7 @@ def _bench_mode(name: str, runs: int, progress: Progress, mode: str, action: str
             lt = None
             no_takeover += 1
             progress(f"run {i + 1}/{runs}: no takeover seen within {TAKEOVER_WAIT_S:g} s")
+        found: float | None = None
         if lt is not None:
             total_ms = (float(lt["t"]) - killed_at) * 1000
             takeover.append(total_ms)
@@ -278,15 +306,17 @@ def _bench_mode(name: str, runs: int, progress: Progress, mode: str, action: str
         retrans_base.append(round(base * kill_s / base_s) if base_s > 0 else base)
         if lt is not None:
             replayed.append(int(lt.get("replayed") or 0))
-        pauses += [float(f.get("longest_pause_ms") or 0) for f in tcp() if f["name"] in before]
+        run_pauses = [float(f.get("longest_pause_ms") or 0) for f in tcp() if f["name"] in before]
+        pauses += run_pauses
         victim_total.append(len(on_victim))
         victim_ok.append(len(ok & set(on_victim)))
         totals.append(len(before))
         survived.append(len(ok))
-        timing = (f"detect {detect[-1]:.0f} ms, takeover {takeover[-1]:.0f} ms" if lt is not None
-                  and detect else "no takeover")
+        timing = "no takeover" if lt is None else (
+            (f"detect {detect[-1]:.0f} ms" if found is not None else "no peer-down event seen")
+            + f", takeover {takeover[-1]:.0f} ms")
         progress(f"{mode} {action} run {i + 1}/{runs}: {timing}, retransmissions {delta} "
-                 f"(baseline {retrans_base[-1]}), longest pause {max(pauses or [0]):.0f} ms, "
+                 f"(baseline {retrans_base[-1]}), longest pause {max(run_pauses or [0]):.0f} ms, "
                  f"{len(ok)}/{len(before)} flows survived, {len(lost)} lost "
                  f"({victim_ok[-1]}/{len(on_victim)} of those on {victim} survived)")
         revive(name, victim)
@@ -301,4 +331,5 @@ def _bench_mode(name: str, runs: int, progress: Progress, mode: str, action: str
         "flows_total": summarize(totals, 0), "flows_survived": summarize(survived, 0),
         "victim_flows": summarize(victim_total, 0), "victim_flows_survived": summarize(victim_ok, 0),
         "takeovers": takeovers, "runs_without_takeover": no_takeover,
+        **({"crash_request_to_cut_ms": summarize(request_to_cut, 1)} if request_to_cut else {}),
     }

@@ -336,6 +336,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from demos.bench import run_bench
 
+    if args.minutes:
+        os.environ["SWBENCH_MINUTES"] = str(args.minutes)  # benches that run for a time (false-failover)
     return run_bench(args.name, as_json=args.json, lab=args.lab, runs=args.runs)
 
 
@@ -423,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("bench", cmd_bench, "measure a figure")
     p.add_argument("name")
     p.add_argument("--runs", type=non_negative, default=0, help="repetitions (0: the bench's default)")
+    p.add_argument("--minutes", type=float, default=0, help="how long a timed bench runs (false-failover)")
     from app import replay_cmd  # record, replay, serve --replay: their own module
 
     replay_cmd.add_commands(add, sub.choices["serve"])

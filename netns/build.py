@@ -267,7 +267,10 @@ def _install_rules(spec: LabSpec, forward: str) -> None:
 
 
 def _set_node_links(target: LabSpec | LabRecord, node: str, state: str) -> None:
-    ports = [port_name(node, seg) for seg in ("inside", "outside", "sync")]
+    # The sync port first: a crashed node must not get to announce anything. Cut last, it stayed
+    # up the few ms in which the node saw its data links go, fenced itself and handed its
+    # buckets over (a graceful exit, 3-11 ms, not the crash that only heartbeats can detect).
+    ports = [port_name(node, seg) for seg in ("sync", "inside", "outside")]
     with IPRoute(netns=ns_name(target, FABRIC)) as ip:
         indexes = []
         for port in ports:

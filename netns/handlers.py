@@ -194,10 +194,17 @@ class ControlHandlers:
             return {"ok": False, "error": f"{np.name} is {np.intent}, not active"}
         assert self.d.record is not None
         np.intent = "crashed"
-        self.d.failed_at = time.time()
-        await asyncio.to_thread(lab_build.cut_links, self.d.record, np.name)
+        record = self.d.record
+
+        def cut() -> float:
+            lab_build.cut_links(record, np.name)
+            return time.time()
+
+        # The crash is the cut, stamped in the thread that made it: the request can come 100 ms
+        # before it (pyroute2 entering the fabric namespace) and this loop resume as late after.
+        self.d.failed_at = cut_at = await asyncio.to_thread(cut)
         self.d.note("action", f"crash {np.name}: all its links cut at once", node=np.name, action="crash")
-        return {"ok": True, "crashed_at": time.time()}
+        return {"ok": True, "crashed_at": cut_at}
 
     async def do_revive(self, np: NodeProc) -> dict[str, Any]:
         if np.intent == "active" and np.proc is not None and np.proc.returncode is None:

@@ -135,7 +135,8 @@ def _takeover(ev: Mapping[str, Any], head: Headline, last_action: dict[str, tupl
     t, adopter = float(ev["t"]), str(ev.get("node", ""))
     n, ms = int(ev.get("promoted") or 0), _ms(ev)
     replayed = ev.get("replayed")
-    tail = f", replayed {replayed} packets" if isinstance(replayed, int) and replayed else ""
+    tail = (f", replayed {replayed} packet{'' if replayed == 1 else 's'}"
+            if isinstance(replayed, int) and replayed else "")
     # Whom from: the peers the adopter itself saw go down, else a node that just left.
     of = sorted({p for (o, p) in down_seen if o == adopter})
     # A leaver stays one until it is revived.

@@ -20,6 +20,7 @@ from demos.baselines import BenchError
 from demos.bench.chaos import bench_chaos
 from demos.bench.conn_rate import bench_conn_rate
 from demos.bench.failover import bench_failover
+from demos.bench.false_failover import bench_false_failover
 from demos.bench.ftp import bench_ftp
 from demos.bench.lab import Progress, machine
 from demos.bench.lossless_cost import bench_lossless
@@ -40,6 +41,7 @@ BENCHES: dict[str, tuple[Bench, int]] = {
     "conn-rate": (bench_conn_rate, 3),
     "sync-latency": (bench_sync_latency, 3),
     "failover": (bench_failover, 5),
+    "false-failover": (bench_false_failover, 1),
     "lossless": (bench_lossless, 4),
     "ftp": (bench_ftp, 3),
     "resync": (bench_resync, 3),

@@ -5,6 +5,7 @@ status, and report progress."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import subprocess
@@ -175,3 +176,36 @@ def node_status(lab: str, node: str) -> dict[str, Any]:
     """A node's own status, straight from its control socket (the daemon's copy may be 250 ms old)."""
     path = RUN_ROOT / lab / "nodes" / f"{node}.sock"
     return baselines.node_request(path, {"cmd": "status"})
+
+
+IPERF_PORT = 5201  # inside the default rules' tcp/udp 5000-5999
+
+
+@contextlib.contextmanager
+def iperf3_server(lab: str, host: str = "s1", port: int = IPERF_PORT) -> Iterator[str]:
+    """An iperf3 server in a lab host for the block's duration; yields the address it listens on."""
+    ip = lab_server_ip(lab)
+    server = subprocess.Popen(in_host(lab, host, ["iperf3", "-s", "-B", ip, "-p", str(port)]),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        baselines.wait_port(host_ns(lab, host), port)
+        yield ip
+    finally:
+        baselines.stop_process(server)
+
+
+def iperf3_argv(ip: str, args: list[str], duration_s: float, port: int = IPERF_PORT) -> list[str]:
+    return ["iperf3", "-c", ip, "-p", str(port), "-t", str(max(1, round(duration_s))), "-J", *args]
+
+
+def iperf3(lab: str, ip: str, args: list[str], duration_s: float, client: str = "c1",
+           port: int = IPERF_PORT) -> dict[str, Any]:
+    """One iperf3 client run from a lab host (JSON output); a failure is a BenchError."""
+    out = run_in(lab, client, iperf3_argv(ip, args, duration_s, port), timeout_s=duration_s + 30)
+    try:
+        doc: dict[str, Any] = json.loads(out.stdout)
+    except ValueError as e:
+        raise BenchError(f"iperf3 in {client} printed no JSON: {out.stdout[-200:]!r}") from e
+    if "error" in doc:
+        raise BenchError(f"iperf3 in {client}: {doc['error']}")
+    return doc

@@ -10,31 +10,25 @@ rate) and the CPU seconds the node processes spent during each run (utime + stim
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from demos import baselines
 from demos.baselines import BenchError
 from demos.bench.lab import (
     Progress,
     bench_lab,
-    host_ns,
-    in_host,
+    iperf3,
+    iperf3_server,
     lab_nodes,
     lab_request,
-    lab_server_ip,
     node_status,
-    run_in,
 )
 from demos.bench.stats import ratio, summarize
 
 MODES = (("lossless_off", False), ("lossless_on", True))
 STREAMS = 3
-PORT = "5201"  # inside the default rules' tcp/udp 5000-5999
 UDP_LEN = 64 - 28  # payload of a 64-byte IPv4 UDP packet
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -58,14 +52,6 @@ def _held(lab: str) -> int:
     return sum(int(node_status(lab, n).get("lossless", {}).get("held", 0)) for n in lab_nodes(lab))
 
 
-def _iperf(lab: str, ip: str, args: list[str], duration_s: float) -> dict[str, Any]:
-    seconds = str(max(1, round(duration_s)))
-    out = run_in(lab, "c1", ["iperf3", "-c", ip, "-p", PORT, "-t", seconds, "-J", *args],
-                 timeout_s=duration_s + 30)
-    doc: dict[str, Any] = json.loads(out.stdout)
-    return doc
-
-
 def measure(runs: int, lab: str | None, progress: Progress, duration_s: float) -> dict[str, Any]:
     """Every run measures both modes, alternating which goes first (the machine's drift hits both)."""
     samples: dict[str, dict[str, list[float]]] = {
@@ -74,11 +60,7 @@ def measure(runs: int, lab: str | None, progress: Progress, duration_s: float) -
     failures: list[str] = []
     with bench_lab(lab, progress) as name:
         was_on = bool(lab_request(name, {"cmd": "status"}).get("lossless", False))
-        ip = lab_server_ip(name)
-        server = subprocess.Popen(in_host(name, "s1", ["iperf3", "-s", "-B", ip, "-p", PORT]),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            baselines.wait_port(host_ns(name, "s1"), int(PORT))
+        with iperf3_server(name) as ip:
             for i in range(runs):
                 order = MODES if i % 2 == 0 else MODES[::-1]
                 for mode, on in order:
@@ -87,13 +69,13 @@ def measure(runs: int, lab: str | None, progress: Progress, duration_s: float) -
                     s = samples[mode]
                     try:
                         c0, h0, t0 = node_cpu_s(name), _held(name), time.monotonic()
-                        doc = _iperf(name, ip, ["-P", str(STREAMS)], duration_s)
+                        doc = iperf3(name, ip, ["-P", str(STREAMS)], duration_s)
                         c1, h1, t1 = node_cpu_s(name), _held(name), time.monotonic()
                         s["mbps"].append(float(doc["end"]["sum_received"]["bits_per_second"]) / 1e6)
                         s["tcp_cpu_s_per_s"].append((c1 - c0) / (t1 - t0))
                         s["held_per_s"].append((h1 - h0) / (t1 - t0))
                         c0, t0 = node_cpu_s(name), time.monotonic()
-                        doc = _iperf(name, ip, ["-u", "-b", "0", "-l", str(UDP_LEN)], duration_s)
+                        doc = iperf3(name, ip, ["-u", "-b", "0", "-l", str(UDP_LEN)], duration_s)
                         c1, t1 = node_cpu_s(name), time.monotonic()
                         end = doc["end"]["sum"]
                         got = int(end["packets"]) - int(end.get("lost_packets", 0))
@@ -110,8 +92,6 @@ def measure(runs: int, lab: str | None, progress: Progress, duration_s: float) -
                              f"{s['tcp_cpu_s_per_s'][-1]:.2f} CPU; UDP 64 B {s['pps'][-1]:,.0f} pps at "
                              f"{s['udp_cpu_s_per_s'][-1]:.2f} CPU")
             lab_request(name, {"cmd": "lossless", "on": was_on})  # as the lab was
-        finally:
-            baselines.stop_process(server)
     off, on_ = samples["lossless_off"], samples["lossless_on"]
     return {
         "what": "steady-state cost of lossless takeover: lossless off and on alternated in one lab, "

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 from typing import Any
 
 from demos import baselines
 from demos.baselines import BenchError
-from demos.bench.lab import (
-    Progress,
-    bench_lab,
-    host_ns,
-    in_host,
-    lab_nodes,
-    lab_server_ip,
-    node_status,
-    run_in,
-)
+from demos.bench.lab import Progress, bench_lab, iperf3, iperf3_server, lab_nodes, node_status
 from demos.bench.stats import ratio, summarize
 
 
@@ -62,33 +51,22 @@ def _cluster_tcp(runs: int, lab: str | None, progress: Progress, duration_s: flo
     """TCP Mbit/s through the 3-node cluster: iperf3 from c1 to s1 with several streams."""
     mbps: list[float] = []
     failures: list[str] = []
-    port = "5201"  # inside the default rules' tcp 5000-5999
-    seconds = str(max(1, round(duration_s)))
-    with bench_lab(lab, progress) as name:
-        ip = lab_server_ip(name)
-        server = subprocess.Popen(in_host(name, "s1", ["iperf3", "-s", "-B", ip, "-p", port]),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            baselines.wait_port(host_ns(name, "s1"), int(port))
-            for i in range(runs):
-                try:
-                    out = run_in(name, "c1", ["iperf3", "-c", ip, "-p", port, "-t", seconds, "-P",
-                                              str(CLUSTER_STREAMS), "-J"], timeout_s=duration_s + 30)
-                    doc = json.loads(out.stdout)
-                    mbps.append(float(doc["end"]["sum_received"]["bits_per_second"]) / 1e6)
-                except (BenchError, ValueError, KeyError) as e:
-                    failures.append(str(e)[:200])
-                    progress(f"run {i + 1}/{runs} cluster: failed: {str(e)[:120]}")
-                    continue
-                progress(f"run {i + 1}/{runs} cluster: {mbps[-1]:,.0f} Mbit/s over {CLUSTER_STREAMS} streams")
-            # Evidence for slow or stalled runs: packets of a connection a node had no state for.
-            counters: dict[str, int] = {}
-            for n in lab_nodes(name):
-                c = node_status(name, n).get("counters", {})
-                for k in ("no-state", "released-by-timeout", "hold-pull"):
-                    counters[k] = counters.get(k, 0) + int(c.get(k, 0))
-        finally:
-            baselines.stop_process(server)
+    with bench_lab(lab, progress) as name, iperf3_server(name) as ip:
+        for i in range(runs):
+            try:
+                doc = iperf3(name, ip, ["-P", str(CLUSTER_STREAMS)], duration_s)
+                mbps.append(float(doc["end"]["sum_received"]["bits_per_second"]) / 1e6)
+            except (BenchError, ValueError, KeyError) as e:
+                failures.append(str(e)[:200])
+                progress(f"run {i + 1}/{runs} cluster: failed: {str(e)[:120]}")
+                continue
+            progress(f"run {i + 1}/{runs} cluster: {mbps[-1]:,.0f} Mbit/s over {CLUSTER_STREAMS} streams")
+        # Evidence for slow or stalled runs: packets of a connection a node had no state for.
+        counters: dict[str, int] = {}
+        for n in lab_nodes(name):
+            c = node_status(name, n).get("counters", {})
+            for k in ("no-state", "released-by-timeout", "hold-pull"):
+                counters[k] = counters.get(k, 0) + int(c.get(k, 0))
     return {"what": f"TCP through the default-topology lab, c1 -> s1, {CLUSTER_STREAMS} iperf3 streams "
                     "(spread over the nodes by HMARK), measured after the single-gateway modes",
             "mbps": summarize(mbps, 0), "samples_mbps": mbps, "failed_runs": failures,

@@ -9,6 +9,7 @@ long, without a kill, is the background allowed for."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -116,6 +117,9 @@ def _kill_under_flows(lossless: bool) -> tuple[int, int, list[dict[str, Any]]]:
 def test_lossless_takeover_causes_no_retransmission_and_without_it_there_are(lab: dict[str, Any]) -> None:
     on, quiet_on, flows_on = _kill_under_flows(True)
     replayed = nodes(status())["n2"]["last_takeover"].get("replayed")
+    # The headline, as the real daemon builds it from the real engine's takeover (netns/headline.py).
+    head = str(status()["headline"])
+    said = re.match(r"n2 took over \d+ connections? of n1 in \d+ ms, replayed (\d+) packets?", head)
     # Without lossless a kill drops what was in flight to the dead node; TCP recovers it by a
     # retransmission or a tail loss probe (both count here). A kill that happens to meet no packet
     # in flight is possible at a 15 ms takeover, so up to three kills are tried.
@@ -133,4 +137,5 @@ def test_lossless_takeover_causes_no_retransmission_and_without_it_there_are(lab
     assert on <= quiet_on, seen
     assert off > quiet_off, f"lossless off: {off} retransmission(s) across the kill, {quiet_off} without"
     assert replayed and replayed > 0
+    assert said and int(said.group(1)) == replayed, head
     assert all(f["health"] in ("healthy", "done") for f in flows_on)

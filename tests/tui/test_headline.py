@@ -65,6 +65,8 @@ def test_rejoin_false_suspicion_fault_and_replayed() -> None:
     assert fault.kind == "fault" and "loss 30" in fault.text
     replay = [ev(0, "n2", "peer-down", peer="n1", closed=True), takeover(0.1, "n2", 5, replayed=3)]
     assert headline.build(replay, T0 + 1).text.endswith(", replayed 3 packets")
+    one = [ev(0, "n2", "peer-down", peer="n1", closed=True), takeover(0.1, "n2", 1, replayed=1)]
+    assert headline.build(one, T0 + 1).text == "n2 took over 1 connection of n1 in 25 ms, replayed 1 packet"
 
 
 class StubDaemon:

@@ -71,7 +71,7 @@ class _Echo(asyncio.DatagramProtocol):
 async def serve_echo(bind: str | list[str], port: int, stop: asyncio.Event) -> int:
     """Echo every datagram back, on each address of `bind` (IPv4 and IPv6 in a dual-stack lab)."""
     loop = asyncio.get_running_loop()
-    transports = []
+    transports: list[asyncio.DatagramTransport] = []
     for addr in [bind] if isinstance(bind, str) else bind:
         try:
             transport, _ = await loop.create_datagram_endpoint(_Echo, local_addr=(addr, port))

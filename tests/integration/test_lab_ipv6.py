@@ -53,12 +53,26 @@ def _settled() -> dict[str, Any]:
     return st
 
 
+# An ICMPv6 echo over a raw socket (the lab hosts have no ping; the kernel fills the checksum).
+_PING6 = """
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.settimeout(2)
+for seq in range(3):
+    s.sendto(bytes((128, 0, 0, 0, 0x53, 0x57, 0, seq)) + b"syncwall", (sys.argv[1], 0))
+    while True:
+        data, _ = s.recvfrom(200)
+        if data[0] == 129 and data[4:8] == bytes((0x53, 0x57, 0, seq)):
+            print("reply")
+            break
+"""
+
+
 def test_hosts_and_gateway_are_dual_stack_and_neighbour_discovery_answers(lab: dict[str, Any]) -> None:
     _settled()
     assert C1_6 in _in("c1", "ip", "-6", "-o", "addr", "show", "dev", "eth0")
     # Through the cluster: the engine screens ICMPv6 echo (rule ping-v6) and tracks its reply.
-    out = _in("c1", "ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", S1_6)
-    assert " 0% packet loss" in out, out
+    assert _in("c1", "python3", "-c", _PING6, S1_6).split() == ["reply"] * 3
     # Every node answered the solicitation for the shared gateway address with the shared MAC.
     neigh = _in("c1", "ip", "-6", "neigh", "show", str(SPEC.gateway_ip6("inside")))
     assert SPEC.gateway_mac_inside in neigh.lower(), neigh

@@ -89,6 +89,8 @@ def bench_failover(runs: int, lab: str | None, progress: Progress) -> dict[str, 
 
 def _bench_mode(name: str, runs: int, progress: Progress, mode: str) -> dict[str, Any]:
     n_flows = int(os.environ.get("SWBENCH_FLOWS", "100"))
+    # SWBENCH_IPV6=1: the flows go to s1's IPv6 address (the dual-stack default lab).
+    ipv6 = os.environ.get("SWBENCH_IPV6", "") == "1"
     victim = "n1"
     detect: list[float] = []
     takeover: list[float] = []
@@ -105,7 +107,7 @@ def _bench_mode(name: str, runs: int, progress: Progress, mode: str) -> dict[str
     replayed: list[int] = []
 
     def tcp() -> list[dict[str, Any]]:
-        return [f for f in flows(name, "tcp-") if f.get("kind") == "tcp"]
+        return [f for f in flows(name, "tcp6-" if ipv6 else "tcp-") if f.get("kind") == "tcp"]
 
     def steady(strict: bool = True) -> list[dict[str, Any]] | None:
         fl = tcp()
@@ -117,7 +119,10 @@ def _bench_mode(name: str, runs: int, progress: Progress, mode: str) -> dict[str
 
     for i in range(runs):
         stop_traffic(name)
-        traffic(name, "tcp", flows=n_flows)
+        if ipv6:
+            traffic(name, "tcp", flows=n_flows, ipv6=True)
+        else:
+            traffic(name, "tcp", flows=n_flows)
         wait_until(f"{n_flows} healthy, mapped flows", steady, 60, 0.2)
         # Flows a previous run broke stay broken: each run judges the flows healthy at its start.
         try:
@@ -199,4 +204,5 @@ def _bench_mode(name: str, runs: int, progress: Progress, mode: str) -> dict[str
         "flows_total": summarize(totals, 0), "flows_survived": summarize(survived, 0),
         "victim_flows": summarize(victim_total, 0), "victim_flows_survived": summarize(victim_ok, 0),
         "takeovers": takeovers, "runs_without_takeover": no_takeover,
+        "ip_version": 6 if ipv6 else 4,
     }

@@ -121,6 +121,10 @@ def build_lab(spec: LabSpec, run_dir: Path, forward: str = "nfqueue") -> LabReco
         _build_fabric(spec)
         _step(record, "fabric")
         _configure_nodes(spec)
+        if spec.ipv6:
+            # The sync segment stays IPv4 only (its link came up with the namespace's IPv6 default).
+            off = ["sysctl", "-q", "-w", "net.ipv6.conf.sync.disable_ipv6=1"]
+            _run_parallel([(ns_name(spec, n.name), off, None) for n in spec.nodes])
         _step(record, "nodes")
         _configure_hosts(spec)
         _step(record, "hosts")

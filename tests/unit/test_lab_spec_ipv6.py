@@ -73,3 +73,17 @@ def test_the_ipv6_rules_are_the_ipv4_recipe_with_neighbour_discovery_kept_out_of
     ns = lines.index("-A PREROUTING -i inside -p ipv6-icmp --icmpv6-type 135 -j ACCEPT")
     assert ns < lines.index(f"-A PREROUTING -i inside {hmark}")
     assert "snat" not in text6.lower() and "-d " not in text6  # no NAT queueing for IPv6
+
+
+def test_traffic_start_ipv6_is_a_request_field_the_daemon_checks() -> None:
+    from app.cli import build_parser, traffic_request
+    from netns import api
+
+    argv = ["traffic", "start", "ftp", "--ipv6", "--mode", "active"]
+    req = traffic_request(build_parser().parse_args(argv))
+    assert isinstance(req, api.TrafficStart) and req.ipv6 and req.mode == "active"
+    wire = {"cmd": "traffic", "action": "start", "kind": "tcp", "ipv6": True}
+    assert api.parse_request(wire) == api.TrafficStart(kind="tcp", ipv6=True)
+    with pytest.raises(api.RequestError, match="ipv6 must be true or false"):
+        api.parse_request({"cmd": "traffic", "action": "start", "ipv6": "yes"})
+    assert "ipv6" not in api.TrafficStart(ipv6=True).options()  # not passed on to the workload

@@ -227,6 +227,8 @@ def traffic_request(args: argparse.Namespace) -> api.Request:
     if args.action == "clear":
         return api.TrafficClear()
     given = {k: getattr(args, k) for k in TRAFFIC_FLAGS if getattr(args, k, None) is not None}
+    if getattr(args, "ipv6", False):
+        given["ipv6"] = True
     try:
         return api.TrafficStart(kind=args.kind, client=args.client, **given)
     except api.RequestError as e:
@@ -400,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=non_negative, help="burst: connections, 0 = until stopped")
     p.add_argument("--rate", type=positive_float, help="burst: new connections per second")
     p.add_argument("--name", help="stop: the workload to stop (default: all traffic)")
+    p.add_argument("--ipv6", action="store_true", help="start: to the server's IPv6 address")
     p = add("fault", cmd_fault, "inject a fault: loss, partition, slow (sync segment), cut (any link), heal")
     p.add_argument("kind", choices=api.FAULT_KINDS)
     p.add_argument("--node", help="the node (loss, slow, cut)")

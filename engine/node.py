@@ -67,6 +67,7 @@ class NodeConfig:
     lossless_cap_packets: int = CAP_PACKETS
     lossless_cap_bytes: int = CAP_BYTES
     paths: bool = True  # probes and sync failover on every cluster interface (sync/paths.py)
+    ipv6: bool = False  # a dual-stack lab: the owned-bucket chain is in ip6tables too
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
@@ -284,13 +285,18 @@ class Node:
     async def _iptables_restore(self, text: str) -> None:
         if not self.use_nfqueue:
             return
+        # Both families at once: a bucket is one set of flows, whatever their IP version.
+        tools = ["iptables-restore", "ip6tables-restore"] if self.cfg.ipv6 else ["iptables-restore"]
+        await asyncio.gather(*(self._restore_with(tool, text) for tool in tools))
+
+    async def _restore_with(self, tool: str, text: str) -> None:
         proc = await asyncio.create_subprocess_exec(
-            "iptables-restore", "--noflush", stdin=asyncio.subprocess.PIPE,
+            tool, "--noflush", stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )
         _, err = await proc.communicate(text.encode())
         if proc.returncode != 0:
-            log.error("iptables-restore failed: %s", err.decode(errors="replace").strip())
+            log.error("%s failed: %s", tool, err.decode(errors="replace").strip())
 
     # ---- loop -----------------------------------------------------------------------------
     def _after_peer_closed(self) -> None:

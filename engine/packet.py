@@ -27,8 +27,19 @@ ICMP_ECHO_REQUEST = {ICMP: 8, ICMPV6: 128}
 ICMP_ECHO_REPLY = {ICMP: 0, ICMPV6: 129}
 # Error messages quote the offending packet's header: they belong to that packet's connection.
 ICMP_ERRORS = {ICMP: frozenset({3, 4, 11, 12}), ICMPV6: frozenset({1, 2, 3, 4})}
-IPV6_EXTENSIONS = frozenset({0, 43, 50, 51, 60, 135, 139, 140, 253, 254})
+# IPv6 extension headers the parser walks past (RFC 8200 4.1; AH's length counts 4-byte words).
+IPV6_HOP_BY_HOP = 0
+IPV6_ROUTING = 43
 IPV6_FRAGMENT = 44
+IPV6_AH = 51
+IPV6_DEST_OPTS = 60
+IPV6_SKIPPED = frozenset({IPV6_HOP_BY_HOP, IPV6_ROUTING, IPV6_FRAGMENT, IPV6_AH, IPV6_DEST_OPTS})
+# Extension headers it cannot look past: ESP encrypts what follows; Mobility, HIP, Shim6 and the
+# experimental values carry no transport header the rules could screen.
+IPV6_EXTENSIONS = frozenset({50, 135, 139, 140, 253, 254})
+# A chain longer than this is not a packet any real stack sends (Linux HMARK would still walk it;
+# we drop it as unsupported rather than loop over a crafted one).
+IPV6_MAX_EXTENSIONS = 8
 
 
 class Reason(StrEnum):
@@ -165,20 +176,50 @@ def parse(data: bytes, capture_bytes: int = 0) -> Packet | Reason:
         end = 40 + ((data[4] << 8) | data[5])
         if end > n:
             return Reason.TRUNCATED_IP
-        nh = data[6]
-        if nh == IPV6_FRAGMENT:
-            return Reason.FRAGMENT
-        if nh in IPV6_EXTENSIONS:
-            return Reason.UNSUPPORTED_IPV6_EXT
+        walked = _ipv6_l4(data, end)
+        if isinstance(walked, Reason):
+            return walked
         p.family = 6
-        p.proto = nh
+        p.proto, p.l4_off = walked
         p.src = data[8:24]
         p.dst = data[24:40]
-        p.l4_off = 40
         p.end = end
     else:
         return Reason.BAD_IP_VERSION
     return _parse_l4(data, p)
+
+
+def _ipv6_l4(data: bytes, end: int) -> tuple[int, int] | Reason:
+    """(transport protocol, its offset) of an IPv6 packet, past its extension headers.
+
+    A fragment is dropped like an IPv4 one, except an atomic fragment (offset 0, no more
+    fragments: RFC 6946), which is the whole packet. A routing header with segments left names
+    a next hop, not the final destination the key and the rules would use: unsupported (RFC 5095
+    deprecated type 0, the only kind a forwarded packet could carry to a host)."""
+    nh = data[6]
+    off = 40
+    for _ in range(IPV6_MAX_EXTENSIONS):
+        if nh not in IPV6_SKIPPED:
+            if nh in IPV6_EXTENSIONS:
+                return Reason.UNSUPPORTED_IPV6_EXT
+            return nh, off
+        if end - off < 8:
+            return Reason.TRUNCATED_IP
+        if nh == IPV6_FRAGMENT:
+            if (data[off + 2] << 8 | data[off + 3]) != 0:  # fragment offset and M flag (low bit)
+                return Reason.FRAGMENT
+            size = 8
+        elif nh == IPV6_AH:
+            size = (data[off + 1] + 2) * 4
+        else:
+            size = (data[off + 1] + 1) * 8
+            if nh == IPV6_ROUTING and data[off + 3]:
+                return Reason.UNSUPPORTED_IPV6_EXT
+        if end - off < size:
+            return Reason.TRUNCATED_IP
+        nh = data[off]
+        off += size
+    return Reason.UNSUPPORTED_IPV6_EXT
 
 
 def _parse_l4(data: bytes, p: Packet) -> Packet | Reason:

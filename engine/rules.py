@@ -320,6 +320,20 @@ DEFAULT_RULES: list[dict[str, Any]] = [
 ]
 
 
+# The same services over IPv6, last (the default lab is dual-stack; IPv6 has no NAT).
+DEFAULT_IPV6_RULES: list[dict[str, Any]] = [
+    {"name": "tcp-services-v6", "action": "accept", "proto": "tcp",
+     "src": "2001:2:0:1::/64", "dst": "2001:2:0:2::/64", "dport": "5000-5999"},
+    {"name": "ftp-control-v6", "action": "accept", "proto": "tcp",
+     "src": "2001:2:0:1::/64", "dst": "2001:2:0:2::/64", "dport": 21, "helper": "ftp"},
+    {"name": "udp-services-v6", "action": "accept", "proto": "udp",
+     "src": "2001:2:0:1::/64", "dst": "2001:2:0:2::/64", "dport": "5000-5999"},
+    {"name": "ping-v6", "action": "accept", "proto": "icmp",
+     "src": "2001:2:0:1::/64", "dst": "2001:2:0:2::/64"},
+]
+
+
 def default_rules(nat: bool = False) -> RuleSet:
-    """The default lab's filter rules, parsed; with `nat`, its whole rule set (NAT first)."""
-    return parse_rules([*DEFAULT_NAT_RULES, *DEFAULT_RULES] if nat else DEFAULT_RULES)
+    """The default lab's IPv4 filter rules, parsed; with `nat`, its whole rule set (NAT first,
+    IPv6 last)."""
+    return parse_rules([*DEFAULT_NAT_RULES, *DEFAULT_RULES, *DEFAULT_IPV6_RULES] if nat else DEFAULT_RULES)

@@ -275,10 +275,12 @@ class TrafficStart(Request):
     sessions: int | None = None
     file: str | None = None
     timeout_s: float | None = None
+    ipv6: bool = False  # to the server's IPv6 address (a dual-stack lab)
 
     def __post_init__(self) -> None:
         _choice("kind", self.kind, TRAFFIC_KINDS)
         _text("client", self.client)
+        _bool("ipv6", self.ipv6)
         if self.server is not None:
             _text("server", self.server)
         takes = TRAFFIC_OPTIONS[self.kind]

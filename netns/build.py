@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 import sys
 import time
@@ -42,6 +43,17 @@ _NODE_SYSCTLS = [
     "net.ipv4.conf.all.send_redirects=0",
     "net.ipv4.conf.default.send_redirects=0",
 ]
+
+
+# Dual stack (README "IPv6"), inside the lab's namespaces only. No duplicate address detection:
+# every node holds the same gateway address on purpose (as it shares the IPv4 one and the MAC),
+# and a host's address is usable at once. No router advertisements: routes are static.
+_IPV6_SYSCTLS = [
+    "net.ipv6.conf.all.disable_ipv6=0", "net.ipv6.conf.default.disable_ipv6=0",
+    "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0",
+    "net.ipv6.conf.all.accept_ra=0", "net.ipv6.conf.default.accept_ra=0",
+]
+_IPV6_NODE_SYSCTLS = [*_IPV6_SYSCTLS, "net.ipv6.conf.all.forwarding=1"]
 
 
 # NAT (docs/nat.md): a node forwards a port-forwarded packet with the cluster's own address
@@ -109,6 +121,10 @@ def build_lab(spec: LabSpec, run_dir: Path, forward: str = "nfqueue") -> LabReco
         _build_fabric(spec)
         _step(record, "fabric")
         _configure_nodes(spec)
+        if spec.ipv6:
+            # The sync segment stays IPv4 only (its link came up with the namespace's IPv6 default).
+            off = ["sysctl", "-q", "-w", "net.ipv6.conf.sync.disable_ipv6=1"]
+            _run_parallel([(ns_name(spec, n.name), off, None) for n in spec.nodes])
         _step(record, "nodes")
         _configure_hosts(spec)
         _step(record, "hosts")
@@ -161,6 +177,9 @@ def _sysctls(spec: LabSpec) -> None:
     jobs: list[tuple[str, list[str], str | None]] = []
     for ns in [ns_name(spec, FABRIC), *node_ns, *(ns_name(spec, h.name) for h in spec.hosts)]:
         values = _NODE_SYSCTLS if ns in node_ns else _NS_SYSCTLS
+        if spec.ipv6 and ns != ns_name(spec, FABRIC):
+            # The fabric only bridges frames; it keeps IPv6 off, as an IPv4-only lab does everywhere.
+            values = [*values, *(_IPV6_NODE_SYSCTLS if ns in node_ns else _IPV6_SYSCTLS)]
         if ns in node_ns and iptables.nat_addresses(spec.rules):
             values = [*values, *_NAT_NODE_SYSCTLS]
         jobs.append((ns, ["sysctl", "-q", "-w", *values], None))
@@ -173,7 +192,12 @@ def _build_fabric(spec: LabSpec) -> None:
         _up(ip, "lo")
         bridge_idx = {}
         for seg, br in BRIDGES.items():
-            ip.link("add", ifname=br, kind="bridge")
+            if spec.ipv6:
+                # Without snooping a bridge floods multicast (neighbour solicitations) to every port,
+                # as it floods the shared MAC: no node misses one for want of a listener report.
+                ip.link("add", ifname=br, kind="bridge", br_mcast_snooping=0)
+            else:
+                ip.link("add", ifname=br, kind="bridge")
             bridge_idx[seg] = ip.link_lookup(ifname=br)[0]
         for node in spec.nodes:
             node_ns = ns_name(spec, node.name)
@@ -218,6 +242,9 @@ def _configure_nodes(spec: LabSpec) -> None:
             for ifname, (addr, plen) in addrs.items():
                 idx = ip.link_lookup(ifname=ifname)[0]
                 ip.addr("add", index=idx, address=str(addr), prefixlen=plen)
+                if spec.ipv6 and ifname != "sync":
+                    net6 = spec.network6(ifname)
+                    ip.addr("add", index=idx, address=str(spec.gateway_ip6(ifname)), prefixlen=net6.prefixlen)
                 ip.link("set", index=idx, state="up")
 
 
@@ -229,6 +256,11 @@ def _configure_hosts(spec: LabSpec) -> None:
             ip.addr("add", index=idx, address=str(host.ip), prefixlen=spec.network(host.segment).prefixlen)
             ip.link("set", index=idx, state="up")
             ip.route("add", dst="0.0.0.0/0", gateway=str(spec.gateway_ip(host.segment)))
+            if host.ip6 is not None:
+                net6 = spec.network6(host.segment)
+                ip.addr("add", index=idx, address=str(host.ip6), prefixlen=net6.prefixlen)
+                ip.route("add", dst="::/0", gateway=str(spec.gateway_ip6(host.segment)),
+                         family=socket.AF_INET6)
 
 
 def nat_hosts(spec: LabSpec) -> list[str]:
@@ -262,8 +294,13 @@ def _tx_checksum_off(spec: LabSpec) -> None:
 def _install_rules(spec: LabSpec, forward: str) -> None:
     text = iptables.node_rules(spec.buckets, iptables.hmark_rnd(spec.lab_id), spec.queue_num, forward,
                                iptables.nat_addresses(spec.rules))
-    # One iptables-restore per node, all at once.
-    _run_parallel([(ns_name(spec, n.name), ["iptables-restore", "--wait"], text) for n in spec.nodes])
+    # One iptables-restore per node (and one ip6tables-restore in a dual-stack lab), all at once.
+    jobs: list[tuple[str, list[str], str | None]] = [
+        (ns_name(spec, n.name), ["iptables-restore", "--wait"], text) for n in spec.nodes]
+    if spec.ipv6:
+        text6 = iptables.node_rules6(spec.buckets, iptables.hmark_rnd(spec.lab_id), spec.queue_num, forward)
+        jobs += [(ns_name(spec, n.name), ["ip6tables-restore", "--wait"], text6) for n in spec.nodes]
+    _run_parallel(jobs)
 
 
 def _set_node_links(target: LabSpec | LabRecord, node: str, state: str) -> None:

@@ -135,7 +135,7 @@ class LabDaemon:
         for h in self.spec.hosts:
             for name, args in SERVERS.get(h.role, []):
                 meta = {"kind": "server", "host": h.name}
-                args = [*args, "--bind", str(h.ip)]
+                args = [*args, "--bind", str(h.ip), *(["--bind", str(h.ip6)] if h.ip6 else [])]
                 if h.role == "ftp":
                     args += ["--root", str(self.run_dir / f"ftp-{h.name}")]
                 await self.start_workload(f"{name}-{h.name}", h.name, args, meta)
@@ -168,6 +168,7 @@ class LabDaemon:
             "lossless_cap_packets": s.lossless_cap_packets,
             "lossless_cap_bytes": s.lossless_cap_bytes,
             "paths": s.paths,
+            "ipv6": s.ipv6,
         }
         path = self.run_dir / "nodes" / f"{name}.json"
         path.write_text(json.dumps(cfg, indent=1))

@@ -268,14 +268,20 @@ class ControlHandlers:
             if not candidates:
                 raise StateError(f"this lab has no host with role {role!r} for {req.kind} traffic")
             server = candidates[0]
+        address = str(server.ip)
+        if req.ipv6:
+            if server.ip6 is None:
+                raise StateError(f"this lab has no IPv6 (server {server.name} has no IPv6 address)")
+            address = str(server.ip6)
         self.d.traffic_seq += 1
-        name = f"{req.kind}-{req.client}-{self.d.traffic_seq}"
+        name = f"{req.kind}{'6' if req.ipv6 else ''}-{req.client}-{self.d.traffic_seq}"
         health = str(self.d.run_dir / "flows" / f"{name}.json")
-        args = [*module, "--server", str(server.ip), *(["--port", port] if port else [])]
+        args = [*module, "--server", address, *(["--port", port] if port else [])]
         for option, value in req.options().items():
             args += [f"--{option.replace('_', '-')}", str(value)]
         args += ["--health-file", health, "--name", name]
-        await self.d.start_workload(name, req.client, args, {"kind": req.kind, **req.options()})
+        meta = {"kind": req.kind, **req.options(), **({"ipv6": True} if req.ipv6 else {})}
+        await self.d.start_workload(name, req.client, args, meta)
         return {"ok": True, "name": name, "health_file": health, "options": req.options()}
 
     async def fault(self, req: api.Fault) -> dict[str, Any]:

@@ -126,6 +126,39 @@ def node_rules(
     )
 
 
+# ICMPv6 that stays on the link: router and neighbour discovery (133-137), multicast listener
+# reports and queries (130-132, 143). Every node answers for the shared gateway address, as
+# every node answers ARP for the IPv4 one, so these are accepted before the bucket split and
+# never reach the queue (the engine has nothing to forward in them).
+ICMPV6_LINK_TYPES = (130, 131, 132, 133, 134, 135, 136, 137, 143)
+
+
+def node_rules6(buckets: int, rnd: int, queue_num: int, forward: str = "nfqueue") -> str:
+    """The node's IPv6 rule set for ip6tables-restore: the IPv4 recipe (node_rules) with the same
+    HMARK seed and modulus, so a bucket means the same node for both families, and the same
+    owned-bucket chain (the node rewrites both). Link-local ICMPv6 (ICMPV6_LINK_TYPES) passes
+    before HMARK. No NAT: IPv6 needs none."""
+    if forward not in ("nfqueue", "accept"):
+        raise LabError(f"forward: expected 'nfqueue' or 'accept', got {forward!r}")
+    hmark = (
+        f"-j HMARK --hmark-tuple {HMARK_TUPLE} --hmark-mod {buckets} --hmark-offset 1 --hmark-rnd {rnd:#x}"
+    )
+    raw = [f"-A PREROUTING -i {i} -j NOTRACK" for i in DATA_IFACES]
+    mangle = [f"-A PREROUTING -i {i} -p ipv6-icmp --icmpv6-type {t} -j ACCEPT"
+              for i in DATA_IFACES for t in ICMPV6_LINK_TYPES]
+    mangle += [f"-A PREROUTING -i {i} {hmark}" for i in DATA_IFACES]
+    mangle += [f"-A PREROUTING -i {i} -j {OWNED_CHAIN}" for i in DATA_IFACES]
+    verdict = f"NFQUEUE --queue-num {queue_num}" if forward == "nfqueue" else "ACCEPT"
+    filt = [
+        f"-A INPUT -i {SYNC_IFACE} -j DROP",  # the sync segment is IPv4 only
+        f"-A FORWARD -i {SYNC_IFACE} -j DROP",
+        f"-A FORWARD -o {SYNC_IFACE} -j DROP",
+        f"-A FORWARD -j {verdict}",
+    ]
+    return "\n".join(["*raw", *raw, "COMMIT", "*mangle", owned_chain_text(()), *mangle, "COMMIT",
+                      "*filter", *filt, "COMMIT", ""])
+
+
 def install_node_rules(
     ns: str, buckets: int, rnd: int, queue_num: int, forward: str = "nfqueue", nat_addrs: Sequence[str] = ()
 ) -> None:
@@ -133,13 +166,16 @@ def install_node_rules(
     iptables_restore(ns, node_rules(buckets, rnd, queue_num, forward, nat_addrs), noflush=False)
 
 
-def set_owned_buckets(ns: str, buckets: Iterable[int]) -> None:
-    """Atomically replace the owned-bucket set of the node in `ns`.
+def set_owned_buckets(ns: str, buckets: Iterable[int], ipv6: bool = False) -> None:
+    """Atomically replace the owned-bucket set of the node in `ns` (of both families with `ipv6`).
 
     Declaring the chain under --noflush empties just that chain, in the same transaction
     that refills it: no packet ever sees a half-written set.
     """
-    iptables_restore(ns, "*mangle\n" + owned_chain_text(buckets) + "\nCOMMIT\n")
+    text = "*mangle\n" + owned_chain_text(buckets) + "\nCOMMIT\n"
+    iptables_restore(ns, text)
+    if ipv6:
+        run_in_ns(ns, ["ip6tables-restore", "--wait", "--noflush"], input_text=text)
 
 
 def owned_buckets(ns: str) -> list[int]:

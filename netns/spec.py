@@ -8,7 +8,7 @@ import tomllib
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,8 @@ class HostSpec:
     segment: str
     ip: IPv4Address
     role: str
+    # Its IPv6 address in a dual-stack lab (None: IPv4 only).
+    ip6: IPv6Address | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,24 @@ class LabSpec:
     gateway_mac_inside: str
     gateway_mac_outside: str
     queue_num: int
+    # Dual stack (README "IPv6"): the segments' IPv6 networks, None for an IPv4-only lab. The
+    # sync segment stays IPv4: node-to-node traffic is not what the lab shows over IPv6.
+    inside_net6: IPv6Network | None = None
+    outside_net6: IPv6Network | None = None
+
+    @property
+    def ipv6(self) -> bool:
+        return self.inside_net6 is not None and self.outside_net6 is not None
+
+    def network6(self, segment: str) -> IPv6Network:
+        net = self.inside_net6 if segment == "inside" else self.outside_net6
+        if net is None:
+            raise LabError(f"lab {self.name!r} has no IPv6 (set inside_net6 and outside_net6)")
+        return net
+
+    def gateway_ip6(self, segment: str) -> IPv6Address:
+        """The virtual gateway's IPv6 address on a segment: its network's first host, as for IPv4."""
+        return next(self.network6(segment).hosts())
 
     def ns_name(self, host: str) -> str:
         """The namespace of a node, a host or the fabric (`sw<lab>-<host>`)."""
@@ -158,10 +178,13 @@ _SCALARS: dict[str, type] = {
     "gateway_mac_inside": str,
     "gateway_mac_outside": str,
     "queue_num": int,
+    "inside_net6": str,
+    "outside_net6": str,
 }
 _LISTS = ("nodes", "hosts", "rules")
 _NODE_KEYS = {"name": str, "sync_ip": str}
 _HOST_KEYS = {"name": str, "segment": str, "ip": str, "role": str}
+_HOST_OPTIONAL = {"ip6": str}
 # Derived from the networks when a file leaves them out, so that changing a network alone works.
 _DERIVED = ("lab_id", "gateway_inside_ip", "gateway_outside_ip")
 
@@ -267,6 +290,7 @@ def validate(raw: Mapping[str, Any]) -> LabSpec:
             if nets[a].overlaps(nets[b]):
                 raise LabSpecError(f"{b}: {nets[b]} overlaps {a} {nets[a]}")
 
+    nets6 = _nets6(v, nets)
     gw = {}
     for seg in SEGMENTS:
         key = f"gateway_{seg}_ip"
@@ -285,7 +309,7 @@ def validate(raw: Mapping[str, Any]) -> LabSpec:
     nodes = tuple(_node(i, n, nets["sync_net"]) for i, n in enumerate(_list("nodes", raw_nodes)))
     if not nodes:
         raise LabSpecError("nodes: a lab needs at least 1 node")
-    hosts = tuple(_host(i, h, nets, gw) for i, h in enumerate(_list("hosts", raw["hosts"])))
+    hosts = tuple(_host(i, h, nets, gw, nets6) for i, h in enumerate(_list("hosts", raw["hosts"])))
     rules = tuple(_rule(i, r) for i, r in enumerate(_list("rules", raw.get("rules", []))))
     # The engine owns what a rule means; ask it now, so a bad rule is refused when the lab
     # file is read, not when the nodes fail to start.
@@ -324,6 +348,13 @@ def validate(raw: Mapping[str, Any]) -> LabSpec:
             if a in used:
                 raise LabSpecError(f"{kind}[{i}].{field}: {a} is already used by {used[a]}")
             used[a] = f"{kind}[{i}]"
+
+    used6: dict[IPv6Address, str] = {}
+    for i, h in enumerate(hosts):
+        if h.ip6 is not None:
+            if h.ip6 in used6:
+                raise LabSpecError(f"hosts[{i}].ip6: {h.ip6} is already used by {used6[h.ip6]}")
+            used6[h.ip6] = f"hosts[{i}]"
 
     policy = v.get("policy", "hybrid")
     if policy not in POLICIES:
@@ -367,7 +398,33 @@ def validate(raw: Mapping[str, Any]) -> LabSpec:
         gateway_mac_inside=v["gateway_mac_inside"],
         gateway_mac_outside=v["gateway_mac_outside"],
         queue_num=_int_range("queue_num", v.get("queue_num", 0), 0, 65535),
+        inside_net6=nets6.get("inside"),
+        outside_net6=nets6.get("outside"),
     )
+
+
+def _nets6(v: Mapping[str, Any], nets: Mapping[str, IPv4Network]) -> dict[str, IPv6Network]:
+    """The segments' IPv6 networks: both or neither ("" or left out: IPv4 only)."""
+    given = {seg: v.get(f"{seg}_net6", "") for seg in SEGMENTS}
+    if not any(given.values()):
+        return {}
+    out: dict[str, IPv6Network] = {}
+    for seg, text in given.items():
+        field = f"{seg}_net6"
+        if not text:
+            other = next(s for s in SEGMENTS if s != seg)
+            raise LabSpecError(f"{field}: missing; a dual-stack lab needs it with {other}_net6")
+        try:
+            net = IPv6Network(text, strict=True)
+        except ValueError as e:
+            raise LabSpecError(f"{field}: expected an IPv6 network like 2001:2:0:1::/64, got {text!r}") from e
+        # Host addresses derive from the IPv4 ones (.10 -> ::a): the IPv4 host part must fit.
+        if net.num_addresses < nets[f"{seg}_net"].num_addresses:
+            raise LabSpecError(f"{field}: {net} is smaller than {seg}_net {nets[f'{seg}_net']}")
+        out[seg] = net
+    if out["inside"].overlaps(out["outside"]):
+        raise LabSpecError(f"outside_net6: {out['outside']} overlaps inside_net6 {out['inside']}")
+    return out
 
 
 def _list(field: str, value: Any) -> list[Any]:
@@ -376,16 +433,21 @@ def _list(field: str, value: Any) -> list[Any]:
     return value
 
 
-def _table(field: str, value: Any, keys: Mapping[str, type]) -> dict[str, Any]:
+def _table(field: str, value: Any, keys: Mapping[str, type],
+           optional: Mapping[str, type] | None = None) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise LabSpecError(f"{field}: expected a table, got {value!r}")
+    optional = optional or {}
     for k in value:
-        if k not in keys:
-            raise LabSpecError(f"{field}.{k}: unknown key (known: {', '.join(keys)})")
+        if k not in keys and k not in optional:
+            raise LabSpecError(f"{field}.{k}: unknown key (known: {', '.join([*keys, *optional])})")
     for k, want in keys.items():
         if k not in value:
             raise LabSpecError(f"{field}.{k}: missing")
         _typed(f"{field}.{k}", value[k], want)
+    for k, want in optional.items():
+        if k in value:
+            _typed(f"{field}.{k}", value[k], want)
     return value
 
 
@@ -404,21 +466,43 @@ def _node(i: int, raw: Any, sync_net: IPv4Network) -> NodeSpec:
     return NodeSpec(name=_name(f"{f}.name", t["name"]), sync_ip=_addr(f"{f}.sync_ip", t["sync_ip"], sync_net))
 
 
-def _host(i: int, raw: Any, nets: Mapping[str, IPv4Network], gw: Mapping[str, IPv4Address]) -> HostSpec:
+def _host(i: int, raw: Any, nets: Mapping[str, IPv4Network], gw: Mapping[str, IPv4Address],
+          nets6: Mapping[str, IPv6Network]) -> HostSpec:
     f = f"hosts[{i}]"
-    t = _table(f, raw, _HOST_KEYS)
+    t = _table(f, raw, _HOST_KEYS, _HOST_OPTIONAL)
     seg = t["segment"]
     if seg not in SEGMENTS:
         raise LabSpecError(f"{f}.segment: expected one of {', '.join(SEGMENTS)}, got {seg!r}")
     role = t["role"]
     if role not in ROLES:
         raise LabSpecError(f"{f}.role: expected one of {', '.join(ROLES)}, got {role!r}")
+    ip = _addr(f"{f}.ip", t["ip"], nets[f"{seg}_net"])
     return HostSpec(
         name=_name(f"{f}.name", t["name"]),
         segment=seg,
-        ip=_addr(f"{f}.ip", t["ip"], nets[f"{seg}_net"]),
+        ip=ip,
         role=role,
+        ip6=_host_ip6(f, t.get("ip6", ""), ip, nets[f"{seg}_net"], nets6.get(seg)),
     )
+
+
+def _host_ip6(f: str, text: str, ip: IPv4Address, net: IPv4Network,
+              net6: IPv6Network | None) -> IPv6Address | None:
+    """A host's IPv6 address: as given, or its IPv4 host part in the segment's IPv6 network
+    (198.18.1.10 -> 2001:2:0:1::a); never the gateway's (the network's first host)."""
+    if net6 is None:
+        if text:
+            raise LabSpecError(f"{f}.ip6: the lab has no IPv6 networks (inside_net6, outside_net6)")
+        return None
+    if not text:
+        return net6.network_address + (int(ip) - int(net.network_address))
+    try:
+        a = IPv6Address(text)
+    except ValueError:
+        a = None
+    if a is None or a not in net6 or a in (net6.network_address, next(net6.hosts())):
+        raise LabSpecError(f'{f}.ip6: expected an IPv6 address inside {net6} (not its first), got "{text}"')
+    return a
 
 
 def _rule(i: int, raw: Any) -> dict[str, Any]:
@@ -436,11 +520,14 @@ def spec_to_dict(spec: LabSpec) -> dict[str, Any]:
         if f == "nodes":
             out[f] = [{"name": n.name, "sync_ip": str(n.sync_ip)} for n in val]
         elif f == "hosts":
-            out[f] = [{"name": h.name, "segment": h.segment, "ip": str(h.ip), "role": h.role} for h in val]
+            out[f] = [{"name": h.name, "segment": h.segment, "ip": str(h.ip), "role": h.role,
+                       **({"ip6": str(h.ip6)} if h.ip6 is not None else {})} for h in val]
         elif f == "rules":
             out[f] = [dict(r) for r in val]
-        elif isinstance(val, IPv4Address | IPv4Network):
+        elif isinstance(val, IPv4Address | IPv4Network | IPv6Network):
             out[f] = str(val)
+        elif val is None and f.endswith("_net6"):
+            out[f] = ""
         else:
             out[f] = val
     return out

@@ -221,6 +221,8 @@ def _lossless(name: str, node: str) -> dict[str, int]:
 
 def _bench_mode(name: str, runs: int, progress: Progress, mode: str, action: str = "kill") -> dict[str, Any]:
     n_flows = int(os.environ.get("SWBENCH_FLOWS", "100"))
+    # SWBENCH_IPV6=1: the flows go to s1's IPv6 address (the dual-stack default lab).
+    ipv6 = os.environ.get("SWBENCH_IPV6", "") == "1"
     victim = "n1"
     detect: list[float] = []
     takeover: list[float] = []
@@ -238,7 +240,7 @@ def _bench_mode(name: str, runs: int, progress: Progress, mode: str, action: str
     request_to_cut: list[float] = []
 
     def tcp() -> list[dict[str, Any]]:
-        return [f for f in flows(name, "tcp-") if f.get("kind") == "tcp"]
+        return [f for f in flows(name, "tcp6-" if ipv6 else "tcp-") if f.get("kind") == "tcp"]
 
     def steady(strict: bool = True) -> list[dict[str, Any]] | None:
         fl = tcp()
@@ -250,7 +252,10 @@ def _bench_mode(name: str, runs: int, progress: Progress, mode: str, action: str
 
     for i in range(runs):
         stop_traffic(name)
-        traffic(name, "tcp", flows=n_flows)
+        if ipv6:
+            traffic(name, "tcp", flows=n_flows, ipv6=True)
+        else:
+            traffic(name, "tcp", flows=n_flows)
         wait_until(f"{n_flows} healthy, mapped flows", steady, 60, 0.2)
         # Flows a previous run broke stay broken: each run judges the flows healthy at its start.
         try:
@@ -332,4 +337,5 @@ def _bench_mode(name: str, runs: int, progress: Progress, mode: str, action: str
         "victim_flows": summarize(victim_total, 0), "victim_flows_survived": summarize(victim_ok, 0),
         "takeovers": takeovers, "runs_without_takeover": no_takeover,
         **({"crash_request_to_cut_ms": summarize(request_to_cut, 1)} if request_to_cut else {}),
+        "ip_version": 6 if ipv6 else 4,
     }

@@ -102,8 +102,12 @@ def make_server(
     root: Path,
     passive_ports: range | None,
     active_source_port: int = ACTIVE_SOURCE_PORT,
+    ioloop: Any = None,
 ) -> FTPServer:
-    """An FTPServer ready to serve (not yet serving); raises WorkloadError if it cannot listen."""
+    """An FTPServer ready to serve (not yet serving); raises WorkloadError if it cannot listen.
+
+    `ioloop`: another server's, so that one process serves several addresses (IPv4 and IPv6:
+    pyftpdlib answers EPRT and EPSV on an IPv6 control connection)."""
     fill_root(root)
     authorizer = DummyAuthorizer()
     authorizer.add_anonymous(str(root), perm=READ_ONLY_PERMS)
@@ -118,7 +122,7 @@ def make_server(
         },
     )
     try:
-        return FTPServer((bind, port), handler)
+        return FTPServer((bind, port), handler, ioloop=ioloop)
     except OSError as exc:
         raise WorkloadError(f"cannot listen on {bind}:{port}: {exc.strerror}") from None
 
@@ -129,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Anonymous read-only FTP server with files of known content "
         f"({', '.join(f'{n} {s} B' for n, s in FILES.items())}).",
     )
-    parser.add_argument("--bind", type=ip_arg, required=True, help="address to listen on")
+    parser.add_argument("--bind", type=ip_arg, required=True, action="append",
+                        help="address to listen on (repeat for more: IPv4 and IPv6)")
     parser.add_argument("--port", type=port_arg, default=21, help="control port (default 21)")
     parser.add_argument(
         "--root",
@@ -166,16 +171,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    servers: list[FTPServer] = []
     try:
-        server = make_server(args.bind, args.port, args.root, args.passive_ports, args.active_source_port)
+        for bind in args.bind:
+            servers.append(make_server(bind, args.port, args.root, args.passive_ports,
+                                       args.active_source_port,
+                                       ioloop=servers[0].ioloop if servers else None))
     except WorkloadError as exc:
         log.error("%s", exc)
+        for s in servers:
+            s.close()
         return EXIT_SETUP
+    server = servers[0]
     # pyftpdlib's loop ends cleanly on KeyboardInterrupt; route SIGTERM the same way.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     log.info(
-        "FTP on %s:%d serving %s (passive %d-%d)",
-        args.bind,
+        "FTP on %s port %d serving %s (passive %d-%d)",
+        ", ".join(args.bind),
         args.port,
         args.root,
         args.passive_ports.start,

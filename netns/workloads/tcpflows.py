@@ -94,8 +94,9 @@ def _lost_reason(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- server
 
 
-async def serve_echo(bind: str, port: int, stop: asyncio.Event) -> int:
-    """Echo every byte back on every connection until `stop` is set."""
+async def serve_echo(bind: str | list[str], port: int, stop: asyncio.Event) -> int:
+    """Echo every byte back on every connection until `stop` is set (on each address of `bind`:
+    a dual-stack lab's server listens on its IPv4 and its IPv6 address)."""
     writers: set[asyncio.StreamWriter] = set()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -115,7 +116,7 @@ async def serve_echo(bind: str, port: int, stop: asyncio.Event) -> int:
     try:
         server = await asyncio.start_server(handle, bind, port, reuse_address=True, backlog=1024)
     except OSError as exc:
-        raise WorkloadError(f"cannot listen on {bind}:{port}: {exc.strerror}") from None
+        raise WorkloadError(f"cannot listen on {bind} port {port}: {exc.strerror}") from None
     addrs = ", ".join(fmt_addr(s.getsockname()) for s in server.sockets)
     log.info("echo server listening on %s", addrs)
     async with server:
@@ -328,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="role", required=True)
     srv = sub.add_parser("server", help="echo every byte back")
-    srv.add_argument("--bind", type=ip_arg, required=True, help="address to listen on")
+    srv.add_argument("--bind", type=ip_arg, required=True, action="append",
+                     help="address to listen on (repeat for more: IPv4 and IPv6)")
     srv.add_argument("--port", type=port_arg, required=True, help="TCP port to listen on")
     add_common_args(srv)
     cli = sub.add_parser("client", help="open N sequence-checked flows and report their health")

@@ -68,15 +68,22 @@ class _Echo(asyncio.DatagramProtocol):
         log.debug("echo socket error: %s", exc)
 
 
-async def serve_echo(bind: str, port: int, stop: asyncio.Event) -> int:
+async def serve_echo(bind: str | list[str], port: int, stop: asyncio.Event) -> int:
+    """Echo every datagram back, on each address of `bind` (IPv4 and IPv6 in a dual-stack lab)."""
     loop = asyncio.get_running_loop()
-    try:
-        transport, _ = await loop.create_datagram_endpoint(_Echo, local_addr=(bind, port))
-    except OSError as exc:
-        raise WorkloadError(f"cannot bind UDP {bind}:{port}: {exc.strerror}") from None
-    log.info("UDP echo server on %s", fmt_addr(transport.get_extra_info("sockname")))
+    transports: list[asyncio.DatagramTransport] = []
+    for addr in [bind] if isinstance(bind, str) else bind:
+        try:
+            transport, _ = await loop.create_datagram_endpoint(_Echo, local_addr=(addr, port))
+        except OSError as exc:
+            for t in transports:
+                t.close()
+            raise WorkloadError(f"cannot bind UDP {fmt_addr((addr, port))}: {exc.strerror}") from None
+        transports.append(transport)
+        log.info("UDP echo server on %s", fmt_addr(transport.get_extra_info("sockname")))
     await stop.wait()
-    transport.close()
+    for transport in transports:
+        transport.close()
     log.info("UDP echo server stopped")
     return EXIT_OK
 
@@ -256,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="role", required=True)
     srv = sub.add_parser("server", help="echo every datagram back")
-    srv.add_argument("--bind", type=ip_arg, required=True, help="address to listen on")
+    srv.add_argument("--bind", type=ip_arg, required=True, action="append",
+                     help="address to listen on (repeat for more: IPv4 and IPv6)")
     srv.add_argument("--port", type=port_arg, required=True, help="UDP port")
     add_common_args(srv)
     cli = sub.add_parser("client", help="send N numbered datagram flows and report loss")

@@ -45,6 +45,7 @@ def host_snapshot() -> tuple[str, str]:
     """The host namespace's links and firewall, READ only, without counters and timestamps."""
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
     save = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
+    save += subprocess.run(["ip6tables-save"], capture_output=True, text=True, check=True).stdout
     rules = "\n".join(
         re.sub(r"\[\d+:\d+\]", "", line) for line in save.splitlines() if not line.startswith("#")
     )
@@ -131,8 +132,26 @@ def test_every_node_starts_owning_no_bucket_and_is_recorded(
     keys += ["net.ipv4.conf.outside.send_redirects", "net.ipv6.conf.sync.disable_ipv6"]
     values = iptables.run_in_ns(n1, ["sysctl", "-n", *keys]).stdout.split()
     assert values == ["1", "0", "0", "1"]
-    for ns in (n1, ns_name(spec, "c1"), ns_name(spec, "fabric")):
-        assert iptables.run_in_ns(ns, ["ip", "-6", "-o", "addr"]).stdout == ""
+    # Dual stack (the default lab): IPv6 on the data segments only, never in the fabric.
+    assert iptables.run_in_ns(ns_name(spec, "fabric"), ["ip", "-6", "-o", "addr"]).stdout == ""
+    n1_addrs = iptables.run_in_ns(n1, ["ip", "-6", "-o", "addr"]).stdout
+    assert f"inet6 {spec.gateway_ip6('inside')}/64" in n1_addrs and " sync " not in n1_addrs
+    c1_addrs = iptables.run_in_ns(ns_name(spec, "c1"), ["ip", "-6", "-o", "addr"]).stdout
+    assert f"inet6 {spec.host('c1').ip6}/64" in c1_addrs
+    assert iptables.run_in_ns(n1, ["sysctl", "-n", "net.ipv6.conf.all.forwarding"]).stdout.strip() == "1"
+
+
+def test_an_ipv4_only_lab_has_no_ipv6_in_any_namespace(host_before: tuple[str, str]) -> None:
+    spec = load_lab(None, {"name": unique_name(), "inside_net6": "", "outside_net6": ""})
+    record = build_lab(spec, run_dir_for(spec.name), forward="accept")
+    try:
+        for ns in record.namespace_names():
+            assert iptables.run_in_ns(ns, ["ip", "-6", "-o", "addr"]).stdout == "", ns
+        n1 = ns_name(spec, "n1")
+        assert "HMARK" not in iptables.run_in_ns(n1, ["ip6tables-save"]).stdout
+    finally:
+        teardown(record)
+    assert host_snapshot() == host_before
 
 
 def test_c1_pings_s1_through_the_cluster(lab: tuple[LabSpec, LabRecord]) -> None:

@@ -6,6 +6,7 @@ import pytest
 
 from engine.core import Engine, Verdict
 from engine.rules import (
+    DEFAULT_IPV6_RULES,
     DEFAULT_NAT_RULES,
     DEFAULT_RULES,
     Action,
@@ -31,7 +32,8 @@ def test_default_rules_equal_the_lab_file_rules() -> None:
     lab = Path(__file__).resolve().parents[2] / "netns" / "default.toml"
     if not lab.exists():
         pytest.skip("netns/default.toml not there yet")
-    assert tomllib.loads(lab.read_text())["rules"] == [*DEFAULT_NAT_RULES, *DEFAULT_RULES]
+    assert tomllib.loads(lab.read_text())["rules"] == [*DEFAULT_NAT_RULES, *DEFAULT_RULES,
+                                                       *DEFAULT_IPV6_RULES]
     assert [r.name for r in default_rules(nat=True)] == [r["name"] for r in tomllib.loads(
         lab.read_text())["rules"]]
 

@@ -49,6 +49,10 @@ def test_the_default_lab_is_the_one_in_the_design() -> None:
         ("tcp", 21, "ftp"),
         ("udp", "5000-5999", None),
         ("icmp", None, None),
+        ("tcp", "5000-5999", None),  # the same services over IPv6
+        ("tcp", 21, "ftp"),
+        ("udp", "5000-5999", None),
+        ("icmp", None, None),
     ]
 
 

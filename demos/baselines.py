@@ -341,9 +341,13 @@ def consumer(topo: Topology, mode: str, c_exe: Path | None, node_cfg: Path | Non
             argv += ["--gso", "--range", os.environ.get("SWB_RANGE", "65535")]
         p = topo.popen(topo.gateway, [*pin(CONSUMER_CPU), *argv], stdout=subprocess.PIPE)
         wait_ready(p, "the Python NFQUEUE loop")
-    elif mode in ("engine", "engine-gso"):
+    elif mode in ("engine", "engine-gso", "engine-nfqueue"):
         assert node_cfg is not None
-        p = start_engine_node(topo, node_cfg, gso=mode == "engine-gso")
+        cfg = node_cfg
+        if mode == "engine-nfqueue":  # the fallback binding: one recv and one verdict per packet
+            cfg = node_cfg.with_name("node-nfqueue.json")
+            cfg.write_text(json.dumps({**json.loads(node_cfg.read_text()), "nfq_backend": "netfilterqueue"}))
+        p = start_engine_node(topo, cfg, gso=mode == "engine-gso")
     try:
         yield info
     finally:
@@ -422,7 +426,10 @@ def start_engine_node(topo: Topology, cfg_path: Path, gso: bool = False) -> subp
 
 
 # ---- the whole baseline measurement -------------------------------------------------------------
-MODES = ("kernel", "c", "python", "python-gso", "engine", "engine-gso")
+# engine: the node as shipped (our binding, batched verdicts); engine-nfqueue: the same node on
+# NetfilterQueue, the fallback; engine-gso (not measured by default): NetfilterQueue patched
+# to set GSO before the node did so itself.
+MODES = ("kernel", "c", "python", "python-gso", "engine", "engine-nfqueue")
 
 
 def measure(duration_s: float = 3.0, runs: int = 1, modes: tuple[str, ...] = MODES[:4],

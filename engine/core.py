@@ -155,9 +155,9 @@ class Engine:
                 if proto == 6:
                     total = (data[2] << 8) | data[3]
                     if (
-                        data[33] & 0x17 == 0x10  # ACK, no SYN/FIN/RST
-                        and total >= 40
+                        total >= 40
                         and (total <= len(data) or len(data) == self.capture_bytes)
+                        and data[33] & 0x17 == 0x10  # ACK, no SYN/FIN/RST
                         and data[32] >= 0x50
                         and (data[32] >> 4) * 4 + 20 <= total
                     ):

@@ -87,6 +87,68 @@ def parse_message(buf: Any, off: int, end: int) -> tuple[int, int, int, int] | N
     return pid, mark, poff, plen
 
 
+class Layout:
+    """The attribute layout of the last packet message, to parse the next ones in three struct
+    calls instead of a walk. Packets from the same interfaces, with or without a mark, carry
+    the same attributes in the same order, the payload last; a message matches the layout when
+    every attribute header before the payload is the same (length and type, so every offset
+    is the same), checked in one unpack. Anything else takes the walk (`parse_message`) and
+    becomes the layout."""
+
+    __slots__ = ("_headers", "_ids", "_pay_at", "_want")
+
+    def __init__(self) -> None:
+        self._headers: struct.Struct | None = None
+        self._want: tuple[int, ...] = ()
+        self._ids = _BE32  # packet id (and mark, when the layout has one) in one unpack
+        self._pay_at = 0
+
+    def parse(self, buf: Any, off: int, end: int) -> tuple[int, int, int, int] | None:
+        """As `parse_message`."""
+        h = self._headers
+        if h is not None and off + h.size <= end:
+            got = h.unpack_from(buf, off)
+            # got: nlmsg length, type, then (length, type) of each attribute, the payload's last
+            length = got[0]
+            if got[1:-2] == self._want and got[-1] == NFQA_PAYLOAD and off + length <= end:
+                plen = got[-2] - 4
+                poff = off + self._pay_at + 4
+                if plen >= 0 and length - 4 < poff - off + plen <= length:
+                    ids = self._ids.unpack_from(buf, off)
+                    return ids[0], ids[1] if len(ids) > 1 else 0, poff, plen
+        r = parse_message(buf, off, end)
+        if r is not None:
+            self._learn(buf, off, r[2] - 4)
+        return r
+
+    def _learn(self, buf: Any, off: int, pay_at_abs: int) -> None:
+        """The layout of the message at `off` whose payload attribute starts at `pay_at_abs`."""
+        self._headers = None
+        fmt = ["=IH14x"]
+        want: list[int] = [NFQNL_MSG_PACKET_TYPE]
+        mark_at = -1
+        a = off + NLMSG_AND_NFGEN_BYTES
+        while a < pay_at_abs:
+            alen, atype = _NLA.unpack_from(buf, a)
+            if atype & NLA_TYPE_MASK == NFQA_MARK:
+                mark_at = a + 4 - off
+            want += [alen, atype]
+            step = (alen + 3) & ~3
+            fmt.append(f"HH{step - 4}x" if step > 4 else "HH")
+            a += step
+        if a != pay_at_abs or want[1:3] != [11, NFQA_PACKET_HDR]:
+            return
+        fmt.append("HH")
+        self._want = tuple(want)
+        self._pay_at = pay_at_abs - off
+        pid_at = NLMSG_AND_NFGEN_BYTES + 4
+        if mark_at > 0:
+            self._ids = struct.Struct(f"!{pid_at}xI{mark_at - pid_at - 4}xI")
+        else:
+            self._ids = struct.Struct(f"!{pid_at}xI")
+        self._headers = struct.Struct("".join(fmt))
+
+
 def cut_packet_id(buf: Any, off: int, got: int) -> int | None:
     """The id of a packet message cut short by the buffer (its header attribute comes first)."""
     if got < NLMSG_AND_NFGEN_BYTES + 8:
@@ -277,6 +339,7 @@ class Queue:
             self._msgs[k].msg_hdr.msg_iov = ctypes.pointer(self._iov[k])
             self._msgs[k].msg_hdr.msg_iovlen = 1
         self.plan = VerdictPlan()
+        self.layout = Layout()
         self.held: dict[int, HeldPacket] = {}
         self.counters: dict[str, int] = {
             "nfq_reads": 0, "nfq_packets": 0, "nfq_batches": 0, "nfq_singles": 0,
@@ -289,7 +352,7 @@ class Queue:
         """Read and decide up to `budget` packets (fewer when the queue runs dry); the count."""
         recvmmsg, fd, msgs, buf, mv = self._recvmmsg, self.fd, self._msgs, self._buf, self._mv
         slot, plan = self._slot_bytes, self.plan
-        plain = plan.plain
+        plain, parse = plan.plain, self.layout.parse
         c = self.counters
         done = 0
         while done < budget:
@@ -310,7 +373,7 @@ class Queue:
             for k in range(n):
                 off = k * slot
                 got = msgs[k].msg_len
-                r = parse_message(buf, off, off + got)
+                r = parse(buf, off, off + got)
                 if r is None:
                     self._other(off, got)
                     continue

@@ -133,3 +133,36 @@ def test_an_error_message_is_told_apart() -> None:
     assert parse_message(err, 0, len(err)) is None
     assert error_code(err, 0, len(err)) == 2  # ENOENT: a batch verdict found nothing queued
     assert error_code(packet_message(1, b"z"), 0, 40) is None
+
+
+def test_the_cached_layout_parses_exactly_as_the_walk() -> None:
+    """A stream of messages whose layouts change (mark or not, another attribute, sizes,
+    payloads that look like attribute headers): the layout's answer is always the walk's."""
+    import random
+
+    from engine.nfqlib import Layout
+
+    rng = random.Random(5)
+    layout = Layout()
+    hits = 0
+    for i in range(2000):
+        mark = rng.choice([None, None, 0x10, 0xFFFFFFFF])
+        n = rng.choice([20, 28, 40, 41, 42, 43, 60, 1500])
+        payload = bytes(rng.randrange(256) for _ in range(n))
+        if rng.random() < 0.3:  # bytes that read as a payload attribute header if misaligned
+            payload = struct.pack("=HH", n, 10) * (n // 4) + payload[: n % 4]
+        msg = packet_message(i, payload, mark)
+        if rng.random() < 0.1:  # another interface attribute: a different layout
+            body = msg[20:]
+            extra = _nla(5, struct.pack("!I", 9))
+            msg = struct.pack("=IHHII", 20 + len(extra) + len(body), NFQNL_MSG_PACKET_TYPE, 0, 0, 0) + \
+                bytes(4) + extra + body
+        # trailing attribute in packet_message: strip it so the payload is last (the kernel's order)
+        if rng.random() < 0.8:
+            msg = struct.pack("=I", len(msg) - 8) + msg[4:-8]
+        buf = b"\x00" * 16 + msg + b"\xee" * 64
+        want = parse_message(buf, 16, 16 + len(msg))
+        got = layout.parse(buf, 16, 16 + len(msg))
+        assert got == want, i
+        hits += layout._headers is not None
+    assert hits > 1000  # the layout was used, not only the walk

@@ -30,7 +30,9 @@ def bench_throughput(runs: int, lab: str | None, progress: Progress) -> dict[str
         "what": "64-byte UDP packets/s and one TCP stream's Mbit/s through one gateway namespace "
                 "(bench-owned sender/gateway/receiver), every mode measured in every run",
         "duration_s": duration_s, "udp_sender": raw.get("udp_sender"), "notes": raw["notes"],
-        "modes": {m: {"pps": summarize(v["pps"], 0), "mbps": summarize(v["mbps"], 0)} for m, v in s.items()},
+        "modes": {m: {"pps": summarize(v["pps"], 0), "mbps": summarize(v["mbps"], 0),
+                      "cpu_us_per_packet": summarize(v.get("cpu_us_per_packet", []), 2)}
+                  for m, v in s.items()},
         "ratios": {},
     }
     pairs = {

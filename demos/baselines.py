@@ -259,6 +259,13 @@ def pin(cpu: int) -> list[str]:
     return ["taskset", "-c", str(cpu)]
 
 
+def realtime() -> list[str]:
+    """chrt prefix: the baseline loops run at the RT priority engine.node gives itself (SCHED_RR
+    5), so that on a shared machine the engine is not compared with loops the scheduler
+    starves. Empty without chrt."""
+    return ["chrt", "-r", "5"] if shutil.which("chrt") else []
+
+
 def run(argv: list[str], check: bool = True, input_text: str | None = None,
         timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(argv, input=input_text, capture_output=True, text=True, check=False,
@@ -332,14 +339,14 @@ def consumer(topo: Topology, mode: str, c_exe: Path | None, node_cfg: Path | Non
     p: subprocess.Popen[bytes] | None = None
     if mode == "c":
         assert c_exe is not None
-        p = topo.popen(topo.gateway, [*pin(CONSUMER_CPU), str(c_exe), str(QUEUE_NUM), "--gso"],
+        p = topo.popen(topo.gateway, [*pin(CONSUMER_CPU), *realtime(), str(c_exe), str(QUEUE_NUM), "--gso"],
                        stdout=subprocess.PIPE)
         wait_ready(p, "the C NFQUEUE loop")
     elif mode in ("python", "python-gso"):
         argv = [sys.executable, "-m", "demos.baselines", "pyloop", "--queue", str(QUEUE_NUM)]
         if mode == "python-gso":
             argv += ["--gso", "--range", os.environ.get("SWB_RANGE", "65535")]
-        p = topo.popen(topo.gateway, [*pin(CONSUMER_CPU), *argv], stdout=subprocess.PIPE)
+        p = topo.popen(topo.gateway, [*pin(CONSUMER_CPU), *realtime(), *argv], stdout=subprocess.PIPE)
         wait_ready(p, "the Python NFQUEUE loop")
     elif mode in ("engine", "engine-gso", "engine-nfqueue"):
         assert node_cfg is not None

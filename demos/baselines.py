@@ -259,6 +259,13 @@ def pin(cpu: int) -> list[str]:
     return ["taskset", "-c", str(cpu)]
 
 
+def realtime() -> list[str]:
+    """chrt prefix: the baseline loops run at the RT priority engine.node gives itself (SCHED_RR
+    5), so that on a shared machine the engine is not compared with loops the scheduler
+    starves. Empty without chrt."""
+    return ["chrt", "-r", "5"] if shutil.which("chrt") else []
+
+
 def run(argv: list[str], check: bool = True, input_text: str | None = None,
         timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(argv, input=input_text, capture_output=True, text=True, check=False,
@@ -332,23 +339,35 @@ def consumer(topo: Topology, mode: str, c_exe: Path | None, node_cfg: Path | Non
     p: subprocess.Popen[bytes] | None = None
     if mode == "c":
         assert c_exe is not None
-        p = topo.popen(topo.gateway, [*pin(CONSUMER_CPU), str(c_exe), str(QUEUE_NUM), "--gso"],
+        p = topo.popen(topo.gateway, [*pin(CONSUMER_CPU), *realtime(), str(c_exe), str(QUEUE_NUM), "--gso"],
                        stdout=subprocess.PIPE)
         wait_ready(p, "the C NFQUEUE loop")
     elif mode in ("python", "python-gso"):
         argv = [sys.executable, "-m", "demos.baselines", "pyloop", "--queue", str(QUEUE_NUM)]
         if mode == "python-gso":
             argv += ["--gso", "--range", os.environ.get("SWB_RANGE", "65535")]
-        p = topo.popen(topo.gateway, [*pin(CONSUMER_CPU), *argv], stdout=subprocess.PIPE)
+        p = topo.popen(topo.gateway, [*pin(CONSUMER_CPU), *realtime(), *argv], stdout=subprocess.PIPE)
         wait_ready(p, "the Python NFQUEUE loop")
-    elif mode in ("engine", "engine-gso"):
+    elif mode in ("engine", "engine-gso", "engine-nfqueue"):
         assert node_cfg is not None
-        p = start_engine_node(topo, node_cfg, gso=mode == "engine-gso")
+        cfg = node_cfg
+        if mode == "engine-nfqueue":  # the fallback binding: one recv and one verdict per packet
+            cfg = node_cfg.with_name("node-nfqueue.json")
+            cfg.write_text(json.dumps({**json.loads(node_cfg.read_text()), "nfq_backend": "netfilterqueue"}))
+        p = start_engine_node(topo, cfg, gso=mode == "engine-gso")
+    if p is not None:
+        info["pid"] = p.pid
     try:
         yield info
     finally:
         if p is not None:
             topo.stop(p)
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (its verdicts' kernel work is system time)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 ENGINE_RULES = [
@@ -422,7 +441,10 @@ def start_engine_node(topo: Topology, cfg_path: Path, gso: bool = False) -> subp
 
 
 # ---- the whole baseline measurement -------------------------------------------------------------
-MODES = ("kernel", "c", "python", "python-gso", "engine", "engine-gso")
+# engine: the node as shipped (our binding, batched verdicts); engine-nfqueue: the same node on
+# NetfilterQueue, the fallback; engine-gso (not measured by default): NetfilterQueue patched
+# to set GSO before the node did so itself.
+MODES = ("kernel", "c", "python", "python-gso", "engine", "engine-nfqueue")
 
 
 def measure(duration_s: float = 3.0, runs: int = 1, modes: tuple[str, ...] = MODES[:4],
@@ -444,16 +466,24 @@ def measure(duration_s: float = 3.0, runs: int = 1, modes: tuple[str, ...] = MOD
             result["notes"].append(f"UDP sender is iperf3 (lower ceiling): C sender not built: {why}")
         result["udp_sender"] = "udp_blast (sendmmsg)" if blaster else "iperf3"
         node_cfg = write_engine_config(topo) if any(m.startswith("engine") for m in wanted) else None
-        samples: dict[str, dict[str, list[float]]] = {m: {"pps": [], "mbps": []} for m in wanted}
+        samples: dict[str, dict[str, list[float]]] = {
+            m: {"pps": [], "mbps": [], "cpu_us_per_packet": []} for m in wanted}
         failed: set[str] = set()
         for i in range(runs):
             for mode in wanted:
                 if mode in failed:
                     continue
                 try:
-                    with consumer(topo, mode, c_exe, node_cfg):
+                    with consumer(topo, mode, c_exe, node_cfg) as info:
                         progress(f"run {i + 1}/{runs} {mode}: UDP 64-byte packets/s ...")
+                        pid = info.get("pid")
+                        t0, c0 = time.monotonic(), cpu_s(pid) if pid else 0.0
                         pps = topo.udp_pps(duration_s, blaster)
+                        if pid and pps > 0:
+                            # The consumer's CPU per packet: what the queue costs it, whatever
+                            # the sender managed to send on a shared machine.
+                            us = (cpu_s(pid) - c0) / (pps * (time.monotonic() - t0)) * 1e6
+                            samples[mode]["cpu_us_per_packet"].append(round(us, 2))
                         progress(f"run {i + 1}/{runs} {mode}: {pps:,.0f} pps; TCP ...")
                         mbps = topo.tcp_mbps(duration_s)
                         progress(f"run {i + 1}/{runs} {mode}: {mbps:,.0f} Mbit/s")

@@ -252,6 +252,13 @@ class Expectation:
         self.sched = -1.0
 
 
+def directional_keys(key: bytes) -> tuple[bytes, bytes]:
+    """An IPv4 connection key's two fast-index keys: the IPv4 header's bytes 12..24 (source,
+    destination) followed by the TCP/UDP ports, as the low and as the high endpoint sends."""
+    la, lp, ha, hp = key[1:5], key[5:7], key[7:11], key[11:13]
+    return la + ha + lp + hp, ha + la + hp + lp
+
+
 EXPECT_TAG = b"E"  # 69: not a protocol we track, so expectation keys never collide with connection keys
 
 
@@ -308,6 +315,10 @@ class ConnTable:
         self.timeouts = timeouts
         self.timeout_by_state = timeouts.by_state()
         self.conns: dict[bytes, Conn] = {}
+        # The fast path's index: per protocol (TCP, UDP), an IPv4 packet's bytes 12..24 (source,
+        # destination, source port, destination port: one slice) -> its own fast entry, both
+        # directions filed. Kept by refresh() and unfast(); holds only entries with e.fast.
+        self.fast: dict[int, dict[bytes, Conn]] = {TCP: {}, UDP: {}}
         # The translated tuple's key -> the entry's key, for every translated connection this
         # node knows (own and backup copies): a reply arrives under the translated tuple.
         self.nat_keys: dict[bytes, bytes] = {}
@@ -323,7 +334,9 @@ class ConnTable:
 
     # ---- bookkeeping --------------------------------------------------------------------
     def refresh(self, e: Conn) -> None:
-        """Recompute whether the fast path may handle this entry."""
+        """Recompute whether the fast path may handle this entry, and file it (or not) in the
+        fast index."""
+        was = e.fast
         e.fast = (
             e.owner == self.node
             and e.hold == 0
@@ -331,6 +344,26 @@ class ConnTable:
             and e.nat is None  # a translated packet is rewritten on the full path
             and e.state in FAST_STATES
         )
+        if e.fast:
+            idx = self.fast.get(e.key[0]) if len(e.key) == 13 else None
+            if idx is not None:
+                fwd, rev = directional_keys(e.key)
+                idx[fwd] = idx[rev] = e
+        elif was:
+            self._unindex_fast(e)
+
+    def unfast(self, e: Conn) -> None:
+        """An entry leaves the table: out of the fast index too."""
+        if e.fast:
+            e.fast = False
+            self._unindex_fast(e)
+
+    def _unindex_fast(self, e: Conn) -> None:
+        idx = self.fast.get(e.key[0]) if len(e.key) == 13 else None
+        if idx is not None:
+            for k in directional_keys(e.key):
+                if idx.get(k) is e:
+                    del idx[k]
 
     def deadline(self, e: Conn) -> float:
         return e.last_seen + self.timeout_by_state[e.state]
@@ -402,6 +435,7 @@ class ConnTable:
             return
         del self.conns[e.key]
         self.unindex_nat(e)
+        self.unfast(e)
         e.trigger = trigger
         e.version = next_version(e.version, now) if event else e.version
         self.bury(e.key, e.version, e.owner, Scope.NODE, e.bucket, now)

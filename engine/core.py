@@ -120,7 +120,9 @@ class Engine:
         self.owned_buckets: frozenset[int] | None = None
         self.table = ConnTable(node, self.timeouts)
         self.table.quiet_states = quiet_states
-        self._conns = self.table.conns  # the same dict, bound once for the fast path
+        self._conns = self.table.conns  # the same dict, bound once for the full path
+        self._fast_tcp = self.table.fast[TCP]  # the fast path's index (ConnTable.refresh keeps it)
+        self._fast_udp = self.table.fast[UDP]
         self._nat_keys = self.table.nat_keys
         # How NAT source ports are chosen: the lab's HMARK parameters make replies hash into
         # the connection's own bucket (engine.nat.PortPlan).
@@ -146,7 +148,8 @@ class Engine:
         self._now = now
         try:
             # Fast path: an IPv4 packet without options or fragmentation, of an own established
-            # flow, that changes no state. Anything unusual falls through to the full path.
+            # flow, that changes no state: one slice (addresses and ports, IHL 5) and one dict
+            # lookup in the table's fast index. Anything unusual falls through to the full path.
             if len(data) >= 28 and data[0] == 0x45 and not (data[6] & 0x3F or data[7]):
                 proto = data[9]
                 if proto == 6:
@@ -158,9 +161,7 @@ class Engine:
                         and data[32] >= 0x50
                         and (data[32] >> 4) * 4 + 20 <= total
                     ):
-                        a = data[12:16] + data[20:22]
-                        b = data[16:20] + data[22:24]
-                        e = self._conns.get(b"\x06" + a + b if a <= b else b"\x06" + b + a)
+                        e = self._fast_tcp.get(data[12:24])
                         if e is not None and e.fast:
                             e.last_seen = now
                             self._n_fast += 1
@@ -168,9 +169,7 @@ class Engine:
                 elif proto == 17:
                     total = (data[2] << 8) | data[3]
                     if 28 <= total <= len(data) and 8 <= ((data[24] << 8) | data[25]) <= total - 20:
-                        a = data[12:16] + data[20:22]
-                        b = data[16:20] + data[22:24]
-                        e = self._conns.get(b"\x11" + a + b if a <= b else b"\x11" + b + a)
+                        e = self._fast_udp.get(data[12:24])
                         if e is not None and e.fast:
                             e.last_seen = now
                             self._n_fast += 1

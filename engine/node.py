@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -21,9 +20,10 @@ from typing import Any
 
 from engine.binding import Binding
 from engine.conntrack import TRANSIENT_TCP_STATES
-from engine.core import Engine, Verdict
+from engine.core import Engine
 from engine.nat import TRANSLATED_MARK, PortPlan, hmark_rnd
 from engine.nfq import owned_chain_text
+from engine.queue_io import DEFAULT_BACKEND, PacketPath
 from engine.replay import CAP_BYTES, CAP_PACKETS, WINDOW_MS, ReplaySettings
 from engine.rules import parse_rules
 from sync.agent import SyncAgent, SyncConfig
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 # Packets, sync input and liveness closes are handled as they come, not on the tick; 5 ms
 # (was 2 ms) cuts an idle node's wakeups from ~600/s to ~250/s.
 TICK_S = 0.005
-NFQ_BUDGET = 256  # queue messages per event-loop turn, so that timers and sync input get their turn
 TIMELINE_LEN = 2000
 
 
@@ -68,6 +67,7 @@ class NodeConfig:
     lossless_cap_bytes: int = CAP_BYTES
     paths: bool = True  # probes and sync failover on every cluster interface (sync/paths.py)
     ipv6: bool = False  # a dual-stack lab: the owned-bucket chain is in ip6tables too
+    nfq_backend: str = DEFAULT_BACKEND  # which binding reads the queue (engine/queue_io.py)
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
@@ -95,29 +95,6 @@ def nat_counts(engine: Engine) -> dict[str, int]:
         "own": sum(1 for e in engine.table.conns.values() if e.nat is not None),
         "backup": sum(1 for e in engine.backups.copies.values() if e.nat is not None),
     }
-
-
-class BudgetSocket:
-    """The queue's netlink socket, read at most `budget` messages per event-loop turn.
-
-    NetfilterQueue's own loop reads until the queue is empty; under a flood that starves the
-    heartbeats and the node is declared failed while it works. `run_socket` stops at the
-    first EAGAIN, so running out of budget is reported as one."""
-
-    def __init__(self, fd: int, budget: int) -> None:
-        self.sock = socket.socket(fileno=os.dup(fd))
-        self.sock.setblocking(False)
-        self.budget_per_turn = budget
-        self.left = budget
-
-    def recv(self, bufsize: int) -> bytes:
-        if self.left <= 0:
-            raise BlockingIOError(errno.EAGAIN, "budget for this turn used")
-        self.left -= 1
-        return self.sock.recv(bufsize)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def owned_buckets_rules(buckets: list[int], queued: list[int] | None = None) -> str:
@@ -160,10 +137,8 @@ class Node:
                                 cfg.lossless_cap_bytes)
         self.binding: Binding[Any] = Binding(engine, agent, hold_timeout_ms=cfg.hold_timeout_ms,
                                              replay=replay)
-        self._replay = self.binding.replay  # read per packet: which marks are held for replay
         self.engine = engine
         self.agent = agent
-        self._process = engine.process  # bound once: the packet path
         self.policy = cfg.policy
         self.interval_ms = cfg.interval_ms
         self.timeline: deque[dict[str, Any]] = deque(maxlen=TIMELINE_LEN)
@@ -174,7 +149,7 @@ class Node:
         self.leaving = False
         self.stop_event = asyncio.Event()
         self.sock: socket.socket | None = None
-        self.raw: dict[int, socket.socket] = {}  # address family -> raw socket for REJECT replies
+        self.path = PacketPath(engine, self.binding, self.counters, self._after_packets)
         self.started = time.monotonic()
         # The (owned, queued) buckets the latest iptables task applies.
         self._setting: tuple[list[int], list[int]] | None = None
@@ -193,59 +168,6 @@ class Node:
         ev = {"t": time.time(), "node": self.cfg.node, "kind": kind, "text": text, **extra}
         self.timeline.append(ev)
         log.info("%s: %s", kind, text)
-
-    # ---- packet path ----------------------------------------------------------------------
-    def on_packet(self, pkt: Any) -> None:
-        try:
-            self.counters["packets"] += 1
-            now = time.monotonic()
-            data = pkt.get_payload()
-            mark = pkt.mark
-            if mark in self._replay.buckets:
-                # A bucket we back up (lossless on): held without a verdict, replayed if we adopt it.
-                if self.binding.shadow_packet(data, mark, pkt, now):
-                    pkt.retain()
-                else:
-                    pkt.drop()
-                return
-            # The engine first, the binding only for a hold: one call less per accepted packet.
-            d = self._process(data, now, mark)
-            v = d.verdict
-            if v is Verdict.ACCEPT:
-                if d.payload is not None:  # a translated packet (NAT): pass the rewritten bytes
-                    pkt.set_payload(d.payload)
-                    pkt.set_mark(mark | TRANSLATED_MARK)  # not queued again in FORWARD
-                pkt.accept()
-            elif v is Verdict.HOLD:
-                if self.binding.held(d, data, mark, pkt, now).verdict is Verdict.HOLD:
-                    pkt.retain()
-                else:
-                    pkt.drop()
-            else:
-                pkt.drop()
-                if d.reply:
-                    self.send_reply(d.reply)
-        except Exception:  # a packet must never kill the loop: fail closed and count
-            self.counters["callback_errors"] += 1
-            log.exception("packet callback failed")
-            with contextlib.suppress(Exception):
-                pkt.drop()
-
-    def send_reply(self, data: bytes) -> None:
-        """Send a REJECT's reply (TCP RST or ICMP unreachable, built by the engine) as it is."""
-        family = socket.AF_INET if data[0] >> 4 == 4 else socket.AF_INET6
-        try:
-            sock = self.raw.get(family)
-            if sock is None:
-                # IPPROTO_RAW: the packet carries its own IP header (source: the rejected
-                # packet's destination), in both families.
-                sock = self.raw[family] = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW)
-                sock.setblocking(False)
-            dst = socket.inet_ntop(family, data[16:20] if family == socket.AF_INET else data[24:40])
-            sock.sendto(data, (dst, 0))
-            self.counters["rejects_sent"] += 1
-        except OSError as e:  # the original is dropped anyway: the reply is a courtesy
-            log.debug("reject reply not sent: %s", e)
 
     def after(self) -> None:
         """What every turn ends with: held packets released, buckets followed, timeline
@@ -371,12 +293,7 @@ class Node:
         self.binding.receive(data, src, time.monotonic())
         self.after()
 
-    def on_nfq_readable(self, nfq: Any, sock: BudgetSocket) -> None:
-        sock.left = sock.budget_per_turn
-        try:
-            nfq.run_socket(sock)
-        except OSError as e:
-            log.warning("nfqueue recv failed: %s", e)
+    def _after_packets(self) -> None:
         self.binding.settle(time.monotonic())
         self.after()
 
@@ -400,19 +317,9 @@ class Node:
         self.sock.bind(self.sync_addr)
         self.sock.setblocking(False)
         loop.add_reader(self.sock.fileno(), self.on_sync_readable)
-        nfq = None
         if self.use_nfqueue:
-            from netfilterqueue import NetfilterQueue
-
-            from engine.nfq import GSO_COPY_RANGE_BYTES, enable_gso
-
-            nfq = NetfilterQueue()
-            nfq.bind(self.cfg.queue_num, self.on_packet, max_len=4096)
-            # TCP bulk needs GSO packets queued whole; they then arrive cut at the copy range.
-            if enable_gso(nfq, self.cfg.queue_num):
-                self.engine.capture_bytes = GSO_COPY_RANGE_BYTES
-            nfq_sock = BudgetSocket(nfq.get_fd(), NFQ_BUDGET)
-            loop.add_reader(nfq_sock.sock.fileno(), self.on_nfq_readable, nfq, nfq_sock)
+            backend = self.path.open(self.cfg.queue_num, self.cfg.nfq_backend, loop)
+            log.info("NFQUEUE %d read by %s", self.cfg.queue_num, backend)
         ctl_path = Path(self.cfg.control_socket)
         with contextlib.suppress(FileNotFoundError):
             ctl_path.unlink()
@@ -444,16 +351,7 @@ class Node:
             if self.pathio is not None:
                 self.pathio.close()
             server.close()
-            if nfq is not None:
-                loop.remove_reader(nfq_sock.sock.fileno())
-                nfq_sock.close()
-                # Held packets get a verdict before we go: fail closed.
-                for pkt in self.binding.drop_all():
-                    with contextlib.suppress(Exception):
-                        pkt.drop()
-                nfq.unbind()
-            for raw in self.raw.values():
-                raw.close()
+            self.path.close(loop)  # held packets get a verdict before we go: fail closed
             with contextlib.suppress(FileNotFoundError):
                 ctl_path.unlink()
             others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
@@ -566,6 +464,7 @@ class Node:
             "policy": self.policy,
             "interval_ms": self.interval_ms,
             "counters": {**self.engine.counters, **b.counters, **self.counters},
+            "nfq": self.path.stats(),
             "sync": self.agent.stats(),
             "last_takeover": b.last_takeover,
             "lossless": b.replay.status(),

@@ -178,6 +178,7 @@ class EngineStore:
         for e in (t.conns.pop(key, None), self.backups.pop(key)):
             if e is not None:
                 t.unindex_nat(e)
+                t.unfast(e)
         t.expects.pop(key, None)
         self.common.pop(key, None)
         t.bury(key, record.version, record.owner, record.scope, record.bucket, self._clock())
@@ -267,6 +268,8 @@ class EngineStore:
         t = self.table
         if owner == t.node:
             gone = len(t.conns)
+            for e in t.conns.values():
+                t.unfast(e)
             t.conns.clear()
         else:
             gone = self.backups.drop_owner(owner)

@@ -99,7 +99,7 @@ class ConsoleApp(App[str]):
         run_dir: Path | None = None,
     ) -> None:
         super().__init__()
-        self.run_dir = run_dir  # the lab's run folder: where screenshots go without ~/Downloads
+        self.run_dir = run_dir or getattr(link, "run_dir", None)  # screenshots without ~/Downloads
         self.link = link
         # The pollers, the action workers and a demo's steps share one link from several threads.
         self._link_lock = threading.Lock()

@@ -1,5 +1,5 @@
-"""What a live table costs: no column re-measured for a changed cell that cannot widen it, and
-ages that wait for their once-a-second redraw."""
+"""What the console costs (no column re-measured for a cell that cannot widen it, ages and the
+timeline once a second, viewers poll once a second) and where its screenshots land."""
 
 from __future__ import annotations
 
@@ -70,3 +70,11 @@ def test_a_viewer_polls_once_a_second_an_operator_four_times(monkeypatch: Any) -
     for viewer in (True, False):
         console_app.run_console(FakeLab(), viewer=viewer)
     assert seen == {True: 1.0, False: 0.25}
+
+
+def test_the_console_on_a_lab_knows_its_run_folder_for_screenshots(tmp_path: Any) -> None:
+    from app.client import DaemonLink
+    from app.console.app import ConsoleApp
+
+    app = ConsoleApp(DaemonLink(tmp_path / "control.sock"), poll_interval_s=None)
+    assert app.run_dir == tmp_path

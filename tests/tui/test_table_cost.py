@@ -78,3 +78,17 @@ def test_the_console_on_a_lab_knows_its_run_folder_for_screenshots(tmp_path: Any
 
     app = ConsoleApp(DaemonLink(tmp_path / "control.sock"), poll_interval_s=None)
     assert app.run_dir == tmp_path
+
+
+def test_a_card_shows_retransmissions_and_drops_by_reason_from_the_agents_stats() -> None:
+    from app.console.cards import sync_health_line
+    from tests.unit.test_sync_cluster import _cluster
+
+    c = _cluster()
+    c.put("n1", b"a", [1])
+    c.run(0.01)
+    stats = c.agents["n1"].stats()  # the schema the node reports and the daemon passes on
+    assert sync_health_line(stats) == "", "a healthy sync says nothing"
+    stats["peers"]["n2"]["retransmitted"] = 3
+    stats["bad_frames"] = {"bad-hmac": 2, "short": 0}
+    assert sync_health_line(stats) == "[b yellow]retx n2:3 · dropped bad-hmac 2[/b yellow]"

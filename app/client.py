@@ -15,6 +15,7 @@ READ_ONLY = frozenset(cls.CMD for cls in api.REQUESTS.values() if cls.READ_ONLY)
 class DaemonLink:
     def __init__(self, path: Path | str, viewer: bool = False, timeout_s: float = 10.0) -> None:
         self.viewer = viewer
+        self.run_dir = Path(path).parent  # the lab's run folder (a screenshot lands there)
         self._client = ControlClient(path, timeout_s)
 
     def request(self, msg: dict[str, Any] | api.Request) -> dict[str, Any]:

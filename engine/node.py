@@ -25,6 +25,7 @@ from engine.nat import TRANSLATED_MARK, PortPlan, hmark_rnd
 from engine.nfq import owned_chain_text
 from engine.queue_io import DEFAULT_BACKEND, PacketPath
 from engine.replay import CAP_BYTES, CAP_PACKETS, WINDOW_MS, ReplaySettings
+from engine.rows import step_text
 from engine.rules import parse_rules
 from sync.agent import SyncAgent, SyncConfig
 from sync.liveness import Liveness
@@ -431,10 +432,12 @@ class Node:
             return {"ok": True, "queued": self.agent.held()}
         if cmd == "step":
             released = self.agent.step()
+            msg = self.agent.stepped() if released else None
             self.flush()
             if released:
-                self.note("step", "released one sync message")
-            return {"ok": True, "released": released, "queued": self.agent.held()}
+                self.note("step", f"released {step_text(msg)}" if msg else "released one sync message")
+            return {"ok": True, "released": released, "queued": self.agent.held(),
+                    **({"message": {**msg, "text": step_text(msg)}} if msg else {})}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
     def status(self) -> dict[str, Any]:

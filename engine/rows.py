@@ -67,3 +67,33 @@ def conn_row(e: Conn, now: float) -> dict[str, Any]:
         "kind": "conn",
         "nat": binding_text(e.nat),
     }
+
+
+def key_text(key: bytes) -> str:
+    """A record key as people read it: a connection's protocol and endpoints (in key order, so
+    `↔`), an expectation's tag, or the hex of anything else."""
+    try:
+        proto, a, ap, b, bp = split_key(key)
+    except (ValueError, IndexError, EngineError):
+        return key.hex()
+    name = PROTO_NAMES.get(proto)
+    if name is None:
+        return key.hex()
+    if proto in (ICMP, ICMPV6):
+        return f"{name} {addr_text(a)} ↔ {addr_text(b)}"
+    return f"{name} {endpoint_text(a, ap)} ↔ {endpoint_text(b, bp)}"
+
+
+def step_text(msg: dict[str, Any]) -> str:
+    """One released sync message (sync.context.released) in a sentence: type, record, peer."""
+    what = str(msg.get("type", "?"))
+    if "records" in msg:
+        n = int(msg["records"])
+        what += f" ({msg.get('trigger') or '?'}): {n} record{'s' if n != 1 else ''}"
+        if msg.get("key"):
+            rec = key_text(bytes.fromhex(str(msg["key"])))
+            gone = " deleted" if msg.get("deleted") else ""
+            what += f", {rec} of {msg.get('owner')} v{msg.get('version')}{gone}"
+            if n > 1:
+                what += f" and {n - 1} more"
+    return f"{what} to {msg.get('peer', '?')}"

@@ -370,11 +370,16 @@ class SyncAgent:
         if not ctx.frozen:
             return 0
         ctx.credit += 1
+        ctx.stepped = None
         before = ctx.credit
         ctx.pump(ctx.now)
         released = before - ctx.credit
         ctx.credit = 0
         return released
+
+    def stepped(self) -> dict[str, Any] | None:
+        """The message the last step released (sync.context.released), None if none."""
+        return self._ctx.stepped
 
     def held(self) -> int:
         """Reliable frames waiting to be sent (held by a freeze or behind a window)."""

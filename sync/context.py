@@ -15,7 +15,7 @@ from sync.events import SyncEvent
 from sync.membership import MemberState, Mode, ModeEvent, ModeMachine, View, compute_view
 from sync.policy import SyncPolicy, make_policy
 from sync.records import StateStore
-from sync.wire import Frame, MsgType, encode_frame
+from sync.wire import CODE_TRIGGER, BadFrame, Frame, MsgType, encode_frame, records_from_blob
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ class AgentContext:
         self.out: list[tuple[Address, bytes]] = []
         self.frozen = False
         self.credit = 0
+        self.stepped: dict[str, Any] | None = None  # the last frame a step released (released())
         self._useq = 0
 
     def fire(self, event: ModeEvent) -> Mode:
@@ -152,6 +153,7 @@ class AgentContext:
                     p.stats.retransmitted_by_type[o.type.name.lower()] += 1
                 elif self.frozen:
                     self.credit -= 1
+                    self.stepped = released(p.name, o.type, o.seq, o.payload)
                 self._frame(p, o.type, o.seq, o.payload, o.epoch)
 
     def _frame(self, p: Peer, mtype: MsgType, seq: int, payload: Any, epoch: int | None = None) -> None:
@@ -175,3 +177,21 @@ class AgentContext:
         p.stats.bytes_sent += len(data)
         p.stats.bytes_by_type[name] += len(data)
         self.out.append((p.addr, data))
+
+
+def released(peer: str, mtype: MsgType, seq: int, payload: Any) -> dict[str, Any]:
+    """What a step-through released, for people: the message type, its peer and, for records,
+    how many, the first one's key, owner and version, and what triggered them."""
+    out: dict[str, Any] = {"peer": peer, "type": mtype.name.lower(), "seq": seq}
+    if mtype is MsgType.RECORDS and isinstance(payload, list) and len(payload) == 2:
+        try:
+            recs = records_from_blob(payload[1])
+        except BadFrame:
+            return out
+        trigger = CODE_TRIGGER.get(payload[0])
+        out["trigger"] = trigger.value if trigger is not None else ""
+        out["records"] = len(recs)
+        if recs:
+            r = recs[0]
+            out.update(key=r.key.hex(), owner=r.owner, version=r.version, deleted=r.deleted)
+    return out

@@ -99,7 +99,7 @@ class ConsoleApp(App[str]):
         run_dir: Path | None = None,
     ) -> None:
         super().__init__()
-        self.run_dir = run_dir  # the lab's run folder: where screenshots go without ~/Downloads
+        self.run_dir = run_dir or getattr(link, "run_dir", None)  # screenshots without ~/Downloads
         self.link = link
         # The pollers, the action workers and a demo's steps share one link from several threads.
         self._link_lock = threading.Lock()
@@ -177,7 +177,8 @@ class ConsoleApp(App[str]):
         self.poll()
 
     def poll(self) -> None:
-        self._poll_worker = self._fetch(self.query_one(ConnectionsPane).request(self.table_limit))
+        shown = self.query_one(TabbedContent).active == "connections"  # 500 rows cost every poll
+        self._poll_worker = self._fetch(self.query_one(ConnectionsPane).request(self.table_limit * shown))
 
     @work(thread=True, exclusive=True, group="poll", exit_on_error=False)
     def _fetch(self, table_request: dict[str, Any]) -> None:
@@ -257,7 +258,8 @@ class ConsoleApp(App[str]):
         flows board once a second (it cost a quarter of a core at 4 redraws a second)."""
         active = self.query_one(TabbedContent).active
         if active == "timeline":
-            self.query_one(TimelinePane).apply(list(self.snapshot.get("events", [])))
+            events = list(self.snapshot.get("events", []))
+            self.query_one(TimelinePane).apply(events, None if shown else self.clock())
         elif active == "flows":
             self.query_one(FlowsPane).apply(list(self.snapshot.get("flows", [])),
                                             None if shown else self.clock())
@@ -591,7 +593,7 @@ def run_console(link: LabLink, viewer: bool = False, present: bool = False,
     With `demo`, the console opens with that demo's panel (not for viewers: viewers watch).
     A demo still open at the end is put back (its traffic stopped, the sync policy restored).
     """
-    app = ConsoleApp(link, viewer=viewer, present=present, demo=demo)
+    app = ConsoleApp(link, viewer=viewer, present=present, demo=demo, poll_interval_s=settings.poll_s(viewer))
     result = app.run()
     app.demo_panel.finish()
     return "stop" if result == "stop" and not viewer else "keep"

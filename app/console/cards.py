@@ -74,6 +74,9 @@ class NodeCard(Vertical):
             f"common {node.get('common', 0)}\n"
             f"held {node.get('held', 0)}  sync {rate:.0f} msg/s"
         )
+        health = sync_health_line(node.get("sync"))
+        if health:
+            body += "\n" + health
         paths = node.get("paths")
         if isinstance(paths, dict) and paths.get("peers"):
             body += "\n" + paths_line(paths)
@@ -84,6 +87,23 @@ class NodeCard(Vertical):
 
     def on_click(self) -> None:
         self.post_message(self.Selected(self.node_name))
+
+
+def sync_health_line(sync: Any) -> str:
+    """Sync trouble in one line (the agent's stats: sync.agent.SyncAgent.stats): frames sent
+    again, per peer, and received frames dropped, by reason; "" while there is none."""
+    if not isinstance(sync, dict):
+        return ""
+    peers: dict[str, Any] = sync["peers"] if isinstance(sync.get("peers"), dict) else {}
+    retx = {n: int(p.get("retransmitted", 0) or 0) for n, p in peers.items() if isinstance(p, dict)}
+    parts = []
+    if any(retx.values()):
+        parts.append("retx " + " ".join(f"{n}:{c}" for n, c in sorted(retx.items()) if c))
+    given: dict[str, Any] = sync["bad_frames"] if isinstance(sync.get("bad_frames"), dict) else {}
+    bad = {str(k): int(v) for k, v in given.items() if v}
+    if bad:
+        parts.append("dropped " + " ".join(f"{k} {v}" for k, v in sorted(bad.items())))
+    return f"[b yellow]{' · '.join(parts)}[/b yellow]" if parts else ""
 
 
 def paths_line(paths: dict[str, Any]) -> str:

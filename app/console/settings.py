@@ -9,7 +9,7 @@ from platformdirs import user_downloads_path
 from textual.theme import Theme
 
 __all__ = ["DEMO_KEYS", "LAB_ACTIONS", "NODE_STATE_ACTIONS", "PRESENT_THEME", "STAR_PRESENT_S",
-           "STAR_S", "VIEWS", "screenshot_dir", "user_downloads_path"]
+           "STAR_S", "VIEWS", "poll_s", "screenshot_dir", "user_downloads_path"]
 
 PRESENT_THEME = Theme(
     name="syncwall-present",
@@ -39,6 +39,13 @@ NODE_STATE_ACTIONS = {  # action -> node states in which it applies
 }
 STAR_S = 10.0
 STAR_PRESENT_S = 30.0
+# Polls a second: an operator's console 4, a viewer's 1 (a class of browsers must not load the lab).
+POLL_S = 0.25
+VIEWER_POLL_S = 1.0
+
+
+def poll_s(viewer: bool) -> float:
+    return VIEWER_POLL_S if viewer else POLL_S
 VIEWS = ("connections", "timeline", "flows")
 # The demo panel's keys: they apply only while it is open, and never to viewers (viewers watch).
 DEMO_KEYS = frozenset({"demo_next", "demo_auto", "demo_close"})

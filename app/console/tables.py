@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
@@ -38,6 +39,10 @@ Renderer = Callable[[str, int, str], "str | Text"]  # (row key, column index, va
 LIT_STYLE = "bold black on dark_orange"
 HEALTH_STYLE = {"healthy": "bold green", "stalled": "bold yellow", "broken": "bold red",
                 "done": "dim", "failed": "bold magenta"}
+
+
+AGES_EVERY_S = 1.0
+AGE_ONLY = frozenset({"age"})
 
 
 def plain(key: str, column: int, value: str) -> str | Text:
@@ -97,12 +102,18 @@ class DiffTable(DataTable[Any]):
         self.clear()
         self.on_screen.clear()
 
-    def apply(self, rows: Sequence[tuple[str, Cells]]) -> RowDiff:
+    def apply(self, rows: Sequence[tuple[str, Cells]], defer: frozenset[str] = frozenset()) -> RowDiff:
+        """Show `rows`. Changes only in the `defer` columns (by key) wait for a later apply
+        without them: a row's age alone is not worth a redraw at every poll."""
         self._ensure_columns()
         if self._pick is not None:
             pick = self._pick
             rows = [(k, tuple(cells[i] for i in pick)) for k, cells in rows]
         diff = diff_rows(self.on_screen, rows)
+        if defer and diff.changed:
+            kept = {k: ch for k, ch in diff.changed.items()
+                    if any(self._columns[c][0] not in defer for c, _ in ch)}
+            diff = RowDiff(diff.removed, kept, diff.added)
         restyle = self.restyle - {k for k, _ in diff.added}
         self.restyle = set()
         if diff.empty and not restyle:
@@ -114,15 +125,16 @@ class DiffTable(DataTable[Any]):
             for key, changes in diff.changed.items():
                 now_cells = list(self.on_screen[key])
                 for column, value in changes:
+                    grows = self._grows(column, now_cells[column], value)
                     now_cells[column] = value
                     self.update_cell(key, self._columns[column][0],
-                                     self.renderer(key, column, value), update_width=True)
+                                     self.renderer(key, column, value), update_width=grows)
                 self.on_screen[key] = tuple(now_cells)
             for key in restyle:
                 if key in self.on_screen:
                     for column, value in enumerate(self.on_screen[key]):
                         self.update_cell(key, self._columns[column][0],
-                                         self.renderer(key, column, value), update_width=True)
+                                         self.renderer(key, column, value))
             for key, new_cells in diff.added:
                 self.add_row(*(self.renderer(key, i, v) for i, v in enumerate(new_cells)),
                              key=key)
@@ -130,6 +142,13 @@ class DiffTable(DataTable[Any]):
             if self.sort_column and (diff.added or diff.changed):
                 self._sort()
         return diff
+
+    def _grows(self, column: int, old: str, new: str) -> bool:
+        """Whether a changed cell may widen its column. A column of fixed width never changes;
+        one that fits its content only grows: a narrower cell would make DataTable measure
+        every cell of that column again (at 500 rows whose ages tick, that was most of the
+        console's CPU)."""
+        return self._columns[column][0] not in self._widths and cell_len(new) > cell_len(old)
 
     def cycle_sort(self) -> str:
         """Sort by the next column (ascending, then descending); returns a caption for it."""
@@ -177,6 +196,7 @@ class ConnectionsPane(Vertical):
         self.lab_now = 0.0
         self.now_s = 0.0
         self._caption = ""
+        self._ages_at = -AGES_EVERY_S  # when the age column was last brought up to date
         self._last: dict[str, Any] | None = None  # the last reply shown
         self.down: frozenset[str] = frozenset()  # nodes failed or offline: no copy lives there
 
@@ -213,8 +233,9 @@ class ConnectionsPane(Vertical):
         return value
 
     def request(self, limit: int) -> dict[str, Any]:
-        """The `table` request for the view on screen ({} before a node is chosen)."""
-        if not self.node:
+        """The `table` request for the view on screen ({} before a node is chosen, or with no
+        rows wanted: the table is not on screen)."""
+        if not self.node or limit <= 0:
             return {}
         return requests.table(self.node, self.scope.value, self.filter, limit).to_dict()
 
@@ -254,7 +275,13 @@ class ConnectionsPane(Vertical):
         lit, dark = self.stars.observe(rows, self.takeovers, self.lab_now)
         table = self.table
         table.restyle |= lit | dark
-        diff = table.apply([(str(r["key"]), conn_cells(r, self.down)) for r in rows])
+        # Ages once a second: rows cross whole seconds at different polls, and each poll
+        # that changed one cell repainted the whole table.
+        ages_due = not 0 <= now_s - self._ages_at < AGES_EVERY_S
+        if ages_due:
+            self._ages_at = now_s
+        diff = table.apply([(str(r["key"]), conn_cells(r, self.down)) for r in rows],
+                           frozenset() if ages_due else AGE_ONLY)
         if lit and table.sort_column is None:
             # rows just taken over float to the top, where the operator is looking
             table.sort("owner", key=lambda cell: not isinstance(cell, Text))  # stars first
@@ -304,10 +331,13 @@ class ConnectionsPane(Vertical):
 class TimelinePane(Vertical):
     """The sync timeline: every trigger and message, newest first; the selected one's provenance."""
 
+    REFRESH_S = 1.0  # a busy sync re-sorts the whole table at every poll: once a second is readable
+
     def __init__(self) -> None:
         super().__init__(id="timeline-pane")
         self.events: list[dict[str, Any]] = []
         self._by_key: dict[str, dict[str, Any]] = {}
+        self._at: float | None = None  # when the table was last redrawn (the console's clock)
 
     def compose(self) -> ComposeResult:
         table = DiffTable(EVENT_COLUMNS, id="event-table")
@@ -316,7 +346,12 @@ class TimelinePane(Vertical):
         with VerticalScroll(id="provenance-box"):
             yield Static("Select an event to see where it came from.", id="provenance")
 
-    def apply(self, events: list[dict[str, Any]]) -> RowDiff:
+    def apply(self, events: list[dict[str, Any]], now_s: float | None = None) -> RowDiff | None:
+        """Show the events; with `now_s`, at most once per REFRESH_S (always without it)."""
+        if now_s is not None:
+            if self._at is not None and 0 <= now_s - self._at < self.REFRESH_S:
+                return None
+            self._at = now_s
         self.events = events
         self._by_key = {event_key(e): e for e in events}
         return self.query_one(DiffTable).apply([(event_key(e), event_cells(e)) for e in events])

@@ -19,6 +19,7 @@ from typing import Any
 from demos.baselines import BenchError
 from demos.bench.chaos import bench_chaos
 from demos.bench.conn_rate import bench_conn_rate
+from demos.bench.console import bench_console
 from demos.bench.failover import bench_failover
 from demos.bench.false_failover import bench_false_failover
 from demos.bench.ftp import bench_ftp
@@ -48,6 +49,7 @@ BENCHES: dict[str, tuple[Bench, int]] = {
     "memory": (bench_memory, 3),
     "peers": (bench_peers, 3),
     "scale": (bench_scale, 1),
+    "console": (bench_console, 3),
 }
 
 

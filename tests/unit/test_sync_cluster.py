@@ -247,6 +247,10 @@ def test_freeze_holds_data_frames_and_step_releases_one() -> None:
     assert c.holders(b"a") == ["n1"] and n1.held() == 2
     assert not any(isinstance(e, PeerDown) for x in c.names for e in c.events[x])
     assert n1.step() == 1
+    # It says which message it released: type, peer, the record and what triggered it.
+    assert n1.stepped() == {"peer": "n2", "type": "records", "seq": n1.stepped()["seq"],  # type: ignore[index]
+                            "trigger": "state-modified", "records": 1, "key": b"a".hex(),
+                            "owner": "n1", "version": 1, "deleted": False}
     c.run(0.005)
     assert c.holders(b"a") == ["n1", "n2"] and c.holders(b"b") == ["n1"]
     n1.freeze(False)

@@ -528,9 +528,13 @@ class Node:
         if cmd == "step":
             released = self.agent.step()
             self.flush()
+            msg = self.agent.stepped if released else None
+            label = f"{self.cfg.node}>{msg['message']}" if msg else ""
             if released:
-                self.note("step", "released one sync message")
-            return {"ok": True, "released": released, "queued": self.agent.held()}
+                self.note("step", f"released sync message {label or '?'}"
+                          + (f" ({msg['type']})" if msg else ""), message=label)
+            return {"ok": True, "released": released, "queued": self.agent.held(), "message": label,
+                    "type": msg["type"] if msg else ""}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
     def status(self) -> dict[str, Any]:

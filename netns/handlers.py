@@ -156,9 +156,11 @@ class ControlHandlers:
             r = await np.link.request({"cmd": "step"})
             if r.get("released"):
                 np.status["queued"] = r.get("queued", 0)
-                text = f"{np.name} sent one sync message ({r.get('queued', 0)} still queued there)"
-                self.d.note("step", text, node=np.name)
-                return {"ok": True, "released": {"node": np.name, "text": text},
+                msg = str(r.get("message") or "")
+                what = f"sync message {msg} ({r.get('type')})" if msg else "one sync message"
+                text = f"{np.name} sent {what} ({r.get('queued', 0)} still queued there)"
+                self.d.note("step", text, node=np.name, message=msg)
+                return {"ok": True, "released": {"node": np.name, "text": text, "message": msg},
                         "queued": self.d.queued()}
         return {"ok": True, "released": None, "queued": self.d.queued()}
 

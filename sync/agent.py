@@ -78,6 +78,7 @@ class SyncAgent:
         self.config = config
         self.store = store
         self.node = ctx.node
+        self.stepped: dict[str, Any] | None = None  # what the last step released (peer, seq, type)
         self.names = ctx.names
         self.index = ctx.index
         self.incarnation = ctx.incarnation
@@ -371,9 +372,17 @@ class SyncAgent:
             return 0
         ctx.credit += 1
         before = ctx.credit
+        sent = {p.name: p.channel.next_unsent for p in self.peers.values()}
         ctx.pump(ctx.now)
         released = before - ctx.credit
         ctx.credit = 0
+        self.stepped = None
+        for p in self.peers.values():
+            seq = p.channel.next_unsent - 1
+            o = p.channel.unacked.get(seq)
+            if released and seq >= sent[p.name] and o is not None and o.first_sent == ctx.now:
+                self.stepped = {"peer": p.name, "seq": seq, "message": f"{p.name}#{seq}",
+                                "type": o.type.name.lower()}
         return released
 
     def held(self) -> int:

@@ -213,6 +213,7 @@ def test_sync_and_notify_completes_on_ack_and_times_out_on_a_dead_peer() -> None
     c.run(0.005)
     done = [e for e in c.events["n1"] if isinstance(e, SyncCompleted) and e.token == token]
     assert done == [SyncCompleted(token, True, ("n2", "n3"))]
+    assert done[0].last.split("#")[0] in ("n2", "n3")  # the message whose ack completed it
     c.kill("n3")
     c.run(0.005)  # dead but not yet detected
     token = n1.sync_and_notify([b"ftp-exp"], c.now, timeout_s=0.03, peers=["n3"])
@@ -373,3 +374,27 @@ def test_an_active_node_keeps_no_copy_of_a_node_it_does_not_back_up_sent_under_i
     # Under a newer view than ours it may be for the role that view gives us: kept for now.
     rep.apply_records(peer, Trigger.REBALANCE, [rec(b"k-next", stranger)], c.now, view.epoch + 1)
     assert c.stores[y].get(b"k-next") is not None
+
+
+def test_step_names_the_message_it_sent_and_the_one_whose_ack_completes_a_sync() -> None:
+    """Step-through: frozen, nothing new goes out; each step sends one message and says which;
+    the sync completes at the ack of the last peer's message, and says so."""
+    c = _cluster()
+    c.run(0.05)
+    c.put("n1", b"ftp-exp", [1], scope=Scope.COMMON)
+    n1 = c.agents["n1"]
+    n1.freeze(True)
+    token = n1.sync_and_notify([b"ftp-exp"], c.now, timeout_s=5.0)
+    c.run(0.01)
+
+    def done() -> list[SyncCompleted]:
+        return [e for e in c.events["n1"] if isinstance(e, SyncCompleted) and e.token == token]
+
+    assert not done() and n1.held() == 2
+    stepped = []
+    while not done():
+        assert n1.step() == 1 and n1.stepped is not None
+        stepped.append(n1.stepped["message"])
+        c.run(0.01)
+        assert len(stepped) <= 2
+    assert len(stepped) == 2 and done()[0].acked and done()[0].last == stepped[-1], (stepped, done())

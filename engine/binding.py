@@ -163,7 +163,8 @@ class Binding(Generic[H]):
             self._note("trigger", "unknown session: asking the cluster for its state",
                        key=first, trigger=Trigger.STATE_REQUEST.value)
 
-    def _finish(self, hold_id: int, acked: bool, now: float) -> None:
+    def _finish(self, hold_id: int, acked: bool, now: float, by: str = "") -> None:
+        """`by`: the sync message whose ack completed the hold ("n1>n2#7"), when one did."""
         hold = self.holds.pop(hold_id, None)
         self.engine.sync_done(hold_id, acked, now)
         if hold is None:
@@ -173,8 +174,8 @@ class Binding(Generic[H]):
             self._releases.extend(Release(h, True) for h, _, _ in hold.packets)
             self.counters["released_by_ack" if acked else "released_by_timeout"] += len(hold.packets)
             self._note("release", f"{len(hold.packets)} held packet(s) released "
-                       f"{'on ack' if acked else 'by timeout'} after {waited_ms:.2f} ms",
-                       latency_ms=round(waited_ms, 3))
+                       f"{'on ack' if acked else 'by timeout'}" + (f" of {by}" if by else "")
+                       + f" after {waited_ms:.2f} ms", latency_ms=round(waited_ms, 3), message=by)
         else:
             # The state arrived (or not): the packets now meet the table as it is.
             for h, data, mark in hold.packets:
@@ -272,10 +273,10 @@ class Binding(Generic[H]):
 
     def _event(self, ev: SyncEvent, now: float) -> None:
         match ev:
-            case SyncCompleted(token=token, acked=acked):
+            case SyncCompleted(token=token, acked=acked, last=by):
                 hold_id = self._tokens.pop(token, None)
                 if hold_id is not None:
-                    self._finish(hold_id, acked, now)
+                    self._finish(hold_id, acked, now, f"{self.agent.node}>{by}" if by else "")
             case StateReply(key=key, found=found):
                 hold_id = self._pulls.pop(key, None)
                 if hold_id is not None and hold_id in self.holds:

@@ -434,10 +434,12 @@ class Node:
             released = self.agent.step()
             msg = self.agent.stepped() if released else None
             self.flush()
+            label = f"{self.cfg.node}>{msg['message']}" if msg else ""
             if released:
-                self.note("step", f"released {step_text(msg)}" if msg else "released one sync message")
+                self.note("step", f"released {step_text(msg)}" if msg else "released one sync message",
+                          message=label)
             return {"ok": True, "released": released, "queued": self.agent.held(),
-                    **({"message": {**msg, "text": step_text(msg)}} if msg else {})}
+                    **({"message": {**msg, "text": step_text(msg), "label": label}} if msg else {})}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
     def status(self) -> dict[str, Any]:

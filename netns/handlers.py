@@ -159,8 +159,9 @@ class ControlHandlers:
                 msg = r.get("message") or {}
                 what = f": {msg['text']}" if msg.get("text") else " one sync message"
                 text = f"{np.name} sent{what} ({r.get('queued', 0)} still queued there)"
-                self.d.note("step", text, node=np.name)
-                return {"ok": True, "released": {**msg, "node": np.name, "text": text},
+                label = str(msg.get("label") or "")  # "n1>n2#7": the name a release note gives it
+                self.d.note("step", text, node=np.name, message=label)
+                return {"ok": True, "released": {**msg, "node": np.name, "text": text, "message": label},
                         "queued": self.d.queued()}
         return {"ok": True, "released": None, "queued": self.d.queued()}
 

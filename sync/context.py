@@ -182,7 +182,8 @@ class AgentContext:
 def released(peer: str, mtype: MsgType, seq: int, payload: Any) -> dict[str, Any]:
     """What a step-through released, for people: the message type, its peer and, for records,
     how many, the first one's key, owner and version, and what triggered them."""
-    out: dict[str, Any] = {"peer": peer, "type": mtype.name.lower(), "seq": seq}
+    out: dict[str, Any] = {"peer": peer, "type": mtype.name.lower(), "seq": seq,
+                           "message": f"{peer}#{seq}"}  # as the release note names it
     if mtype is MsgType.RECORDS and isinstance(payload, list) and len(payload) == 2:
         try:
             recs = records_from_blob(payload[1])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sync.membership import View
 from sync.records import Trigger
@@ -44,6 +44,8 @@ class SyncCompleted:
     token: int
     acked: bool
     peers: tuple[str, ...]
+    # The message whose ack completed it, "PEER#SEQ" (step-through names it); "" when none did.
+    last: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -260,7 +260,7 @@ class Replicator:
             tk.waiting.discard(ps)
             if not tk.waiting:
                 del self._tokens[token]
-                self.ctx.events.append(SyncCompleted(token, True, tk.peers))
+                self.ctx.events.append(SyncCompleted(token, True, tk.peers, f"{p.name}#{o.seq}"))
 
     def deadlines(self, now: float) -> None:
         events = self.ctx.events

@@ -245,3 +245,31 @@ def test_planted_fault_names_the_node_left_without_a_backup() -> None:
 
     g = every_node_backed_up(ctx_on(Lab()))
     assert not g.ok and g.details == "without a backup: n2"
+
+
+class EventsLab:
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        self.events = events
+
+    def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "nodes": [], "flows": [], "events": list(self.events)}
+
+
+def test_step_through_answer_is_checked_against_the_release_events() -> None:
+    from demos.exercises.framework import grade
+    from demos.exercises.step_through import STEP_THROUGH
+
+    def res(events: list[dict[str, Any]], answer: str | None) -> list[tuple[bool, str]]:
+        ctx = DemoContext(EventsLab(events), "ex-step")
+        ctx.mem["answer"] = answer
+        return [(r.ok, r.details) for r in grade(STEP_THROUGH, ctx).results]
+
+    assert not res([], "n1>n2#1")[0][0]  # the starting point: nothing stepped, nothing released
+    step = [{"t": 1, "node": "n1", "kind": "step", "message": m} for m in ("n1>n2#4", "n1>n3#5")]
+    rel = {"t": 2, "node": "n1", "kind": "release", "message": "n1>n3#5", "text": "released"}
+    # A release by a message no step sent (the channel was not frozen) does not count.
+    assert not res([{**rel, "message": "n1>n3#9"}], "n1>n3#9")[0][0]
+    wrong = res([*step, rel], "n1>n2#4")
+    assert wrong[0][0] and not wrong[1][0] and "'n1>n2#4'" in wrong[1][1]
+    assert all(ok for ok, _ in res([*step, rel], " N1 -> n3#5"))
+    assert not res([*step, rel], None)[1][0]

@@ -213,6 +213,7 @@ def test_sync_and_notify_completes_on_ack_and_times_out_on_a_dead_peer() -> None
     c.run(0.005)
     done = [e for e in c.events["n1"] if isinstance(e, SyncCompleted) and e.token == token]
     assert done == [SyncCompleted(token, True, ("n2", "n3"))]
+    assert done[0].last.split("#")[0] in ("n2", "n3")  # the message whose ack completed it
     c.kill("n3")
     c.run(0.005)  # dead but not yet detected
     token = n1.sync_and_notify([b"ftp-exp"], c.now, timeout_s=0.03, peers=["n3"])
@@ -248,7 +249,8 @@ def test_freeze_holds_data_frames_and_step_releases_one() -> None:
     assert not any(isinstance(e, PeerDown) for x in c.names for e in c.events[x])
     assert n1.step() == 1
     # It says which message it released: type, peer, the record and what triggered it.
-    assert n1.stepped() == {"peer": "n2", "type": "records", "seq": n1.stepped()["seq"],  # type: ignore[index]
+    seq = n1.stepped()["seq"]  # type: ignore[index]
+    assert n1.stepped() == {"peer": "n2", "type": "records", "seq": seq, "message": f"n2#{seq}",
                             "trigger": "state-modified", "records": 1, "key": b"a".hex(),
                             "owner": "n1", "version": 1, "deleted": False}
     c.run(0.005)
@@ -397,3 +399,29 @@ def test_two_backups_survive_the_owner_and_its_first_backup_failing_one_after_th
         [k for k in keys if not any(r.key == k for x in c.alive for r in c.stores[x].records(owner=x))])
     owners = c.owners()
     assert all(len(v) == 1 and v[0] in c.alive for v in owners.values()), owners
+
+
+def test_step_names_the_message_it_sent_and_the_one_whose_ack_completes_a_sync() -> None:
+    """Step-through: frozen, nothing new goes out; each step sends one message and says which;
+    the sync completes at the ack of the last peer's message, and says so."""
+    c = _cluster()
+    c.run(0.05)
+    c.put("n1", b"ftp-exp", [1], scope=Scope.COMMON)
+    n1 = c.agents["n1"]
+    n1.freeze(True)
+    token = n1.sync_and_notify([b"ftp-exp"], c.now, timeout_s=5.0)
+    c.run(0.01)
+
+    def done() -> list[SyncCompleted]:
+        return [e for e in c.events["n1"] if isinstance(e, SyncCompleted) and e.token == token]
+
+    assert not done() and n1.held() == 2
+    stepped = []
+    while not done():
+        assert n1.step() == 1
+        msg = n1.stepped()
+        assert msg is not None
+        stepped.append(msg["message"])
+        c.run(0.01)
+        assert len(stepped) <= 2
+    assert len(stepped) == 2 and done()[0].acked and done()[0].last == stepped[-1], (stepped, done())

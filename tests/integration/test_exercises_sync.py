@@ -1,0 +1,75 @@
+"""The sync exercises, step-through and periodic-interval, on a real lab, both ways, through the
+`syncwall exercise` command a student uses (helpers shared with test_exercises). Run under the
+lab lock."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from netns import lab as lab_life
+from netns.control import ControlClient
+from tests.integration.test_exercises import _remove_our_sessions, ex, failing, started, sw
+
+pytestmark = pytest.mark.integration
+__all__ = ["_remove_our_sessions"]  # the module's session records are removed afterwards
+
+
+def releases(c: ControlClient) -> list[dict[str, Any]]:
+    return [e for e in c.request({"cmd": "snapshot"}).get("events", [])
+            if e.get("kind") == "release" and e.get("message")]
+
+
+def test_step_through_both_ways() -> None:
+    with started("step-through", "ex-step"):
+        rc, res = ex("answer", "n1>n2#1")  # nothing was stepped yet
+        assert rc == 3 and failing(res)[0]["text"] == "a held PORT was released by a message you stepped"
+        assert "frozen" in failing(res)[0]["hint"]
+
+        # The scripted student: freeze, one active FTP session, step until a PORT is released.
+        with ControlClient(lab_life.control_socket("ex-step"), timeout_s=15.0) as c:
+            assert c.request({"cmd": "freeze"})["frozen"]
+            c.request({"cmd": "traffic", "action": "start", "kind": "ftp", "mode": "active",
+                       "sessions": 1})
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # the PORT is held: its expectation is queued
+                held = sum(int(n["counters"].get("held", 0)) for n in c.request({"cmd": "status"})["nodes"])
+                if held:
+                    break
+                time.sleep(0.1)
+            assert held, "no PORT packet was held"
+            stepped: list[str] = []
+            while not releases(c) and len(stepped) < 40:
+                r = c.request({"cmd": "step"})
+                if r.get("released"):
+                    stepped.append(str(r["released"]["message"]))
+                time.sleep(0.3)
+            rel = releases(c)
+            assert rel, f"no release after stepping {stepped}"
+            right = str(rel[0]["message"])
+            assert right in stepped, (right, stepped)
+            c.request({"cmd": "resume"})
+        wrong = next((m for m in stepped if m != right), None)
+        if wrong is not None:
+            rc, res = ex("answer", wrong)
+            named = "you named the message whose ack released it"
+            assert rc == 3 and [f["text"] for f in failing(res)] == [named]
+            assert repr(wrong) in failing(res)[0]["details"] and failing(res)[0]["hint"]
+        rc, res = ex("answer", right.replace(">", " -> "))
+        assert rc == 0 and res["passed"], res
+
+
+def test_periodic_interval_both_ways() -> None:
+    with started("periodic-interval", "ex-period"):
+        rc, res = ex("check")  # the starting 8 s period loses the victim's connections
+        assert rc == 3
+        first = failing(res)[0]
+        assert first["text"] == "the failure on your setting loses at most 0 connections", res
+        assert "lost" in first["details"] and first["hint"]
+
+        sw("policy", "periodic", "--interval-ms", "2000", "--lab", "ex-period")
+        rc, res = ex("check")
+        assert rc == 0 and res["passed"], res
+        assert "4000 ms, lost" in res["criteria"][2]["details"]

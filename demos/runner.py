@@ -192,8 +192,9 @@ def _cli(*args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
 
 
 @contextlib.contextmanager
-def own_lab(name: str) -> Iterator[str]:
-    """Start lab `name` (the default lab under another name) and always take it down again."""
+def own_lab(name: str, settings: str = "") -> Iterator[str]:
+    """Start lab `name` (the default lab under another name, plus `settings`: TOML lines) and
+    always take it down again."""
     from netns.lab import daemon_pid
 
     if daemon_pid(name):
@@ -201,7 +202,7 @@ def own_lab(name: str) -> Iterator[str]:
                         f"`syncwall down --lab {name}` and try again")
     tmp = Path(tempfile.mkdtemp(prefix="syncwall-demo-"))
     lab_file = tmp / f"{name}.toml"
-    lab_file.write_text(f'name = "{name}"\n')
+    lab_file.write_text(f'name = "{name}"\n' + settings)
     started = False
     try:
         started = True  # from here on a Ctrl-C may leave a half-built lab: always take it down

@@ -26,6 +26,7 @@ from demos.bench.ftp import bench_ftp
 from demos.bench.lab import Progress, machine
 from demos.bench.lossless_cost import bench_lossless
 from demos.bench.memory import bench_memory
+from demos.bench.partition import bench_partition
 from demos.bench.peers import bench_peers
 from demos.bench.resync import bench_resync
 from demos.bench.scale import bench_scale
@@ -50,6 +51,7 @@ BENCHES: dict[str, tuple[Bench, int]] = {
     "peers": (bench_peers, 3),
     "scale": (bench_scale, 1),
     "console": (bench_console, 3),
+    "partition": (bench_partition, 2),
 }
 
 

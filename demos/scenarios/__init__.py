@@ -17,9 +17,10 @@ from demos.scenarios.framework import (
 from demos.scenarios.ftp import FTP
 from demos.scenarios.join_leave import JOIN_AND_LEAVE
 from demos.scenarios.policies import POLICIES
+from demos.scenarios.split_brain import SPLIT_BRAIN
 from demos.scenarios.takeover import TAKEOVER
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (BASICS, TAKEOVER, FTP, POLICIES, JOIN_AND_LEAVE,
-                                                      BACKUP_GROUPS)}
+                                                      BACKUP_GROUPS, SPLIT_BRAIN)}
 
 __all__ = ["SCENARIOS", "Check", "DemoContext", "DemoError", "Expectation", "Link", "Scenario", "Step"]

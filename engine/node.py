@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from engine.binding import Binding
+from engine.blocklist import ScanDetector, ScanSettings
 from engine.conntrack import TRANSIENT_TCP_STATES
 from engine.core import Engine, Verdict
+from engine.guard_control import COMMANDS as GUARD_COMMANDS
+from engine.guard_control import guard_control, guard_counts
 from engine.nat import TRANSLATED_MARK, PortPlan, hmark_rnd
 from engine.nfq import owned_chain_text
 from engine.replay import CAP_BYTES, CAP_PACKETS, WINDOW_MS, ReplaySettings
@@ -67,6 +70,9 @@ class NodeConfig:
     lossless_cap_packets: int = CAP_PACKETS
     lossless_cap_bytes: int = CAP_BYTES
     paths: bool = True  # probes and sync failover on every cluster interface (sync/paths.py)
+    scan_ports: int = 8  # the intrusion blocklist's settings (engine/blocklist.py)
+    scan_window_ms: int = 2000
+    block_s: int = 10
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
@@ -135,6 +141,9 @@ class Node:
         # failover sees the retransmitted SYN and rebuilds it from the rules.
         engine = Engine(cfg.node, parse_rules(cfg.rules), hold_related=cfg.policy != "periodic",
                         quiet_states=TRANSIENT_TCP_STATES, nat_ports=nat_port_plan(cfg))
+        engine.guards.scan = ScanDetector(
+            ScanSettings(cfg.scan_ports, cfg.scan_window_ms / 1000, float(cfg.block_s)))
+        engine.store.stamp = time.monotonic  # when a common record arrives, on the real clock
         key = Path(cfg.key_file).read_bytes()
         self.sync_addr = next((ip, port) for name, ip, port in cfg.nodes if name == cfg.node)
         agent = SyncAgent(
@@ -482,6 +491,11 @@ class Node:
         now = time.monotonic()
         if cmd == "status":
             return {"ok": True, **self.status()}
+        if cmd in GUARD_COMMANDS:
+            reply = guard_control(self.engine, req, now)
+            self.binding.flush_engine(now)  # a login or logout goes out at once
+            self.flush()
+            return reply
         if cmd == "table":
             return {"ok": True, **self.table(str(req.get("scope", "own")), str(req.get("filter", "")),
                                              int(req.get("limit", 500)))}
@@ -556,6 +570,7 @@ class Node:
             "backup": counts["backup"],
             "common": counts["common"],
             "nat": nat_counts(self.engine),
+            **guard_counts(self.engine, time.monotonic()),
             "held": b.held_packets,
             "policy": self.policy,
             "interval_ms": self.interval_ms,

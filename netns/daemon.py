@@ -168,6 +168,9 @@ class LabDaemon:
             "lossless_cap_packets": s.lossless_cap_packets,
             "lossless_cap_bytes": s.lossless_cap_bytes,
             "paths": s.paths,
+            "scan_ports": s.scan_ports,
+            "scan_window_ms": s.scan_window_ms,
+            "block_s": s.block_s,
         }
         path = self.run_dir / "nodes" / f"{name}.json"
         path.write_text(json.dumps(cfg, indent=1))

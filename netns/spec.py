@@ -99,6 +99,11 @@ class LabSpec:
     gateway_mac_inside: str
     gateway_mac_outside: str
     queue_num: int
+    # The intrusion blocklist (engine/blocklist.py): this many distinct refused ports from one
+    # source within scan_window_ms make a scan (0: off); the source is blocked for block_s.
+    scan_ports: int = 8
+    scan_window_ms: int = 2000
+    block_s: int = 10
 
     def ns_name(self, host: str) -> str:
         """The namespace of a node, a host or the fabric (`sw<lab>-<host>`)."""
@@ -158,6 +163,9 @@ _SCALARS: dict[str, type] = {
     "gateway_mac_inside": str,
     "gateway_mac_outside": str,
     "queue_num": int,
+    "scan_ports": int,
+    "scan_window_ms": int,
+    "block_s": int,
 }
 _LISTS = ("nodes", "hosts", "rules")
 _NODE_KEYS = {"name": str, "sync_ip": str}
@@ -367,6 +375,9 @@ def validate(raw: Mapping[str, Any]) -> LabSpec:
         gateway_mac_inside=v["gateway_mac_inside"],
         gateway_mac_outside=v["gateway_mac_outside"],
         queue_num=_int_range("queue_num", v.get("queue_num", 0), 0, 65535),
+        scan_ports=_int_range("scan_ports", v.get("scan_ports", 8), 0, 65535),
+        scan_window_ms=_int_range("scan_window_ms", v.get("scan_window_ms", 2000), 1, 3_600_000),
+        block_s=_int_range("block_s", v.get("block_s", 10), 1, 86_400),
     )
 
 

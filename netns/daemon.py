@@ -25,6 +25,7 @@ from netns.recorder import Limits, Recorder
 from netns.spec import LabSpec, load_lab
 
 log = logging.getLogger(__name__)
+GUARDS_NONE = {"own": 0, "backup": 0, "common": 0}  # blocklist/users counts of a node that holds none
 
 POLL_S = 0.25
 NODE_START_TIMEOUT_S = 20.0
@@ -363,6 +364,8 @@ class LabDaemon:
             "backup": st.get("backup", 0) if live else 0,
             "common": st.get("common", 0) if live else 0,
             "nat": st.get("nat", {"own": 0, "backup": 0}) if live else {"own": 0, "backup": 0},
+            **{k: st.get(k, dict(GUARDS_NONE)) if live else dict(GUARDS_NONE)
+               for k in ("blocklist", "users")},
             "held": st.get("held", 0),
             # A failed or offline node sends nothing: its last polled rate must not linger.
             "sync_msgs_per_s": round(np.rate_hist[-1], 1) if np.rate_hist and live else 0.0,

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from demos.baselines import BenchError
+from demos.bench.block import bench_block
 from demos.bench.chaos import bench_chaos
 from demos.bench.conn_rate import bench_conn_rate
 from demos.bench.failover import bench_failover
@@ -46,6 +47,7 @@ BENCHES: dict[str, tuple[Bench, int]] = {
     "memory": (bench_memory, 3),
     "peers": (bench_peers, 3),
     "scale": (bench_scale, 1),
+    "block": (bench_block, 5),
 }
 
 

@@ -438,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     from app.exercise_cmd import add_parser as add_exercise_parser  # exercise: its own module
 
     add_exercise_parser(add)
+    from app.auth_cmd import add_parser as add_auth_parser  # auth: its own module
+
+    add_auth_parser(add)
     return ap
 
 

@@ -30,6 +30,7 @@ from engine.decision import (
     Verdict,
 )
 from engine.ftp import Anomaly, Expect, Refuse, make_helper
+from engine.guards import Guards
 from engine.nat import PortPlan, make_binding, rewrite, rewrite_icmp_error
 from engine.packet import (
     ACK,
@@ -41,6 +42,7 @@ from engine.packet import (
     UDP,
     Packet,
     Reason,
+    addr_text,
     endpoint_text,
     parse,
 )
@@ -82,6 +84,8 @@ class _Pending:
 _ACCEPT_ESTABLISHED = Decision(Verdict.ACCEPT, str(Reason.ESTABLISHED))
 _REOPENABLE = frozenset({ConnState.TIME_WAIT, ConnState.CLOSED})
 _ACCEPT = Verdict.ACCEPT
+BLOCKLISTED = "blocklisted-source"  # a source some node saw scanning (engine.blocklist)
+AUTH_REQUIRED = "auth-required:"  # + the rule's name: its source is not logged in (engine.auth)
 NOT_OWNED = "no-state-not-owned"  # mid-stream, unknown, in another node's bucket: not pulled
 
 
@@ -132,6 +136,9 @@ class Engine:
         self._backups = self.backups.copies
         self._now = 0.0
         self.store = EngineStore(self.table, self.backups, lambda: self._now)
+        self._common = self.store.common
+        # The intrusion blocklist and authenticated users (common records, engine.guards).
+        self.guards = Guards(node, self.store, self.table)
         self._counts: dict[str, int] = {}
         self._n_fast = 0
         self._decisions: dict[tuple[Verdict, str], Decision] = {}
@@ -211,6 +218,8 @@ class Engine:
             if self._nat_keys:
                 return self._icmp_error_nat(ie, p, data)
             return self._decide(Verdict.DROP, Reason.ICMP_ERROR_NO_STATE)
+        if self._common and self.guards.blocked(p.src, now):
+            return self._decide(Verdict.DROP, BLOCKLISTED)
         e = self._conns.get(p.key)
         if e is None and self._nat_keys:
             k = self._nat_keys.get(p.key)  # a reply to a translated tuple
@@ -372,8 +381,14 @@ class Engine:
             int.from_bytes(p.dst, "big"),
             p.dport if is_tcp or proto == UDP else None,
         )
+        if rule is None or rule.action is not Action.ACCEPT or (
+            rule.auth and not self.guards.authed(p.src)
+        ):
+            self._refused(p, now)
         if rule is None:
             return self._decide(Verdict.DROP, Reason.NO_RULE_MATCH)
+        if rule.auth and not self.guards.authed(p.src):
+            return self._decide(Verdict.DROP, AUTH_REQUIRED + rule.name)
         if rule.log:
             log.info(
                 "%s: rule %s %s %s %s -> %s", self.node, rule.name, rule.action.value,
@@ -408,6 +423,15 @@ class Engine:
         self._count("rule-accept:" + rule.name)
         self._count("nat-bindings")
         return self._translated(e, p, data, self._decide(Verdict.ACCEPT, Reason.NEW))
+
+    def _refused(self, p: Packet, now: float) -> None:
+        """A new connection was refused: feed the scan detector; a scan blocklists the source."""
+        r = self.guards.refused(p.src, p.dport, now)
+        if r is not None:
+            self._count("blocklisted")
+            log.warning("%s: port scan from %s (%s ports); blocklisted for %.0f s", self.node,
+                        addr_text(p.src), r.data[3],
+                        self.guards.scan.settings.block_s)
 
     def _nat_in_use(self, key: bytes) -> bool:
         """Is a translated tuple with this key taken (by any connection this node knows)?"""
@@ -505,6 +529,8 @@ class Engine:
         """Delete what timed out by `now` (DELETE events for own entries and own expectations)."""
         self._now = now
         gone = self.table.expire(now)
+        if self._common:
+            self.guards.expire(now)
         if gone:
             self._counts["expired"] = self._counts.get("expired", 0) + gone
         stale = self.backups.expire(now)  # copies whose owner went silent on them

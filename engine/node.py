@@ -19,8 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from engine.binding import Binding
+from engine.blocklist import ScanDetector, ScanSettings
 from engine.conntrack import TRANSIENT_TCP_STATES
 from engine.core import Engine
+from engine.guard_control import COMMANDS as GUARD_COMMANDS
+from engine.guard_control import guard_control, guard_counts
 from engine.nat import TRANSLATED_MARK, PortPlan, hmark_rnd
 from engine.nfq import owned_chain_text
 from engine.queue_io import DEFAULT_BACKEND, PacketPath
@@ -69,6 +72,9 @@ class NodeConfig:
     paths: bool = True  # probes and sync failover on every cluster interface (sync/paths.py)
     ipv6: bool = False  # a dual-stack lab: the owned-bucket chain is in ip6tables too
     nfq_backend: str = DEFAULT_BACKEND  # which binding reads the queue (engine/queue_io.py)
+    scan_ports: int = 8  # the intrusion blocklist's settings (engine/blocklist.py)
+    scan_window_ms: int = 2000
+    block_s: int = 10
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
@@ -114,6 +120,9 @@ class Node:
         # failover sees the retransmitted SYN and rebuilds it from the rules.
         engine = Engine(cfg.node, parse_rules(cfg.rules), hold_related=cfg.policy != "periodic",
                         quiet_states=TRANSIENT_TCP_STATES, nat_ports=nat_port_plan(cfg))
+        engine.guards.scan = ScanDetector(
+            ScanSettings(cfg.scan_ports, cfg.scan_window_ms / 1000, float(cfg.block_s)))
+        engine.store.stamp = time.monotonic  # when a common record arrives, on the real clock
         key = Path(cfg.key_file).read_bytes()
         self.sync_addr = next((ip, port) for name, ip, port in cfg.nodes if name == cfg.node)
         agent = SyncAgent(
@@ -387,6 +396,11 @@ class Node:
         now = time.monotonic()
         if cmd == "status":
             return {"ok": True, **self.status()}
+        if cmd in GUARD_COMMANDS:
+            reply = guard_control(self.engine, req, now)
+            self.binding.flush_engine(now)  # a login or logout goes out at once
+            self.flush()
+            return reply
         if cmd == "table":
             return {"ok": True, **self.table(str(req.get("scope", "own")), str(req.get("filter", "")),
                                              int(req.get("limit", 500)))}
@@ -465,6 +479,7 @@ class Node:
             "backup": counts["backup"],
             "common": counts["common"],
             "nat": nat_counts(self.engine),
+            **guard_counts(self.engine, time.monotonic()),
             "held": b.held_packets,
             "policy": self.policy,
             "interval_ms": self.interval_ms,

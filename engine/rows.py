@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from engine.conntrack import Conn
+from engine.guards import guard_row
 from engine.nat import binding_text
 from engine.packet import ICMP, ICMPV6, TCP, UDP, addr_text, endpoint_text, split_key
 from engine.rules import EngineError
@@ -39,6 +40,10 @@ def rows(engine: Engine, scope: str) -> Iterator[dict[str, Any]]:
                 "kind": "expect",
             }
         for r in list(engine.store.common.values()):
+            g = guard_row(r, now)
+            if g is not None:
+                yield g
+                continue
             yield {
                 "key": r.key.hex(), "proto": "", "src": "", "dst": "", "state": "",
                 "owner": r.owner, "age_s": 0.0, "trigger": "", "version": r.version,

@@ -91,6 +91,8 @@ class Rule:
     # chosen by the engine, see engine.nat), the destination `dnat` (port kept when None).
     snat: bytes | None = None
     dnat: tuple[bytes, int | None] | None = None
+    # Admit only sources with a user record (engine.auth); others are refused as if dropped.
+    auth: bool = False
 
     @property
     def nat(self) -> bool:
@@ -142,7 +144,7 @@ class RuleSet:
 
 
 _FIELDS = frozenset(
-    {"name", "action", "proto", "src", "dst", "dport", "helper", "log", "snat", "dnat"}
+    {"name", "action", "proto", "src", "dst", "dport", "helper", "log", "snat", "dnat", "auth"}
 )
 
 
@@ -281,7 +283,12 @@ def parse_rule(i: int, raw: Mapping[str, Any]) -> Rule:
             if net is not None and net.family != 4:
                 raise RuleError(i, name, f, f"an IPv4 network with {field} (NAT is IPv4 only)",
                                 raw.get(f))
-    return Rule(name, action, proto, src, dst, dport, helper, log_flag, snat, dnat)
+    auth = raw.get("auth", False)
+    if not isinstance(auth, bool):
+        raise RuleError(i, name, "auth", "true or false", auth)
+    if auth and action is not Action.ACCEPT:
+        raise RuleError(i, name, "auth", "auth only on a rule that accepts", auth)
+    return Rule(name, action, proto, src, dst, dport, helper, log_flag, snat, dnat, auth)
 
 
 def parse_rules(raw: Iterable[Mapping[str, Any]]) -> RuleSet:

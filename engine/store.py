@@ -7,7 +7,9 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from engine.auth import USER_TAG, check_user_record
 from engine.backups import Backups
+from engine.blocklist import BLOCK_TAG, block_until
 from engine.conntrack import (
     EXPECT_TAG,
     Conn,
@@ -73,6 +75,15 @@ def expect_record(x: Expectation) -> Record:
     )
 
 
+def check_common(record: Record) -> None:
+    """ValueError if a blocklist or user record is malformed (other kinds are kept as given)."""
+    tag = record.key[:1]
+    if tag == BLOCK_TAG:
+        block_until(record)
+    elif tag == USER_TAG:
+        check_user_record(record)
+
+
 def _check_conn_key(key: bytes) -> None:
     if len(key) not in (13, 37) or key[0] not in _PROTOS:
         raise ValueError(f"not a connection key: {key.hex()}")
@@ -88,6 +99,8 @@ class EngineStore:
         self.backups = backups
         self._clock = clock
         self.common: dict[bytes, Record] = {}
+        self.applied: dict[bytes, float] = {}  # when each common record arrived here (`stamp`)
+        self.stamp = clock  # the node sets a real clock here (the engine's is the last packet's)
         self.rejected = 0  # malformed records refused by apply
 
     # ---- reading ------------------------------------------------------------------------
@@ -162,6 +175,8 @@ class EngineStore:
             elif record.key[:1] == EXPECT_TAG:
                 self._apply_expect(record)
             else:
+                check_common(record)
+                self.applied[record.key] = self.stamp()
                 self.common[record.key] = Record(
                     record.key, record.scope, record.owner, record.version,
                     record.bucket, list(record.data), False,
@@ -181,6 +196,7 @@ class EngineStore:
                 t.unfast(e)
         t.expects.pop(key, None)
         self.common.pop(key, None)
+        self.applied.pop(key, None)
         t.bury(key, record.version, record.owner, record.scope, record.bucket, self._clock())
 
     def _apply_conn(self, record: Record) -> None:

@@ -372,6 +372,40 @@ class Fault(Request):
             object.__setattr__(self, "groups", groups)
 
 
+@dataclass(frozen=True, slots=True)
+class AuthLogin(Request):
+    """Log USER in from a lab host: a user record, common state, admits the host on every node."""
+
+    CMD: ClassVar[str] = "auth_login"
+    user: str
+    host: str
+
+    def __post_init__(self) -> None:
+        _text("user", self.user)
+        if not self.user.isprintable() or len(self.user) > 64:
+            raise RequestError("user", f"user must be 1-64 printable characters, not {self.user!r}")
+        _text("host", self.host)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthLogout(Request):
+    """Log a lab host out: its user record is deleted on every node."""
+
+    CMD: ClassVar[str] = "auth_logout"
+    host: str
+
+    def __post_init__(self) -> None:
+        _text("host", self.host)
+
+
+@dataclass(frozen=True, slots=True)
+class Guards(Request):
+    """Every node's blocklist and user entries, with when each node got them."""
+
+    CMD: ClassVar[str] = "guards"
+    READ_ONLY: ClassVar[bool] = True
+
+
 def _groups(value: Any) -> tuple[tuple[str, ...], ...]:
     if not isinstance(value, (list, tuple)) or len(value) < 2 or not all(
             isinstance(g, (list, tuple)) and g and all(isinstance(n, str) and n for n in g)
@@ -387,7 +421,8 @@ def _groups(value: Any) -> tuple[tuple[str, ...], ...]:
 REQUESTS: Mapping[tuple[str, str], type[Request]] = {
     (cls.CMD, cls.ACTION): cls
     for cls in (Status, Snapshot, Table, Kill, Crash, Revive, Offline, SetPolicy, SetLossless, FullSync,
-                Freeze, Resume, Step, Down, TrafficStart, TrafficStop, TrafficClear, Fault)
+                Freeze, Resume, Step, Down, TrafficStart, TrafficStop, TrafficClear, Fault,
+                AuthLogin, AuthLogout, Guards)
 }
 COMMANDS = sorted({cmd for cmd, _ in REQUESTS})
 

@@ -25,6 +25,7 @@ from netns.recorder import Limits, Recorder
 from netns.spec import LabSpec, load_lab
 
 log = logging.getLogger(__name__)
+GUARDS_NONE = {"own": 0, "backup": 0, "common": 0}  # blocklist/users counts of a node that holds none
 
 POLL_S = 0.25
 NODE_START_TIMEOUT_S = 20.0
@@ -169,6 +170,9 @@ class LabDaemon:
             "lossless_cap_bytes": s.lossless_cap_bytes,
             "paths": s.paths,
             "ipv6": s.ipv6,
+            "scan_ports": s.scan_ports,
+            "scan_window_ms": s.scan_window_ms,
+            "block_s": s.block_s,
         }
         path = self.run_dir / "nodes" / f"{name}.json"
         path.write_text(json.dumps(cfg, indent=1))
@@ -361,6 +365,8 @@ class LabDaemon:
             "backup": st.get("backup", 0) if live else 0,
             "common": st.get("common", 0) if live else 0,
             "nat": st.get("nat", {"own": 0, "backup": 0}) if live else {"own": 0, "backup": 0},
+            **{k: st.get(k, dict(GUARDS_NONE)) if live else dict(GUARDS_NONE)
+               for k in ("blocklist", "users")},
             "held": st.get("held", 0),
             # A failed or offline node sends nothing: its last polled rate must not linger.
             "sync_msgs_per_s": round(np.rate_hist[-1], 1) if np.rate_hist and live else 0.0,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from netns import api, headline
 from netns import build as lab_build
+from netns.guard_handlers import handle_guards
 from syncwall_errors import NotFoundError, StateError, SyncwallError
 
 if TYPE_CHECKING:
@@ -132,6 +133,8 @@ class ControlHandlers:
                 return {"ok": True}
             case api.Fault():
                 return await self.fault(req)
+            case api.AuthLogin() | api.AuthLogout() | api.Guards():
+                return await handle_guards(self.d, req)
             case api.Down():
                 self.d.note("action", "down requested")
                 self.d.stop.set()

@@ -119,6 +119,11 @@ class LabSpec:
     def gateway_ip6(self, segment: str) -> IPv6Address:
         """The virtual gateway's IPv6 address on a segment: its network's first host, as for IPv4."""
         return next(self.network6(segment).hosts())
+    # The intrusion blocklist (engine/blocklist.py): this many distinct refused ports from one
+    # source within scan_window_ms make a scan (0: off); the source is blocked for block_s.
+    scan_ports: int = 8
+    scan_window_ms: int = 2000
+    block_s: int = 10
 
     def ns_name(self, host: str) -> str:
         """The namespace of a node, a host or the fabric (`sw<lab>-<host>`)."""
@@ -180,6 +185,9 @@ _SCALARS: dict[str, type] = {
     "queue_num": int,
     "inside_net6": str,
     "outside_net6": str,
+    "scan_ports": int,
+    "scan_window_ms": int,
+    "block_s": int,
 }
 _LISTS = ("nodes", "hosts", "rules")
 _NODE_KEYS = {"name": str, "sync_ip": str}
@@ -400,6 +408,9 @@ def validate(raw: Mapping[str, Any]) -> LabSpec:
         queue_num=_int_range("queue_num", v.get("queue_num", 0), 0, 65535),
         inside_net6=nets6.get("inside"),
         outside_net6=nets6.get("outside"),
+        scan_ports=_int_range("scan_ports", v.get("scan_ports", 8), 0, 65535),
+        scan_window_ms=_int_range("scan_window_ms", v.get("scan_window_ms", 2000), 1, 3_600_000),
+        block_s=_int_range("block_s", v.get("block_s", 10), 1, 86_400),
     )
 
 

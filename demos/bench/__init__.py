@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from demos.baselines import BenchError
+from demos.bench.block import bench_block
 from demos.bench.chaos import bench_chaos
 from demos.bench.conn_rate import bench_conn_rate
 from demos.bench.console import bench_console
@@ -52,6 +53,7 @@ BENCHES: dict[str, tuple[Bench, int]] = {
     "scale": (bench_scale, 1),
     "console": (bench_console, 3),
     "partition": (bench_partition, 2),
+    "block": (bench_block, 5),
 }
 
 

@@ -118,7 +118,8 @@ def wait_until(what: str, pred: Callable[[], Any], timeout_s: float, every_s: fl
 
 
 @contextlib.contextmanager
-def bench_lab(lab: str | None, progress: Progress, policy: str | None = None) -> Iterator[str]:
+def bench_lab(lab: str | None, progress: Progress, policy: str | None = None,
+              settings: str = "") -> Iterator[str]:
     """A running lab: the one named by --lab (left running), else our own default-topology lab."""
     if lab:
         if not (RUN_ROOT / lab / "control.sock").exists():
@@ -131,7 +132,8 @@ def bench_lab(lab: str | None, progress: Progress, policy: str | None = None) ->
     with tempfile.TemporaryDirectory(prefix="swbench-") as tmp:
         lab_file = Path(tmp) / "lab.toml"
         # The default topology under our own name, so a lab someone else runs is never touched.
-        lab_file.write_text(f'name = "{BENCH_LAB}"\n' + (f'policy = "{policy}"\n' if policy else ""))
+        lab_file.write_text(f'name = "{BENCH_LAB}"\n' + (f'policy = "{policy}"\n' if policy else "")
+                            + settings)
         progress(f"starting lab {BENCH_LAB!r} (default topology): syncwall up")
         try:
             lab_life.up(BENCH_LAB, lab_file, {})

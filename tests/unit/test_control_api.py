@@ -26,6 +26,8 @@ def test_every_request_round_trips_through_its_wire_form(cls: type[api.Request])
         api.TrafficStart: api.TrafficStart(kind="ftp", mode="passive", sessions=2),
         api.TrafficStop: api.TrafficStop("tcp-c1-1"),
         api.Fault: api.Fault("partition", groups=(("n1",), ("n2", "n3"))),
+        api.AuthLogin: api.AuthLogin(user="alice", host="c1"),
+        api.AuthLogout: api.AuthLogout(host="c1"),
     }
     req = examples.get(cls) or cls()
     wire = json.loads(json.dumps(req.to_dict()))

@@ -1,0 +1,158 @@
+"""The intrusion blocklist and authenticated users on a real lab: a port scan from c2, seen by
+whichever node its SYNs land on, is blocked on every node and admitted again after the timeout;
+once c1 logs in its connections are admitted on every node, after logout refused on every node."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from netns.build import ns_name
+from tests.integration.labtools import running_lab, sw, sw_json, wait_for
+
+pytestmark = pytest.mark.integration
+
+C1, C2, S1 = "198.18.1.10", "198.18.1.11", "198.18.2.10"
+BLOCK_S = 3
+SPORTS = list(range(47000, 47030))  # 30 flows: each node's buckets get some of them
+
+# Parallel connects from fixed source ports; prints how many connected within the wait.
+CONNECTS = """
+import json, selectors, socket, time
+sel = selectors.DefaultSelector()
+socks = []
+for sport in {sports}:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setblocking(False)
+    s.bind(("0.0.0.0", sport))
+    s.connect_ex(("{dst}", {port}))
+    sel.register(s, selectors.EVENT_WRITE)
+    socks.append(s)
+ok, end = 0, time.monotonic() + {wait}
+while socks and time.monotonic() < end:
+    for key, _ in sel.select(max(0.0, end - time.monotonic())):
+        s = key.fileobj
+        sel.unregister(s)
+        socks.remove(s)
+        ok += s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+        s.close()
+print(json.dumps({{"connected": ok}}))
+"""
+
+# A SYN scan of 20 ports no rule accepts, from as many source ports (so every node sees some).
+SCAN = """
+import socket, time
+socks = []
+for port in range(6000, 6020):
+    s = socket.socket()
+    s.setblocking(False)
+    s.connect_ex(("{dst}", port))
+    socks.append(s)
+time.sleep(0.2)
+for s in socks:
+    s.close()
+"""
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    name = "g" + secrets.token_hex(3)  # never collides with a lab someone else runs
+    path = tmp_path_factory.mktemp("guards") / f"{name}.toml"
+    path.write_text(textwrap.dedent(f"""\
+        name = "{name}"
+        scan_ports = 6
+        scan_window_ms = 2000
+        block_s = {BLOCK_S}
+        [[rules]]
+        name = "members"
+        action = "accept"
+        proto = "tcp"
+        src = "{C1}/32"
+        dst = "{S1}/32"
+        dport = 5001
+        auth = true
+        [[rules]]
+        name = "tcp-services"
+        action = "accept"
+        proto = "tcp"
+        src = "198.18.1.0/24"
+        dst = "198.18.2.0/24"
+        dport = "5000-5999"
+    """))
+    with running_lab(name, path):
+        yield name
+
+
+def connects(lab: str, host: str, port: int = 5001, sports: list[int] = SPORTS,
+             wait: float = 1.0) -> int:
+    code = CONNECTS.format(sports=sports, dst=S1, port=port, wait=wait)
+    out = subprocess.run(["ip", "netns", "exec", ns_name(lab, host), sys.executable, "-c", code],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    return int(json.loads(out.strip().splitlines()[-1])["connected"])
+
+
+def counters(lab: str) -> dict[str, dict[str, int]]:
+    st = sw_json("status", "--lab", lab)
+    return {n["name"]: n.get("counters", {}) for n in st["nodes"]}
+
+
+def entries(lab: str, kind: str, addr: str) -> dict[str, dict[str, Any]]:
+    reply = sw_json("auth", "list", "--lab", lab)
+    out = {}
+    for node, r in reply["nodes"].items():
+        for e in r.get("entries", []):
+            if e["kind"] == kind and e["addr"] == addr and e.get("live", True):
+                out[node] = e
+    return out
+
+
+def test_a_scan_seen_by_one_node_is_blocked_by_all_and_admitted_after_the_timeout(lab: str) -> None:
+    nodes = set(counters(lab))
+    assert connects(lab, "c2") == len(SPORTS)  # before: c2 is a client like any other
+    before = counters(lab)
+    code = SCAN.format(dst=S1)
+    subprocess.run(["ip", "netns", "exec", ns_name(lab, "c2"), sys.executable, "-c", code],
+                   timeout=30, check=True)
+    got = wait_for("every node holds c2's blocklist entry",
+                   lambda: (e := entries(lab, "blocklist", C2)) and set(e) == nodes and e, 5)
+    detected = {e["detected"] for e in got.values()}
+    assert len(detected) == 1  # one entry, written by one node, held by all
+    assert connects(lab, "c2") == 0
+    after = counters(lab)
+    for n in nodes:  # every node dropped some of c2's connections itself
+        assert after[n].get("blocklisted-source", 0) > before[n].get("blocklisted-source", 0), n
+    time.sleep(max(0.0, detected.pop() + BLOCK_S - time.monotonic()) + 0.2)
+    assert connects(lab, "c2") == len(SPORTS)  # the timeout ended it on every node
+
+
+def test_c1_is_admitted_on_every_node_once_logged_in_and_refused_after_logout(lab: str) -> None:
+    nodes = set(counters(lab))
+    assert connects(lab, "c1") == 0
+    sw("auth", "login", "alice", "--host", "c1", "--lab", lab)
+    wait_for("every node holds alice's user record",
+             lambda: set(entries(lab, "user", C1)) == nodes, 5)
+    before = counters(lab)
+    assert connects(lab, "c1") == len(SPORTS)
+    mid = counters(lab)
+    for n in nodes:
+        assert mid[n].get("rule-accept:members", 0) > before[n].get("rule-accept:members", 0), n
+    sw("auth", "logout", "--host", "c1", "--lab", lab)
+    wait_for("no node holds alice's user record", lambda: not entries(lab, "user", C1), 5)
+    assert connects(lab, "c1") == 0
+    after = counters(lab)
+    for n in nodes:
+        assert after[n].get("auth-required:members", 0) > mid[n].get("auth-required:members", 0), n
+
+
+def test_auth_refuses_an_unknown_host(lab: str) -> None:
+    r = sw("auth", "login", "alice", "--host", "nosuch", "--lab", lab, check=False)
+    assert r.returncode == 1 and "no host 'nosuch'" in r.stderr

@@ -113,10 +113,6 @@ class Timeouts:
     # high connection rates every second of retention costs memory.
     tombstone_s: float = 30.0
     no_state_s: float = 5.0  # how long a key pulled in vain is dropped without asking again
-    # How long past the state's timeout a backup copy stays without news from its owner (who
-    # re-announces a living entry once per timeout): covers the expiry tick, a periodic
-    # policy's interval and retransmissions.
-    copy_grace_s: float = 30.0
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:
@@ -158,7 +154,6 @@ class Conn:
         "nat",
         "orig_low",
         "owner",
-        "refresh_at",
         "sched",
         "state",
         "trigger",
@@ -195,9 +190,6 @@ class Conn:
         self.sched = -1.0  # the deadline it is queued under for expiry, -1 when not queued
         self.fast = False  # may take the engine's fast path (kept up to date by ConnTable.refresh)
         self.announced = True  # peers have heard of it (False while it stays in a quiet state)
-        # An own entry: when its backups' copies would time out unless they hear of it again
-        # (ConnTable.told); inf until it is announced.
-        self.refresh_at = float("inf")
 
     @property
     def proto(self) -> int:
@@ -315,9 +307,8 @@ def next_version(old: int, now: float) -> int:
 class ConnTable:
     """Own connections, backup copies of other nodes' connections, expectations and tombstones.
 
-    Only this node's own entries expire here (backup copies in engine.backups). A living own
-    entry that peers have not heard of for its state's timeout is announced again (a refresh),
-    so that their copies, which time out too, stay."""
+    Only this node's own entries expire here; a backup copy lives until its owner deletes it or
+    it is promoted (then it gets a fresh idle period)."""
 
     def __init__(self, node: str, timeouts: Timeouts) -> None:
         self.node = node
@@ -377,14 +368,9 @@ class ConnTable:
     def deadline(self, e: Conn) -> float:
         return e.last_seen + self.timeout_by_state[e.state]
 
-    def told(self, e: Conn, now: float) -> None:
-        """Peers hear of this entry as it is now: their copies last its state's timeout."""
-        e.refresh_at = now + self.timeout_by_state[e.state]
-
     def schedule(self, e: Conn) -> None:
-        """Queue an own entry for expiry (or its refresh), unless it is already queued no later
-        than needed."""
-        d = min(self.deadline(e), e.refresh_at)
+        """Queue an own entry for expiry, unless it is already queued no later than needed."""
+        d = self.deadline(e)
         if e.sched < 0 or d < e.sched:
             e.sched = d
             heapq.heappush(self._heap, (d, next(self._seq), e))
@@ -426,7 +412,6 @@ class ConnTable:
         if e.state in self.quiet_states:
             e.announced = False
             return
-        self.told(e, now)
         self.emit(EventKind.NEW, e.key, Scope.NODE)
 
     def changed(self, e: Conn, trigger: str, now: float) -> None:
@@ -434,12 +419,9 @@ class ConnTable:
         e.version = next_version(e.version, now)
         e.trigger = trigger
         self.refresh(e)
-        quiet = e.state in self.quiet_states and trigger != "adopted"
-        if not quiet:
-            self.told(e, now)
         if e.owner == self.node:
             self.schedule(e)
-        if quiet:
+        if e.state in self.quiet_states and trigger != "adopted":
             return
         if not e.announced:
             e.announced = True
@@ -508,24 +490,17 @@ class ConnTable:
             d, _, obj = heapq.heappop(heap)
             if obj.sched != d:
                 continue  # superseded by a later schedule
+            obj.sched = -1.0
             if isinstance(obj, Conn):
                 if self.conns.get(obj.key) is not obj or obj.owner != self.node:
-                    continue  # a backup copy now (its sched is engine.backups')
-                obj.sched = -1.0
+                    continue
                 real = self.deadline(obj)
                 if real <= now:
                     self.delete(obj, "expired", now)
                     gone += 1
                 else:
-                    if obj.announced and obj.refresh_at <= now:
-                        # Alive, and our backups' copies would soon time out: tell them again
-                        # (a new version; the trigger stays what made the entry what it is).
-                        obj.version = next_version(obj.version, now)
-                        self.told(obj, now)
-                        self.emit(EventKind.UPDATE, obj.key, Scope.NODE)
                     self.schedule(obj)
             else:
-                obj.sched = -1.0
                 if self.expects.get(obj.key) is not obj:
                     continue
                 # Every node drops a stale expectation; only its creator tells the others.

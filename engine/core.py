@@ -132,7 +132,7 @@ class Engine:
         # the connection's own bucket (engine.nat.PortPlan).
         self.nat_ports = nat_ports if nat_ports is not None else PortPlan()
         # Peers' connections wait here, outside the packet path's table, until promoted.
-        self.backups = Backups(self.table.timeout_by_state, self.timeouts.copy_grace_s)
+        self.backups = Backups()
         self._backups = self.backups.copies
         self._now = 0.0
         self.store = EngineStore(self.table, self.backups, lambda: self._now)
@@ -533,11 +533,6 @@ class Engine:
             self.guards.expire(now)
         if gone:
             self._counts["expired"] = self._counts.get("expired", 0) + gone
-        stale = self.backups.expire(now)  # copies whose owner went silent on them
-        for e in stale:
-            self.table.unindex_nat(e)
-        if stale:
-            self._counts["copies_expired"] = self._counts.get("copies_expired", 0) + len(stale)
         q = self._no_state_queue
         while q and q[0][0] <= now:
             until, key = q.popleft()

@@ -240,14 +240,12 @@ class EngineStore:
         e.extra = extra or None
         e.trigger = trigger
         t.refresh(e)
-        now = self._clock()
         if e.owner == t.node:
             t.conns[key] = e
-            e.last_seen = max(last_seen, now)
-            t.told(e, now)  # the peer that sent it holds it
+            e.last_seen = max(last_seen, self._clock())
             t.schedule(e)
         else:
-            self.backups.put(e, now)
+            self.backups.put(e)
 
     def _apply_expect(self, record: Record) -> None:
         d = record.data
@@ -278,7 +276,7 @@ class EngineStore:
                 e.version = next_version(e.version, now)
                 e.trigger = "promoted"
                 t.refresh(e)
-                self.backups.put(e, now)
+                self.backups.put(e)
                 out.append(conn_record(e))
         return out
 

@@ -72,7 +72,7 @@ class NodeConfig:
     paths: bool = True  # probes and sync failover on every cluster interface (sync/paths.py)
     ipv6: bool = False  # a dual-stack lab: the owned-bucket chain is in ip6tables too
     nfq_backend: str = DEFAULT_BACKEND  # which binding reads the queue (engine/queue_io.py)
-    scan_ports: int = 8  # the intrusion blocklist's settings (engine/blocklist.py)
+    scan_ports: int = 0  # the intrusion blocklist's settings (engine/blocklist.py)
     scan_window_ms: int = 2000
     block_s: int = 10
 

@@ -486,6 +486,7 @@ class FlowReport(TypedDict, total=False):
     started: float
     last_progress: float
     longest_pause_ms: float
+    pause_windows: list[list[float]]  # tcp: closed pause windows [mark t, longest ms, its end t]
     node: str
     age_s: float | None
 

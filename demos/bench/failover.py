@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -78,6 +80,36 @@ def took_over(name: str, victim: str, since: float) -> dict[str, Any] | None:
         if n["name"] != victim and lt and float(lt["t"]) > since:
             return {**lt, "node": n["name"]}
     return None
+
+
+def mark_pauses(name: str, workload: str) -> int:
+    """SIGUSR1 to a tcpflows client: every flow closes its pause window (netns/workloads/tcpflows.py).
+    Returns the pid signalled."""
+    pid = int(lab_request(name, {"cmd": "status"})["workloads"][workload]["pid"])
+    os.kill(pid, signal.SIGUSR1)
+    return pid
+
+
+def _closed_windows(fetch: Callable[[], list[dict[str, Any]]], names: set[str],
+                    n: int) -> list[dict[str, Any]] | None:
+    """The flows of `names` once each reports at least `n` closed pause windows."""
+    fl = [f for f in fetch() if f["name"] in names]
+    return fl if fl and all(len(f.get("pause_windows") or []) >= n for f in fl) else None
+
+
+ADOPTER_STEPS = ("peer-down", "view", "takeover", "buckets")
+
+
+def adopter_steps(lab: str, node: str, since: float) -> dict[str, float]:
+    """ms from `since` (the kill) to the adopter's first peer-down, view, takeover (buckets adopted,
+    held packets replayed) and buckets (iptables re-pointed) events after it."""
+    snap = lab_request(lab, {"cmd": "snapshot", "since": since, "max_events": 100000})
+    out: dict[str, float] = {}
+    for e in snap.get("events", []):
+        k = e.get("kind")
+        if e.get("node") == node and k in ADOPTER_STEPS and k not in out and float(e.get("t", 0)) >= since:
+            out[str(k)] = round((float(e["t"]) - since) * 1000, 1)
+    return out
 
 
 def _pauses(values: list[float]) -> dict[str, float | None]:
@@ -238,6 +270,11 @@ def _bench_mode(name: str, runs: int, progress: Progress, mode: str, action: str
     server_retrans: list[int] = []
     replayed: list[int] = []
     request_to_cut: list[float] = []
+    pause_quiet: list[float] = []  # per flow: its longest pause in a quiet window (no kill)
+    pause_kill_victim: list[float] = []  # per flow on the victim: its longest pause in the kill's window
+    pause_kill_others: list[float] = []  # per flow on the other nodes: the same
+    resumes: list[dict[str, float]] = []  # the victim's flows: their kill-window pause, from the kill
+    steps: list[dict[str, float]] = []  # the adopter's events, ms from the kill
 
     def tcp() -> list[dict[str, Any]]:
         return [f for f in flows(name, "tcp6-" if ipv6 else "tcp-") if f.get("kind") == "tcp"]
@@ -253,9 +290,9 @@ def _bench_mode(name: str, runs: int, progress: Progress, mode: str, action: str
     for i in range(runs):
         stop_traffic(name)
         if ipv6:
-            traffic(name, "tcp", flows=n_flows, ipv6=True)
+            workload = traffic(name, "tcp", flows=n_flows, ipv6=True)["name"]
         else:
-            traffic(name, "tcp", flows=n_flows)
+            workload = traffic(name, "tcp", flows=n_flows)["name"]
         wait_until(f"{n_flows} healthy, mapped flows", steady, 60, 0.2)
         # Flows a previous run broke stay broken: each run judges the flows healthy at its start.
         try:
@@ -265,13 +302,16 @@ def _bench_mode(name: str, runs: int, progress: Progress, mode: str, action: str
             break
         before = {f["name"]: f for f in healthy_now}
         on_victim = [k for k, f in before.items() if f.get("node") == victim]
-        # The background: retransmissions over a quiet interval as long as the kill's window.
+        # The background: retransmissions and pauses over a quiet interval as long as the kill's window.
         t_base = time.monotonic()
+        marks = len(next(iter(before.values())).get("pause_windows") or [])
+        mark_pauses(name, workload)  # the quiet window opens
         base0 = _retrans(name, CLIENTS)
         time.sleep(flow_judge.WATCH_S + 0.5)
         base = _retrans(name, CLIENTS) - base0
         base_s = time.monotonic() - t_base
         r0, s0 = _retrans(name, CLIENTS), _retrans(name, SERVERS)
+        mark_pauses(name, workload)  # the quiet window closes, the kill's opens
         t_kill = time.monotonic()
         # The daemon sends SIGKILL as soon as it reads the request; its own killed_at is taken
         # after reaping the process, which can be tens of ms later on a busy machine.
@@ -307,6 +347,26 @@ def _bench_mode(name: str, runs: int, progress: Progress, mode: str, action: str
         delta = _retrans(name, CLIENTS) - r0
         server_retrans.append(_retrans(name, SERVERS) - s0)
         kill_s = time.monotonic() - t_kill
+        mark_pauses(name, workload)  # the kill's window closes
+        if lt is not None:
+            steps.append({**adopter_steps(name, str(lt["node"]), killed_at),
+                          "takeover_t": round((float(lt["t"]) - killed_at) * 1000, 1)})
+        try:
+            closed = wait_until("the flows' pause windows",
+                                partial(_closed_windows, tcp, set(before), marks + 3), 5, 0.1)
+        except BenchError:
+            closed = []
+        for f in closed:
+            _, kill_ms, kill_end = f["pause_windows"][-1][:3]
+            q_ms = float(f["pause_windows"][-2][1])
+            victim_flow = f["name"] in on_victim
+            pause_quiet.append(q_ms)
+            (pause_kill_victim if victim_flow else pause_kill_others).append(float(kill_ms))
+            if victim_flow and kill_ms:
+                # When the flow's longest pause of the window started and ended, from the kill.
+                end_ms = (float(kill_end) - killed_at) * 1000
+                resumes.append({"start_ms": round(end_ms - float(kill_ms), 1), "end_ms": round(end_ms, 1),
+                                "pause_ms": float(kill_ms)})
         retrans.append(delta)
         retrans_base.append(round(base * kill_s / base_s) if base_s > 0 else base)
         if lt is not None:
@@ -320,6 +380,12 @@ def _bench_mode(name: str, runs: int, progress: Progress, mode: str, action: str
         timing = "no takeover" if lt is None else (
             (f"detect {detect[-1]:.0f} ms" if found is not None else "no peer-down event seen")
             + f", takeover {takeover[-1]:.0f} ms")
+        if closed:
+            kill_w = [float(f["pause_windows"][-1][1]) for f in closed]
+            timing += (f", kill-window pause max {max(kill_w):.0f} ms (quiet window max "
+                       f"{max(float(f['pause_windows'][-2][1]) for f in closed):.0f})")
+        if steps and lt is not None:
+            timing += f", adopter {steps[-1]}"
         progress(f"{mode} {action} run {i + 1}/{runs}: {timing}, retransmissions {delta} "
                  f"(baseline {retrans_base[-1]}), longest pause {max(run_pauses or [0]):.0f} ms, "
                  f"{len(ok)}/{len(before)} flows survived, {len(lost)} lost "
@@ -327,8 +393,17 @@ def _bench_mode(name: str, runs: int, progress: Progress, mode: str, action: str
         revive(name, victim)
     stop_traffic(name)
     by_kill = [max(0, r - b) for r, b in zip(retrans, retrans_base, strict=True)]
+    worst = sorted(resumes, key=lambda r: -r["pause_ms"])[:10]
     return {
         "pause_ms": _pauses(pauses),
+        "pause_kill_window_ms": _pauses(pause_kill_victim + pause_kill_others),
+        "pause_kill_window_victim_flows_ms": _pauses(pause_kill_victim),
+        "pause_kill_window_other_flows_ms": _pauses(pause_kill_others),
+        "pause_quiet_window_ms": _pauses(pause_quiet),
+        "victim_flow_resume_end_ms": _pauses([r["end_ms"] for r in resumes]),
+        "victim_flow_pause_start_ms": _pauses([r["start_ms"] for r in resumes]),
+        "longest_victim_pauses": worst,
+        "adopter_steps_ms": steps,
         "client_retrans": retrans, "client_retrans_baseline": retrans_base,
         "client_retrans_by_kill": by_kill, "server_retrans": server_retrans,
         "replayed": summarize(replayed, 0),

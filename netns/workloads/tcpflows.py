@@ -19,6 +19,7 @@ import errno
 import hashlib
 import logging
 import os
+import signal
 import struct
 import sys
 import time
@@ -50,6 +51,7 @@ from netns.workloads.health import (
 log = logging.getLogger(__name__)
 
 RECORD_SIZE = 32
+PAUSE_WINDOWS = 4  # closed pause windows each flow reports (`pause_windows`)
 _HEADER = struct.Struct(">QI")  # sequence number, flow index
 _READ_CHUNK = 65536
 
@@ -155,6 +157,12 @@ class TcpFlow:
         self.sent = 0
         self.echoed = 0
         self.longest_pause_ms = 0.0
+        # Pause windows (SIGUSR1 marks them, see run_clients): the longest pause that ended in the
+        # open window and when it ended; the closed ones as [mark t, longest ms, its end t] (wall).
+        self._window_t = time.time()
+        self._window_ms = 0.0
+        self._window_end = 0.0
+        self.pause_windows: deque[list[float]] = deque(maxlen=PAUSE_WINDOWS)
         self.stalls = 0
         self._sent_at: deque[float] = deque()  # monotonic send times of unechoed records
         self._progress_mono = time.monotonic()
@@ -166,8 +174,16 @@ class TcpFlow:
             records_sent=self.sent,
             records_echoed=self.echoed,
             longest_pause_ms=round(self.longest_pause_ms, 1),
+            pause_windows=list(self.pause_windows),
             stalls=self.stalls,
         )
+
+    def mark(self, now: float) -> None:
+        """Close the open pause window and open the next one at `now` (wall clock)."""
+        self.pause_windows.append([round(self._window_t, 4), round(self._window_ms, 1),
+                                   round(self._window_end, 4)])
+        self._window_t, self._window_ms, self._window_end = now, 0.0, 0.0
+        self._update_extra()
 
     def _lose(self, detail: str) -> None:
         self.flow.set_health(FlowHealth.BROKEN, f"{detail} after {self.echoed} records")
@@ -269,6 +285,9 @@ class TcpFlow:
                 sent_at = self._sent_at.popleft() if self._sent_at else now
                 pause_ms = (now - max(self._progress_mono, sent_at)) * 1000.0
                 self.longest_pause_ms = max(self.longest_pause_ms, pause_ms)
+                if pause_ms > self._window_ms:
+                    self._window_ms = pause_ms
+                    self._window_end = time.time()
                 self._progress_mono = now
                 self.echoed += 1
                 self.flow.bytes += RECORD_SIZE
@@ -298,6 +317,15 @@ async def run_clients(args: argparse.Namespace, stop: asyncio.Event) -> int:
     def visible() -> list[Flow]:
         return [f.flow for f in flows if f.visible]
 
+    def mark() -> None:
+        # SIGUSR1: every flow closes its pause window and opens the next (a bench marks the
+        # moments around a kill, to tell the pause the kill caused from the background's).
+        now = time.time()
+        for f in flows:
+            f.mark(now)
+        writer.write(visible())
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, mark)
     writer.write(visible())
     log.info("starting %d flows to %s:%d", len(flows), args.server, args.port)
     tasks = [asyncio.create_task(f.run(stop, i * args.stagger_ms / 1000.0)) for i, f in enumerate(flows)]

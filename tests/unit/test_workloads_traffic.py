@@ -209,6 +209,29 @@ def test_a_paused_server_stalls_the_flows_which_then_recover(
         assert f["records_echoed"] == f["records_sent"] or f["records_sent"] - f["records_echoed"] < 5
 
 
+def test_sigusr1_closes_a_pause_window_so_a_pause_is_told_apart_from_the_quiet_before_it(
+    procs: Procs, tcp_server: tuple[subprocess.Popen[bytes], int], tmp_path: Path
+) -> None:
+    health = tmp_path / "tcp.json"
+    client = start_tcp_client(procs, tcp_server[1], health, 3)
+    wait_health(health, lambda fs: len(fs) == 3 and health_of(fs) == {"healthy"}, 5, "3 healthy flows")
+    client.send_signal(signal.SIGUSR1)  # the quiet window opens
+    time.sleep(0.3)
+    client.send_signal(signal.SIGUSR1)  # ... closes; the pause's opens
+    server = tcp_server[0]
+    server.send_signal(signal.SIGSTOP)
+    time.sleep(0.4)
+    server.send_signal(signal.SIGCONT)
+    time.sleep(0.3)
+    client.send_signal(signal.SIGUSR1)  # ... closes
+    flows = wait_health(health, lambda fs: all(len(f["pause_windows"]) == 3 for f in fs), 3, "3 windows")
+    for f in flows:
+        (_, _, _), (_, quiet_ms, _), (opened, pause_ms, ended) = f["pause_windows"]
+        assert pause_ms >= 300 > quiet_ms, f["pause_windows"]
+        assert ended > opened
+    assert stop(client)[0] == 0
+
+
 def test_a_gap_in_the_echo_breaks_the_flow(procs: Procs, tmp_path: Path) -> None:
     """An echo server that loses record 3 of the stream: the client must name the gap."""
     listener = socket.create_server((LO, 0))

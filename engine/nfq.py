@@ -49,6 +49,22 @@ def owned_chain_text(buckets: Iterable[int], queued: Iterable[int] = ()) -> str:
     lines.append(f"-A {OWNED_CHAIN} -j DROP")
     return "\n".join(lines)
 
+
+# The filter chain that sends the backed-up buckets to the node's shadow queue (lossless on,
+# engine/queue_io.py): FORWARD jumps to it just before its NFQUEUE to the node's own queue.
+SHADOW_CHAIN = "SW_SHADOW"
+
+
+def shadow_chain_text(queued: Iterable[int] = (), queue_num: int | None = None) -> str:
+    """The body of the shadow chain: the `queued` buckets to NFQUEUE `queue_num`; empty (every
+    packet on to the node's own queue) when the node has no shadow queue."""
+    lines = [f":{SHADOW_CHAIN} - [0:0]"]
+    if queue_num is not None:
+        lines += [f"-A {SHADOW_CHAIN} -m mark --mark {b} -j NFQUEUE --queue-num {queue_num}"
+                  for b in sorted(set(queued))]
+    return "\n".join(lines)
+
+
 # linux/netlink.h
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4

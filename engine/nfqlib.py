@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.nfq import GSO_COPY_RANGE_BYTES, QueueFlag
-from engine.verdict_plan import Op, Planned, VerdictPlan
+from engine.verdict_plan import Op, Planned, VerdictPlan, batch_drop_at
 from syncwall_errors import SystemToolError
 
 log = logging.getLogger(__name__)
@@ -344,7 +344,7 @@ class Queue:
         self.counters: dict[str, int] = {
             "nfq_reads": 0, "nfq_packets": 0, "nfq_batches": 0, "nfq_singles": 0,
             "nfq_rewrites": 0, "nfq_verdict_errors": 0, "nfq_kernel_errors": 0, "nfq_cut": 0,
-            "nfq_enobufs": 0, "nfq_other_messages": 0,
+            "nfq_enobufs": 0, "nfq_other_messages": 0, "nfq_batch_drops": 0, "nfq_batch_dropped": 0,
         }
 
     # ---- packets in --------------------------------------------------------------------------
@@ -429,6 +429,26 @@ class Queue:
         if self.held.pop(h.packet_id, None) is not h:
             raise NfqLibError(f"packet {h.packet_id} of NFQUEUE {self.queue_num} already has its verdict")
         self._verdict(h.packet_id, verdict, h._new_mark, h._payload)
+
+    def drop_held(self, handles: list[HeldPacket]) -> None:
+        """Drop held packets of this queue: one batch verdict when every packet still held with an
+        id up to the highest of them is one of them (the kernel's batch verdict takes every queued
+        id up to it: nfqnl_recv_verdict_batch), else a verdict each. A backup's expired lossless
+        window is such a run: the oldest held packets, in id order."""
+        held = self.held
+        # dict order is the order held, which is id order (packets are read in id order)
+        ids = {h.packet_id for h in handles}
+        top = batch_drop_at(held, ids)
+        if top is None:
+            for h in handles:
+                self.give(h, NF_DROP)
+            return
+        for pid in ids:
+            held.pop(pid)._queue = _GIVEN
+        self.counters["nfq_batch_drops"] += 1
+        self.counters["nfq_batch_dropped"] += len(ids)
+        if self._lib.nfq_set_verdict_batch(self._qh, top, NF_DROP) < 0:
+            self.counters["nfq_verdict_errors"] += 1
 
     def _verdict(self, pid: int, verdict: int, mark: int | None, payload: bytes | None) -> None:
         lib = self._lib

@@ -25,7 +25,7 @@ from engine.core import Engine
 from engine.guard_control import COMMANDS as GUARD_COMMANDS
 from engine.guard_control import guard_control, guard_counts
 from engine.nat import TRANSLATED_MARK, PortPlan, hmark_rnd
-from engine.nfq import owned_chain_text
+from engine.nfq import owned_chain_text, shadow_chain_text
 from engine.queue_io import DEFAULT_BACKEND, PacketPath
 from engine.replay import CAP_BYTES, CAP_PACKETS, WINDOW_MS, ReplaySettings
 from engine.rows import step_text
@@ -104,9 +104,14 @@ def nat_counts(engine: Engine) -> dict[str, int]:
     }
 
 
-def owned_buckets_rules(buckets: list[int], queued: list[int] | None = None) -> str:
-    """iptables-restore text replacing the owned-bucket chain (atomic, with --noflush)."""
-    return f"*mangle\n{owned_chain_text(buckets, queued or ())}\nCOMMIT\n"
+def owned_buckets_rules(buckets: list[int], queued: list[int] | None = None,
+                        shadow_queue: int | None = None) -> str:
+    """iptables-restore text replacing the owned-bucket chain (atomic, with --noflush) and the
+    shadow chain that sends the `queued` buckets to queue `shadow_queue` (when the node has one).
+    Two tables, two commits: in between a packet may reach either queue, and the node decides it
+    the same on both (engine/queue_io.py)."""
+    return (f"*mangle\n{owned_chain_text(buckets, queued or ())}\nCOMMIT\n"
+            f"*filter\n{shadow_chain_text(queued or (), shadow_queue)}\nCOMMIT\n")
 
 
 class Node:
@@ -183,15 +188,18 @@ class Node:
         """What every turn ends with: held packets released, buckets followed, timeline
         written, datagrams sent."""
         b = self.binding
+        drops: list[Any] = []
         for r in b.releases():
+            if not r.accept:
+                drops.append(r.handle)  # dropped together: one batch verdict where it may
+                continue
             with contextlib.suppress(Exception):  # a packet the kernel forgot must not stop the rest
-                if r.accept:
-                    if r.payload is not None:
-                        r.handle.set_payload(r.payload)
-                        r.handle.set_mark(r.handle.mark | TRANSLATED_MARK)
-                    r.handle.accept()
-                else:
-                    r.handle.drop()
+                if r.payload is not None:
+                    r.handle.set_payload(r.payload)
+                    r.handle.set_mark(r.handle.mark | TRANSLATED_MARK)
+                r.handle.accept()
+        if drops:
+            self.path.drop_many(drops)
         wanted = b.wanted_buckets()
         if wanted is not None and (wanted, b.shadow) != self._setting:
             self._setting = (wanted, list(b.shadow))
@@ -210,7 +218,7 @@ class Node:
         async with self.iptables_lock:
             if owned != self.binding.owned or queued != self.binding.shadow:
                 return  # a newer view already superseded this one
-            await self._iptables_restore(owned_buckets_rules(owned, queued))
+            await self._iptables_restore(owned_buckets_rules(owned, queued, self.path.shadow_queue))
             self.binding.buckets_applied(owned, time.monotonic(), queued)
         self.after()
 

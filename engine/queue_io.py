@@ -29,6 +29,7 @@ DEFAULT_BACKEND = "auto"
 _ACCEPT = Verdict.ACCEPT
 _HOLD = Verdict.HOLD
 HANDLED = -1  # nfqlib.Queue.read: the packet's verdict is already planned
+SHADOW_QUEUE_OFFSET = 1  # the backed-up buckets' queue: the node's queue number + this
 
 
 class BudgetSocket:
@@ -69,6 +70,9 @@ class PacketPath:
         self.raw: dict[int, socket.socket] = {}  # address family -> raw socket for REJECT replies
         self.backend = ""
         self._nfq: Any = None  # NetfilterQueue, or nfqlib.Queue
+        self._shadow: Any = None  # nfqlib.Queue of the backed-up buckets (our binding only)
+        self.shadow_queue: int | None = None  # its number, when bound
+        self._reading: Any = None  # the nfqlib.Queue being read now
         self._sock: BudgetSocket | None = None
         self._fd = -1
 
@@ -91,6 +95,8 @@ class PacketPath:
                     self.engine.capture_bytes = GSO_COPY_RANGE_BYTES
                 self._nfq, self.backend, self._fd = q, "lib", q.fd
                 loop.add_reader(q.fd, self.on_lib_readable)
+                if os.environ.get("SYNCWALL_SHADOW_QUEUE", "1") != "0":  # 0: shared, to compare
+                    self._open_shadow(queue_num + SHADOW_QUEUE_OFFSET, loop)
                 return self.backend
         from netfilterqueue import NetfilterQueue
 
@@ -106,8 +112,25 @@ class PacketPath:
         loop.add_reader(self._fd, self.on_nfq_readable)
         return self.backend
 
+    def _open_shadow(self, queue_num: int, loop: Any) -> None:
+        """The backed-up buckets' own queue (lossless on): their packets are all held, so the
+        owned queue keeps batching its verdicts (a held packet below would make every later one
+        a single verdict), and a window's expired packets leave in one batch drop. Without it
+        (it cannot be bound) they share the owned queue, as before."""
+        from engine.nfqlib import NfqLibError, Queue
+
+        try:
+            q = Queue(queue_num, copy_range_bytes=GSO_COPY_RANGE_BYTES)
+        except NfqLibError as e:
+            log.warning("no shadow NFQUEUE %d (%s); backed-up buckets share the owned queue", queue_num, e)
+            return
+        self._shadow, self.shadow_queue = q, queue_num
+        loop.add_reader(q.fd, self.on_shadow_readable)
+
     def close(self, loop: Any) -> None:
         """Stop reading; held packets get a verdict before we go (fail closed)."""
+        if self._shadow is not None:
+            loop.remove_reader(self._shadow.fd)
         if self._nfq is not None:
             loop.remove_reader(self._fd)
             if self._sock is not None:
@@ -120,9 +143,32 @@ class PacketPath:
             else:
                 self._nfq.unbind()
             self._nfq = None
+        if self._shadow is not None:
+            self._shadow.close()
+            self._shadow = None
         for raw in self.raw.values():
             raw.close()
         self.raw.clear()
+
+    def drop_many(self, handles: list[Any]) -> None:
+        """Drop held packets: those of our binding's queues in one batch verdict per queue where
+        the kernel's batch semantics allow it (engine/nfqlib.py Queue.drop_held), the rest one by one."""
+        by_queue: dict[int, tuple[Any, list[Any]]] = {}
+        for h in handles:
+            q = getattr(h, "_queue", None)
+            if q is not None and hasattr(q, "drop_held"):
+                by_queue.setdefault(id(q), (q, []))[1].append(h)
+            else:
+                with contextlib.suppress(Exception):  # a packet the kernel forgot must not stop the rest
+                    h.drop()
+        for q, hs in by_queue.values():
+            try:
+                q.drop_held(hs)
+            except Exception:  # fall back to a verdict each
+                log.exception("batch drop failed")
+                for h in hs:
+                    with contextlib.suppress(Exception):
+                        h.drop()
 
     def stats(self) -> dict[str, Any]:
         """The backend and, for our binding, its read and verdict counters."""
@@ -130,20 +176,44 @@ class PacketPath:
         if self.backend == "lib":
             out.update(self._nfq.counters)
             out["held"] = len(self._nfq.held)
+        if self._shadow is not None:
+            out["shadow_queue"] = self.shadow_queue
+            out.update({f"shadow_{k}": v for k, v in self._shadow.counters.items()})
+            out["shadow_held"] = len(self._shadow.held)
         return out
 
     # ---- our binding --------------------------------------------------------------------------
     def on_lib_readable(self) -> None:
+        if self._shadow is not None:
+            # The shadow queue first: when iptables moves an adopted bucket from it to ours, its
+            # older packets must leave before the newer ones read here (no reordering in a flow).
+            self._read_shadow()
+        self._reading = self._nfq
         try:
             self._nfq.read(self.decide, NFQ_BUDGET)
         except OSError as e:
             log.warning("nfqueue read failed: %s", e)
         self.after_turn()
 
+    def _read_shadow(self) -> None:
+        self._reading = self._shadow
+        try:
+            for _ in range(4):  # until empty, within a bound (a flood must not starve the loop)
+                if self._shadow.read(self.decide, NFQ_BUDGET) < NFQ_BUDGET:
+                    break
+        except OSError as e:
+            log.warning("shadow nfqueue read failed: %s", e)
+
+    def on_shadow_readable(self) -> None:
+        # The same decision as the owned queue's: between a view change and iptables-restore a
+        # bucket just adopted still comes here, and one just backed up still goes there.
+        self._read_shadow()
+        self.after_turn()
+
     def decide(self, data: bytes, mark: int, pid: int) -> int:
         """One packet read by engine/nfqlib.py: NF_ACCEPT (1) or NF_DROP (0) for a plain verdict,
         HANDLED when it was rewritten, held or dropped here."""
-        q = self._nfq
+        q = self._reading
         try:
             self.counters["packets"] += 1
             if mark in self._replay.buckets:

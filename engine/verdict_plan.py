@@ -20,6 +20,7 @@ whose packets all get that same verdict now. The scheme (engine/nfqlib.py runs i
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -88,6 +89,24 @@ class VerdictPlan:
         if self._run_id >= 0:
             self.ops.append(Planned(Op.BATCH, self._run_id, self._run_verdict))
             self._run_id = -1
+
+
+def batch_drop_at(held: Iterable[int], drop: set[int]) -> int | None:
+    """The id of ONE batch drop verdict that drops exactly `drop` among the held packets, or None
+    when there is none (a packet held for another reason lies below the highest id to drop, or an
+    id to drop is not held): then each gets its own verdict. `held`: the ids still held, in id
+    order (every id below a held one has had its verdict, so the batch takes only held ones)."""
+    if len(drop) < 2:
+        return None
+    top = max(drop)
+    n = 0
+    for pid in held:
+        if pid > top:
+            break
+        if pid not in drop:
+            return None
+        n += 1
+    return top if n == len(drop) else None
 
 
 def plan(packets: list[tuple[int, str]], older_held: bool = False,

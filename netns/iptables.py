@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 
 from engine.nat import TRANSLATED_MARK
 from engine.nat import hmark_rnd as hmark_rnd  # one definition: the engine computes the same marks
-from engine.nfq import OWNED_CHAIN, owned_chain_text
+from engine.nfq import OWNED_CHAIN, SHADOW_CHAIN, owned_chain_text, shadow_chain_text
 from netns.spec import LabError
 
 log = logging.getLogger(__name__)
@@ -102,12 +102,15 @@ def node_rules(
     verdict = f"NFQUEUE --queue-num {queue_num}" if forward == "nfqueue" else "ACCEPT"
     filt = [
         f":{SYNC_LOSS_CHAIN} - [0:0]",
+        shadow_chain_text(),
         f"-A INPUT -i {SYNC_IFACE} -j {SYNC_LOSS_CHAIN}",
         f"-A FORWARD -i {SYNC_IFACE} -j DROP",
         f"-A FORWARD -o {SYNC_IFACE} -j DROP",
     ]
     if nat:
         filt.append(f"-A FORWARD -m mark --mark {TRANSLATED_MARK:#x}/{TRANSLATED_MARK:#x} -j ACCEPT")
+    if forward == "nfqueue":
+        filt.append(f"-A FORWARD -j {SHADOW_CHAIN}")  # the backed-up buckets to the shadow queue
     filt.append(f"-A FORWARD -j {verdict}")
     return "\n".join(
         [
@@ -150,9 +153,11 @@ def node_rules6(buckets: int, rnd: int, queue_num: int, forward: str = "nfqueue"
     mangle += [f"-A PREROUTING -i {i} -j {OWNED_CHAIN}" for i in DATA_IFACES]
     verdict = f"NFQUEUE --queue-num {queue_num}" if forward == "nfqueue" else "ACCEPT"
     filt = [
+        shadow_chain_text(),
         f"-A INPUT -i {SYNC_IFACE} -j DROP",  # the sync segment is IPv4 only
         f"-A FORWARD -i {SYNC_IFACE} -j DROP",
         f"-A FORWARD -o {SYNC_IFACE} -j DROP",
+        *([f"-A FORWARD -j {SHADOW_CHAIN}"] if forward == "nfqueue" else []),
         f"-A FORWARD -j {verdict}",
     ]
     return "\n".join(["*raw", *raw, "COMMIT", "*mangle", owned_chain_text(()), *mangle, "COMMIT",

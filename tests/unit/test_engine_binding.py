@@ -294,3 +294,13 @@ def test_the_engine_does_not_pull_the_state_of_a_mid_stream_packet_in_a_bucket_i
     assert not e.drain_sync_requests() and e.held_syncs == 0
     d = e.process(f.c2s(b"data"), sim.now, sim.bucket_of("n1"))
     assert d.verdict is Verdict.HOLD, "in an own bucket it still asks the cluster"
+
+
+def test_a_put_past_the_window_expires_every_bucket_together() -> None:
+    """The expired of all buckets leave at once (one batch drop verdict), not one per put."""
+    q: ReplayQueue[str] = ReplayQueue(ReplaySettings(True, 50, 100, 1 << 20))
+    assert q.put(1, "a", b"x", 1, 0.000) == []
+    assert q.put(2, "b", b"x", 2, 0.001) == []
+    assert q.put(1, "c", b"x", 1, 0.052) == [], "within the slack past the window: the tick's job"
+    assert sorted(q.put(1, "d", b"x", 1, 0.057)) == ["a", "b"], "both buckets' expired, together"
+    assert (q.packets, q.counters["expired"]) == (2, 2)

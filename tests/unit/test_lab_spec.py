@@ -309,3 +309,21 @@ def test_a_snat_address_that_is_no_gateway_address_is_refused(tmp_path: Path) ->
                    'snat = "198.18.2.99"\n')
     with pytest.raises(LabSpecError, match=r"rules\[0\]\.snat: 198\.18\.2\.99 is not a gateway address"):
         load_lab(lab)
+
+
+def test_backed_up_buckets_go_to_the_shadow_queue_before_the_node_queue() -> None:
+    from engine.nfq import shadow_chain_text
+
+    text = node_rules(12, 0x1234, 0)
+    lines = text.splitlines()
+    # The lab's rules: an empty shadow chain, jumped to just before the NFQUEUE to the node's queue.
+    assert ":SW_SHADOW - [0:0]" in lines
+    assert lines.index("-A FORWARD -j SW_SHADOW") + 1 == lines.index("-A FORWARD -j NFQUEUE --queue-num 0")
+    assert "-A FORWARD -j SW_SHADOW" not in node_rules(12, 0x1234, 0, forward="accept")
+    # The node's rewrite: its backed-up buckets to its shadow queue, or none without one.
+    assert shadow_chain_text([5, 2], 1).splitlines() == [
+        ":SW_SHADOW - [0:0]",
+        "-A SW_SHADOW -m mark --mark 2 -j NFQUEUE --queue-num 1",
+        "-A SW_SHADOW -m mark --mark 5 -j NFQUEUE --queue-num 1",
+    ]
+    assert shadow_chain_text([5, 2], None) == ":SW_SHADOW - [0:0]"

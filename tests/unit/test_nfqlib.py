@@ -166,3 +166,35 @@ def test_the_cached_layout_parses_exactly_as_the_walk() -> None:
         assert got == want, i
         hits += layout._headers is not None
     assert hits > 1000  # the layout was used, not only the walk
+
+
+def test_expired_held_packets_leave_in_one_batch_drop_when_nothing_else_is_held_below() -> None:
+    from engine.verdict_plan import batch_drop_at
+
+    # A backup's window: 3, 5, 8 expire; 9 and 12 are younger and stay held.
+    assert batch_drop_at([3, 5, 8, 9, 12], {3, 5, 8}) == 8
+
+
+def test_no_batch_drop_over_a_packet_held_for_another_reason() -> None:
+    from engine.verdict_plan import batch_drop_at
+
+    # 4 waits for a sync ack: a batch drop at 8 would drop it too.
+    assert batch_drop_at([3, 4, 5, 8], {3, 5, 8}) is None
+    # One packet alone is one verdict anyway; an id not held is a bug, never batched over.
+    assert batch_drop_at([3, 5], {3}) is None
+    assert batch_drop_at([3, 8], {3, 5, 8}) is None
+
+
+def test_a_batch_drop_takes_exactly_the_packets_to_drop() -> None:
+    """Against a model queue: a batch drop at X takes every still-queued id <= X."""
+    import random
+
+    from engine.verdict_plan import batch_drop_at
+
+    rng = random.Random(7)
+    for _ in range(300):
+        held = sorted(rng.sample(range(1, 60), rng.randint(0, 20)))
+        drop = {p for p in held if rng.random() < 0.6}
+        top = batch_drop_at(held, drop)
+        if top is not None:
+            assert {p for p in held if p <= top} == drop

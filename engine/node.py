@@ -105,13 +105,16 @@ def nat_counts(engine: Engine) -> dict[str, int]:
 
 
 def owned_buckets_rules(buckets: list[int], queued: list[int] | None = None,
-                        shadow_queue: int | None = None) -> str:
-    """iptables-restore text replacing the owned-bucket chain (atomic, with --noflush) and the
-    shadow chain that sends the `queued` buckets to queue `shadow_queue` (when the node has one).
-    Two tables, two commits: in between a packet may reach either queue, and the node decides it
-    the same on both (engine/queue_io.py)."""
-    return (f"*mangle\n{owned_chain_text(buckets, queued or ())}\nCOMMIT\n"
-            f"*filter\n{shadow_chain_text(queued or (), shadow_queue)}\nCOMMIT\n")
+                        shadow_queue: int | None = None, shadow: bool = True) -> str:
+    """iptables-restore text replacing the owned-bucket chain (atomic, with --noflush) and, with
+    `shadow`, the shadow chain that sends the `queued` buckets to queue `shadow_queue` (empty
+    without one). Two tables, two commits: in between a packet may reach either queue, and the
+    node decides it the same on both (engine/queue_io.py). Without `shadow` (the queued set did
+    not change) the filter table is left alone: a second table replaced is a slower takeover."""
+    text = f"*mangle\n{owned_chain_text(buckets, queued or ())}\nCOMMIT\n"
+    if shadow:
+        text += f"*filter\n{shadow_chain_text(queued or (), shadow_queue)}\nCOMMIT\n"
+    return text
 
 
 class Node:
@@ -218,7 +221,9 @@ class Node:
         async with self.iptables_lock:
             if owned != self.binding.owned or queued != self.binding.shadow:
                 return  # a newer view already superseded this one
-            await self._iptables_restore(owned_buckets_rules(owned, queued, self.path.shadow_queue))
+            shadow_q = self.path.shadow_queue
+            shadow = shadow_q is not None and queued != self.binding.applied_shadow
+            await self._iptables_restore(owned_buckets_rules(owned, queued, shadow_q, shadow))
             self.binding.buckets_applied(owned, time.monotonic(), queued)
         self.after()
 

@@ -52,11 +52,25 @@ def _held(lab: str) -> int:
     return sum(int(node_status(lab, n).get("lossless", {}).get("held", 0)) for n in lab_nodes(lab))
 
 
+VERDICT_COUNTERS = ("nfq_singles", "nfq_batches", "nfq_rewrites", "nfq_batch_drops",
+                    "shadow_nfq_singles", "shadow_nfq_batches", "shadow_nfq_rewrites",
+                    "shadow_nfq_batch_drops")
+
+
+def _verdict_msgs(lab: str) -> int:
+    """Verdict messages the nodes have sent so far (single, batch, rewrite; both queues)."""
+    total = 0
+    for n in lab_nodes(lab):
+        nfq = node_status(lab, n).get("nfq") or {}
+        total += sum(int(nfq.get(k, 0)) for k in VERDICT_COUNTERS)
+    return total
+
+
 def measure(runs: int, lab: str | None, progress: Progress, duration_s: float) -> dict[str, Any]:
     """Every run measures both modes, alternating which goes first (the machine's drift hits both)."""
     samples: dict[str, dict[str, list[float]]] = {
         m: {"mbps": [], "tcp_cpu_s_per_s": [], "pps": [], "udp_cpu_s_per_s": [], "cpu_us_per_packet": [],
-            "held_per_s": []} for m, _ in MODES}
+            "held_per_s": [], "verdict_msgs_per_packet": []} for m, _ in MODES}
     failures: list[str] = []
     with bench_lab(lab, progress) as name:
         was_on = bool(lab_request(name, {"cmd": "status"}).get("lossless", False))
@@ -74,9 +88,9 @@ def measure(runs: int, lab: str | None, progress: Progress, duration_s: float) -
                         s["mbps"].append(float(doc["end"]["sum_received"]["bits_per_second"]) / 1e6)
                         s["tcp_cpu_s_per_s"].append((c1 - c0) / (t1 - t0))
                         s["held_per_s"].append((h1 - h0) / (t1 - t0))
-                        c0, t0 = node_cpu_s(name), time.monotonic()
+                        c0, t0, v0 = node_cpu_s(name), time.monotonic(), _verdict_msgs(name)
                         doc = iperf3(name, ip, ["-u", "-b", "0", "-l", str(UDP_LEN)], duration_s)
-                        c1, t1 = node_cpu_s(name), time.monotonic()
+                        c1, t1, v1 = node_cpu_s(name), time.monotonic(), _verdict_msgs(name)
                         end = doc["end"]["sum"]
                         got = int(end["packets"]) - int(end.get("lost_packets", 0))
                         secs = float(end["seconds"]) or duration_s
@@ -84,6 +98,7 @@ def measure(runs: int, lab: str | None, progress: Progress, duration_s: float) -
                         s["udp_cpu_s_per_s"].append((c1 - c0) / (t1 - t0))
                         if got:
                             s["cpu_us_per_packet"].append((c1 - c0) / got * 1e6)
+                            s["verdict_msgs_per_packet"].append((v1 - v0) / got)
                     except (BenchError, ValueError, KeyError) as e:
                         failures.append(f"{mode}: {str(e)[:200]}")
                         progress(f"run {i + 1}/{runs} {mode}: failed: {str(e)[:120]}")
@@ -91,6 +106,7 @@ def measure(runs: int, lab: str | None, progress: Progress, duration_s: float) -
                     progress(f"run {i + 1}/{runs} {mode}: TCP {s['mbps'][-1]:,.0f} Mbit/s at "
                              f"{s['tcp_cpu_s_per_s'][-1]:.2f} CPU; UDP 64 B {s['pps'][-1]:,.0f} pps at "
                              f"{s['udp_cpu_s_per_s'][-1]:.2f} CPU")
+            nfq_end = {n: node_status(name, n).get("nfq") or {} for n in lab_nodes(name)}
             lab_request(name, {"cmd": "lossless", "on": was_on})  # as the lab was
     off, on_ = samples["lossless_off"], samples["lossless_on"]
     return {
@@ -98,8 +114,8 @@ def measure(runs: int, lab: str | None, progress: Progress, duration_s: float) -
                 f"TCP (iperf3, {STREAMS} streams c1 -> s1) and 64-byte UDP (iperf3 -u -b 0) through "
                 "the 3-node cluster, with the node processes' CPU seconds per second of the run",
         "duration_s": duration_s,
-        "modes": {m: {k: summarize(v, 3 if "cpu" in k else 0) for k, v in samples[m].items()}
-                  for m, _ in MODES},
+        "modes": {m: {k: summarize(v, 3 if "cpu" in k or "per_packet" in k else 0)
+                      for k, v in samples[m].items()} for m, _ in MODES},
         "ratios": {
             "mbps_on_vs_off": ratio(on_["mbps"], off["mbps"]),
             "pps_on_vs_off": ratio(on_["pps"], off["pps"]),
@@ -107,9 +123,12 @@ def measure(runs: int, lab: str | None, progress: Progress, duration_s: float) -
             "cpu_per_packet_on_vs_off": ratio(on_["cpu_us_per_packet"], off["cpu_us_per_packet"]),
         },
         "failed_runs": failures,
+        "nfq_counters_at_end": nfq_end,
         "notes": ["CPU: the three node processes together (2 cores on this machine); the clients, "
                   "the server and iperf3 are not counted",
-                  "held_per_s: packets the backups held for the window (lossless on), 0 when off"],
+                  "held_per_s: packets the backups held for the window (lossless on), 0 when off",
+                  "verdict_msgs_per_packet: NFQUEUE verdict messages the nodes sent (single, batch, "
+                  "rewrite, both queues) per 64-byte packet delivered"],
     }
 
 

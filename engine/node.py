@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -117,6 +118,31 @@ def owned_buckets_rules(buckets: list[int], queued: list[int] | None = None,
     return text
 
 
+class GcPauses:
+    """How long the garbage collector stopped this process, per generation (gc.callbacks): a
+    collection holds every packet of the node's queues for its duration."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.total_ms = [0.0, 0.0, 0.0]
+        self.max_ms = [0.0, 0.0, 0.0]
+        self._t = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t = time.perf_counter()
+            return
+        g = info.get("generation", 0)
+        ms = (time.perf_counter() - self._t) * 1000
+        self.count[g] += 1
+        self.total_ms[g] += ms
+        self.max_ms[g] = max(self.max_ms[g], ms)
+
+    def status(self) -> dict[str, list[float] | list[int]]:
+        return {"collections": list(self.count), "total_ms": [round(x, 1) for x in self.total_ms],
+                "max_ms": [round(x, 2) for x in self.max_ms]}
+
+
 class Node:
     """One gateway node: packets in from NFQUEUE, verdicts out, state kept in step over the sync segment."""
 
@@ -169,6 +195,7 @@ class Node:
         self.sock: socket.socket | None = None
         self.path = PacketPath(engine, self.binding, self.counters, self._after_packets)
         self.started = time.monotonic()
+        self.gc_pauses = GcPauses()  # counted while run() runs
         # The (owned, queued) buckets the latest iptables task applies.
         self._setting: tuple[list[int], list[int]] | None = None
         # Every cluster interface a path (sync/paths.py): probes, sync failover, self-fencing.
@@ -334,6 +361,7 @@ class Node:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_event.set)
+        gc.callbacks.append(self.gc_pauses)
         await self._iptables_restore(owned_buckets_rules([]))  # own nothing until the view says so
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
@@ -369,6 +397,8 @@ class Node:
                 with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(asyncio.shield(self.bucket_task), 2.0)
         finally:
+            with contextlib.suppress(ValueError):
+                gc.callbacks.remove(self.gc_pauses)
             tick.cancel()
             liveness.close()  # the peers take this as our end, at once
             if self.pathio is not None:
@@ -498,6 +528,7 @@ class Node:
             "interval_ms": self.interval_ms,
             "counters": {**self.engine.counters, **b.counters, **self.counters},
             "nfq": self.path.stats(),
+            "gc": self.gc_pauses.status(),
             "sync": self.agent.stats(),
             "last_takeover": b.last_takeover,
             "lossless": b.replay.status(),

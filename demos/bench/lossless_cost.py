@@ -106,7 +106,8 @@ def measure(runs: int, lab: str | None, progress: Progress, duration_s: float) -
                     progress(f"run {i + 1}/{runs} {mode}: TCP {s['mbps'][-1]:,.0f} Mbit/s at "
                              f"{s['tcp_cpu_s_per_s'][-1]:.2f} CPU; UDP 64 B {s['pps'][-1]:,.0f} pps at "
                              f"{s['udp_cpu_s_per_s'][-1]:.2f} CPU")
-            nfq_end = {n: node_status(name, n).get("nfq") or {} for n in lab_nodes(name)}
+            ends = {n: node_status(name, n) for n in lab_nodes(name)}
+            nfq_end = {n: {"nfq": st.get("nfq") or {}, "gc": st.get("gc") or {}} for n, st in ends.items()}
             lab_request(name, {"cmd": "lossless", "on": was_on})  # as the lab was
     off, on_ = samples["lossless_off"], samples["lossless_on"]
     return {

@@ -128,7 +128,9 @@ def bench_failover(runs: int, lab: str | None, progress: Progress) -> dict[str, 
         for mode, on in MODES:
             lab_request(name, {"cmd": "lossless", "on": on})
             progress(f"{mode}: {runs} kill(s), {crash_runs} crash(es), {udp_runs} UDP kill(s)")
+            gc0 = _gc(name)
             modes[mode] = _bench_mode(name, runs, progress, mode)
+            modes[mode]["survivors_gc_during_kills"] = _gc_delta(gc0, _gc(name))
             if crash_runs:
                 modes[mode]["crash"] = _bench_mode(name, crash_runs, progress, mode, "crash")
             if udp_runs:
@@ -235,6 +237,31 @@ def udp_across_kill(name: str, runs: int, progress: Progress, mode: str,
             "lost_by_kill": [max(0, k - q) for k, q in zip(killed, quiet, strict=True)],
             "replayed_udp": dup, "out_of_order": ooo, "takeover_ms": summarize(takeover, 1),
             "adopter_lossless_delta": window, "failed_runs": failures}
+
+
+SURVIVORS = ("n2", "n3")  # never killed nor crashed by this bench: their counters run on
+
+
+def _gc(name: str) -> dict[str, dict[str, list[float]]]:
+    out: dict[str, dict[str, list[float]]] = {}
+    for n in SURVIVORS:
+        with contextlib.suppress(BenchError, OSError):
+            out[n] = node_status(name, n).get("gc") or {}
+    return out
+
+
+def _gc_delta(a: dict[str, dict[str, list[float]]], b: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
+    """The survivors' garbage collections over the kills (count and total ms per generation; the
+    longest one is the process's longest so far)."""
+    out: dict[str, Any] = {}
+    for n, g in b.items():
+        g0 = a.get(n) or {}
+        if not g or not g0:
+            continue
+        out[n] = {"collections": [x - y for x, y in zip(g["collections"], g0["collections"], strict=True)],
+                  "total_ms": [round(x - y, 1) for x, y in zip(g["total_ms"], g0["total_ms"], strict=True)],
+                  "max_ms_so_far": g["max_ms"]}
+    return out
 
 
 LOSSLESS_COUNTERS = ("held", "replayed", "replayed_udp", "expired", "dropped_by_cap", "evicted_by_cap",

@@ -353,6 +353,7 @@ class Node:
             # heartbeats wait in the socket, and they are alive.
             self.on_sync_readable()
             self._paths_tick(time.monotonic())
+            self.path.poll_shadow()  # the backed-up buckets' packets, held for the window
             self.binding.tick(time.monotonic())
             self.after()
             await asyncio.sleep(TICK_S)

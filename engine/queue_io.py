@@ -124,13 +124,13 @@ class PacketPath:
         except NfqLibError as e:
             log.warning("no shadow NFQUEUE %d (%s); backed-up buckets share the owned queue", queue_num, e)
             return
+        # Not read on its own readiness: its packets are held anyway, so they wait in the kernel
+        # until the next read of the owned queue or the next tick (`poll_shadow`, every 5 ms),
+        # and leave many per read rather than one loop turn each.
         self._shadow, self.shadow_queue = q, queue_num
-        loop.add_reader(q.fd, self.on_shadow_readable)
 
     def close(self, loop: Any) -> None:
         """Stop reading; held packets get a verdict before we go (fail closed)."""
-        if self._shadow is not None:
-            loop.remove_reader(self._shadow.fd)
         if self._nfq is not None:
             loop.remove_reader(self._fd)
             if self._sock is not None:
@@ -204,11 +204,12 @@ class PacketPath:
         except OSError as e:
             log.warning("shadow nfqueue read failed: %s", e)
 
-    def on_shadow_readable(self) -> None:
-        # The same decision as the owned queue's: between a view change and iptables-restore a
-        # bucket just adopted still comes here, and one just backed up still goes there.
-        self._read_shadow()
-        self.after_turn()
+    def poll_shadow(self) -> None:
+        """Read what waits in the shadow queue (the node's tick; the caller settles the binding).
+        The same decision as the owned queue's: between a view change and iptables-restore a
+        bucket just adopted still comes here, and one just backed up still goes there."""
+        if self._shadow is not None:
+            self._read_shadow()
 
     def decide(self, data: bytes, mark: int, pid: int) -> int:
         """One packet read by engine/nfqlib.py: NF_ACCEPT (1) or NF_DROP (0) for a plain verdict,

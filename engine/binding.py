@@ -101,6 +101,7 @@ class Binding(Generic[H]):
         self.shadow: list[int] = []  # the buckets we back up and queue (empty when lossless is off)
         self._shadow_set: frozenset[int] = frozenset()
         self.applied_shadow: list[int] = []
+        self.owned_in_shadow = False  # see _route_shadow
         self.left = False  # a graceful leave completed: the node may stop
         # Takeover timing: from the first peer-down to the gained buckets being accepted.
         self.down_at: dict[str, float] = {}
@@ -378,7 +379,11 @@ class Binding(Generic[H]):
         iptables still queues to us though we no longer back them up nor own them (dropped
         there). Without these, such a packet would reach the engine, which would pass it as a
         handover's overlap or pull its state, leaving us a copy nobody maintains."""
-        self.replay.buckets = self._shadow_set | (frozenset(self.applied_shadow) - frozenset(self.owned))
+        applied = frozenset(self.applied_shadow)
+        self.replay.buckets = self._shadow_set | (applied - frozenset(self.owned))
+        # Buckets we own that iptables still sends to the shadow queue (a takeover, until its
+        # iptables-restore): their packets are forwarded, so that queue is read at once meanwhile.
+        self.owned_in_shadow = bool(applied & frozenset(self.owned))
 
     def wanted_buckets(self) -> list[int] | None:
         """The buckets the node should accept in iptables, when that (or the queued backed-up

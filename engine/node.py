@@ -230,6 +230,8 @@ class Node:
                 r.handle.accept()
         if drops:
             self.path.drop_many(drops)
+        if self.path.shadow_queue is not None and b.owned_in_shadow != self.path.watching_shadow:
+            self.path.watch_shadow(b.owned_in_shadow, asyncio.get_running_loop())
         wanted = b.wanted_buckets()
         if wanted is not None and (wanted, b.shadow) != self._setting:
             self._setting = (wanted, list(b.shadow))

@@ -73,6 +73,7 @@ class PacketPath:
         self._shadow: Any = None  # nfqlib.Queue of the backed-up buckets (our binding only)
         self.shadow_queue: int | None = None  # its number, when bound
         self._reading: Any = None  # the nfqlib.Queue being read now
+        self.watching_shadow = False  # the shadow queue read on its readiness (watch_shadow)
         self._sock: BudgetSocket | None = None
         self._fd = -1
 
@@ -131,6 +132,7 @@ class PacketPath:
 
     def close(self, loop: Any) -> None:
         """Stop reading; held packets get a verdict before we go (fail closed)."""
+        self.watch_shadow(False, loop)
         if self._nfq is not None:
             loop.remove_reader(self._fd)
             if self._sock is not None:
@@ -203,6 +205,21 @@ class PacketPath:
                     break
         except OSError as e:
             log.warning("shadow nfqueue read failed: %s", e)
+
+    def watch_shadow(self, on: bool, loop: Any) -> None:
+        """Read the shadow queue on its own readiness too (`on`: it carries packets of buckets we
+        own, between a takeover and its iptables-restore), or only when polled."""
+        if self._shadow is None or on == self.watching_shadow:
+            return
+        if on:
+            loop.add_reader(self._shadow.fd, self.on_shadow_readable)
+        else:
+            loop.remove_reader(self._shadow.fd)
+        self.watching_shadow = on
+
+    def on_shadow_readable(self) -> None:
+        self._read_shadow()
+        self.after_turn()
 
     def poll_shadow(self) -> None:
         """Read what waits in the shadow queue (the node's tick; the caller settles the binding).

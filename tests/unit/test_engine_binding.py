@@ -304,3 +304,19 @@ def test_a_put_past_the_window_expires_every_bucket_together() -> None:
     assert q.put(1, "c", b"x", 1, 0.052) == [], "within the slack past the window: the tick's job"
     assert sorted(q.put(1, "d", b"x", 1, 0.057)) == ["a", "b"], "both buckets' expired, together"
     assert (q.packets, q.counters["expired"]) == (2, 2)
+
+
+def test_an_adopted_bucket_still_sent_to_the_shadow_queue_is_flagged_until_iptables_follows() -> None:
+    # The node reads the shadow queue only now and then while it holds nothing but copies there;
+    # after a takeover, until iptables-restore moves the adopted buckets, it carries packets to
+    # forward, and the node reads it at once (engine/queue_io.py watch_shadow).
+    sim = _lossless()
+    bucket = sim.bucket_of("n1")
+    b = sim.b[sim.backup_of("n1")]
+    assert not b.owned_in_shadow
+    sim.apply_buckets = False
+    sim.kill("n1")
+    assert sim.run_until(lambda: b.last_takeover is not None and bucket in b.last_takeover["buckets"], 2.0)
+    assert b.owned_in_shadow, "adopted, still queued as a backed-up bucket"
+    b.buckets_applied(list(b.owned), sim.now, b.shadow)
+    assert not b.owned_in_shadow

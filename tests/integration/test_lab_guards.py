@@ -119,6 +119,15 @@ def test_a_scan_seen_by_one_node_is_blocked_by_all_and_admitted_after_the_timeou
     time.sleep(max(0.0, detected.pop() + BLOCK_S - time.monotonic()) + 0.2)
     assert connects(lab, "c2") == len(SPORTS)  # the timeout ended it on every node
 
+    # An operator may lift an entry before its timeout, from the command line.
+    subprocess.run(["ip", "netns", "exec", ns_name(lab, "c2"), sys.executable, "-c", scan_code(S1)],
+                   timeout=30, check=True)
+    wait_for("c2 blocklisted again", lambda: set(entries(lab, "blocklist", C2)) == nodes, 5)
+    assert "unblocked on every node" in sw("auth", "unblock", "--host", "c2", "--lab", lab).stdout
+    wait_for("no node holds c2's entry", lambda: not entries(lab, "blocklist", C2), 5)
+    assert connects(lab, "c2") == len(SPORTS)
+    assert "was not blocklisted" in sw("auth", "unblock", "--host", "c2", "--lab", lab).stdout
+
 
 def test_c1_is_admitted_on_every_node_once_logged_in_and_refused_after_logout(lab: str) -> None:
     nodes = set(counters(lab))

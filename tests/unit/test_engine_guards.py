@@ -147,6 +147,21 @@ def test_two_nodes_that_see_one_scan_at_once_end_with_the_same_entry() -> None:
     assert held() == {("n2", mine["n2"].version)}  # the higher owner name wins the tie
 
 
+def test_an_unblock_on_any_node_lifts_the_entry_on_every_node() -> None:
+    sim = SimNodes(rules=parse_rules(RULES)).start()
+    sim.engine("n1").guards.scan = ScanDetector(ScanSettings(ports=4, window_s=1.0, block_s=60.0))
+    for port in range(1, 5):
+        sim.packet("n1", tcp(C2, S1, 40000, port, "S"), 0)
+    key = block_key(ip(C2))
+    assert sim.run_until(lambda: all(key in sim.engine(x).store.common for x in sim.c.names), 0.5)
+    assert sim.engine("n3").guards.unblock(ip(C2), sim.now)  # not the node that wrote it
+    assert not sim.engine("n3").guards.unblock(ip(C2), sim.now)
+    assert sim.run_until(lambda: all(key not in sim.engine(x).store.common for x in sim.c.names), 0.5)
+    for x in sim.c.names:
+        d = sim.packet(x, TcpFlow(C2, S1, 41000 + ord(x[-1]), 5001).handshake()[0], 0)
+        assert d.verdict is Verdict.ACCEPT, x
+
+
 def test_a_login_on_one_node_admits_on_all_and_logout_refuses_on_all() -> None:
     sim = SimNodes(rules=parse_rules(RULES)).start()
     sim.engine("n2").guards.login("alice", ip(C1), sim.now)

@@ -400,6 +400,8 @@ class LabDaemon:
             "headline": self.headline,
             "last_takeover": self.last_takeover,
             "faults": self.faults_active,
+            "blocklist": {"scan_ports": self.spec.scan_ports, "scan_window_ms": self.spec.scan_window_ms,
+                          "block_s": self.spec.block_s},
             "frozen": self.frozen,
             "queued": self.queued(),
             "nodes": [self.node_view(n) for n in self.nodes.values()],

@@ -32,6 +32,37 @@ for s in socks:
 """
 
 
+# Parallel connects from fixed source ports; prints how many connected within the wait.
+CONNECTS = """
+import json, selectors, socket, time
+sel = selectors.DefaultSelector()
+socks = []
+for sport in {sports}:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setblocking(False)
+    s.bind(("0.0.0.0", sport))
+    s.connect_ex(("{dst}", {port}))
+    sel.register(s, selectors.EVENT_WRITE)
+    socks.append(s)
+ok, end = 0, time.monotonic() + {wait}
+while socks and time.monotonic() < end:
+    for key, _ in sel.select(max(0.0, end - time.monotonic())):
+        s = key.fileobj
+        sel.unregister(s)
+        socks.remove(s)
+        ok += s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+        s.close()
+print(json.dumps({{"connected": ok}}))
+"""
+
+
+def connects_code(sports: list[int], dst: str, port: int = 5001, wait: float = 1.0) -> str:
+    """A `python -c` program: connect to dst:port from each of `sports` at once; prints
+    {"connected": N}, how many connected within `wait` seconds."""
+    return CONNECTS.format(sports=sports, dst=dst, port=port, wait=wait)
+
+
 def scan_code(dst: str = "198.18.2.10") -> str:
     """The scan as a `python -c` program from a client namespace."""
     return SCAN.format(dst=dst)

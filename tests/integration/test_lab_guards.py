@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from demos.bench.block import one_entry, scan_code
+from demos.bench.block import connects_code, one_entry, scan_code
 from netns.build import ns_name
 from tests.integration.labtools import running_lab, sw, sw_json, wait_for
 
@@ -25,29 +25,6 @@ C1, C2, S1 = "198.18.1.10", "198.18.1.11", "198.18.2.10"
 BLOCK_S = 3
 SPORTS = list(range(47000, 47030))  # 30 flows: each node's buckets get some of them
 
-# Parallel connects from fixed source ports; prints how many connected within the wait.
-CONNECTS = """
-import json, selectors, socket, time
-sel = selectors.DefaultSelector()
-socks = []
-for sport in {sports}:
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.setblocking(False)
-    s.bind(("0.0.0.0", sport))
-    s.connect_ex(("{dst}", {port}))
-    sel.register(s, selectors.EVENT_WRITE)
-    socks.append(s)
-ok, end = 0, time.monotonic() + {wait}
-while socks and time.monotonic() < end:
-    for key, _ in sel.select(max(0.0, end - time.monotonic())):
-        s = key.fileobj
-        sel.unregister(s)
-        socks.remove(s)
-        ok += s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
-        s.close()
-print(json.dumps({{"connected": ok}}))
-"""
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -80,7 +57,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def connects(lab: str, host: str, port: int = 5001, sports: list[int] = SPORTS,
              wait: float = 1.0) -> int:
-    code = CONNECTS.format(sports=sports, dst=S1, port=port, wait=wait)
+    code = connects_code(sports, S1, port, wait)
     out = subprocess.run(["ip", "netns", "exec", ns_name(lab, host), sys.executable, "-c", code],
                          capture_output=True, text=True, timeout=30, check=True).stdout
     return int(json.loads(out.strip().splitlines()[-1])["connected"])

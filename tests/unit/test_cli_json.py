@@ -45,3 +45,19 @@ def test_without_json_a_sentence_on_stderr(daemon: list[api.Request],
     assert cli.main(["policy", "hybrid"]) == 0
     out = capsys.readouterr()
     assert out.out == "" and "policy hybrid" in out.err
+
+
+def test_status_text_counts_state_beyond_connections(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    node = {"name": "n1", "state": "active", "own": 5, "backup": 4, "common": 2, "held": 0,
+            "backups": ["n2"], "backs_up": ["n3"], "buckets": [0, 3],
+            "nat": {"own": 3, "backup": 1}, "blocklist": {"own": 1, "backup": 0, "common": 1},
+            "users": {"own": 0, "backup": 0, "common": 2}}
+    st = {"ok": True, "lab": "x", "daemon_pid": 1, "policy": "hybrid", "interval_ms": 1000,
+          "sync_port": 5999, "buckets": 12, "headline": "", "nodes": [node]}
+    monkeypatch.setattr(cli, "pick_lab", lambda lab: "x")
+    monkeypatch.setattr(cli, "call", lambda lab, req, **kw: dict(st))
+    assert cli.main(["status"]) == 0
+    head, row = capsys.readouterr().out.splitlines()[1:3]
+    cols = dict(zip(head.split()[:9], row.split()[:9], strict=True))
+    assert cols["nat"] == "3/1" and cols["blocked"] == "1" and cols["users"] == "2", (head, row)

@@ -172,8 +172,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(st))
         return 0
+    spread = st.get("bucket_spread") or {}
+    share = (f" ({spread['min']}-{spread['max']} per active node)"
+             if spread.get("max") else "")
     print(f"lab {st['lab']}  daemon {st['daemon_pid']}  policy {st['policy']} "
-          f"({st['interval_ms']} ms)  sync port {st['sync_port']}  buckets {st['buckets']}")
+          f"({st['interval_ms']} ms)  sync port {st['sync_port']}  buckets {st['buckets']}{share}")
     if st.get("headline"):
         print(f"  {st['headline']}")
     print(f"  {'node':6} {'state':8} {'own':>6} {'backup':>7} {'common':>7} {'held':>5} "

@@ -1,5 +1,6 @@
 """`syncwall auth login USER --host HOST` and `syncwall auth logout --host HOST`: a user
 record, common state, admits (or no longer admits) the host on every node at once; and
+`syncwall auth unblock --host HOST` lifts a blocklist entry on every node before its timeout;
 `syncwall auth list`: every node's users and blocklisted sources."""
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ def request_of(args: argparse.Namespace) -> api.Request:
             if not args.host:
                 raise AuthError("auth logout needs --host HOST (a lab host, e.g. c1)")
             return api.AuthLogout(host=args.host)
+        if args.action == "unblock":
+            if not args.host:
+                raise AuthError("auth unblock needs --host HOST (a blocklisted lab host, e.g. c2)")
+            return api.Unblock(host=args.host)
         return api.Guards()
     except api.RequestError as e:
         raise AuthError(f"{e.field}: {e}") from e
@@ -59,6 +64,9 @@ def cmd_auth(args: argparse.Namespace) -> int:
     elif args.action == "logout":
         done = "logged out" if reply.get("removed") else "was not logged in"
         print(f"{reply['host']} ({reply['addr']}) {done} on every node")
+    elif args.action == "unblock":
+        done = "unblocked" if reply.get("removed") else "was not blocklisted"
+        print(f"{reply['host']} ({reply['addr']}) {done} on every node")
     else:
         for node, r in sorted(reply["nodes"].items()):
             ents = r.get("entries", [])
@@ -72,8 +80,8 @@ def cmd_auth(args: argparse.Namespace) -> int:
 
 def add_parser(add: Any) -> None:
     """Called by app.cli.build_parser with its `add(name, fn, help)`."""
-    p = add("auth", cmd_auth, "log a lab host in or out (users are common state), list users "
-                              "and blocklisted sources")
-    p.add_argument("action", choices=("login", "logout", "list"))
+    p = add("auth", cmd_auth, "log a lab host in or out (users are common state), lift a "
+                              "blocklist entry, list users and blocklisted sources")
+    p.add_argument("action", choices=("login", "logout", "unblock", "list"))
     p.add_argument("user", nargs="?", help="login: the user name")
-    p.add_argument("--host", help="login, logout: the lab host (e.g. c1)")
+    p.add_argument("--host", help="login, logout, unblock: the lab host (e.g. c1)")

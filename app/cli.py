@@ -172,17 +172,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(st))
         return 0
+    spread = st.get("bucket_spread") or {}
+    share = (f" ({spread['min']}-{spread['max']} per active node)"
+             if spread.get("max") else "")
     print(f"lab {st['lab']}  daemon {st['daemon_pid']}  policy {st['policy']} "
-          f"({st['interval_ms']} ms)  sync port {st['sync_port']}  buckets {st['buckets']}")
+          f"({st['interval_ms']} ms)  sync port {st['sync_port']}  buckets {st['buckets']}{share}")
     if st.get("headline"):
         print(f"  {st['headline']}")
-    print(f"  {'node':6} {'state':8} {'own':>6} {'backup':>7} {'common':>7} {'held':>5}  "
-          f"{'backups':10} {'backs up':10} buckets")
+    print(f"  {'node':6} {'state':8} {'own':>6} {'backup':>7} {'common':>7} {'held':>5} "
+          f"{'nat':>9} {'blocked':>7} {'users':>5}  {'backups':10} {'backs up':10} buckets")
     for n in st["nodes"]:
         print(f"  {n['name']:6} {n['state']:8} {n['own']:>6} {n['backup']:>7} {n['common']:>7} "
-              f"{n['held']:>5}  {','.join(n['backups']):10} {','.join(n['backs_up']):10} "
-              f"{','.join(map(str, n['buckets']))}")
+              f"{n['held']:>5} {_state_counts(n):>23}  {','.join(n['backups']):10} "
+              f"{','.join(n['backs_up']):10} {','.join(map(str, n['buckets']))}")
+    print("  (nat: own/backup bindings; blocked, users: the common entries each node honours)")
     return 0
+
+
+def _state_counts(n: dict[str, Any]) -> str:
+    """The status line's state beyond connections: NAT bindings own/backup, blocklisted
+    sources and users (common state)."""
+    nat = n.get("nat") or {}
+    common = {k: int((n.get(k) or {}).get("common", 0)) for k in ("blocklist", "users")}
+    pair = f"{int(nat.get('own', 0))}/{int(nat.get('backup', 0))}"
+    return f"{pair:>9} {common['blocklist']:>7} {common['users']:>5}"
 
 
 def cmd_action(args: argparse.Namespace) -> int:

@@ -295,7 +295,7 @@ def run_demo(name: str, headless: bool, as_json: bool, lab: str | None,
                     lab_name = lab
                 else:
                     say(f"starting lab {sc.lab_name!r} for this demo ...")
-                    lab_name = stack.enter_context(own_lab(sc.lab_name))
+                    lab_name = stack.enter_context(own_lab(sc.lab_name, sc.lab_settings))
                 if record is not None:  # before the demo's own lab goes down (LIFO)
                     stack.callback(_save_recording, lab_name, record, say)
                 client = ControlClient(RUN_ROOT / lab_name / "control.sock", timeout_s=15.0)
@@ -359,7 +359,7 @@ def _run_in_console(name: str, sc: Scenario, lab: str | None, open_console: Open
                 lab_name = lab
             else:
                 print(f"starting lab {sc.lab_name!r} for demo {name} ...", flush=True)
-                lab_name = stack.enter_context(own_lab(sc.lab_name))
+                lab_name = stack.enter_context(own_lab(sc.lab_name, sc.lab_settings))
             if record is not None:
                 stack.callback(_save_recording, lab_name, record, print)
             choice = open_console(RUN_ROOT / lab_name / "control.sock", name)

@@ -10,7 +10,7 @@ from engine.auth import USER_TAG
 from engine.blocklist import BLOCK_TAG
 from engine.core import Engine
 
-COMMANDS = frozenset({"auth_login", "auth_logout", "guards"})
+COMMANDS = frozenset({"auth_login", "auth_logout", "unblock", "guards"})
 
 
 def _addr(req: dict[str, Any]) -> bytes:
@@ -60,6 +60,8 @@ def guard_control(engine: Engine, req: dict[str, Any], now: float) -> dict[str, 
         return {"ok": True, "key": r.key.hex(), "version": r.version}
     if cmd == "auth_logout":
         return {"ok": True, "removed": engine.guards.logout(_addr(req), now)}
+    if cmd == "unblock":
+        return {"ok": True, "removed": engine.guards.unblock(_addr(req), now)}
     if cmd == "guards":
         return {"ok": True, "entries": guard_entries(engine, now), "now": now,
                 **guard_counts(engine, now)}

@@ -7,8 +7,11 @@ setting made with an NFQNL_MSG_CONFIG message, and the kernel accepts config mes
 for a queue only from the netlink socket that bound it (it checks the port id), so we
 send the message on the binding's own socket, through a duplicate of its descriptor.
 
-The engine never rewrites payloads, so it is safe to receive a GSO packet truncated to
-the copy range: the verdict applies to the whole packet. But the binding reads each
+A verdict without new bytes applies to the whole packet, so it is safe to receive a GSO packet
+truncated to the copy range. The one packet the engine rewrites is a translated one (NAT,
+engine/nat.py), and it drops a translated packet captured only in part (`nat-truncated`)
+rather than cut it: the lab turns TX offload off on the hosts whose traffic is translated, so
+such packets do not arrive there. But the binding reads each
 netlink message into a 4096-byte buffer and caps the copy range at 4016 bytes, which
 leaves only 80 bytes for metadata; a truncated GSO packet carries more (NFQA_CAP_LEN,
 NFQA_SKB_INFO, ...), its message is cut, never parsed, never given a verdict, and TCP

@@ -120,6 +120,15 @@ class EngineStore:
             return Record(key, tomb.scope, tomb.owner, tomb.version, tomb.bucket, [], True)
         return None
 
+    def _common_tie_won(self, record: Record, cur: int) -> bool:
+        """Two nodes may write one common key in the same millisecond (both see the same scan):
+        equal versions then, and without a tie-break each would keep its own forever. The
+        higher owner name wins everywhere, so every node ends with the same record."""
+        if record.version != cur or record.scope is not Scope.COMMON or record.deleted:
+            return False
+        mine = self.common.get(record.key)
+        return mine is not None and record.owner > mine.owner
+
     def _version(self, key: bytes) -> int | None:
         t = self.table
         e = t.conns.get(key) or self.backups.get(key)
@@ -165,7 +174,7 @@ class EngineStore:
     # ---- writing ------------------------------------------------------------------------
     def apply(self, record: Record) -> bool:
         cur = self._version(record.key)
-        if cur is not None and record.version <= cur:
+        if cur is not None and record.version <= cur and not self._common_tie_won(record, cur):
             return False
         try:
             if record.deleted:

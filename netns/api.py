@@ -399,6 +399,17 @@ class AuthLogout(Request):
 
 
 @dataclass(frozen=True, slots=True)
+class Unblock(Request):
+    """Lift a lab host's blocklist entry before its timeout: the entry is deleted on every node."""
+
+    CMD: ClassVar[str] = "unblock"
+    host: str
+
+    def __post_init__(self) -> None:
+        _text("host", self.host)
+
+
+@dataclass(frozen=True, slots=True)
 class Guards(Request):
     """Every node's blocklist and user entries, with when each node got them."""
 
@@ -422,7 +433,7 @@ REQUESTS: Mapping[tuple[str, str], type[Request]] = {
     (cls.CMD, cls.ACTION): cls
     for cls in (Status, Snapshot, Table, Kill, Crash, Revive, Offline, SetPolicy, SetLossless, FullSync,
                 Freeze, Resume, Step, Down, TrafficStart, TrafficStop, TrafficClear, Fault,
-                AuthLogin, AuthLogout, Guards)
+                AuthLogin, AuthLogout, Unblock, Guards)
 }
 COMMANDS = sorted({cmd for cmd, _ in REQUESTS})
 

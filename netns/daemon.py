@@ -25,6 +25,15 @@ from netns.recorder import Limits, Recorder
 from netns.spec import LabSpec, load_lab
 
 log = logging.getLogger(__name__)
+def bucket_spread(views: list[dict[str, Any]]) -> dict[str, Any]:
+    """How evenly the active nodes share the buckets: fewest and most per node, and their
+    ratio (1.0 even; issue 13's bound is 1.25 at 3 to 16 nodes). None where no node is active."""
+    counts = [len(v["buckets"]) for v in views if v["state"] == "active"]
+    if not counts or min(counts) == 0:
+        return {"min": min(counts, default=0), "max": max(counts, default=0), "ratio": None}
+    return {"min": min(counts), "max": max(counts), "ratio": round(max(counts) / min(counts), 3)}
+
+
 GUARDS_NONE = {"own": 0, "backup": 0, "common": 0}  # blocklist/users counts of a node that holds none
 
 POLL_S = 0.25
@@ -385,6 +394,7 @@ class LabDaemon:
         }
 
     def status(self) -> dict[str, Any]:
+        views = [self.node_view(n) for n in self.nodes.values()]
         return {
             "lab": self.spec.name,
             "daemon_pid": os.getpid(),
@@ -400,9 +410,12 @@ class LabDaemon:
             "headline": self.headline,
             "last_takeover": self.last_takeover,
             "faults": self.faults_active,
+            "blocklist": {"scan_ports": self.spec.scan_ports, "scan_window_ms": self.spec.scan_window_ms,
+                          "block_s": self.spec.block_s},
             "frozen": self.frozen,
             "queued": self.queued(),
-            "nodes": [self.node_view(n) for n in self.nodes.values()],
+            "nodes": views,
+            "bucket_spread": bucket_spread(views),
             "workloads": {k: {"pid": p.pid, **m} for k, (p, m) in self.workloads.items()},
         }
 

@@ -46,6 +46,13 @@ async def handle_guards(d: LabDaemon, req: api.Request) -> dict[str, Any]:
             if r.get("ok"):
                 d.note("action", f"auth logout {host} ({ip}) via {nodes[0].name}", action="auth")
             return {**r, "host": host, "addr": ip, "node": nodes[0].name}
+        case api.Unblock(host=host):
+            ip = _host_ip(d, host)
+            assert nodes[0].link is not None
+            r = await nodes[0].link.request({"cmd": "unblock", "addr": ip})
+            if r.get("ok") and r.get("removed"):
+                d.note("action", f"unblock {host} ({ip}) via {nodes[0].name}", action="auth")
+            return {**r, "host": host, "addr": ip, "node": nodes[0].name}
         case api.Guards():
             replies = await asyncio.gather(*(n.link.request({"cmd": "guards"}) for n in nodes
                                              if n.link is not None))

@@ -133,7 +133,7 @@ class ControlHandlers:
                 return {"ok": True}
             case api.Fault():
                 return await self.fault(req)
-            case api.AuthLogin() | api.AuthLogout() | api.Guards():
+            case api.AuthLogin() | api.AuthLogout() | api.Unblock() | api.Guards():
                 return await handle_guards(self.d, req)
             case api.Down():
                 self.d.note("action", "down requested")

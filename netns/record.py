@@ -13,8 +13,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import netns as pr_netns
-
 from netns.spec import LabError
 
 log = logging.getLogger(__name__)
@@ -253,6 +251,8 @@ def _remove_namespace(entry: NsEntry) -> None:
     # would keep the namespace and its links alive after the unmount; the inode match
     # proves the namespace is ours.
     stop_processes(_pids_in_netns(inode))
+    from pyroute2 import netns as pr_netns  # here: pyroute2 costs every CLI call 0.1 s to import
+
     pr_netns.remove(entry.name)
 
 

@@ -61,6 +61,7 @@ class Scenario:
     steps: tuple[Step, ...]
     needs_lab: bool = True
     lab_name: str = ""  # the lab a demo starts for itself (never "default": tests use that one)
+    lab_settings: str = ""  # TOML lines added to the default lab's file for that lab
 
 
 @dataclass(slots=True)

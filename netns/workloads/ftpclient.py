@@ -38,6 +38,10 @@ from netns.workloads.common import (
 from netns.workloads.ftpfiles import FILES, file_content
 from netns.workloads.health import Flow, FlowHealth, FlowKind, HealthWriter, WorkloadError, fmt_addr
 
+# A step of a session in the lab takes milliseconds; a data connection that a node dropped
+# never comes, and the session fails after this long (the lessons and tests wait for it).
+STEP_TIMEOUT_S = 4.0
+
 log = logging.getLogger(__name__)
 
 EXIT_SOME_FAILED = 1
@@ -284,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--health-file", required=True, help="where to write the health JSON")
     parser.add_argument(
-        "--timeout-s", type=positive_float, default=10.0, help="socket timeout for each step (default 10)"
+        "--timeout-s", type=positive_float, default=STEP_TIMEOUT_S,
+        help=f"socket timeout for each step (default {STEP_TIMEOUT_S:g})",
     )
     add_name_arg(parser)
     parser.add_argument("--bind-ip", type=ip_arg, default=None, help="local source address")

@@ -31,16 +31,25 @@ def sw_json(*args: str) -> dict[str, Any]:
     return out
 
 
+def _ask(lab: str, msg: dict[str, Any]) -> dict[str, Any]:
+    c = ControlClient(RUN_ROOT / lab / "control.sock")
+    try:
+        return c.request(msg)
+    finally:
+        c.close()
+
+
 def status(lab: str = "default") -> dict[str, Any]:
-    return sw_json("status", "--lab", lab)
+    """What `syncwall status --json` prints, asked on the control socket: tests poll it many
+    times a second, and a CLI process per poll cost seconds per test and loaded the lab's CPU
+    (the CLI's own status path has its tests: test_cli_json, test_api_contract)."""
+    st = _ask(lab, {"cmd": "status"})
+    st.pop("ok", None)
+    return st
 
 
 def snapshot(lab: str = "default") -> dict[str, Any]:
-    c = ControlClient(RUN_ROOT / lab / "control.sock")
-    try:
-        return c.request({"cmd": "snapshot", "max_events": 2000})
-    finally:
-        c.close()
+    return _ask(lab, {"cmd": "snapshot", "max_events": 2000})
 
 
 def wait_for(what: str, pred: Callable[[], Any], timeout_s: float = 20, every_s: float = 0.1) -> Any:

@@ -42,7 +42,7 @@ def failures(report: dict[str, Any]) -> list[str]:
 def test_every_demo_is_listed_with_a_title() -> None:
     names = [n for n, _ in list_demos()]
     assert names == ["basics", "takeover", "ftp", "policies", "join-and-leave", "backup-groups",
-                     "split-brain"]
+                     "split-brain", "one-sees-all-block"]
     assert all(title for _, title in list_demos())
 
 

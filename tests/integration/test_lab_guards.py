@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from demos.bench.block import connects_code, one_entry, scan_code
 from netns.build import ns_name
 from tests.integration.labtools import running_lab, sw, sw_json, wait_for
 
@@ -23,44 +24,6 @@ pytestmark = pytest.mark.integration
 C1, C2, S1 = "198.18.1.10", "198.18.1.11", "198.18.2.10"
 BLOCK_S = 3
 SPORTS = list(range(47000, 47030))  # 30 flows: each node's buckets get some of them
-
-# Parallel connects from fixed source ports; prints how many connected within the wait.
-CONNECTS = """
-import json, selectors, socket, time
-sel = selectors.DefaultSelector()
-socks = []
-for sport in {sports}:
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.setblocking(False)
-    s.bind(("0.0.0.0", sport))
-    s.connect_ex(("{dst}", {port}))
-    sel.register(s, selectors.EVENT_WRITE)
-    socks.append(s)
-ok, end = 0, time.monotonic() + {wait}
-while socks and time.monotonic() < end:
-    for key, _ in sel.select(max(0.0, end - time.monotonic())):
-        s = key.fileobj
-        sel.unregister(s)
-        socks.remove(s)
-        ok += s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
-        s.close()
-print(json.dumps({{"connected": ok}}))
-"""
-
-# A SYN scan of 20 ports no rule accepts, from as many source ports (so every node sees some).
-SCAN = """
-import socket, time
-socks = []
-for port in range(6000, 6020):
-    s = socket.socket()
-    s.setblocking(False)
-    s.connect_ex(("{dst}", port))
-    socks.append(s)
-time.sleep(0.2)
-for s in socks:
-    s.close()
-"""
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +57,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def connects(lab: str, host: str, port: int = 5001, sports: list[int] = SPORTS,
              wait: float = 1.0) -> int:
-    code = CONNECTS.format(sports=sports, dst=S1, port=port, wait=wait)
+    code = connects_code(sports, S1, port, wait)
     out = subprocess.run(["ip", "netns", "exec", ns_name(lab, host), sys.executable, "-c", code],
                          capture_output=True, text=True, timeout=30, check=True).stdout
     return int(json.loads(out.strip().splitlines()[-1])["connected"])
@@ -119,19 +82,28 @@ def test_a_scan_seen_by_one_node_is_blocked_by_all_and_admitted_after_the_timeou
     nodes = set(counters(lab))
     assert connects(lab, "c2") == len(SPORTS)  # before: c2 is a client like any other
     before = counters(lab)
-    code = SCAN.format(dst=S1)
-    subprocess.run(["ip", "netns", "exec", ns_name(lab, "c2"), sys.executable, "-c", code],
+    subprocess.run(["ip", "netns", "exec", ns_name(lab, "c2"), sys.executable, "-c", scan_code(S1)],
                    timeout=30, check=True)
-    got = wait_for("every node holds c2's blocklist entry",
-                   lambda: (e := entries(lab, "blocklist", C2)) and set(e) == nodes and e, 5)
+    # One entry held by all: when two nodes saw the scan at once, the sync layer keeps one.
+    got = wait_for("every node holds one and the same blocklist entry for c2",
+                   lambda: (e := entries(lab, "blocklist", C2)) and one_entry(e, nodes) and e, 5)
     detected = {e["detected"] for e in got.values()}
-    assert len(detected) == 1  # one entry, written by one node, held by all
+    assert len(detected) == 1
     assert connects(lab, "c2") == 0
     after = counters(lab)
     for n in nodes:  # every node dropped some of c2's connections itself
         assert after[n].get("blocklisted-source", 0) > before[n].get("blocklisted-source", 0), n
     time.sleep(max(0.0, detected.pop() + BLOCK_S - time.monotonic()) + 0.2)
     assert connects(lab, "c2") == len(SPORTS)  # the timeout ended it on every node
+
+    # An operator may lift an entry before its timeout, from the command line.
+    subprocess.run(["ip", "netns", "exec", ns_name(lab, "c2"), sys.executable, "-c", scan_code(S1)],
+                   timeout=30, check=True)
+    wait_for("c2 blocklisted again", lambda: set(entries(lab, "blocklist", C2)) == nodes, 5)
+    assert "unblocked on every node" in sw("auth", "unblock", "--host", "c2", "--lab", lab).stdout
+    wait_for("no node holds c2's entry", lambda: not entries(lab, "blocklist", C2), 5)
+    assert connects(lab, "c2") == len(SPORTS)
+    assert "was not blocklisted" in sw("auth", "unblock", "--host", "c2", "--lab", lab).stdout
 
 
 def test_c1_is_admitted_on_every_node_once_logged_in_and_refused_after_logout(lab: str) -> None:

@@ -264,7 +264,7 @@ def test_syncwall_demo_on_a_terminal_opens_the_console_on_the_demos_own_lab(
     seen: list[str] = []
 
     @contextlib.contextmanager
-    def own_lab(name: str) -> Iterator[str]:
+    def own_lab(name: str, settings: str = "") -> Iterator[str]:
         seen.append(f"up {name}")
         try:
             yield name

@@ -45,3 +45,31 @@ def test_without_json_a_sentence_on_stderr(daemon: list[api.Request],
     assert cli.main(["policy", "hybrid"]) == 0
     out = capsys.readouterr()
     assert out.out == "" and "policy hybrid" in out.err
+
+
+def test_status_text_counts_state_beyond_connections(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    node = {"name": "n1", "state": "active", "own": 5, "backup": 4, "common": 2, "held": 0,
+            "backups": ["n2"], "backs_up": ["n3"], "buckets": [0, 3],
+            "nat": {"own": 3, "backup": 1}, "blocklist": {"own": 1, "backup": 0, "common": 1},
+            "users": {"own": 0, "backup": 0, "common": 2}}
+    st = {"ok": True, "lab": "x", "daemon_pid": 1, "policy": "hybrid", "interval_ms": 1000,
+          "sync_port": 5999, "buckets": 12, "headline": "", "nodes": [node],
+          "bucket_spread": {"min": 2, "max": 2, "ratio": 1.0}}
+    monkeypatch.setattr(cli, "pick_lab", lambda lab: "x")
+    monkeypatch.setattr(cli, "call", lambda lab, req, **kw: dict(st))
+    assert cli.main(["status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "buckets 12 (2-2 per active node)" in lines[0]
+    head, row = lines[1:3]
+    cols = dict(zip(head.split()[:9], row.split()[:9], strict=True))
+    assert cols["nat"] == "3/1" and cols["blocked"] == "1" and cols["users"] == "2", (head, row)
+
+
+def test_the_bucket_spread_counts_active_nodes_only() -> None:
+    from netns.daemon import bucket_spread
+
+    views = [{"state": "active", "buckets": [1, 2, 3, 4, 5]}, {"state": "active", "buckets": [6, 7, 8, 9]},
+             {"state": "failed", "buckets": []}, {"state": "active", "buckets": [10, 11, 12]}]
+    assert bucket_spread(views) == {"min": 3, "max": 5, "ratio": 1.667}
+    assert bucket_spread([{"state": "joining", "buckets": []}])["ratio"] is None

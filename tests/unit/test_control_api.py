@@ -28,6 +28,7 @@ def test_every_request_round_trips_through_its_wire_form(cls: type[api.Request])
         api.Fault: api.Fault("partition", groups=(("n1",), ("n2", "n3"))),
         api.AuthLogin: api.AuthLogin(user="alice", host="c1"),
         api.AuthLogout: api.AuthLogout(host="c1"),
+        api.Unblock: api.Unblock(host="c2"),
     }
     req = examples.get(cls) or cls()
     wire = json.loads(json.dumps(req.to_dict()))
@@ -159,3 +160,14 @@ def test_a_damaged_lab_record_is_one_line_during_clean(
     assert cli.main(["clean", "--lab", "broken"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is damaged" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["auth", "unblock"], "auth unblock needs --host HOST"),
+    (["auth", "login", "--host", "c1"], "auth login needs a USER"),
+    (["auth", "logout"], "auth logout needs --host HOST"),
+])
+def test_auth_says_what_is_missing_before_looking_for_a_lab(
+        argv: list[str], words: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(argv) == 1
+    assert words in capsys.readouterr().err

@@ -125,6 +125,43 @@ def test_one_node_sees_the_scan_and_every_node_blocks_it() -> None:
     assert sim.run_until(lambda: all(key not in sim.engine(x).store.common for x in sim.c.names), 2.0)
 
 
+def test_two_nodes_that_see_one_scan_at_once_end_with_the_same_entry() -> None:
+    # Both detect within the same millisecond: equal versions, and each node's own record
+    # must not stay beside the other's forever (every node ends with one and the same entry).
+    sim = SimNodes(rules=parse_rules(RULES)).start()
+    for x in sim.c.names:
+        sim.engine(x).guards.scan = ScanDetector(ScanSettings(ports=4, window_s=1.0, block_s=5.0))
+    for port in range(1, 5):
+        sim.packet("n1", tcp(C2, S1, 40000, port, "S"), 0)
+        sim.packet("n2", tcp(C2, S1, 40001, port, "S"), 0)
+    key = block_key(ip(C2))
+    mine = {x: sim.engine(x).store.common[key] for x in ("n1", "n2")}
+    assert mine["n1"].version == mine["n2"].version and mine["n1"].owner != mine["n2"].owner
+
+    def held() -> set[tuple[str, int]]:
+        return {(r.owner, r.version) for x in sim.c.names
+                if (r := sim.engine(x).store.common.get(key)) is not None}
+
+    assert sim.run_until(lambda: len(held()) == 1 and all(
+        key in sim.engine(x).store.common for x in sim.c.names), 0.5), held()
+    assert held() == {("n2", mine["n2"].version)}  # the higher owner name wins the tie
+
+
+def test_an_unblock_on_any_node_lifts_the_entry_on_every_node() -> None:
+    sim = SimNodes(rules=parse_rules(RULES)).start()
+    sim.engine("n1").guards.scan = ScanDetector(ScanSettings(ports=4, window_s=1.0, block_s=60.0))
+    for port in range(1, 5):
+        sim.packet("n1", tcp(C2, S1, 40000, port, "S"), 0)
+    key = block_key(ip(C2))
+    assert sim.run_until(lambda: all(key in sim.engine(x).store.common for x in sim.c.names), 0.5)
+    assert sim.engine("n3").guards.unblock(ip(C2), sim.now)  # not the node that wrote it
+    assert not sim.engine("n3").guards.unblock(ip(C2), sim.now)
+    assert sim.run_until(lambda: all(key not in sim.engine(x).store.common for x in sim.c.names), 0.5)
+    for x in sim.c.names:
+        d = sim.packet(x, TcpFlow(C2, S1, 41000 + ord(x[-1]), 5001).handshake()[0], 0)
+        assert d.verdict is Verdict.ACCEPT, x
+
+
 def test_a_login_on_one_node_admits_on_all_and_logout_refuses_on_all() -> None:
     sim = SimNodes(rules=parse_rules(RULES)).start()
     sim.engine("n2").guards.login("alice", ip(C1), sim.now)

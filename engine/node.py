@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 # Packets, sync input and liveness closes are handled as they come, not on the tick; 5 ms
 # (was 2 ms) cuts an idle node's wakeups from ~600/s to ~250/s.
 TICK_S = 0.005
+LATE_TICK_MS = 30.0  # a tick this late: the paths' silence time (3 probes) passed unseen
 TIMELINE_LEN = 2000
 
 
@@ -207,6 +208,7 @@ class Node:
                           time.monotonic(), probe_ms=cfg.heartbeat_ms)
             self.pathio = PathIO(paths, {p: p for p in PATHS}, self._on_path, time.monotonic)
         self._next_fence_check = 0.0
+        self.loop: dict[str, float] = {"gap_ms_max": 0.0, "late_ticks": 0}
 
     # ---- timeline -------------------------------------------------------------------------
     def note(self, kind: str, text: str, **extra: Any) -> None:
@@ -350,7 +352,17 @@ class Node:
         self.after()
 
     async def ticker(self) -> None:
+        last = time.monotonic()
         while not self.stop_event.is_set():
+            # How late this turn comes: a loop stalled (by a long callback, or a starved CPU)
+            # judges and switches late, and status shows by how much.
+            now = time.monotonic()
+            gap_ms = (now - last) * 1e3
+            last = now
+            if gap_ms > self.loop["gap_ms_max"]:
+                self.loop["gap_ms_max"] = round(gap_ms, 1)
+            if gap_ms > LATE_TICK_MS:
+                self.loop["late_ticks"] += 1
             # Read what peers sent before judging them: after a stall of this process their
             # heartbeats wait in the socket, and they are alive.
             self.on_sync_readable()
@@ -539,6 +551,7 @@ class Node:
             "hold_ms_p99": lat[int(len(lat) * 0.99)] if lat else None,
             "uptime_s": round(time.monotonic() - self.started, 3),
             "queued": self.agent.held(),
+            "loop": dict(self.loop),
             "paths": self.paths_status(),
             # degraded: a data link lost, buckets handed on; attention: the minority side of a
             # cut on every path, forwarding nothing (sync/agent.py)

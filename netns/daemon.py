@@ -391,6 +391,7 @@ class LabDaemon:
             # Per peer and path: heard, ms ago, sync route; refused frames (sync/paths.py).
             "paths": st.get("paths") if live else None,
             "health": st.get("health", "ok") if live else "ok",
+            "loop": st.get("loop") if live else None,  # its event loop's longest stall, late ticks
         }
 
     def status(self) -> dict[str, Any]:

@@ -158,7 +158,10 @@ class Leader:
         ctx = self.ctx
         desired = self.desired_states()
         # (desired holds every node, in ring order: comparing states is comparing members)
-        if tuple(desired.values()) != ctx.view.states:
+        # Behind a view we never received (is_leader waited for it): propose anyway, above it,
+        # even with the same states. Left at our lower epoch, a joiner that holds the higher
+        # one would announce an epoch that never matches ours and never be activated.
+        if tuple(desired.values()) != ctx.view.states or ctx.max_epoch_seen > ctx.view.epoch:
             c = ctx.config
             epoch = max(ctx.view.epoch, ctx.max_epoch_seen) + 1
             v = compute_view(ctx.names, desired, c.buckets, c.backups, epoch, ctx.node)
@@ -192,12 +195,18 @@ class Leader:
 
     def newer(self, v: View) -> bool:
         """Views are ordered by epoch, then by how many nodes they keep active (after a
-        partition heals the side that kept more nodes wins), then by the lower-id proposer."""
+        partition heals the side that kept more nodes wins), then by the lower-id proposer.
+        A view with our states is newer only by a higher epoch: it changes nothing but the
+        epoch, and every node must reach the same one (the leader activates a joiner only
+        once the joiner announces the leader's epoch)."""
         names = self.ctx.names
+        cur = self.ctx.view
+        if v.states == cur.states:
+            return v.epoch > cur.epoch
 
         def rank(x: View) -> tuple[int, int, int]:
             active = sum(1 for st in x.states if st is MemberState.ACTIVE)
             idx = names.index(x.proposer) if x.proposer in names else len(names)
             return (x.epoch, active, -idx)
 
-        return v.states != self.ctx.view.states and rank(v) > rank(self.ctx.view)
+        return rank(v) > rank(cur)

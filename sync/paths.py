@@ -83,6 +83,7 @@ class _PeerPaths:
     last_heard: dict[str, float] = field(default_factory=dict)
     hears: dict[str, frozenset[str]] = field(default_factory=dict)  # what it reports, per path
     route: str = "sync"
+    routed_at: float | None = None  # when route() last chose for it (a stalled loop shows here)
 
 
 class Paths:
@@ -228,11 +229,16 @@ class Paths:
             new = next((p for p in self.paths if p != "sync" and self.heard(peer, p, now, pp)), "sync")
         if new != pp.route:
             silent_ms = (now - pp.last_heard.get("sync", self.started)) * 1e3
+            # gap_ms: since the route was last chosen. Datagrams (heartbeats at least) leave
+            # every probe interval, so a gap much longer than that is a loop that did nothing
+            # meanwhile, and the switch came late for that reason, not for the path's.
+            gap_ms = None if pp.routed_at is None else round((now - pp.routed_at) * 1e3, 1)
             self.switches.append({"peer": peer, "from": pp.route, "to": new, "at": now,
-                                  "sync_silent_ms": round(silent_ms, 1)})
+                                  "sync_silent_ms": round(silent_ms, 1), "gap_ms": gap_ms})
             del self.switches[:-32]
             self.counters["route-switch"] += 1
             pp.route = new
+        pp.routed_at = now
         return new
 
     # ---- self-fencing --------------------------------------------------------------------

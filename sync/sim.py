@@ -86,6 +86,7 @@ class SimCluster:
         self.timeline: list[tuple[float, str, SyncEvent]] = []
         self.cut: set[str] = set()
         self.groups: list[set[str]] = []  # a partition: nodes in different groups hear nothing
+        self.cut_pairs: set[frozenset[str]] = set()  # pairs of nodes that hear nothing of each other
         self.stats = SimStats()
         self.tap: Callable[[float, str, str, bytes], None] | None = None
         self._heap: list[_InFlight] = []
@@ -186,6 +187,8 @@ class SimCluster:
                 heapq.heappush(self._heap, _InFlight(self.now + delay, self._n, dst, self.addrs[src], data))
 
     def _apart(self, a: str, b: str) -> bool:
+        if frozenset((a, b)) in self.cut_pairs:
+            return True
         ga = next((i for i, g in enumerate(self.groups) if a in g), None)
         gb = next((i for i, g in enumerate(self.groups) if b in g), None)
         return ga is not None and gb is not None and ga != gb

@@ -64,7 +64,8 @@ class Takeover:
             sent = self._hand_on(old, v, promoted, now)
             if ctx.modes.mode in (Mode.LEAVING, Mode.LEFT):
                 self.resync.pushed_under(v, sent)
-        if ctx.modes.mode is Mode.JOINING:
+        if ctx.modes.mode is Mode.JOINING and v.states != old.states:
+            # (the same states at a new epoch: the same owners and groups, nothing to ask anew)
             self.resync.ask_again(now)
         if left:
             log.info("%s: left the cluster (view %d)", ctx.node, v.epoch)

@@ -52,10 +52,19 @@ def _fault(lab: str, req: api.Request) -> None:
 
 
 def _owners(lab: str) -> dict[int, list[str]]:
+    return _sample(lab, {})
+
+
+def _sample(lab: str, switches: dict[tuple[str, str, float], dict[str, Any]]) -> dict[int, list[str]]:
+    """Every node's own status once: bucket -> its owners; the route switches each node lists
+    (its latest few) are added to `switches`, so a long cut loses none between samples."""
     out: dict[int, list[str]] = {}
     for n in NODES:
-        for b in node_status(lab, n).get("buckets", []):
+        st = node_status(lab, n)
+        for b in st.get("buckets", []):
             out.setdefault(int(b), []).append(n)
+        for sw in (st.get("paths") or {}).get("switches", []):
+            switches[(n, str(sw["peer"]), float(sw["at"]))] = {"node": n, **sw}
     return out
 
 
@@ -74,6 +83,11 @@ def _switches(lab: str) -> list[dict[str, Any]]:
         for s in (n.get("paths") or {}).get("switches", []):
             out.append({"node": n["name"], **s})
     return out
+
+
+def _late_ticks(lab: str) -> int:
+    """Node loop turns that came late (engine/node.py LATE_TICK_MS), summed over the nodes."""
+    return sum(int((node_status(lab, n).get("loop") or {}).get("late_ticks", 0)) for n in NODES)
 
 
 def _duplicates(lab: str, udp: str) -> int:
@@ -120,7 +134,9 @@ def _one(lab: str, kind: str, hold_s: float, current: list[str], progress: Progr
         return [f for w in tcp_udp for f in flows(lab, w)]
 
     dups0 = _duplicates(lab, udp)
-    seen = {(s["node"], s["peer"], s["at"]) for s in _switches(lab)}
+    late0 = _late_ticks(lab)
+    seen = {(s["node"], s["peer"], float(s["at"])) for s in _switches(lab)}
+    got: dict[tuple[str, str, float], dict[str, Any]] = {}
     t_cut = time.time()
     for req in KINDS[kind]:
         _fault(lab, req)
@@ -129,7 +145,7 @@ def _one(lab: str, kind: str, hold_s: float, current: list[str], progress: Progr
     t_prev = time.monotonic()
     end = t_prev + hold_s
     while time.monotonic() < end:
-        twice = [b for b, o in _owners(lab).items() if len(o) > 1]
+        twice = [b for b, o in _sample(lab, got).items() if len(o) > 1]
         now = time.monotonic()
         samples += 1
         if twice:
@@ -137,8 +153,10 @@ def _one(lab: str, kind: str, hold_s: float, current: list[str], progress: Progr
             worst = max(worst, len(twice))
         t_prev = now
         time.sleep(0.02)
-    switches = [s for s in _switches(lab)
-                if (s["node"], s["peer"], s["at"]) not in seen and s["from"] == "sync"]
+    _sample(lab, got)
+    switches = [s for k, s in sorted(got.items(), key=lambda kv: kv[0][2])
+                if k not in seen and s["from"] == "sync"]
+    late = _late_ticks(lab) - late0
     ftp_ok = _ftp_done(lab, ftp)
     holds = _holds(lab, t_cut)
     verdict = flow_judge.judge(judged, t_cut, 30)
@@ -148,7 +166,8 @@ def _one(lab: str, kind: str, hold_s: float, current: list[str], progress: Progr
              f"({samples} samples), {len(switches)} route switches, FTP {ftp_ok}/{FTP_SESSIONS}")
     return {"lost": len(verdict.lost), "dups": dups, "double_s": double_s, "samples": samples,
             "worst": worst, "switch_ms": [float(s["sync_silent_ms"]) for s in switches],
-            "holds": holds, "ftp_ok": ftp_ok}
+            "holds": holds, "ftp_ok": ftp_ok, "late_ticks": late,
+            "switch_worst": max(switches, key=lambda s: float(s["sync_silent_ms"]), default=None)}
 
 
 def bench_partition(runs: int, lab: str | None, progress: Progress) -> dict[str, Any]:
@@ -187,6 +206,9 @@ def bench_partition(runs: int, lab: str | None, progress: Progress) -> dict[str,
             "owned_twice_max_buckets": max(r["worst"] for r in rs),
             "status_samples": summarize([r["samples"] for r in rs], 0),
             "switch_ms": summarize(sw) if sw else None,
+            "switch_worst": max((r["switch_worst"] for r in rs if r["switch_worst"]),
+                                key=lambda s: float(s["sync_silent_ms"]), default=None),
+            "late_ticks": summarize([r["late_ticks"] for r in rs], 0),
             "ftp_done": summarize([r["ftp_ok"] for r in rs], 0),
             "extra_hold_ms": (round(median(holds) - base, 2) if holds and base is not None else None),
             "hold_ms": summarize(holds) if holds else None,
@@ -196,6 +218,10 @@ def bench_partition(runs: int, lab: str | None, progress: Progress) -> dict[str,
                     "switch_ms: per new sync-route change away from the sync segment, the time the "
                     "peer had then been silent on sync (sync/paths.py switches.sync_silent_ms); "
                     "none for cuts that fence instead of switching",
-                    "extra_hold_ms: median PORT hold released during the cut minus the uncut median"]
+                    "extra_hold_ms: median PORT hold released during the cut minus the uncut median",
+                    "switch_worst: the slowest switch; its gap_ms is how long the node had not "
+                    "chosen a route for that peer (its loop stalled) when it switched",
+                    "late_ticks: node loop turns, summed over the nodes, that came more than "
+                    "30 ms late during the cut (a stalled or CPU-starved node process)"]
     out["targets"] = {"flows_lost": 0, "duplicated_datagrams": 0, "owned_twice_s": 0, "switch_ms": "<= 50"}
     return out

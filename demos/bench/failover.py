@@ -47,7 +47,15 @@ def _detected_at(lab: str, victim: str, since: float) -> float | None:
     return min(times) if times else None
 
 
-CLIENTS = ("c1",)  # where the bench's flows start (the retransmissions are counted there)
+CLIENTS = ("c1",)  # where the bench's flows start by default (the retransmissions are counted there)
+
+
+def bench_client() -> str:
+    """SWBENCH_CLIENT: the inside host the TCP flows start on (c1, untranslated; c2, source-NATed)."""
+    client = os.environ.get("SWBENCH_CLIENT", CLIENTS[0])
+    if client not in ("c1", "c2"):
+        raise BenchError(f"SWBENCH_CLIENT must be c1 or c2 (an inside host), not {client!r}")
+    return client
 SERVERS = ("s1",)
 MODES = (("lossless_off", False), ("lossless_on", True))
 
@@ -290,6 +298,10 @@ def _bench_mode(name: str, runs: int, progress: Progress, mode: str, action: str
     n_flows = int(os.environ.get("SWBENCH_FLOWS", "100"))
     # SWBENCH_IPV6=1: the flows go to s1's IPv6 address (the dual-stack default lab).
     ipv6 = os.environ.get("SWBENCH_IPV6", "") == "1"
+    # SWBENCH_CLIENT=c2: the flows start on c2, whose traffic the default lab source-NATs to the
+    # cluster's outside address: a takeover must carry the bindings too (issue 18).
+    client = bench_client()
+    clients = (client,)
     victim = "n1"
     detect: list[float] = []
     takeover: list[float] = []
@@ -325,9 +337,9 @@ def _bench_mode(name: str, runs: int, progress: Progress, mode: str, action: str
     for i in range(runs):
         stop_traffic(name)
         if ipv6:
-            workload = traffic(name, "tcp", flows=n_flows, ipv6=True)["name"]
+            workload = traffic(name, "tcp", client=client, flows=n_flows, ipv6=True)["name"]
         else:
-            workload = traffic(name, "tcp", flows=n_flows)["name"]
+            workload = traffic(name, "tcp", client=client, flows=n_flows)["name"]
         wait_until(f"{n_flows} healthy, mapped flows", steady, 60, 0.2)
         # Flows a previous run broke stay broken: each run judges the flows healthy at its start.
         try:
@@ -341,11 +353,11 @@ def _bench_mode(name: str, runs: int, progress: Progress, mode: str, action: str
         t_base = time.monotonic()
         marks = len(next(iter(before.values())).get("pause_windows") or [])
         mark_pauses(name, workload)  # the quiet window opens
-        base0 = _retrans(name, CLIENTS)
+        base0 = _retrans(name, clients)
         time.sleep(flow_judge.WATCH_S + 0.5)
-        base = _retrans(name, CLIENTS) - base0
+        base = _retrans(name, clients) - base0
         base_s = time.monotonic() - t_base
-        r0, s0 = _retrans(name, CLIENTS), _retrans(name, SERVERS)
+        r0, s0 = _retrans(name, clients), _retrans(name, SERVERS)
         mark_pauses(name, workload)  # the quiet window closes, the kill's opens
         t_kill = time.monotonic()
         # The daemon sends SIGKILL as soon as it reads the request; its own killed_at is taken
@@ -379,7 +391,7 @@ def _bench_mode(name: str, runs: int, progress: Progress, mode: str, action: str
         since_t = float(lt["t"]) if lt is not None else time.time()
         verdict = flow_judge.judge(tcp, since_t, SURVIVE_WAIT_S, names=list(before), every_s=0.2)
         ok, lost = verdict.survived_names, verdict.lost_names
-        delta = _retrans(name, CLIENTS) - r0
+        delta = _retrans(name, clients) - r0
         server_retrans.append(_retrans(name, SERVERS) - s0)
         kill_s = time.monotonic() - t_kill
         mark_pauses(name, workload)  # the kill's window closes
@@ -448,4 +460,5 @@ def _bench_mode(name: str, runs: int, progress: Progress, mode: str, action: str
         "takeovers": takeovers, "runs_without_takeover": no_takeover,
         **({"crash_request_to_cut_ms": summarize(request_to_cut, 1)} if request_to_cut else {}),
         "ip_version": 6 if ipv6 else 4,
+        "client": client,
     }

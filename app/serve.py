@@ -4,12 +4,16 @@ session (students open it from their own machines; viewers only, whatever the UR
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import logging
+import os
 import secrets
 import shlex
+import signal
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -92,6 +96,13 @@ def make_server(port: int, command: str, host: str = "localhost", token: str | N
                 "application": {"name": self.title},
             }
 
+        async def on_shutdown(self, app: web.Application) -> None:
+            # Sessions end with serve: aiohttp would wait for every open browser to go away
+            # (its websocket handlers), and a console whose browser is gone must not stay.
+            for pid in descendants(os.getpid()):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+
         async def on_startup(self, app: web.Application) -> None:
             self.console.print(f"Serving viewer consoles ({run!r}) on {share_url(host, port, token)}")
             if token is not None:
@@ -99,6 +110,21 @@ def make_server(port: int, command: str, host: str = "localhost", token: str | N
             self.console.print("\n[cyan]Press Ctrl+C to quit")
 
     return ViewerServer(run, host=host, port=port, title="syncwall (viewer)")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc's children lists), children first."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            kids = [int(x) for x in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except OSError:
+            continue
+        out += kids
+        todo += kids
+    return out
 
 
 def _guard(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:

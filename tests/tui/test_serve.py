@@ -82,3 +82,21 @@ def test_localhost_needs_no_token_and_a_wider_host_always_gets_one(monkeypatch: 
     assert made["token"] is None
     assert serve_module.share_url("0.0.0.0", 8000, "t") == "http://THIS-MACHINE:8000/?token=t"
     assert serve_module.share_url("::1", 8000, None) == "http://[::1]:8000/"
+
+
+def test_serve_finds_the_sessions_it_must_end() -> None:
+    """What serve's shutdown signals: every process below it (a session is `sh -c` + console)."""
+    import os
+    import subprocess
+
+    p = subprocess.Popen(["sh", "-c", "sleep 30; true"])
+    try:
+        import time
+
+        deadline = time.monotonic() + 5
+        while len(found := serve_module.descendants(os.getpid())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert p.pid in found and len(found) >= 2  # the shell and its sleep
+    finally:
+        p.kill()
+        p.wait()

@@ -425,6 +425,10 @@ class SyncAgent:
                     "retransmitted_by_type": dict(p.stats.retransmitted_by_type),
                     "bytes_sent_by_type": dict(p.stats.bytes_by_type),
                     "unacked": len(p.channel.unacked),
+                    "flaps": p.stats.flaps,
+                    "late_ms": p.stats.late_ms,
+                    "flap_age_s": None if p.stats.flapped_at is None
+                    else round(ctx.now - p.stats.flapped_at, 1),
                 }
                 for p in self.peers.values()
             },

@@ -157,6 +157,14 @@ class Dispatcher:
         p.last_heard = now
         if not p.up:
             p.up = True
+            if p.down_at is not None:  # the same process, silent past the deadline: a flap
+                p.stats.flaps += 1
+                p.stats.late_ms = round((now - p.down_at) * 1000.0, 1)
+                p.stats.flapped_at = now
+                ctx.counters["peer-flapped"] += 1
+                log.info("%s: peer %s answered %.0f ms after it was declared down", ctx.node, p.name,
+                         p.stats.late_ms)
+                p.down_at = None
             log.info("%s: peer %s up", ctx.node, p.name)
             ctx.events.append(PeerUp(p.name))
         ctx.max_epoch_seen = max(ctx.max_epoch_seen, f.epoch)
@@ -205,6 +213,7 @@ class Dispatcher:
         """The peer's current incarnation is over (it restarted, or its process is gone):
         its frames are stale from now on, and what its channel carried is forgotten."""
         p.retired.append(p.inc)
+        p.down_at = None  # a new process answering is a restart, not a flap
         p.channel.reset()
         p.view_sent_epoch = -1
         self.resync.peer_restarted(p)

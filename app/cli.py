@@ -323,7 +323,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.serve import serve
 
     lab = pick_lab(args.lab)
-    serve(args.port, f"{sys.executable} -m app.cli console --viewer --lab {lab}")
+    serve(args.port, f"{sys.executable} -m app.cli console --viewer --lab {lab}", args.host)
     return 0
 
 
@@ -432,8 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("console", cmd_console, "attach the console to the running lab")
     p.add_argument("--viewer", action="store_true", help="watch only: no actions")
     p.add_argument("--present", action="store_true", help="high contrast, large captions")
-    p = add("serve", cmd_serve, "viewer consoles in a browser (localhost)")
+    p = add("serve", cmd_serve, "viewer consoles in a browser (localhost unless --host)")
     p.add_argument("--port", type=port, default=8000)
+    p.add_argument("--host", default="localhost",
+                   help="listen on ADDR (0.0.0.0: every address); beyond localhost the URL "
+                        "it prints carries a token, and only that URL opens a console")
     p = add("demo", cmd_demo, "run a scripted scenario")
     p.add_argument("name")
     p.add_argument("--record", metavar="FILE", help="save the demo's recording to FILE at its end")

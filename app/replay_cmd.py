@@ -106,5 +106,5 @@ def cmd_serve_replay(args: argparse.Namespace) -> int:
 
     Recording.open(args.replay)  # a bad file is refused here, not in every browser tab
     path = shlex.quote(str(Path(args.replay).resolve()))
-    serve(args.port, f"{shlex.quote(sys.executable)} -m app.cli replay {path}")
+    serve(args.port, f"{shlex.quote(sys.executable)} -m app.cli replay {path}", args.host)
     return 0

@@ -305,6 +305,29 @@ class EngineStore:
             del t.tombs[k]
         return gone
 
+    def keys(self, owner: str) -> Iterator[bytes]:
+        """Own keys peers know of (not those still in a quiet state), or a peer's copies' keys."""
+        if owner == self.table.node:
+            return (k for k, e in self.table.conns.items() if e.announced and e.owner == owner)
+        return (k for k, e in self.backups.copies.items() if e.owner == owner)
+
+    def forget(self, owner: str, keys: Iterable[bytes]) -> int:
+        """Drop copies of `owner`'s connections that it no longer has (sync/sweep.py): no
+        tombstone, no event. Never an own entry."""
+        if owner == self.table.node:
+            return 0
+        t = self.table
+        n = 0
+        for k in keys:
+            e = self.backups.get(k)
+            if e is None or e.owner != owner:
+                continue
+            self.backups.pop(k)
+            t.unindex_nat(e)
+            t.unfast(e)
+            n += 1
+        return n
+
     def counts(self) -> dict[str, int]:
         """How many records of each kind this node keeps: own, backup (copies), common."""
         return {

@@ -5,7 +5,8 @@ datagrams and events out) that replicates records with triggers, backup groups a
 shared `AgentContext` (sync/context.py):
   membership  Mode and its transition table, views        leader     heartbeats, election, views
   replicate   targets, batching, tokens, state requests   takeover   adopt a view, rejoin
-  resync      bulk resync, joining, graceful leave        dispatch   receive path, message table"""
+  resync      bulk resync, joining, graceful leave        dispatch   receive path, message table
+  sweep       owners' key sweeps: backups converge"""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from sync.policy import SyncPolicy, make_policy
 from sync.records import StateStore, Trigger
 from sync.replicate import Replicator
 from sync.resync import Resync
+from sync.sweep import KeySweep
 from sync.takeover import Takeover
 from sync.wire import BadFrame
 
@@ -86,7 +88,8 @@ class SyncAgent:
         self._resync = Resync(ctx, self._replicate)
         self._takeover = Takeover(ctx, self._replicate, self._resync)
         self._leader = Leader(ctx, self._takeover)
-        self._dispatch = Dispatcher(ctx, self._replicate, self._resync, self._leader)
+        self._sweep = KeySweep(ctx, self._replicate)
+        self._dispatch = Dispatcher(ctx, self._replicate, self._resync, self._leader, self._sweep)
 
     # ---- what other code reads --------------------------------------------------------
 
@@ -163,6 +166,7 @@ class SyncAgent:
         self._resync.leaving(now)
         self._replicate.period(now)
         self._replicate.deadlines(now)
+        self._sweep.tick(now)
         ctx.pump(now)
 
     def _majority(self, now: float) -> None:
@@ -421,6 +425,10 @@ class SyncAgent:
                     "retransmitted_by_type": dict(p.stats.retransmitted_by_type),
                     "bytes_sent_by_type": dict(p.stats.bytes_by_type),
                     "unacked": len(p.channel.unacked),
+                    "flaps": p.stats.flaps,
+                    "late_ms": p.stats.late_ms,
+                    "flap_age_s": None if p.stats.flapped_at is None
+                    else round(ctx.now - p.stats.flapped_at, 1),
                 }
                 for p in self.peers.values()
             },

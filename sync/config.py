@@ -37,6 +37,9 @@ class SyncConfig:
     # default, because under it a silent crash of half the cluster stops the other half too,
     # and the simulator's tests of arbitrary silent crashes expect the survivors to go on.
     majority: bool = False
+    # Key sweeps (sync/sweep.py): how often an owner tells its backups every key it owns, so
+    # that a copy whose delete was lost goes, and a record that never arrived comes. 0: never.
+    keys_interval_ms: int = 5000
 
     def __post_init__(self) -> None:
         names = [n for n, _ in self.nodes]
@@ -48,6 +51,8 @@ class SyncConfig:
             raise SyncUsageError("the sync HMAC key must not be empty")
         if self.buckets < 1 or self.backups < 0 or self.heartbeat_ms < 1 or self.miss_limit < 1:
             raise SyncUsageError("buckets >= 1, backups >= 0, heartbeat_ms >= 1, miss_limit >= 1 required")
+        if self.keys_interval_ms < 0:
+            raise SyncUsageError("keys_interval_ms >= 0 required (0 turns key sweeps off)")
         if self.window < 1 or self.max_frame_bytes < 512:
             raise SyncUsageError("window >= 1 and max_frame_bytes >= 512 required")
 

@@ -31,6 +31,11 @@ class PeerStats:
     acked_by_type: Counter[str] = field(default_factory=Counter)
     retransmitted_by_type: Counter[str] = field(default_factory=Counter)
     bytes_by_type: Counter[str] = field(default_factory=Counter)
+    # Flapping: times this peer was declared down for silence and then heard from again, the
+    # same process (a false suspicion), how long after the verdict its answer came, and when.
+    flaps: int = 0
+    late_ms: float | None = None
+    flapped_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -57,6 +62,7 @@ class Peer:
     bulk_total: int = 0
     bulk_received: int = 0
     stats: PeerStats = field(default_factory=PeerStats)
+    down_at: float | None = None  # declared down for silence at (None: up, closed or restarted)
 
 
 class AgentContext:

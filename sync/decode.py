@@ -403,6 +403,15 @@ def decode_payload(mtype: MsgType, pl: Any) -> dict[str, Any]:
         if type(pl) is not list or len(pl) != 2 or type(pl[0]) is not bytes:
             raise _bad("state reply: expected [key, record or nil]")
         return {"key": pl[0].hex(), "record": None if pl[1] is None else record_json(record_from_wire(pl[1]))}
+    if mtype is MsgType.KEYS:
+        if (type(pl) is not list or len(pl) != 3 or type(pl[0]) is not bool or type(pl[1]) is not bool
+                or type(pl[2]) is not list or not all(type(k) is bytes for k in pl[2])):
+            raise _bad("keys: expected [first, last, [key, ...]]")
+        return {"first": pl[0], "last": pl[1], "keys": [k.hex() for k in pl[2]]}
+    if mtype is MsgType.WANT:
+        if type(pl) is not list or not pl or not all(type(k) is bytes for k in pl):
+            raise _bad("want: expected [key, ...]")
+        return {"keys": [k.hex() for k in pl]}
     return _view(pl)
 
 

@@ -21,6 +21,7 @@ from sync.membership import Mode, View, view_from_wire
 from sync.records import Record, Trigger
 from sync.replicate import Replicator
 from sync.resync import Resync
+from sync.sweep import KeySweep, check_keys_part, check_want
 from sync.wire import (
     MAX_WIRE_INT,
     UNRELIABLE,
@@ -104,8 +105,11 @@ class Route:
 class Dispatcher:
     """Decodes and checks received frames and hands each message to its route."""
 
-    def __init__(self, ctx: AgentContext, rep: Replicator, resync: Resync, leader: Leader) -> None:
+    def __init__(
+        self, ctx: AgentContext, rep: Replicator, resync: Resync, leader: Leader, sweep: KeySweep
+    ) -> None:
         self.ctx = ctx
+        self.sweep = sweep
         self.rep = rep
         self.resync = resync
         self.leader = leader
@@ -121,6 +125,8 @@ class Dispatcher:
             MsgType.STATE_REPLY: Route(check_state_reply, self._on_state_reply),
             MsgType.VIEW: Route(self._check_view, self._on_view),
             MsgType.LEAVE: Route(check_empty, self._on_leave),
+            MsgType.KEYS: Route(check_keys_part, self._on_keys),
+            MsgType.WANT: Route(check_want, self._on_want),
         }
 
     def receive(self, data: bytes, src: Address, now: float) -> None:
@@ -151,6 +157,14 @@ class Dispatcher:
         p.last_heard = now
         if not p.up:
             p.up = True
+            if p.down_at is not None:  # the same process, silent past the deadline: a flap
+                p.stats.flaps += 1
+                p.stats.late_ms = round((now - p.down_at) * 1000.0, 1)
+                p.stats.flapped_at = now
+                ctx.counters["peer-flapped"] += 1
+                log.info("%s: peer %s answered %.0f ms after it was declared down", ctx.node, p.name,
+                         p.stats.late_ms)
+                p.down_at = None
             log.info("%s: peer %s up", ctx.node, p.name)
             ctx.events.append(PeerUp(p.name))
         ctx.max_epoch_seen = max(ctx.max_epoch_seen, f.epoch)
@@ -199,10 +213,12 @@ class Dispatcher:
         """The peer's current incarnation is over (it restarted, or its process is gone):
         its frames are stale from now on, and what its channel carried is forgotten."""
         p.retired.append(p.inc)
+        p.down_at = None  # a new process answering is a restart, not a flap
         p.channel.reset()
         p.view_sent_epoch = -1
         self.resync.peer_restarted(p)
         self.rep.peer_restarted(p)
+        self.sweep.peer_restarted(p)
 
     def _acked(self, p: Peer, o: Outgoing, now: float) -> None:
         p.stats.acked += 1
@@ -232,7 +248,10 @@ class Dispatcher:
             self.resync.bulk_records(p, n)
 
     def _on_bulk_request(self, p: Peer, arg: None, now: float, epoch: int) -> None:
-        self.resync.answer_bulk(p)
+        if self.resync.answer_bulk(p):
+            # It will back us up: it may hold copies from before (a false failover) whose
+            # deletes never reached it; our sweep after the bulk lets it drop them now.
+            self.sweep.send(p)
 
     def _on_bulk_start(self, p: Peer, total: int, now: float, epoch: int) -> None:
         self.resync.bulk_started(p, total)
@@ -251,3 +270,9 @@ class Dispatcher:
 
     def _on_leave(self, p: Peer, arg: None, now: float, epoch: int) -> None:
         self.resync.peer_left(p)
+
+    def _on_keys(self, p: Peer, arg: tuple[bool, bool, list[bytes]], now: float, epoch: int) -> None:
+        self.sweep.received(p, *arg)
+
+    def _on_want(self, p: Peer, keys: list[bytes], now: float, epoch: int) -> None:
+        self.sweep.wanted(p, keys)

@@ -68,6 +68,7 @@ class Leader:
     def _down(self, p: Peer, why: str, closed: bool, on_down: Callable[[str], None]) -> None:
         ctx = self.ctx
         p.up = False
+        p.down_at = None if closed else ctx.now  # a closed process never answers again
         ctx.counters["peer-down"] += 1
         log.info("%s: peer %s down (%s)", ctx.node, p.name, why)
         ctx.events.append(PeerDown(p.name, closed))

@@ -80,6 +80,16 @@ class StateStore(Protocol):
         """Forget the node-scope records owned by `owner` (no longer backed up here). Returns count."""
         ...
 
+    def keys(self, owner: str) -> Iterator[bytes]:
+        """The keys of the live node-scope records of `owner` that its peers may know of (an
+        own entry not yet announced to them is left out)."""
+        ...
+
+    def forget(self, owner: str, keys: Iterable[bytes]) -> int:
+        """Forget these node-scope records if `owner` still owns them here, leaving no tombstone
+        (their owner no longer has them: sync/sweep.py). Returns how many went."""
+        ...
+
 
 class MemoryStore:
     """A dict-backed StateStore: the reference implementation the sync tests run against."""
@@ -147,6 +157,20 @@ class MemoryStore:
         for k in gone:
             del self._records[k]
         return len(gone)
+
+    def keys(self, owner: str) -> Iterator[bytes]:
+        for r in self._records.values():
+            if not r.deleted and r.scope is Scope.NODE and r.owner == owner:
+                yield r.key
+
+    def forget(self, owner: str, keys: Iterable[bytes]) -> int:
+        n = 0
+        for k in keys:
+            r = self._records.get(k)
+            if r is not None and not r.deleted and r.scope is Scope.NODE and r.owner == owner:
+                del self._records[k]
+                n += 1
+        return n
 
 
 class SyncError(SyncwallError):

@@ -87,14 +87,15 @@ class Resync:
 
     # ---- answering ----------------------------------------------------------------------
 
-    def answer_bulk(self, p: Peer) -> None:
+    def answer_bulk(self, p: Peer) -> bool:
         """Claim 12: common records, our records if the joiner will back us up, and the
-        records of buckets we own that will move to it."""
+        records of buckets we own that will move to it. Returns whether it will back us up."""
         ctx = self.ctx
         store = ctx.store
         fut = ctx.view.with_active(p.name)
         out: dict[bytes, Record] = {r.key: r for r in store.records(scope=Scope.COMMON)}
-        if p.name in fut.backups_of(ctx.node):
+        backs_us = p.name in fut.backups_of(ctx.node)
+        if backs_us:
             out.update((r.key, r) for r in store.records(owner=ctx.node, scope=Scope.NODE))
         moving = [b for b in ctx.owned if fut.owner(b) == p.name]
         if moving:
@@ -106,6 +107,7 @@ class Resync:
         ctx.queue(p, MsgType.BULK_END, [len(recs)])
         ctx.counters["bulk-answered"] += 1
         log.info("%s: bulk resync to %s: %d records", ctx.node, p.name, len(recs))
+        return backs_us
 
     # ---- leaving --------------------------------------------------------------------------
 

@@ -38,6 +38,8 @@ class MsgType(Enum):
     STATE_REPLY = 9
     VIEW = 10
     LEAVE = 11
+    KEYS = 12  # a part of an owner's key sweep (sync/sweep.py)
+    WANT = 13  # keys of a sweep a backup holds nothing of
 
 
 # Heartbeats, hellos and acks are fire-and-forget; every other type rides the reliable channel.

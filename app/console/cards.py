@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
@@ -15,6 +16,9 @@ STATES = ("active", "failed", "offline", "joining", "degraded", "attention")
 STATE_MARK = {"active": "●", "failed": "✖", "offline": "○", "joining": "◐", "degraded": "◑", "attention": "!"}
 PATH_NAMES = ("sync", "inside", "outside")
 HISTORY = 40  # sparkline samples kept per node (10 s at 4 polls/s)
+BODY_ROWS = 4  # a card's body without trouble: buckets, backups, counts, held and sync rate
+MAX_BODY_ROWS = 7
+CARD_TEXT_COLUMNS = 36  # a card's text width at 120 columns, before it is laid out
 
 
 class NodeCard(Vertical):
@@ -74,9 +78,9 @@ class NodeCard(Vertical):
             f"common {node.get('common', 0)}\n"
             f"held {node.get('held', 0)}  sync {rate:.0f} msg/s"
         )
-        health = sync_health_line(node.get("sync"))
-        if health:
-            body += "\n" + health
+        for line in (sync_health_line(node.get("sync")), flap_line(node.get("sync"))):
+            if line:
+                body += "\n" + line
         paths = node.get("paths")
         if isinstance(paths, dict) and paths.get("peers"):
             body += "\n" + paths_line(paths)
@@ -84,6 +88,11 @@ class NodeCard(Vertical):
             self._body = body
             self.query_one(".card-body", Static).update(body, layout=False)
         self.query_one(".card-spark", Sparkline).data = list(self._history)
+
+    def body_lines(self) -> int:
+        """Rows the body needs at the card's width (sync trouble and paths add lines)."""
+        width = self.content_size.width or CARD_TEXT_COLUMNS
+        return sum(max(1, -(-Text.from_markup(line).cell_len // width)) for line in self._body.split("\n"))
 
     def on_click(self) -> None:
         self.post_message(self.Selected(self.node_name))
@@ -106,6 +115,33 @@ def sync_health_line(sync: Any) -> str:
     return f"[b yellow]{' · '.join(parts)}[/b yellow]" if parts else ""
 
 
+FLAP_SHOWN_S = 60.0  # how long a card tells of a peer that answered after it was given up
+
+
+def flap_line(sync: Any) -> str:
+    """Peers this node declared down for missed heartbeats that answered later, the same
+    process (sync.context.PeerStats.flaps): how late, and how often; for a minute after.
+    "" when none did."""
+    if not isinstance(sync, dict) or not isinstance(sync.get("peers"), dict):
+        return ""
+    parts = flap_parts(sync["peers"])
+    return f"[b yellow]{' · '.join(parts)}[/b yellow]" if parts else ""
+
+
+def flap_parts(peers: dict[str, Any]) -> list[str]:
+    out = []
+    for name, p in sorted(peers.items()):
+        if not isinstance(p, dict) or not p.get("flaps"):
+            continue
+        age, late = p.get("flap_age_s"), p.get("late_ms")
+        if not isinstance(age, (int, float)) or age > FLAP_SHOWN_S or not isinstance(late, (int, float)):
+            continue
+        when = f"{late:.0f} ms" if late < 1000 else f"{late / 1000:.1f} s"
+        times = f" \u00d7{p['flaps']}" if int(p["flaps"]) > 1 else ""
+        out.append(f"{name} missed heartbeats, answered {when} later{times}")
+    return out
+
+
 def paths_line(paths: dict[str, Any]) -> str:
     """One line: per peer, heard (●) or not (○) on sync, inside, outside; the sync route when
     it is not the sync segment; refused path frames when there are any."""
@@ -126,6 +162,7 @@ class ClusterView(Horizontal):
         super().__init__(id="cluster")
         self.cards: dict[str, NodeCard] = {}
         self.selected = ""
+        self._body_rows = BODY_ROWS
 
     async def update_nodes(self, nodes: list[dict[str, Any]]) -> None:
         new = [n for n in nodes if n.get("name") not in self.cards]
@@ -134,6 +171,7 @@ class ClusterView(Horizontal):
             card.add_class("-active")
             self.cards[card.node_name] = card
             await self.mount(card)
+            self._body_rows = 0  # size the new card too
         owners: dict[int, list[str]] = {}
         for node in nodes:
             for b in node.get("buckets", []):
@@ -142,8 +180,22 @@ class ClusterView(Horizontal):
         twice = {b: o for b, o in owners.items() if len(o) > 1}
         for node in nodes:
             self.cards[str(node["name"])].update_node(node, twice)
+        self.fit_cards()
         if not self.selected and self.cards:
             self.select(next(iter(self.cards)))
+
+    def fit_cards(self) -> None:
+        """Every card as tall as the tallest body needs (4 to 7 rows): a line of sync trouble
+        or of paths must not be cut off under the sparkline. Relaid out only when it changes."""
+        lines = max([BODY_ROWS, *(c.body_lines() for c in self.cards.values())])
+        lines = min(lines, MAX_BODY_ROWS)
+        if lines == self._body_rows:
+            return
+        self._body_rows = lines
+        self.styles.height = lines + 3  # the border and the sparkline
+        for card in self.cards.values():
+            card.styles.height = lines + 3
+            card.query_one(".card-body", Static).styles.height = lines
 
     def select(self, name: str) -> None:
         if name not in self.cards:

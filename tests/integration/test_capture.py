@@ -19,6 +19,7 @@ import pytest
 from netns.lab import load_lab_of
 from netns.record import RUN_ROOT
 from sync.decode import DecodedFrame, decode_capture, udp_pcap
+from sync.wire import MsgType
 from tests.integration.labtools import nodes, running_lab, status, sw, wait_for
 from tests.unit.test_decode import KEY, LAB_ID, A, B, garbage_datagrams, sample_frames, sample_pcap
 
@@ -117,7 +118,7 @@ def test_the_dissector_decodes_every_message_type_like_decode(tmp_path: Path) ->
     pcap = tmp_path / "all-types.pcap"
     pcap.write_bytes(sample_pcap())
     seen = assert_tshark_agrees(pcap, KEY, LAB_ID)
-    assert len(seen) == 11  # every MsgType
+    assert len(seen) == len(MsgType)  # every MsgType
     rows = tshark_fields(pcap)  # without the key: shown, not checked
     assert {r["syncwall.hmac_status"][0] for r in rows.values()} == {"not checked"}
 

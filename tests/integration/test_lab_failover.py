@@ -58,6 +58,18 @@ def _settled() -> dict[str, Any]:
     return st
 
 
+def _divergence(st: dict[str, Any]) -> int:
+    """How far the backup copies are from what their owners hold (0: every node's `backup`
+    equals the sum of `own` of the nodes it backs up)."""
+    ns = nodes(st)
+    return sum(abs(n["backup"] - sum(ns[o]["own"] for o in n["backs_up"])) for n in ns.values())
+
+
+def _converged(why: str) -> None:
+    # An owner's key sweep (sync/sweep.py, every 5 s) repairs what a lost record left.
+    wait_for(why, lambda: _divergence(status()) == 0, 15)
+
+
 def _tcp_flows() -> list[dict[str, Any]]:
     return [f for f in snapshot().get("flows", []) if f.get("workload") in CURRENT]
 
@@ -125,6 +137,7 @@ def test_long_lived_flows_spread_over_all_nodes(lab: dict[str, Any]) -> None:
     ns = wait_for(f"{FLOWS} connections owned", lambda: (
         (n := nodes(status())) and sum(x["own"] for x in n.values()) >= FLOWS and n), 5)
     assert all(n["own"] > 0 for n in ns.values()), {k: v["own"] for k, v in ns.items()}
+    _converged("backups converged on their owners")
 
 
 def _kill_n1() -> float:
@@ -160,6 +173,7 @@ def test_revive_resyncs_takes_buckets_back_and_loses_nothing(lab: dict[str, Any]
         (n := nodes(status())["n1"])["state"] == "active" and n["buckets"]), 15)
     _assert_no_flow_lost("revive n1", t0)
     wait_for("n1 owns connections again", lambda: nodes(status())["n1"]["own"] > 0, 5)
+    _converged("backups converged on their owners after the revive")
 
 
 def test_crash_cuts_links_and_no_flow_is_lost(lab: dict[str, Any]) -> None:

@@ -99,3 +99,27 @@ def test_presentation_mode_with_the_demo_panel_at_100x30(snap_compare: Any) -> N
 
     app = build_app(present=True, demo="takeover", connections=40)
     assert snap_compare(app, terminal_size=PRESENT_SIZE, run_before=one_step)
+
+
+def test_a_card_shows_flapping(snap_compare: Any) -> None:
+    """n1's card with the agent's own stats after n3 missed heartbeats and answered later
+    (a simulated cluster, the schema the node reports)."""
+    from app.console.cards import ClusterView
+    from tests.unit.test_sync_flaps import _cluster
+
+    c = _cluster()
+    c.cut = {"n3"}
+    c.run(0.08)
+    c.cut = set()
+    c.run(0.02)
+    stats = c.agents["n1"].stats()
+    stats["peers"]["n3"]["late_ms"] = 31.0  # fixed for the picture (the simulated one is too)
+
+    async def flap(pilot: Pilot[Any]) -> None:
+        await settle(pilot)
+        cluster = pilot.app.query_one(ClusterView)
+        nodes = [{**c.node, "sync": stats} if n == "n1" else c.node for n, c in cluster.cards.items()]
+        await cluster.update_nodes(nodes)
+        await pilot.pause()
+
+    assert snap_compare(build_app(), terminal_size=SIZE, run_before=flap)

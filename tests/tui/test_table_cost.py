@@ -92,3 +92,24 @@ def test_a_card_shows_retransmissions_and_drops_by_reason_from_the_agents_stats(
     stats["peers"]["n2"]["retransmitted"] = 3
     stats["bad_frames"] = {"bad-hmac": 2, "short": 0}
     assert sync_health_line(stats) == "[b yellow]retx n2:3 · dropped bad-hmac 2[/b yellow]"
+
+
+def test_a_card_shows_a_peer_that_missed_heartbeats_and_answered_later() -> None:
+    from app.console.cards import flap_line, sync_health_line
+    from tests.unit.test_sync_flaps import _cluster
+
+    c = _cluster()
+    c.cut = {"n3"}
+    c.run(0.08)
+    c.cut = set()
+    c.run(0.02)
+    stats = c.agents["n1"].stats()  # the schema the node reports and the daemon passes on
+    late = stats["peers"]["n3"]["late_ms"]
+    assert sync_health_line(stats) == ""  # no frame was dropped or sent again
+    line = flap_line(stats)
+    assert f"n3 missed heartbeats, answered {late:.0f} ms later" in line, line
+    assert "n2 missed" not in line
+    stats["peers"]["n3"].update(flaps=3, late_ms=1500.0)
+    assert "answered 1.5 s later \u00d73" in flap_line(stats)
+    stats["peers"]["n3"]["flap_age_s"] = 61.0  # a minute on, the card lets it go
+    assert flap_line(stats) == ""

@@ -59,6 +59,8 @@ def sample_payloads() -> list[tuple[MsgType, object]]:
         (MsgType.STATE_REPLY, [b"missing", None]),
         (MsgType.VIEW, _view_payload()),
         (MsgType.LEAVE, []),
+        (MsgType.KEYS, [True, False, [REC.key, b"gone"]]),
+        (MsgType.WANT, [REC.key]),
     ]
 
 
@@ -122,6 +124,8 @@ def test_every_message_type_decodes_with_its_fields() -> None:
     assert view["view_epoch"] == 4 and view["proposer"] == "n1"
     assert view["states"] == ["active", "failed", "active"]
     assert set(view["bucket_owner"]) == {"n1", "n3"}
+    assert by_type["KEYS"] == {"first": True, "last": False, "keys": [REC.key.hex(), b"gone".hex()]}
+    assert by_type["WANT"] == {"keys": [REC.key.hex()]}
 
 
 def test_a_wrong_key_another_lab_and_no_key_are_told_apart() -> None:

@@ -86,6 +86,11 @@ MALFORMED: list[tuple[MsgType, Any, str]] = [
     (MsgType.VIEW, [1, "n2", [0, 0, 0], [], []], "bad-view:view"),
     (MsgType.LEAVE, ["bye"], "bad-payload:leave"),
     (MsgType.LEAVE, None, "bad-payload:leave"),
+    (MsgType.KEYS, [True, True, ["k"]], "bad-payload:keys"),
+    (MsgType.KEYS, [1, True, []], "bad-payload:keys"),
+    (MsgType.KEYS, [True, True], "bad-payload:keys"),
+    (MsgType.WANT, [], "bad-payload:want"),
+    (MsgType.WANT, [b"k", 3], "bad-payload:want"),
 ]
 
 

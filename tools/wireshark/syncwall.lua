@@ -18,7 +18,7 @@ local MAX_DEPTH = 32
 -- Wire codes; they mirror sync/wire.py, sync/agent.py (Mode) and sync/membership.py.
 local MSG = { [1] = "HELLO", [2] = "HEARTBEAT", [3] = "ACK", [4] = "RECORDS", [5] = "BULK_REQUEST",
   [6] = "BULK_START", [7] = "BULK_END", [8] = "STATE_REQUEST", [9] = "STATE_REPLY", [10] = "VIEW",
-  [11] = "LEAVE" }
+  [11] = "LEAVE", [12] = "KEYS", [13] = "WANT" }
 local MODES = { [0] = "joining", [1] = "active", [2] = "leaving", [3] = "left", [4] = "gone" }
 local STATES = { [0] = "active", [1] = "joining", [2] = "failed", [3] = "offline" }
 local TRIGGERS = { [0] = "state-modified", [1] = "full-sync", [2] = "periodic", [3] = "node-failed",
@@ -407,6 +407,26 @@ local function payload(tree, tvb, code, pl)
       tree:add(f.backup_group, range(tvb, g), group):set_text("Member " .. i .. " backed up by: " .. group)
     end
     summary = string.format(" view_epoch=%s proposer=%s", tostring(epoch.v), proposer.v)
+  elseif code == 12 or code == 13 then
+    -- KEYS: [first, last, [key, ...]] (an owner's key sweep); WANT: [key, ...] (at least one).
+    local keys = pl
+    if code == 12 then
+      if pl.k ~= "arr" or #pl.v ~= 3 or pl.v[1].k ~= "bool" or pl.v[2].k ~= "bool" or pl.v[3].k ~= "arr" then
+        bad("bad-payload", "keys: expected [first, last, [key, ...]]")
+      end
+      keys = pl.v[3]
+    elseif pl.k ~= "arr" or #pl.v == 0 then
+      bad("bad-payload", "want: expected [key, ...]")
+    end
+    for _, k in ipairs(keys.v) do
+      if k.k ~= "bin" then bad("bad-payload", name:lower() .. ": a key is not bytes") end
+    end
+    tree:add(f.count, range(tvb, keys), #keys.v)
+    for _, k in ipairs(keys.v) do tree:add(f.key, value_range(tvb, k)) end
+    summary = " keys=" .. tostring(#keys.v)
+    if code == 12 then
+      summary = summary .. (pl.v[1].v and " first" or "") .. (pl.v[2].v and " last" or "")
+    end
   end
   return summary
 end

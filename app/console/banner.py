@@ -45,6 +45,15 @@ def strip_markup(owners: dict[int, list[str]], order: Sequence[str]) -> str:
     return "buckets " + "".join(cells)
 
 
+def spread_text(nodes: Iterable[dict[str, Any]]) -> str:
+    """How evenly the active nodes share the buckets: `4 per node`, or `3-5 per node`."""
+    counts = [len(n.get("buckets") or []) for n in nodes if n.get("state") == "active"]
+    if not counts:
+        return ""
+    lo, hi = min(counts), max(counts)
+    return f"{lo} per node" if lo == hi else f"{lo}-{hi} per node"
+
+
 def twice_owned(owners: dict[int, list[str]]) -> list[int]:
     return sorted(b for b, who in owners.items() if len(who) > 1)
 
@@ -61,6 +70,8 @@ class BucketStrip(Static):
         owners = bucket_owners(nodes, buckets)
         text = strip_markup(owners, [str(n.get("name")) for n in nodes])
         doubled = twice_owned(owners)
+        if spread := spread_text(nodes):
+            text += f" [dim]{spread}[/]"
         if doubled:  # first, so that a narrow screen cuts the cells rather than the warning
             many = f"{len(doubled)} buckets" if len(doubled) > 1 else f"bucket {doubled[0]}"
             text = f"[bold red]SPLIT BRAIN: {many} owned twice[/] " + text

@@ -12,7 +12,14 @@ import pytest
 from textual.pilot import Pilot
 
 from app.console.app import ConsoleApp
-from app.console.banner import BucketStrip, FaultBanner, bucket_owners, strip_markup, twice_owned
+from app.console.banner import (
+    BucketStrip,
+    FaultBanner,
+    bucket_owners,
+    spread_text,
+    strip_markup,
+    twice_owned,
+)
 from app.console.fake import FakeLab
 from app.console.model import conn_cells
 from netns.headline import fault_label
@@ -131,6 +138,9 @@ def test_bucket_owners_and_the_strip_show_a_bucket_owned_twice_in_red() -> None:
     assert twice_owned(owners) == [3]
     markup = strip_markup(owners, ["n1", "n2", "n3"])
     assert "[bold white on red] 3:n1+n2 [/]" in markup and " 5:-- " in markup
+    assert spread_text(nodes) == "2-3 per node"  # the failed node is no share
+    assert spread_text([{"state": "active", "buckets": [1, 2]}] * 3) == "2 per node"
+    assert spread_text([]) == ""
 
 
 def test_active_faults_show_a_red_banner_with_the_daemons_effect_text() -> None:

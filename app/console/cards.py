@@ -54,7 +54,9 @@ class NodeCard(Vertical):
             self.remove_class(f"-{self.state}")
             self.add_class(f"-{state}")
             self.state = state
-        self.border_title = f"{self.node_name} {STATE_MARK.get(state, '?')} {state.upper()}"
+        title = f"{self.node_name} {STATE_MARK.get(state, '?')} {state.upper()}"
+        if title != self.border_title:  # setting it repaints the card, even to the same text
+            self.border_title = title
         # a restarted node's counters start again from zero: the lab's rate dips below zero once
         rate = max(0.0, float(node.get("sync_msgs_per_s", 0.0)))
         lab_history = node.get("sync_rate_history")
@@ -87,7 +89,10 @@ class NodeCard(Vertical):
         if body != self._body:  # a card's size never depends on its text: skip the layout pass
             self._body = body
             self.query_one(".card-body", Static).update(body, layout=False)
-        self.query_one(".card-spark", Sparkline).data = list(self._history)
+        spark = self.query_one(".card-spark", Sparkline)
+        data = list(self._history)
+        if data != spark.data:
+            spark.data = data
 
     def body_lines(self) -> int:
         """Rows the body needs at the card's width (sync trouble and paths add lines)."""

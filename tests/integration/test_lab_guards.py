@@ -17,7 +17,7 @@ import pytest
 
 from demos.bench.block import connects_code, one_entry, scan_code
 from netns.build import ns_name
-from tests.integration.labtools import running_lab, sw, sw_json, wait_for
+from tests.integration.labtools import running_lab, status, sw, sw_json, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -63,6 +63,19 @@ def connects(lab: str, host: str, port: int = 5001, sports: list[int] = SPORTS,
     return int(json.loads(out.strip().splitlines()[-1])["connected"])
 
 
+def settled(lab: str) -> set[str]:
+    """Wait until every node is active and every bucket owned once (a node that a busy host
+    made miss heartbeats has its buckets back): the nodes. Each test counts per node."""
+    def ok() -> set[str] | None:
+        st = status(lab)
+        owned = sorted(b for n in st["nodes"] for b in n["buckets"])
+        if owned != list(range(1, st["buckets"] + 1)) or any(n["state"] != "active" for n in st["nodes"]):
+            return None
+        return {n["name"] for n in st["nodes"]}
+    got: set[str] = wait_for("every node active, every bucket owned once", ok, 30)
+    return got
+
+
 def counters(lab: str) -> dict[str, dict[str, int]]:
     st = sw_json("status", "--lab", lab)
     return {n["name"]: n.get("counters", {}) for n in st["nodes"]}
@@ -79,7 +92,7 @@ def entries(lab: str, kind: str, addr: str) -> dict[str, dict[str, Any]]:
 
 
 def test_a_scan_seen_by_one_node_is_blocked_by_all_and_admitted_after_the_timeout(lab: str) -> None:
-    nodes = set(counters(lab))
+    nodes = settled(lab)
     assert connects(lab, "c2") == len(SPORTS)  # before: c2 is a client like any other
     before = counters(lab)
     subprocess.run(["ip", "netns", "exec", ns_name(lab, "c2"), sys.executable, "-c", scan_code(S1)],
@@ -107,7 +120,7 @@ def test_a_scan_seen_by_one_node_is_blocked_by_all_and_admitted_after_the_timeou
 
 
 def test_c1_is_admitted_on_every_node_once_logged_in_and_refused_after_logout(lab: str) -> None:
-    nodes = set(counters(lab))
+    nodes = settled(lab)
     assert connects(lab, "c1") == 0
     sw("auth", "login", "alice", "--host", "c1", "--lab", lab)
     wait_for("every node holds alice's user record",

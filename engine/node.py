@@ -30,6 +30,7 @@ from engine.queue_io import DEFAULT_BACKEND, PacketPath
 from engine.replay import CAP_BYTES, CAP_PACKETS, WINDOW_MS, ReplaySettings
 from engine.rows import step_text
 from engine.rules import parse_rules
+from engine.synthetic import fill_synthetic
 from sync.agent import SyncAgent, SyncConfig
 from sync.liveness import Liveness
 from sync.pathio import PathIO
@@ -75,6 +76,7 @@ class NodeConfig:
     scan_ports: int = 0  # the intrusion blocklist's settings (engine/blocklist.py)
     scan_window_ms: int = 2000
     block_s: int = 10
+    bench_fill: bool = False  # the `fill` control command is refused unless the lab file sets it
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
@@ -422,6 +424,8 @@ class Node:
             self.note("lossless", f"lossless takeover {'on' if on else 'off'}")
             self.after()
             return {"ok": True, "lossless": self.binding.replay.status()}
+        if cmd == "fill":
+            return self.fill(req, now)
         if cmd == "full_sync":
             self.agent.full_sync(now)
             self.note("trigger", "full sync requested", trigger=Trigger.FULL_SYNC.value)
@@ -455,6 +459,20 @@ class Node:
             return {"ok": True, "released": released, "queued": self.agent.held(),
                     **({"message": {**msg, "text": step_text(msg), "label": label}} if msg else {})}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def fill(self, req: dict[str, Any], now: float) -> dict[str, Any]:
+        """Benches only (the lab file's `bench_fill`): add synthetic own connections
+        [start, start + count) to the table, spread over the buckets this node owns, without
+        telling the peers (engine/synthetic.py says why not real SYNs)."""
+        if not self.cfg.bench_fill:
+            return {"ok": False, "error": "fill is for bench labs only (bench_fill = true in the lab file)"}
+        count = int(req.get("count", 0))
+        if not 0 <= count <= 200_000:
+            return {"ok": False, "error": "count must be 0 .. 200000 per request (the loop stalls meanwhile)"}
+        added = fill_synthetic(self.engine.table, int(req.get("start", 0)), count,
+                               sorted(self.binding.owned), now)
+        self.note("fill", f"{added} synthetic connection(s) added", added=added)
+        return {"ok": True, "added": added, "own": len(self.engine.table.conns)}
 
     def status(self) -> dict[str, Any]:
         me = self.cfg.node

@@ -71,6 +71,17 @@ class StateStore(Protocol):
         """Live (not deleted) records matching every given filter."""
         ...
 
+    def keys(
+        self,
+        *,
+        owner: str | None = None,
+        scope: Scope | None = None,
+        buckets: Iterable[int] | None = None,
+    ) -> list[bytes]:
+        """The keys `records` would yield now, without building the records (a bulk resync
+        takes this snapshot and builds each record when it sends it)."""
+        ...
+
     def promote(self, buckets: Iterable[int], new_owner: str) -> list[Record]:
         """Take over: every node-scope record in `buckets` not owned by `new_owner` becomes
         owned by it with a higher version. Returns the promoted records."""
@@ -116,7 +127,7 @@ class MemoryStore:
         buckets: Iterable[int] | None = None,
     ) -> Iterator[Record]:
         wanted = None if buckets is None else set(buckets)
-        for r in self._records.values():
+        for r in list(self._records.values()):  # a snapshot: the caller may change the store
             if r.deleted:
                 continue
             if owner is not None and r.owner != owner:
@@ -126,6 +137,15 @@ class MemoryStore:
             if wanted is not None and r.bucket not in wanted:
                 continue
             yield r
+
+    def keys(
+        self,
+        *,
+        owner: str | None = None,
+        scope: Scope | None = None,
+        buckets: Iterable[int] | None = None,
+    ) -> list[bytes]:
+        return [r.key for r in self.records(owner=owner, scope=scope, buckets=buckets)]
 
     def promote(self, buckets: Iterable[int], new_owner: str) -> list[Record]:
         wanted = set(buckets)

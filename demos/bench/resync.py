@@ -153,11 +153,18 @@ def bench_resync_lab(runs: int, sizes: Sequence[int], progress: Progress) -> dic
                 x["state"] == "active" and x["buckets"] for x in ns.values()), 30)
             for n in sorted(sizes):
                 samples: list[dict[str, float]] = []
-                for i in range(runs):
-                    samples.append(_one_join(RESYNC_LAB, n, progress))
-                    progress(f"lab: {n:,} entries, run {i + 1}/{runs}: join -> resynced "
-                             f"{samples[-1]['join_to_resynced_s']:.3f} s (revive -> resynced "
-                             f"{samples[-1]['revive_to_resynced_s']:.2f} s), load {os.getloadavg()[0]:.1f}")
+                try:
+                    for i in range(runs):
+                        samples.append(_one_join(RESYNC_LAB, n, progress))
+                        progress(f"lab: {n:,} entries, run {i + 1}/{runs}: join -> resynced "
+                                 f"{samples[-1]['join_to_resynced_s']:.3f} s (revive -> resynced "
+                                 f"{samples[-1]['revive_to_resynced_s']:.2f} s), "
+                                 f"load {os.getloadavg()[0]:.1f}")
+                except BenchError as e:
+                    # A larger size will not do better: say what failed and stop here.
+                    progress(f"lab: {n:,} entries: {e}")
+                    out[str(n)] = {"error": str(e), "completed_runs": len(samples)}
+                    break
                 out[str(n)] = {k: summarize([s[k] for s in samples]) for k in samples[0]}
                 out[str(n)]["loadavg"] = round(os.getloadavg()[0], 2)
         except SyncwallError as e:

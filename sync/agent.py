@@ -142,7 +142,7 @@ class SyncAgent:
         try:
             self._resync.feed()
             ctx.pump(now)
-            ctx.send_acks()
+            ctx.send_acks(delayed_too=False)
         except Exception:
             ctx.bad["internal-error"] += 1
             log.exception("%s: internal error after frames", self.node)
@@ -174,6 +174,7 @@ class SyncAgent:
         self._replicate.deadlines(now)
         self._resync.feed()
         ctx.pump(now)
+        ctx.send_acks()
 
     def _majority(self, now: float) -> None:
         """Majority rule: cut off from the others on every path, only a side holding a

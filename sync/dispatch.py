@@ -23,6 +23,7 @@ from sync.replicate import Replicator
 from sync.resync import Resync
 from sync.wire import (
     MAX_WIRE_INT,
+    TRIGGER_CODE,
     UNRELIABLE,
     BadFrame,
     BadFrameKind,
@@ -34,6 +35,13 @@ from sync.wire import (
 )
 
 log = logging.getLogger(__name__)
+
+
+# Records of these triggers are acked at the next tick, cumulatively; nobody waits on their
+# ack at once (a held packet's sync-and-notify uses RELATED, acked in the same turn). Every
+# other reliable message is acked in the turn it arrives. Keyed by the wire's trigger code.
+_DELAYED_ACK = frozenset(TRIGGER_CODE[t] for t in (Trigger.MODIFIED, Trigger.PERIODIC, Trigger.RESYNC,
+                                                  Trigger.FULL_SYNC))
 
 
 # ---- payload checks: what each sender sends, or BadFrame ---------------------------------
@@ -169,6 +177,9 @@ class Dispatcher:
         if d.beyond_window:
             ctx.counters["beyond-window"] += 1
         for _, t, (epoch, payload) in d.messages:
+            code = payload[0] if t is MsgType.RECORDS and type(payload) is list and payload else None
+            if type(code) is not int or code not in _DELAYED_ACK:
+                p.channel.ack_now = True
             self._deliver(p, t, payload, now, epoch)
 
     def _deliver(self, p: Peer, t: MsgType, payload: Any, now: float, epoch: int) -> None:

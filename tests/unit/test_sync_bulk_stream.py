@@ -79,16 +79,20 @@ def test_a_joiner_that_goes_down_or_restarts_drops_its_stream() -> None:
     assert not resync.bulks
 
 
-def test_datagrams_read_in_one_turn_are_acked_once() -> None:
+def test_acks_are_cumulative_per_turn_and_wait_for_the_tick_unless_someone_waits() -> None:
+    from sync.records import Trigger
     from sync.sim import SimCluster
     from sync.wire import decode_frame
 
-    def burst(sim: SimCluster, tag: str) -> list[tuple[bytes, tuple[str, int]]]:
+    def burst(sim: SimCluster, tag: str, waited: bool) -> list[tuple[bytes, tuple[str, int]]]:
         a1 = sim.agents["n1"]
         for i in range(10):
-            sim.stores["n1"].put_local(Record(f"{tag}{i}".encode(), Scope.NODE, "n1", 1,
-                                              a1.owned_buckets[0], [i], False))
-            a1.changed(f"{tag}{i}".encode(), sim.now)
+            key = f"{tag}{i}".encode()
+            sim.stores["n1"].put_local(Record(key, Scope.NODE, "n1", 1, a1.owned_buckets[0], [i], False))
+            if waited:  # a held packet waits on this ack (sync-and-notify)
+                a1.sync_and_notify([key], sim.now, 1.0, trigger=Trigger.RELATED)
+            else:
+                a1.changed(key, sim.now)
         return [(d, sim.addrs["n1"]) for _, d in a1.datagrams()]
 
     def acks(sim: SimCluster) -> int:
@@ -101,12 +105,18 @@ def test_datagrams_read_in_one_turn_are_acked_once() -> None:
     sim.start()
     assert sim.run_until(sim.all_active, 5.0)
     sim.run(0.05)  # nothing in flight
-    one_by_one = burst(sim, "a")
-    assert len(one_by_one) == 10
-    for d, src in one_by_one:
-        sim.agents["n2"].receive(d, src, sim.now)
-    assert acks(sim) == 10
-    together = burst(sim, "b")
-    sim.agents["n2"].receive_many(together, sim.now)
-    assert acks(sim) == 1, "one cumulative ack for the turn"
-    assert {f"b{i}".encode() for i in range(10)} <= {r.key for r in sim.stores["n2"].records(owner="n1")}
+    n2 = sim.agents["n2"]
+    # Plain changes, one datagram a turn: no ack at once, one for all of them at the tick.
+    for d, src in burst(sim, "a", waited=False):
+        n2.receive(d, src, sim.now)
+    assert acks(sim) == 0
+    n2.tick(sim.now + 0.001)
+    assert acks(sim) == 1, "one cumulative ack at the tick"
+    # Someone waits on these: acked in the turn they arrive, once for the turn's datagrams.
+    n2.receive_many(burst(sim, "b", waited=True), sim.now)
+    assert acks(sim) == 1
+    for d, src in burst(sim, "c", waited=True):
+        n2.receive(d, src, sim.now)
+    assert acks(sim) == 10, "a turn each: an ack each"
+    assert {f"{t}{i}".encode() for t in "abc" for i in range(10)} <= {
+        r.key for r in sim.stores["n2"].records(owner="n1")}

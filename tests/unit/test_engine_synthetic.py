@@ -47,3 +47,20 @@ def test_fill_refuses_no_buckets_and_numbers_out_of_range() -> None:
         fill_synthetic(eng.table, 0, 1, [], 0.0)
     with pytest.raises(ValueError):
         fill_synthetic(eng.table, MAX_SYNTHETIC, 1, [0], 0.0)
+
+
+def test_expiry_happens_at_the_deadline_exactly_whatever_the_slot() -> None:
+    eng = Engine("n1", default_rules())
+    t = eng.table
+    fill_synthetic(t, 0, 3, [0], 10.0)
+    a, b, c = (t.conns[synthetic_key(i)] for i in range(3))
+    timeout = t.timeouts.established_s
+    b.last_seen = 10.05  # the same 1/8 s slot as a's deadline, but later
+    c.last_seen = 12.0  # seen again: its queued deadline is stale, it is filed again
+    assert t.expire(10 + timeout - 0.001) == 0
+    assert t.expire(10 + timeout) == 1 and a.key not in t.conns
+    assert t.expire(10.049 + timeout) == 0 and b.key in t.conns
+    assert t.expire(10.05 + timeout) == 1 and b.key not in t.conns
+    assert t.expire(11.999 + timeout) == 0 and c.key in t.conns
+    assert t.expire(12 + timeout) == 1 and not t.conns
+    assert not t._wheel and not t._slots, "nothing left filed"

@@ -46,6 +46,7 @@ FAST_STATES = frozenset({S.ESTABLISHED, S.UDP_ASSURED})
 # Expiry is filed in slots of 1/8 s (ConnTable._wheel): what is due is still expired at its
 # deadline exactly, the slot only says where to look.
 WHEEL_SLOTS_PER_S = 8
+_FAST_KEY_LENGTHS = (13, 37)  # IPv4 and IPv6 connection keys
 INITIAL_STATE = {TCP: S.SYN_SENT, UDP: S.UDP_UNREPLIED, ICMP: S.ICMP_REQUEST, ICMPV6: S.ICMP_REQUEST}
 
 
@@ -255,9 +256,11 @@ class Expectation:
 
 
 def directional_keys(key: bytes) -> tuple[bytes, bytes]:
-    """An IPv4 connection key's two fast-index keys: the IPv4 header's bytes 12..24 (source,
-    destination) followed by the TCP/UDP ports, as the low and as the high endpoint sends."""
-    la, lp, ha, hp = key[1:5], key[5:7], key[7:11], key[11:13]
+    """A connection key's two fast-index keys, as the low and as the high endpoint sends: the
+    source and destination addresses followed by the TCP/UDP ports, which is what an IPv4
+    packet holds in its bytes 12..24 and an IPv6 packet without extension headers in 8..44."""
+    n = (len(key) - 5) // 2  # the address length: 4 or 16
+    la, lp, ha, hp = key[1:1 + n], key[1 + n:3 + n], key[3 + n:3 + 2 * n], key[3 + 2 * n:5 + 2 * n]
     return la + ha + lp + hp, ha + la + hp + lp
 
 
@@ -317,9 +320,10 @@ class ConnTable:
         self.timeouts = timeouts
         self.timeout_by_state = timeouts.by_state()
         self.conns: dict[bytes, Conn] = {}
-        # The fast path's index: per protocol (TCP, UDP), an IPv4 packet's bytes 12..24 (source,
-        # destination, source port, destination port: one slice) -> its own fast entry, both
-        # directions filed. Kept by refresh() and unfast(); holds only entries with e.fast.
+        # The fast path's index: per protocol (TCP, UDP), a packet's addresses and ports (one
+        # slice: an IPv4 packet's bytes 12..24, 12 bytes; an IPv6 one's 8..44, 36 bytes) -> its
+        # own fast entry, both directions filed. Kept by refresh() and unfast(); holds only
+        # entries with e.fast.
         self.fast: dict[int, dict[bytes, Conn]] = {TCP: {}, UDP: {}}
         # The translated tuple's key -> the entry's key, for every translated connection this
         # node knows (own and backup copies): a reply arrives under the translated tuple.
@@ -350,7 +354,7 @@ class ConnTable:
             and e.state in FAST_STATES
         )
         if e.fast:
-            idx = self.fast.get(e.key[0]) if len(e.key) == 13 else None
+            idx = self.fast.get(e.key[0]) if len(e.key) in _FAST_KEY_LENGTHS else None
             if idx is not None:
                 fwd, rev = directional_keys(e.key)
                 idx[fwd] = idx[rev] = e
@@ -364,7 +368,7 @@ class ConnTable:
             self._unindex_fast(e)
 
     def _unindex_fast(self, e: Conn) -> None:
-        idx = self.fast.get(e.key[0]) if len(e.key) == 13 else None
+        idx = self.fast.get(e.key[0]) if len(e.key) in _FAST_KEY_LENGTHS else None
         if idx is not None:
             for k in directional_keys(e.key):
                 if idx.get(k) is e:

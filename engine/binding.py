@@ -234,6 +234,11 @@ class Binding(Generic[H]):
         self.agent.receive(data, src, now)
         self._events(now)
 
+    def receive_many(self, datagrams: list[tuple[bytes, Address]], now: float) -> None:
+        """What one turn of the loop read from the sync socket: acked once per peer."""
+        self.agent.receive_many(datagrams, now)
+        self._events(now)
+
     def tick(self, now: float) -> None:
         """Timers: the agent's, then ours (`timers`)."""
         self.agent.tick(now)

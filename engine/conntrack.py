@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import heapq
-import itertools
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -44,6 +43,10 @@ TRANSIENT_TCP_STATES = frozenset({S.SYN_SENT, S.SYN_RECV, S.FIN_WAIT, S.CLOSE_WA
                                   S.TIME_WAIT, S.CLOSED})
 # States in which an ordinary packet changes nothing, so the engine's fast path may take it.
 FAST_STATES = frozenset({S.ESTABLISHED, S.UDP_ASSURED})
+# Expiry is filed in slots of 1/8 s (ConnTable._wheel): what is due is still expired at its
+# deadline exactly, the slot only says where to look.
+WHEEL_SLOTS_PER_S = 8
+_FAST_KEY_LENGTHS = (13, 37)  # IPv4 and IPv6 connection keys
 INITIAL_STATE = {TCP: S.SYN_SENT, UDP: S.UDP_UNREPLIED, ICMP: S.ICMP_REQUEST, ICMPV6: S.ICMP_REQUEST}
 
 
@@ -253,9 +256,11 @@ class Expectation:
 
 
 def directional_keys(key: bytes) -> tuple[bytes, bytes]:
-    """An IPv4 connection key's two fast-index keys: the IPv4 header's bytes 12..24 (source,
-    destination) followed by the TCP/UDP ports, as the low and as the high endpoint sends."""
-    la, lp, ha, hp = key[1:5], key[5:7], key[7:11], key[11:13]
+    """A connection key's two fast-index keys, as the low and as the high endpoint sends: the
+    source and destination addresses followed by the TCP/UDP ports, which is what an IPv4
+    packet holds in its bytes 12..24 and an IPv6 packet without extension headers in 8..44."""
+    n = (len(key) - 5) // 2  # the address length: 4 or 16
+    la, lp, ha, hp = key[1:1 + n], key[1 + n:3 + n], key[3 + n:3 + 2 * n], key[3 + 2 * n:5 + 2 * n]
     return la + ha + lp + hp, ha + la + hp + lp
 
 
@@ -315,9 +320,10 @@ class ConnTable:
         self.timeouts = timeouts
         self.timeout_by_state = timeouts.by_state()
         self.conns: dict[bytes, Conn] = {}
-        # The fast path's index: per protocol (TCP, UDP), an IPv4 packet's bytes 12..24 (source,
-        # destination, source port, destination port: one slice) -> its own fast entry, both
-        # directions filed. Kept by refresh() and unfast(); holds only entries with e.fast.
+        # The fast path's index: per protocol (TCP, UDP), a packet's addresses and ports (one
+        # slice: an IPv4 packet's bytes 12..24, 12 bytes; an IPv6 one's 8..44, 36 bytes) -> its
+        # own fast entry, both directions filed. Kept by refresh() and unfast(); holds only
+        # entries with e.fast.
         self.fast: dict[int, dict[bytes, Conn]] = {TCP: {}, UDP: {}}
         # The translated tuple's key -> the entry's key, for every translated connection this
         # node knows (own and backup copies): a reply arrives under the translated tuple.
@@ -325,8 +331,11 @@ class ConnTable:
         self.expects: dict[bytes, Expectation] = {}
         self.tombs: dict[bytes, Tombstone] = {}
         self._tomb_queue: deque[tuple[float, bytes, int]] = deque()
-        self._heap: list[tuple[float, int, Conn | Expectation]] = []
-        self._seq = itertools.count()
+        # Expiry: a wheel of 1/WHEEL_SLOTS_PER_S s slots (slot -> what is due in it) and a heap
+        # of the slots in use. A (deadline, seq, entry) heap item cost ~100 B per entry, a
+        # fifth of an entry's memory; a slot costs one list item.
+        self._wheel: dict[int, list[Conn | Expectation]] = {}
+        self._slots: list[int] = []
         self.events: list[StateEvent] = []
         # States in which an own connection's changes are not announced to peers (see
         # TRANSIENT_TCP_STATES); empty: every change is an event.
@@ -345,7 +354,7 @@ class ConnTable:
             and e.state in FAST_STATES
         )
         if e.fast:
-            idx = self.fast.get(e.key[0]) if len(e.key) == 13 else None
+            idx = self.fast.get(e.key[0]) if len(e.key) in _FAST_KEY_LENGTHS else None
             if idx is not None:
                 fwd, rev = directional_keys(e.key)
                 idx[fwd] = idx[rev] = e
@@ -359,7 +368,7 @@ class ConnTable:
             self._unindex_fast(e)
 
     def _unindex_fast(self, e: Conn) -> None:
-        idx = self.fast.get(e.key[0]) if len(e.key) == 13 else None
+        idx = self.fast.get(e.key[0]) if len(e.key) in _FAST_KEY_LENGTHS else None
         if idx is not None:
             for k in directional_keys(e.key):
                 if idx.get(k) is e:
@@ -373,11 +382,19 @@ class ConnTable:
         d = self.deadline(e)
         if e.sched < 0 or d < e.sched:
             e.sched = d
-            heapq.heappush(self._heap, (d, next(self._seq), e))
+            self._file(d, e)
 
     def _schedule_expect(self, x: Expectation) -> None:
         x.sched = x.deadline
-        heapq.heappush(self._heap, (x.deadline, next(self._seq), x))
+        self._file(x.deadline, x)
+
+    def _file(self, deadline: float, obj: Conn | Expectation) -> None:
+        slot = int(deadline * WHEEL_SLOTS_PER_S)
+        due = self._wheel.get(slot)
+        if due is None:
+            self._wheel[slot] = due = []
+            heapq.heappush(self._slots, slot)
+        due.append(obj)
 
     def version_floor(self, key: bytes) -> int:
         t = self.tombs.get(key)
@@ -485,27 +502,23 @@ class ConnTable:
     def expire(self, now: float) -> int:
         """Delete what timed out by `now`; returns how many entries and expectations went."""
         gone = 0
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            d, _, obj = heapq.heappop(heap)
-            if obj.sched != d:
-                continue  # superseded by a later schedule
-            obj.sched = -1.0
-            if isinstance(obj, Conn):
-                if self.conns.get(obj.key) is not obj or obj.owner != self.node:
+        slots = self._slots
+        wheel = self._wheel
+        cur = int(now * WHEEL_SLOTS_PER_S)
+        later: list[Conn | Expectation] = []  # in the current slot, not due yet
+        while slots and slots[0] <= cur:
+            slot = heapq.heappop(slots)
+            for obj in wheel.pop(slot):
+                d = obj.sched
+                if d < 0 or int(d * WHEEL_SLOTS_PER_S) != slot:
+                    continue  # superseded: filed again (earlier) or no longer queued
+                if d > now:
+                    later.append(obj)
                     continue
-                real = self.deadline(obj)
-                if real <= now:
-                    self.delete(obj, "expired", now)
-                    gone += 1
-                else:
-                    self.schedule(obj)
-            else:
-                if self.expects.get(obj.key) is not obj:
-                    continue
-                # Every node drops a stale expectation; only its creator tells the others.
-                self.unexpect(obj, "expired", now, event=obj.owner == self.node)
-                gone += 1
+                gone += self._expire_one(obj, now)
+        for obj in later:
+            if obj.sched > now and int(obj.sched * WHEEL_SLOTS_PER_S) == cur:
+                self._file(obj.sched, obj)
         q = self._tomb_queue
         while q and q[0][0] <= now:
             _, key, version = q.popleft()
@@ -513,3 +526,20 @@ class ConnTable:
             if t is not None and t.version == version:
                 del self.tombs[key]
         return gone
+
+    def _expire_one(self, obj: Conn | Expectation, now: float) -> int:
+        """One entry whose queued deadline passed: gone (1), or queued again or not ours (0)."""
+        obj.sched = -1.0
+        if isinstance(obj, Conn):
+            if self.conns.get(obj.key) is not obj or obj.owner != self.node:
+                return 0
+            if self.deadline(obj) <= now:
+                self.delete(obj, "expired", now)
+                return 1
+            self.schedule(obj)
+            return 0
+        if self.expects.get(obj.key) is not obj:
+            return 0
+        # Every node drops a stale expectation; only its creator tells the others.
+        self.unexpect(obj, "expired", now, event=obj.owner == self.node)
+        return 1

@@ -154,9 +154,10 @@ class Engine:
         """Decide one raw IP packet. Never raises: a bad packet is a counted drop."""
         self._now = now
         try:
-            # Fast path: an IPv4 packet without options or fragmentation, of an own established
-            # flow, that changes no state: one slice (addresses and ports, IHL 5) and one dict
-            # lookup in the table's fast index. Anything unusual falls through to the full path.
+            # Fast path: an IPv4 packet without options or fragmentation, or an IPv6 one without
+            # extension headers, of an own established flow, that changes no state: one slice
+            # (addresses and ports) and one dict lookup in the table's fast index. Anything
+            # unusual falls through to the full path.
             if len(data) >= 28 and data[0] == 0x45 and not (data[6] & 0x3F or data[7]):
                 proto = data[9]
                 if proto == 6:
@@ -177,6 +178,30 @@ class Engine:
                     total = (data[2] << 8) | data[3]
                     if 28 <= total <= len(data) and 8 <= ((data[24] << 8) | data[25]) <= total - 20:
                         e = self._fast_udp.get(data[12:24])
+                        if e is not None and e.fast:
+                            e.last_seen = now
+                            self._n_fast += 1
+                            return _ACCEPT_ESTABLISHED
+            elif len(data) >= 48 and data[0] >> 4 == 6:
+                # IPv6 whose next header is TCP or UDP itself (no extension header): addresses
+                # and ports are bytes 8..44, one slice again.
+                end = 40 + ((data[4] << 8) | data[5])
+                if end <= len(data):
+                    nh = data[6]
+                    if nh == 6:
+                        if (
+                            end >= 60
+                            and data[53] & 0x17 == 0x10  # ACK, no SYN/FIN/RST
+                            and data[52] >= 0x50
+                            and (data[52] >> 4) * 4 + 40 <= end
+                        ):
+                            e = self._fast_tcp.get(data[8:44])
+                            if e is not None and e.fast:
+                                e.last_seen = now
+                                self._n_fast += 1
+                                return _ACCEPT_ESTABLISHED
+                    elif nh == 17 and 8 <= ((data[44] << 8) | data[45]) <= end - 40:
+                        e = self._fast_udp.get(data[8:44])
                         if e is not None and e.fast:
                             e.last_seen = now
                             self._n_fast += 1

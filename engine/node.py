@@ -31,6 +31,7 @@ from engine.queue_io import DEFAULT_BACKEND, PacketPath
 from engine.replay import CAP_BYTES, CAP_PACKETS, WINDOW_MS, ReplaySettings
 from engine.rows import step_text
 from engine.rules import parse_rules
+from engine.synthetic import fill_synthetic
 from sync.agent import SyncAgent, SyncConfig
 from sync.liveness import Liveness
 from sync.pathio import PathIO
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 TICK_S = 0.005
 LATE_TICK_MS = 30.0  # a tick this late: the paths' silence time (3 probes) passed unseen
 TIMELINE_LEN = 2000
+# The sync socket is read in rounds of this many datagrams, for at most this long per turn.
+SYNC_READ_ROUND = 64
+SYNC_READ_BUDGET_S = 0.004
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +81,7 @@ class NodeConfig:
     scan_ports: int = 0  # the intrusion blocklist's settings (engine/blocklist.py)
     scan_window_ms: int = 2000
     block_s: int = 10
+    bench_fill: bool = False  # the `fill` control command is refused unless the lab file sets it
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
@@ -300,22 +305,34 @@ class Node:
                 log.debug("sendto %s failed: %s", addr, e)
 
     def on_sync_readable(self) -> None:
+        """Read the sync socket in rounds of up to SYNC_READ_ROUND datagrams, each handled
+        together (one ack per peer), until it is empty or SYNC_READ_BUDGET_S is spent: a bulk
+        resync must not hold the loop (and this node's heartbeats) for longer; the rest waits
+        in the socket for the next turn."""
         sock = self.sock
         assert sock is not None
-        now = time.monotonic()
-        for _ in range(256):
-            try:
-                data, src = sock.recvfrom(65535)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as e:
-                log.debug("recvfrom failed: %s", e)
-                break
-            if self.sync_delay_s > 0:
-                asyncio.get_running_loop().call_later(self.sync_delay_s, self._late_receive, data, src)
-            else:
-                self.binding.receive(data, src, now)
-        self.after()
+        start = time.monotonic()
+        now = start
+        while True:
+            got: list[tuple[bytes, tuple[str, int]]] = []
+            for _ in range(SYNC_READ_ROUND):
+                try:
+                    data, src = sock.recvfrom(65535)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as e:
+                    log.debug("recvfrom failed: %s", e)
+                    break
+                if self.sync_delay_s > 0:
+                    asyncio.get_running_loop().call_later(self.sync_delay_s, self._late_receive, data, src)
+                else:
+                    got.append((data, src))
+            if got:
+                self.binding.receive_many(got, now)
+            self.after()
+            now = time.monotonic()
+            if len(got) < SYNC_READ_ROUND or now - start >= SYNC_READ_BUDGET_S:
+                return
 
     def _on_path(self, r: Received, now: float) -> None:
         """A frame of a peer on one of the paths: a probe refreshes it (alive somewhere), a
@@ -480,6 +497,8 @@ class Node:
             self.note("lossless", f"lossless takeover {'on' if on else 'off'}")
             self.after()
             return {"ok": True, "lossless": self.binding.replay.status()}
+        if cmd == "fill":
+            return self.fill(req, now)
         if cmd == "full_sync":
             self.agent.full_sync(now)
             self.note("trigger", "full sync requested", trigger=Trigger.FULL_SYNC.value)
@@ -513,6 +532,20 @@ class Node:
             return {"ok": True, "released": released, "queued": self.agent.held(),
                     **({"message": {**msg, "text": step_text(msg), "label": label}} if msg else {})}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def fill(self, req: dict[str, Any], now: float) -> dict[str, Any]:
+        """Benches only (the lab file's `bench_fill`): add synthetic own connections
+        [start, start + count) to the table, spread over the buckets this node owns, without
+        telling the peers (engine/synthetic.py says why not real SYNs)."""
+        if not self.cfg.bench_fill:
+            return {"ok": False, "error": "fill is for bench labs only (bench_fill = true in the lab file)"}
+        count = int(req.get("count", 0))
+        if not 0 <= count <= 200_000:
+            return {"ok": False, "error": "count must be 0 .. 200000 per request (the loop stalls meanwhile)"}
+        added = fill_synthetic(self.engine.table, int(req.get("start", 0)), count,
+                               sorted(self.binding.owned), now)
+        self.note("fill", f"{added} synthetic connection(s) added", added=added)
+        return {"ok": True, "added": added, "own": len(self.engine.table.conns)}
 
     def status(self) -> dict[str, Any]:
         me = self.cfg.node
@@ -605,6 +638,12 @@ def main(argv: list[str] | None = None) -> int:
     except OSError:
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, 0, -10)
+    # A node holds up to a million entries, and a resync adds them by the thousand: with the
+    # collector's default thresholds (700 new objects) it walks the young ones every ~50
+    # records, and under a growing heap its full passes came often enough to double a resync's
+    # cost per record. What exists at start (modules, rules) is frozen out of its passes.
+    gc.set_threshold(20_000, 10, 10)
+    gc.freeze()
     asyncio.run(Node(cfg, use_nfqueue=not args.no_nfqueue).run())
     return 0
 

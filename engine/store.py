@@ -26,6 +26,7 @@ from sync.records import NO_BUCKET, Record, Scope
 log = logging.getLogger(__name__)
 
 _PROTOS = frozenset({TCP, UDP, ICMP, ICMPV6})
+_STATES = {s.value: s for s in ConnState}
 
 
 NAT_EXTRA = "nat"  # the extra item that carries a connection's NAT binding
@@ -36,12 +37,16 @@ def conn_record(e: Conn) -> Record:
     helper state, extra as [k, v, ...], trigger. A translated connection's binding is the extra
     item "nat": [src, sport, dst, dport] of its translated tuple."""
     h = e.helper
-    extra: list[Any] = []
-    if e.extra:
-        for k, v in e.extra.items():
-            extra += [k, v]
-    if e.nat is not None:
-        extra += [NAT_EXTRA, e.nat.record()]
+    nat = e.nat
+    if e.extra is None and nat is None:
+        extra: list[Any] = []  # most entries
+    else:
+        extra = []
+        if e.extra:
+            for k, v in e.extra.items():
+                extra += [k, v]
+        if nat is not None:
+            extra += [NAT_EXTRA, nat.record()]
     return Record(
         e.key,
         Scope.NODE,
@@ -49,7 +54,7 @@ def conn_record(e: Conn) -> Record:
         e.version,
         e.bucket,
         [
-            e.state.value,
+            e.state._value_,
             e.orig_low,
             e.created,
             e.last_seen,
@@ -171,8 +176,51 @@ class EngineStore:
                 if owner is None or r.owner == owner:
                     yield r
 
+    def keys(
+        self,
+        *,
+        owner: str | None = None,
+        scope: Scope | None = None,
+        buckets: Iterable[int] | None = None,
+    ) -> list[bytes]:
+        wanted = None if buckets is None else set(buckets)
+        out: list[bytes] = []
+        if scope is None or scope is Scope.NODE:
+            me = self.table.node
+            if owner is None or owner == me:
+                out += [k for k, e in self.table.conns.items() if wanted is None or e.bucket in wanted]
+            if owner is None or owner != me:
+                out += [k for k, e in self.backups.copies.items()
+                        if (owner is None or e.owner == owner) and (wanted is None or e.bucket in wanted)]
+        if scope is None or scope is Scope.COMMON:
+            if wanted is not None and NO_BUCKET not in wanted:
+                return out
+            out += [k for k, x in self.table.expects.items() if owner is None or x.owner == owner]
+            out += [k for k, r in self.common.items() if owner is None or r.owner == owner]
+        return out
+
     # ---- writing ------------------------------------------------------------------------
     def apply(self, record: Record) -> bool:
+        key = record.key
+        t = self.table
+        if (record.scope is Scope.NODE and not record.deleted and record.owner != t.node
+                and key not in self.backups.copies and key not in t.conns and key not in t.tombs
+                and key not in self.common and key not in t.expects):
+            # A copy of a peer's entry we never heard of, the whole of a bulk resync: built
+            # in one step. An entry with a helper or extras takes the general path below.
+            d = record.data
+            if type(d) is list and len(d) == 8 and d[4] == "" and type(d[6]) is list and not d[6]:
+                try:
+                    _check_conn_key(key)
+                    e = Conn(key, bool(d[1]), _STATES[d[0]], record.owner, record.version, record.bucket,
+                             float(d[2]), trigger=str(d[7]))
+                    e.last_seen = float(d[3])
+                except (ValueError, TypeError, KeyError) as exc:
+                    self.rejected += 1
+                    log.warning("refused record %s from %s: %s", key.hex(), record.owner, exc)
+                    return False
+                self.backups.put(e)
+                return True
         cur = self._version(record.key)
         if cur is not None and record.version <= cur and not self._common_tie_won(record, cur):
             return False
@@ -305,7 +353,7 @@ class EngineStore:
             del t.tombs[k]
         return gone
 
-    def keys(self, owner: str) -> Iterator[bytes]:
+    def sweep_keys(self, owner: str) -> Iterator[bytes]:
         """Own keys peers know of (not those still in a quiet state), or a peer's copies' keys."""
         if owner == self.table.node:
             return (k for k, e in self.table.conns.items() if e.announced and e.owner == owner)

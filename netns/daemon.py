@@ -182,6 +182,7 @@ class LabDaemon:
             "scan_ports": s.scan_ports,
             "scan_window_ms": s.scan_window_ms,
             "block_s": s.block_s,
+            "bench_fill": s.bench_fill,
         }
         path = self.run_dir / "nodes" / f"{name}.json"
         path.write_text(json.dumps(cfg, indent=1))

@@ -124,6 +124,9 @@ class LabSpec:
     scan_ports: int = 0  # off unless the lab file sets it (docs/guards.md says why)
     scan_window_ms: int = 2000
     block_s: int = 10
+    # The benches' own labs only: a node fills its table with synthetic connections on request
+    # (the `fill` control command, engine/synthetic.py), so a resync of 1M entries can be timed.
+    bench_fill: bool = False
 
     def ns_name(self, host: str) -> str:
         """The namespace of a node, a host or the fabric (`sw<lab>-<host>`)."""
@@ -188,6 +191,7 @@ _SCALARS: dict[str, type] = {
     "scan_ports": int,
     "scan_window_ms": int,
     "block_s": int,
+    "bench_fill": bool,
 }
 _LISTS = ("nodes", "hosts", "rules")
 _NODE_KEYS = {"name": str, "sync_ip": str}
@@ -411,6 +415,7 @@ def validate(raw: Mapping[str, Any]) -> LabSpec:
         scan_ports=_int_range("scan_ports", v.get("scan_ports", 0), 0, 65535),
         scan_window_ms=_int_range("scan_window_ms", v.get("scan_window_ms", 2000), 1, 3_600_000),
         block_s=_int_range("block_s", v.get("block_s", 10), 1, 86_400),
+        bench_fill=v.get("bench_fill", False),
     )
 
 

@@ -89,6 +89,7 @@ class SyncAgent:
         self._takeover = Takeover(ctx, self._replicate, self._resync)
         self._leader = Leader(ctx, self._takeover)
         self._sweep = KeySweep(ctx, self._replicate)
+        self._resync.bulk_done = self._sweep.send
         self._dispatch = Dispatcher(ctx, self._replicate, self._resync, self._leader, self._sweep)
 
     # ---- what other code reads --------------------------------------------------------
@@ -122,24 +123,33 @@ class SyncAgent:
 
     def receive(self, data: bytes, src: Address, now: float) -> None:
         """Handle one datagram. Never raises: bad input is dropped and counted."""
+        self.receive_many(((data, src),), now)
+
+    def receive_many(self, datagrams: Iterable[tuple[bytes, Address]], now: float) -> None:
+        """Handle the datagrams one turn of the loop read, then answer once: one cumulative
+        ack per peer (riding on a data frame when there is one), not one per datagram.
+        Never raises: bad input is dropped and counted."""
         ctx = self._ctx
         ctx.now = now
         if ctx.modes.mode is Mode.GONE:
             return
+        dispatch = self._dispatch.receive
+        for data, src in datagrams:
+            try:
+                dispatch(data, src, now)
+            except BadFrame as exc:
+                ctx.bad[exc.kind.value] += 1
+                log.debug("%s: dropped frame from %s: %s", self.node, src, exc)
+            except Exception:  # a bug of ours must not kill the node's loop
+                ctx.bad["internal-error"] += 1
+                log.exception("%s: internal error handling a frame from %s", self.node, src)
         try:
-            self._dispatch.receive(data, src, now)
-        except BadFrame as exc:
-            ctx.bad[exc.kind.value] += 1
-            log.debug("%s: dropped frame from %s: %s", self.node, src, exc)
-        except Exception:  # a bug of ours must not kill the node's loop
-            ctx.bad["internal-error"] += 1
-            log.exception("%s: internal error handling a frame from %s", self.node, src)
-        try:
-            ctx.send_acks()
+            self._resync.feed()
             ctx.pump(now)
+            ctx.send_acks(delayed_too=False)
         except Exception:
             ctx.bad["internal-error"] += 1
-            log.exception("%s: internal error after a frame from %s", self.node, src)
+            log.exception("%s: internal error after frames", self.node)
 
     def tick(self, now: float) -> None:
         """Timers: heartbeats, failure detection, membership, periodic sync, retransmits.
@@ -166,8 +176,10 @@ class SyncAgent:
         self._resync.leaving(now)
         self._replicate.period(now)
         self._replicate.deadlines(now)
+        self._resync.feed()
         self._sweep.tick(now)
         ctx.pump(now)
+        ctx.send_acks()
 
     def _majority(self, now: float) -> None:
         """Majority rule: cut off from the others on every path, only a side holding a

@@ -53,6 +53,9 @@ class Channel:
         self.recv_next = 1
         self.recv_buf: dict[int, tuple[MsgType, Any]] = {}
         self.ack_pending = False
+        # Whether the pending ack must go this turn (someone may wait on it, or it repeats a
+        # lost one) or may wait for the next timer tick, cumulative (sync/context.py).
+        self.ack_now = False
 
     @property
     def cum_ack(self) -> int:
@@ -84,6 +87,7 @@ class Channel:
         """Accept a reliable message; deliver everything now contiguous, in order."""
         self.ack_pending = True  # always (re)ack: our previous ack may have been lost
         if seq < self.recv_next or seq in self.recv_buf:
+            self.ack_now = True  # a retransmission: the sender is waiting already
             return Delivery([], duplicate=True)
         if seq >= self.recv_next + self.window:
             return Delivery([], beyond_window=True)

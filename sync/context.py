@@ -142,9 +142,13 @@ class AgentContext:
         self._useq += 1
         self._frame(p, mtype, self._useq, payload)
 
-    def send_acks(self) -> None:
+    def send_acks(self, *, delayed_too: bool = True) -> None:
+        """A cumulative ack to every peer owed one. After input (`delayed_too` False) only the
+        urgent ones: the acks of plain state changes wait for the timer tick (a few ms, far
+        below the 20 ms retransmission timer), so one ack covers a tick's frames."""
         for p in self.peers.values():
-            if p.channel.ack_pending:
+            ch = p.channel
+            if ch.ack_pending and (delayed_too or ch.ack_now):
                 self.send_unreliable(p, MsgType.ACK, None)
 
     def pump(self, now: float) -> None:
@@ -176,7 +180,7 @@ class AgentContext:
             payload,
             self.config.lab_id,
         )
-        p.channel.ack_pending = False
+        p.channel.ack_pending = p.channel.ack_now = False
         data = encode_frame(f, self.config.key)
         name = mtype.name.lower()
         p.stats.sent[name] += 1

@@ -24,6 +24,7 @@ from sync.resync import Resync
 from sync.sweep import KeySweep, check_keys_part, check_want
 from sync.wire import (
     MAX_WIRE_INT,
+    TRIGGER_CODE,
     UNRELIABLE,
     BadFrame,
     BadFrameKind,
@@ -35,6 +36,13 @@ from sync.wire import (
 )
 
 log = logging.getLogger(__name__)
+
+
+# Records of these triggers are acked at the next tick, cumulatively; nobody waits on their
+# ack at once (a held packet's sync-and-notify uses RELATED, acked in the same turn). Every
+# other reliable message is acked in the turn it arrives. Keyed by the wire's trigger code.
+_DELAYED_ACK = frozenset(TRIGGER_CODE[t] for t in (Trigger.MODIFIED, Trigger.PERIODIC, Trigger.RESYNC,
+                                                  Trigger.FULL_SYNC))
 
 
 # ---- payload checks: what each sender sends, or BadFrame ---------------------------------
@@ -183,6 +191,9 @@ class Dispatcher:
         if d.beyond_window:
             ctx.counters["beyond-window"] += 1
         for _, t, (epoch, payload) in d.messages:
+            code = payload[0] if t is MsgType.RECORDS and type(payload) is list and payload else None
+            if type(code) is not int or code not in _DELAYED_ACK:
+                p.channel.ack_now = True
             self._deliver(p, t, payload, now, epoch)
 
     def _deliver(self, p: Peer, t: MsgType, payload: Any, now: float, epoch: int) -> None:
@@ -248,10 +259,9 @@ class Dispatcher:
             self.resync.bulk_records(p, n)
 
     def _on_bulk_request(self, p: Peer, arg: None, now: float, epoch: int) -> None:
-        if self.resync.answer_bulk(p):
-            # It will back us up: it may hold copies from before (a false failover) whose
-            # deletes never reached it; our sweep after the bulk lets it drop them now.
-            self.sweep.send(p)
+        # If it will back us up, it may hold copies from before (a false failover) whose
+        # deletes never reached it: a key sweep follows the bulk's last record (Resync.bulk_done).
+        self.resync.answer_bulk(p)
 
     def _on_bulk_start(self, p: Peer, total: int, now: float, epoch: int) -> None:
         self.resync.bulk_started(p, total)

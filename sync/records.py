@@ -71,6 +71,17 @@ class StateStore(Protocol):
         """Live (not deleted) records matching every given filter."""
         ...
 
+    def keys(
+        self,
+        *,
+        owner: str | None = None,
+        scope: Scope | None = None,
+        buckets: Iterable[int] | None = None,
+    ) -> list[bytes]:
+        """The keys `records` would yield now, without building the records (a bulk resync
+        takes this snapshot and builds each record when it sends it)."""
+        ...
+
     def promote(self, buckets: Iterable[int], new_owner: str) -> list[Record]:
         """Take over: every node-scope record in `buckets` not owned by `new_owner` becomes
         owned by it with a higher version. Returns the promoted records."""
@@ -80,7 +91,7 @@ class StateStore(Protocol):
         """Forget the node-scope records owned by `owner` (no longer backed up here). Returns count."""
         ...
 
-    def keys(self, owner: str) -> Iterator[bytes]:
+    def sweep_keys(self, owner: str) -> Iterator[bytes]:
         """The keys of the live node-scope records of `owner` that its peers may know of (an
         own entry not yet announced to them is left out)."""
         ...
@@ -126,7 +137,7 @@ class MemoryStore:
         buckets: Iterable[int] | None = None,
     ) -> Iterator[Record]:
         wanted = None if buckets is None else set(buckets)
-        for r in self._records.values():
+        for r in list(self._records.values()):  # a snapshot: the caller may change the store
             if r.deleted:
                 continue
             if owner is not None and r.owner != owner:
@@ -136,6 +147,15 @@ class MemoryStore:
             if wanted is not None and r.bucket not in wanted:
                 continue
             yield r
+
+    def keys(
+        self,
+        *,
+        owner: str | None = None,
+        scope: Scope | None = None,
+        buckets: Iterable[int] | None = None,
+    ) -> list[bytes]:
+        return [r.key for r in self.records(owner=owner, scope=scope, buckets=buckets)]
 
     def promote(self, buckets: Iterable[int], new_owner: str) -> list[Record]:
         wanted = set(buckets)
@@ -158,7 +178,7 @@ class MemoryStore:
             del self._records[k]
         return len(gone)
 
-    def keys(self, owner: str) -> Iterator[bytes]:
+    def sweep_keys(self, owner: str) -> Iterator[bytes]:
         for r in self._records.values():
             if not r.deleted and r.scope is Scope.NODE and r.owner == owner:
                 yield r.key

@@ -4,15 +4,31 @@ graceful leave (claim 13: push everything to the backups, wait for acks, then go
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from sync.context import AgentContext, Peer
 from sync.events import LeaveComplete, ResyncComplete, ResyncProgress
 from sync.membership import LIVE, MemberState, Mode, ModeEvent, View
-from sync.records import Record, Scope, Trigger
+from sync.records import Scope, Trigger
 from sync.replicate import Replicator, Sent
 from sync.wire import TRIGGER_CODE, MsgType, batch_records
 
 log = logging.getLogger(__name__)
+
+# How far a bulk resync's records are queued ahead of the channel's window, in frames, and how
+# many records are built at a time (see Resync.feed).
+BULK_AHEAD_FRAMES = 32
+BULK_CHUNK_RECORDS = 256
+
+
+@dataclass(slots=True)
+class _Bulk:
+    """A bulk resync we answer: the keys to send, and how many went."""
+
+    keys: list[bytes]
+    pos: int = 0
+    backs_us: bool = False  # the joiner will back us up: a key sweep follows the bulk
 
 
 class Resync:
@@ -25,6 +41,10 @@ class Resync:
         self.join_wait_s = ctx.config.join_wait_s
         # (peer, seq) of what we pushed on leaving and still wait to see acked.
         self.leave_pending: set[tuple[str, int]] = set()
+        self.bulks: dict[str, _Bulk] = {}  # bulk resyncs we answer, by joiner
+        # Called with the joiner once its bulk is all queued, if it will back us up (the agent
+        # sends it a key sweep: copies from before a false failover are dropped at once).
+        self.bulk_done: Callable[[Peer], object] | None = None
 
     # ---- joining ----------------------------------------------------------------------
 
@@ -89,25 +109,65 @@ class Resync:
 
     def answer_bulk(self, p: Peer) -> bool:
         """Claim 12: common records, our records if the joiner will back us up, and the
-        records of buckets we own that will move to it. Returns whether it will back us up."""
+        records of buckets we own that will move to it. Returns whether it will back us up.
+
+        The keys are taken now (a snapshot, no records built); the records go out as the
+        channel drains (`feed`), each built when it is sent, so it carries the newest version.
+        Built all at once, 1M records held this node's loop for seconds: its peers missed its
+        heartbeats and failed it, and the joiner went on without it."""
         ctx = self.ctx
         store = ctx.store
         fut = ctx.view.with_active(p.name)
-        out: dict[bytes, Record] = {r.key: r for r in store.records(scope=Scope.COMMON)}
+        keys = store.keys(scope=Scope.COMMON)
         backs_us = p.name in fut.backups_of(ctx.node)
         if backs_us:
-            out.update((r.key, r) for r in store.records(owner=ctx.node, scope=Scope.NODE))
+            keys += store.keys(owner=ctx.node, scope=Scope.NODE)
         moving = [b for b in ctx.owned if fut.owner(b) == p.name]
         if moving:
-            out.update((r.key, r) for r in store.records(scope=Scope.NODE, buckets=moving))
-        recs = list(out.values())
-        ctx.queue(p, MsgType.BULK_START, [len(recs)])
-        for batch in batch_records(recs, ctx.budget):
-            ctx.queue(p, MsgType.RECORDS, [TRIGGER_CODE[Trigger.RESYNC], batch.blob])
-        ctx.queue(p, MsgType.BULK_END, [len(recs)])
+            keys += store.keys(scope=Scope.NODE, buckets=moving)
+        keys = list(dict.fromkeys(keys))  # our own records of a moving bucket come once
+        ctx.queue(p, MsgType.BULK_START, [len(keys)])
+        # A second request (a new view) starts over: its BULK_START resets the joiner's count.
+        self.bulks[p.name] = _Bulk(keys, backs_us=backs_us)
         ctx.counters["bulk-answered"] += 1
-        log.info("%s: bulk resync to %s: %d records", ctx.node, p.name, len(recs))
+        log.info("%s: bulk resync to %s: %d records", ctx.node, p.name, len(keys))
+        self._feed(p)
         return backs_us
+
+    def feed(self) -> None:
+        """Queue more of each bulk resync we answer while its channel has room (called after
+        every input and timer, so the stream goes on as acks come back)."""
+        if not self.bulks:
+            return
+        for name in list(self.bulks):
+            p = self.ctx.peers[name]
+            if not p.up:
+                del self.bulks[name]  # it asks again when it is back
+                continue
+            self._feed(p)
+
+    def _feed(self, p: Peer) -> None:
+        ctx = self.ctx
+        bulk = self.bulks[p.name]
+        ch = p.channel
+        get = ctx.store.get
+        code = TRIGGER_CODE[Trigger.RESYNC]
+        keys = bulk.keys
+        # A few dozen frames ahead of what the window lets out: enough to keep it full, and
+        # one call builds at most that many records (~1,000), a few ms of this node's loop.
+        while ch.unsent() < BULK_AHEAD_FRAMES and bulk.pos < len(keys):
+            chunk = keys[bulk.pos:bulk.pos + BULK_CHUNK_RECORDS]
+            bulk.pos += len(chunk)
+            recs = [r for r in map(get, chunk) if r is not None]
+            for batch in batch_records(recs, ctx.budget):
+                ctx.queue(p, MsgType.RECORDS, [code, batch.blob])
+        if bulk.pos >= len(keys):
+            ctx.queue(p, MsgType.BULK_END, [len(keys)])
+            del self.bulks[p.name]
+            if bulk.backs_us and self.bulk_done is not None:
+                # After the last record, not before: a sweep queued ahead of the stream would
+                # list keys the joiner does not hold yet, and it would WANT every one of them.
+                self.bulk_done(p)
 
     # ---- leaving --------------------------------------------------------------------------
 
@@ -174,6 +234,7 @@ class Resync:
         self.leave_pending.discard(ps)
 
     def peer_restarted(self, p: Peer) -> None:
+        self.bulks.pop(p.name, None)  # its channel is gone; it asks again
         p.bulk_requested = p.bulk_done = False
         p.bulk_total = p.bulk_received = 0
         self.leave_pending = {k for k in self.leave_pending if k[0] != p.name}

@@ -62,7 +62,7 @@ class KeySweep:
     def send(self, p: Peer) -> int:
         """Queue one sweep of our keys to `p`; returns how many parts."""
         ctx = self.ctx
-        keys = list(ctx.store.keys(ctx.node))
+        keys = list(ctx.store.sweep_keys(ctx.node))
         budget = ctx.budget - _PAYLOAD_OVERHEAD
         parts: list[list[bytes]] = [[]]
         size = 0
@@ -106,7 +106,7 @@ class KeySweep:
         del self._incoming[p.name]
         ctx = self.ctx
         store = ctx.store
-        gone = [k for k in store.keys(p.name) if k not in got]
+        gone = [k for k in store.sweep_keys(p.name) if k not in got]
         if gone:
             n = store.forget(p.name, gone)
             ctx.counters["copies-forgotten"] += n

@@ -56,22 +56,22 @@ def test_key_sweeps_see_announced_keys_and_forget_only_a_peers_copies() -> None:
     """The engine's side of sync/sweep.py: an owner names the entries its peers heard of (a
     connection still in a quiet state is not one), and a backup forgets copies, never its own."""
     owner, _ = _owner_with_flows(3, mark=2)
-    assert sorted(owner.store.keys("n1")) == sorted(owner.table.conns)
+    assert sorted(owner.store.sweep_keys("n1")) == sorted(owner.table.conns)
     quiet = Engine("n1", default_rules(), quiet_states=TRANSIENT_TCP_STATES)
     quiet.process(TcpFlow(C1, S1, 42000, 5001).handshake()[0], 1.0, 2)  # a SYN: not announced
-    assert len(quiet.table.conns) == 1 and list(quiet.store.keys("n1")) == []
+    assert len(quiet.table.conns) == 1 and list(quiet.store.sweep_keys("n1")) == []
 
     peer = Engine("n2", default_rules())
     peer.process(TcpFlow(C1, S1, 41000, 5001).handshake()[0], 1.0, 5)
     for rec in owner.store.records():
         peer.store.apply(rec)
-    copies = sorted(peer.store.keys("n1"))
+    copies = sorted(peer.store.sweep_keys("n1"))
     assert len(copies) == 3
     (mine,) = peer.table.conns
     assert peer.store.forget("n2", [mine]) == 0 and mine in peer.table.conns
     assert peer.store.forget("n3", copies) == 0  # not n3's
     assert peer.store.forget("n1", copies[:2]) == 2
-    assert list(peer.store.keys("n1")) == copies[2:]
+    assert list(peer.store.sweep_keys("n1")) == copies[2:]
     # No tombstone: the owner's record of a forgotten key is taken again.
     rec = owner.store.get(copies[0])
     assert rec is not None and peer.store.apply(rec)

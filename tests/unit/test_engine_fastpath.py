@@ -76,3 +76,74 @@ def test_a_held_entry_leaves_the_index_until_released() -> None:
     e.hold = 0
     engine.table.refresh(e)
     assert len(engine.table.fast[TCP]) == 2
+
+
+# IPv6: addresses and ports are one slice too (bytes 8..44) when TCP or UDP follows the fixed
+# header directly; an extension header, a SYN, FIN or RST, or an unknown flow take the full path.
+C6, S6 = "2001:2:0:1::a", "2001:2:0:2::a"
+RULES6 = [{"name": "v6", "action": "accept", "proto": "tcp", "src": "2001:2:0:1::/64",
+           "dst": "2001:2:0:2::/64", "dport": "5000-5999"},
+          {"name": "v6u", "action": "accept", "proto": "udp", "src": "2001:2:0:1::/64",
+           "dst": "2001:2:0:2::/64", "dport": "5000-5999"}]
+
+
+def _tcp6(src: str, dst: str, sport: int, dport: int, flags: str, payload: bytes = b"",
+          ext: bool = False) -> bytes:
+    from scapy.layers.inet import TCP as STCP
+    from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
+    from scapy.packet import Raw
+
+    ip = IPv6(src=src, dst=dst) / IPv6ExtHdrHopByHop() if ext else IPv6(src=src, dst=dst)
+    return bytes(ip / STCP(sport=sport, dport=dport, flags=flags) / Raw(payload))
+
+
+def _udp6(src: str, dst: str, sport: int, dport: int) -> bytes:
+    from scapy.layers.inet import UDP as SUDP
+    from scapy.layers.inet6 import IPv6
+    from scapy.packet import Raw
+
+    return bytes(IPv6(src=src, dst=dst) / SUDP(sport=sport, dport=dport) / Raw(b"x"))
+
+
+def test_an_ipv6_established_flow_takes_the_fast_path_both_ways() -> None:
+    from engine.rules import parse_rules
+
+    engine = Engine("n1", parse_rules(RULES6))
+    for p in (_tcp6(C6, S6, 40000, 5001, "S"), _tcp6(S6, C6, 5001, 40000, "SA"),
+              _tcp6(C6, S6, 40000, 5001, "A")):
+        assert engine.process(p, 1.0).verdict is Verdict.ACCEPT
+    (e,) = engine.table.conns.values()
+    assert len(e.key) == 37 and e.state is ConnState.ESTABLISHED
+    fwd, rev = directional_keys(e.key)
+    c2s, s2c = _tcp6(C6, S6, 40000, 5001, "PA", b"x"), _tcp6(S6, C6, 5001, 40000, "A")
+    assert {c2s[8:44], s2c[8:44]} == {fwd, rev}
+    assert engine.table.fast[TCP] == {fwd: e, rev: e}
+    before = engine._n_fast
+    assert engine.process(c2s, 2.0).verdict is Verdict.ACCEPT
+    assert engine.process(s2c, 2.0).verdict is Verdict.ACCEPT
+    assert engine._n_fast == before + 2 and e.last_seen == 2.0
+    # An extension header: the full path (it walks past it), same verdict.
+    assert engine.process(_tcp6(C6, S6, 40000, 5001, "A", ext=True), 3.0).verdict is Verdict.ACCEPT
+    assert engine._n_fast == before + 2 and e.last_seen == 3.0
+    # A mid-flow packet of no known flow: the full path, which holds it and asks the peers.
+    assert engine.process(_tcp6(C6, S6, 40001, 5001, "A"), 3.0).verdict is Verdict.HOLD
+    assert engine._n_fast == before + 2
+    # A FIN: the full path; the flow leaves the index.
+    assert engine.process(_tcp6(C6, S6, 40000, 5001, "FA"), 4.0).verdict is Verdict.ACCEPT
+    assert engine._n_fast == before + 2 and e.state is ConnState.FIN_WAIT
+    assert engine.table.fast[TCP] == {}
+
+
+def test_an_assured_ipv6_udp_flow_is_indexed_and_leaves_with_its_entry() -> None:
+    from engine.rules import parse_rules
+
+    engine = Engine("n1", parse_rules(RULES6))
+    engine.process(_udp6(C6, S6, 4000, 5001), 1.0)
+    assert engine.table.fast[UDP] == {}
+    engine.process(_udp6(S6, C6, 5001, 4000), 1.0)
+    assert len(engine.table.fast[UDP]) == 2
+    before = engine._n_fast
+    assert engine.process(_udp6(C6, S6, 4000, 5001), 2.0).verdict is Verdict.ACCEPT
+    assert engine._n_fast == before + 1
+    engine.expire(2.0 + engine.timeouts.udp_assured_s + 1)
+    assert engine.table.fast[UDP] == {} and not engine.table.conns

@@ -61,6 +61,9 @@ def test_a_lone_node_joins_answers_status_and_stops(tmp_path: Path) -> None:
                 if status.get("state") == "active" and status.get("buckets"):
                     break
         assert (await _ask(cfg.control_socket, {"cmd": "nope"}))["ok"] is False
+        # Synthetic connections are for the benches' labs (bench_fill) only.
+        fill = await _ask(cfg.control_socket, {"cmd": "fill", "count": 10})
+        assert fill["ok"] is False and "bench" in str(fill["error"]) and not node.engine.table.conns
         assert (await _ask(cfg.control_socket, {"cmd": "policy", "policy": "periodic"}))["ok"] is True
         seen["hold_related"] = node.engine.hold_related
         seen["status"] = status

@@ -23,7 +23,7 @@ def _cluster(**kw: Any) -> SimCluster:
 
 
 def _copies(c: SimCluster, holder: str, owner: str) -> set[bytes]:
-    return set(c.stores[holder].keys(owner))
+    return set(c.stores[holder].sweep_keys(owner))
 
 
 def _diverged(c: SimCluster) -> list[str]:
@@ -121,5 +121,8 @@ def _chaos(seed: int, keys_interval_ms: int) -> list[str]:
 
 
 def test_after_false_failovers_every_backup_converges_on_its_owner() -> None:
-    assert _chaos(3, 0) != []  # this run leaves a stale copy when nothing sweeps
-    assert _chaos(3, 500) == []
+    # The first chaos run that leaves a stale copy when nothing sweeps (about 1 seed in 6;
+    # which one moves with every change to the sync layer's timing), then the same with sweeps.
+    stale = next((seed for seed in range(1, 31) if _chaos(seed, 0)), None)
+    assert stale is not None, "no run left a stale copy without sweeps: this test proves nothing"
+    assert _chaos(stale, 500) == []

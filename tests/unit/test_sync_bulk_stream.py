@@ -1,0 +1,122 @@
+"""A bulk resync answer streams (sync/resync.py): keys are taken at the request, records are
+built and queued as the channel drains, each in its newest version, every key once."""
+
+from __future__ import annotations
+
+from sync.config import SyncConfig
+from sync.context import AgentContext
+from sync.membership import MemberState, compute_view
+from sync.records import MemoryStore, Record, Scope
+from sync.replicate import Replicator
+from sync.resync import BULK_AHEAD_FRAMES, BULK_CHUNK_RECORDS, Resync
+from sync.wire import MsgType, records_from_blob
+
+N = 5000
+
+
+def _answering() -> tuple[AgentContext, Resync, MemoryStore]:
+    cfg = SyncConfig(lab_id="t", key=b"k" * 32, node="n1",
+                     nodes=(("n1", ("10.0.0.1", 7400)), ("n2", ("10.0.0.2", 7400))), buckets=4)
+    store = MemoryStore()
+    ctx = AgentContext(cfg, store, 0.0, 1)
+    # n1 alone active and owning everything; n2 joins and will back n1 up.
+    ctx.view = compute_view(ctx.names, {"n1": MemberState.ACTIVE, "n2": MemberState.JOINING}, 4, 1, 1)
+    ctx.owned = {1, 2, 3, 4}
+    ctx.peers["n2"].up = True
+    for i in range(N):
+        store.put_local(Record(f"k{i:05}".encode(), Scope.NODE, "n1", 1, 1 + i % 4, [i], False))
+    return ctx, Resync(ctx, Replicator(ctx)), store
+
+
+def test_the_answer_is_queued_as_the_channel_drains_and_holds_every_key_once() -> None:
+    ctx, resync, store = _answering()
+    p = ctx.peers["n2"]
+    resync.answer_bulk(p)
+    ch = p.channel
+    first = len(ch.unacked)
+    # Not the whole answer at once: a bounded lead (BULK_START, the frames ahead, one chunk).
+    assert first <= 1 + BULK_AHEAD_FRAMES + BULK_CHUNK_RECORDS // 10
+    got: dict[bytes, Record] = {}
+    types: list[MsgType] = []
+    now = 0.0
+    changed = False
+    for _ in range(10_000):
+        now += 0.001
+        sent = ch.due(now, None)
+        for o, _retransmit in sent:
+            types.append(o.type)
+            if o.type is MsgType.RECORDS:
+                for r in records_from_blob(o.payload[1]):
+                    assert r.key not in got, "every key once"
+                    got[r.key] = r
+        ch.on_ack(ch.next_unsent - 1)
+        if not changed and len(got) > N // 2:
+            # A change while the answer streams: the record still to go is sent as it is now.
+            changed = True
+            last = store.get(f"k{N - 1:05}".encode())
+            assert last is not None
+            store.put_local(Record(last.key, Scope.NODE, "n1", last.version, last.bucket, ["new"], False))
+        resync.feed()
+        if types and types[-1] is MsgType.BULK_END:
+            break
+    assert types[0] is MsgType.BULK_START and types[-1] is MsgType.BULK_END
+    assert len(got) == N and changed
+    assert got[f"k{N - 1:05}".encode()].data == ["new"]
+    assert not resync.bulks, "the cursor is gone once BULK_END is queued"
+
+
+def test_a_joiner_that_goes_down_or_restarts_drops_its_stream() -> None:
+    ctx, resync, _ = _answering()
+    p = ctx.peers["n2"]
+    resync.answer_bulk(p)
+    assert "n2" in resync.bulks
+    p.up = False
+    resync.feed()
+    assert not resync.bulks
+    p.up = True
+    resync.answer_bulk(p)
+    resync.peer_restarted(p)
+    assert not resync.bulks
+
+
+def test_acks_are_cumulative_per_turn_and_wait_for_the_tick_unless_someone_waits() -> None:
+    from sync.records import Trigger
+    from sync.sim import SimCluster
+    from sync.wire import decode_frame
+
+    def burst(sim: SimCluster, tag: str, waited: bool) -> list[tuple[bytes, tuple[str, int]]]:
+        a1 = sim.agents["n1"]
+        for i in range(10):
+            key = f"{tag}{i}".encode()
+            sim.stores["n1"].put_local(Record(key, Scope.NODE, "n1", 1, a1.owned_buckets[0], [i], False))
+            if waited:  # a held packet waits on this ack (sync-and-notify)
+                a1.sync_and_notify([key], sim.now, 1.0, trigger=Trigger.RELATED)
+            else:
+                a1.changed(key, sim.now)
+        return [(d, sim.addrs["n1"]) for _, d in a1.datagrams()]
+
+    def acks(sim: SimCluster) -> int:
+        c = sim.base
+        out = sim.agents["n2"].datagrams()
+        frames = [decode_frame(d, c.key, c.lab_id, c.max_frame_bytes) for _, d in out]
+        return sum(1 for f in frames if f.type is MsgType.ACK)
+
+    sim = SimCluster(2)
+    sim.start()
+    assert sim.run_until(sim.all_active, 5.0)
+    sim.run(0.05)  # nothing in flight
+    n2 = sim.agents["n2"]
+    # Plain changes, one datagram a turn: no ack at once, one for all of them at the tick.
+    for d, src in burst(sim, "a", waited=False):
+        n2.receive(d, src, sim.now)
+    assert acks(sim) == 0
+    n2.tick(sim.now + 0.001)
+    assert acks(sim) == 1, "one cumulative ack at the tick"
+    # Someone waits on these: acked in the turn they arrive, once for the turn's datagrams.
+    n2.receive_many(burst(sim, "b", waited=True), sim.now)
+    assert acks(sim) == 1
+    for d, src in burst(sim, "c", waited=True):
+        n2.receive(d, src, sim.now)
+    assert acks(sim) == 10, "a turn each: an ack each"
+    assert {f"{t}{i}".encode() for t in "abc" for i in range(10)} <= {
+        r.key for r in sim.stores["n2"].records(owner="n1")}

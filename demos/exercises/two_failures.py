@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from typing import Any
 
 from demos import flows as flow_judge
 from demos.exercises.framework import Criterion, Exercise, Grade
@@ -30,12 +31,16 @@ backups = 1
 '''
 
 
-def two_backups(ctx: DemoContext) -> Grade:
-    nodes = ctx.nodes()
+def two_backups_in(st: dict[str, Any], _mem: dict[str, Any]) -> Grade:
+    nodes = {n["name"]: n for n in st["nodes"]}
     have = {n: len(v.get("backups", [])) for n, v in nodes.items()}
     ok = len(nodes) >= 3 and all(k >= 2 for k in have.values())
     return Grade(ok, f"{len(nodes)} nodes; backups per node: "
                      + ", ".join(f"{n} {k}" for n, k in sorted(have.items())))
+
+
+def two_backups(ctx: DemoContext) -> Grade:
+    return two_backups_in(ctx.status(), ctx.mem)
 
 
 def survive_two(ctx: DemoContext) -> Grade:
@@ -94,7 +99,7 @@ TWO_FAILURES = Exercise(
     criteria=(
         Criterion("every node's connections are copied to at least two other nodes", two_backups,
                   "When a node fails, who holds the copy of its connections, and what if that node "
-                  "fails too? Look at the backups column of `syncwall status`."),
+                  "fails too? Look at the backups column of `syncwall status`.", live=two_backups_in),
         Criterion("crashing a node and its backup together under traffic loses no connection",
                   survive_two,
                   "The lost connections had every copy on the two nodes that died. Which setting of "

@@ -273,3 +273,54 @@ def test_step_through_answer_is_checked_against_the_release_events() -> None:
     assert wrong[0][0] and not wrong[1][0] and "'n1>n2#4'" in wrong[1][1]
     assert all(ok for ok, _ in res([*step, rel], " N1 -> n3#5"))
     assert not res([*step, rel], None)[1][0]
+
+
+# ---- the console's task panel: what it shows, without Textual --------------------------------
+def test_board_ticks_live_from_the_snapshot_else_from_the_last_check(tmp_path: Path) -> None:
+    from demos.exercises.board import SessionWatch, board
+
+    ex = EXERCISES["two-failures"]
+    s = Session("two-failures", "ex-two", "two.toml", started=5.0)
+    one = {"nodes": [{"name": n, "state": "active", "backups": [b]} for n, b in
+                     (("n1", "n2"), ("n2", "n3"), ("n3", "n1"))]}
+    b = board(ex, s, one)
+    assert [(t.ok, t.source) for t in b.ticks] == [(False, "live"), (None, "")]
+    assert "backups per node: n1 1" in b.ticks[0].details
+    s.add_check([{"text": ex.criteria[1].text, "ok": False, "details": "3 lost", "hint": "h"}], False)
+    two = {"nodes": [{"name": n, "state": "active", "backups": g} for n, g in
+                     (("n1", ["n2", "n3"]), ("n2", ["n3", "n1"]), ("n3", ["n1", "n2"]))]}
+    b = board(ex, s, two)
+    assert [(t.ok, t.source) for t in b.ticks] == [(True, "live"), (False, "check 1")]
+    assert b.ticks[1].details == "3 lost" and not b.all_ticked
+    # no snapshot yet (the lab does not answer): nothing live, the check's word stands
+    assert [(t.ok, t.source) for t in board(ex, s, {}).ticks] == [(None, ""), (False, "check 1")]
+
+    w = SessionWatch(tmp_path)
+    assert w.find("ex-two") is None
+    s.save(tmp_path)
+    Session("fast-path", "ex-fast", "f.toml").save(tmp_path)
+    (tmp_path / "junk.json").write_text("{not json")
+    found = w.find("ex-two")
+    assert found is not None and found.exercise == "two-failures" and len(found.checks) == 1
+    s.stopped = 9.0
+    s.save(tmp_path)
+    assert w.find("ex-two") is None
+
+
+def test_each_live_reading_agrees_with_its_check() -> None:
+    """A live criterion and the check's grade of it read the same lab the same way."""
+    from demos.exercises.periodic_interval import setting, setting_in
+    from demos.exercises.planted_fault import backed_up_in, every_node_backed_up
+
+    st = {"ok": True, "policy": "periodic", "interval_ms": 2000,
+          "nodes": [{"name": "n1", "state": "active", "backups": []},
+                    {"name": "n2", "state": "active", "backups": ["n1"]}]}
+
+    class Lab:
+        def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+            return st
+
+    ctx = DemoContext(Lab(), "ex-test")
+    assert setting(ctx) == setting_in(st, {}) and setting_in(st, {}).ok
+    assert every_node_backed_up(ctx) == backed_up_in(st, {}) and not backed_up_in(st, {}).ok
+    assert sum(c.live is not None for e in EXERCISES.values() for c in e.criteria) >= 6

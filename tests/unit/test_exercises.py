@@ -173,6 +173,34 @@ def test_fast_path_starting_lab_fails_on_admission(monkeypatch: pytest.MonkeyPat
     assert not res.passed
 
 
+def test_fast_path_admission_fails_once_the_dropped_syns_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every flow's SYN counted as no-rule-match and retried, none moving: no need to wait out
+    # the service wait (it was 10 s of every failing check).
+    monkeypatch.setattr(fp, "SERVICE_WAIT_S", 60.0)
+    monkeypatch.setattr(fp, "DROPPED_CERTAIN_S", 0.3)
+    g = fp.admitted(ctx_on(FakeLab(rule=None)))
+    assert not g.ok and "0 of 3" in g.details and "within 0 s" in g.details, g.details
+
+
+def test_fast_path_admission_waits_for_slow_flows_no_rule_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Flows that do not move yet but whose SYNs no rule dropped: no early verdict.
+    monkeypatch.setattr(fp, "DROPPED_CERTAIN_S", 0.3)
+
+    class Slow(FakeLab):
+        polls = 0
+
+        def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+            reply = super().request(msg)
+            if msg["cmd"] == "snapshot":
+                self.polls += 1
+                slow = self.polls < 4
+                reply["flows"] = [{**f, "health": "stalled" if slow else "healthy",
+                                   "bytes": 0 if slow else 5000} for f in reply["flows"]]
+            return reply
+
+    assert fp.admitted(ctx_on(Slow(rule="echo"))).ok
+
+
 def test_fast_path_correct_rule_passes(monkeypatch: pytest.MonkeyPatch) -> None:
     lab = FakeLab(rule="echo")
     # The probe is refused; the fake counts its SYN as no-rule-match.

@@ -37,8 +37,8 @@ class Backups:
     def pop(self, key: bytes) -> Conn | None:
         return self.copies.pop(key, None)
 
-    def drop_owner(self, owner: str) -> int:
-        gone = [k for k, e in self.copies.items() if e.owner == owner]
+    def drop_owner(self, owner: str, keep_buckets: Collection[int] = ()) -> int:
+        gone = [k for k, e in self.copies.items() if e.owner == owner and e.bucket not in keep_buckets]
         for k in gone:
             del self.copies[k]
         return len(gone)

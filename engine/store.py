@@ -4,7 +4,7 @@ packet path's table), backup copies (engine.backups) and common state."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
 from engine.auth import USER_TAG, check_user_record
@@ -337,19 +337,20 @@ class EngineStore:
                 out.append(conn_record(e))
         return out
 
-    def drop_owner(self, owner: str) -> int:
+    def drop_owner(self, owner: str, keep_buckets: Collection[int] = ()) -> int:
         t = self.table
-        if owner == t.node:
+        if owner == t.node:  # (never asked with keep_buckets: a node drops its own table whole)
             gone = len(t.conns)
             for e in t.conns.values():
                 t.unfast(e)
             t.conns.clear()
         else:
-            gone = self.backups.drop_owner(owner)
+            gone = self.backups.drop_owner(owner, keep_buckets)
         if t.nat_keys:  # forget the translated tuples of the entries that went
             for k in [k for k, v in t.nat_keys.items() if v not in t.conns and v not in self.backups.copies]:
                 del t.nat_keys[k]
-        for k in [k for k, tb in t.tombs.items() if tb.scope is Scope.NODE and tb.owner == owner]:
+        for k in [k for k, tb in t.tombs.items()
+                  if tb.scope is Scope.NODE and tb.owner == owner and tb.bucket not in keep_buckets]:
             del t.tombs[k]
         return gone
 

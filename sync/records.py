@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
@@ -87,8 +87,9 @@ class StateStore(Protocol):
         owned by it with a higher version. Returns the promoted records."""
         ...
 
-    def drop_owner(self, owner: str) -> int:
-        """Forget the node-scope records owned by `owner` (no longer backed up here). Returns count."""
+    def drop_owner(self, owner: str, keep_buckets: Collection[int] = ()) -> int:
+        """Forget the node-scope records owned by `owner` (no longer backed up here), except
+        those in `keep_buckets`. Returns how many went."""
         ...
 
     def sweep_keys(self, owner: str) -> Iterator[bytes]:
@@ -172,8 +173,9 @@ class MemoryStore:
                 out.append(r)
         return out
 
-    def drop_owner(self, owner: str) -> int:
-        gone = [k for k, r in self._records.items() if r.scope is Scope.NODE and r.owner == owner]
+    def drop_owner(self, owner: str, keep_buckets: Collection[int] = ()) -> int:
+        gone = [k for k, r in self._records.items()
+                if r.scope is Scope.NODE and r.owner == owner and r.bucket not in keep_buckets]
         for k in gone:
             del self._records[k]
         return len(gone)

@@ -51,13 +51,19 @@ class Takeover:
             ctx.events.append(BucketsGained(tuple(gained), len(promoted)))
             log.info("%s: gained buckets %s, promoted %d records", ctx.node, gained, len(promoted))
         # Forget copies we no longer need: an active node holds node records of itself and of
-        # the nodes it backs up, nothing else (failed nodes' state is promoted by now). A joiner
-        # keeps what its bulk resync brought: it will need it once active.
+        # the nodes it backs up, nothing else. A joiner keeps what its bulk resync brought: it
+        # will need it once active.
         if ctx.modes.mode is not Mode.JOINING:
             keep = {ctx.node, *v.backed_up_by(ctx.node)}
+            backed = self._backed_buckets(v)
             for name in ctx.names:
                 if name not in keep:
-                    dropped = ctx.store.drop_owner(name)
+                    # A failed node's copies stay in the buckets we back up: its adopter
+                    # promoted its own copies, and its hand-on replaces ours, but if the adopter
+                    # fails too before that reaches us (a double failure), ours are the only
+                    # copies left, and we or a fellow backup adopt them next.
+                    spare = backed if v.state(name) is MemberState.FAILED else frozenset()
+                    dropped = ctx.store.drop_owner(name, spare)
                     if dropped:
                         log.info("%s: dropped %d copies of %s's records", ctx.node, dropped, name)
         if ctx.owning():
@@ -70,6 +76,12 @@ class Takeover:
         if left:
             log.info("%s: left the cluster (view %d)", ctx.node, v.epoch)
             ctx.events.append(LeaveComplete())
+
+    def _backed_buckets(self, v: View) -> frozenset[int]:
+        """The buckets whose owner in `v` has this node in its backup group."""
+        me = self.ctx.node
+        return frozenset(b for b, o in enumerate(v.bucket_owner, start=1)
+                         if o is not None and o != me and me in v.backups_of(o))
 
     def _change_mode(self, v: View, now: float) -> bool:
         """What the view means for our mode. Returns True if it completes our leave."""

@@ -22,14 +22,7 @@ from app.console import requests, settings
 from app.console.banner import BucketStrip, FaultBanner
 from app.console.cards import ClusterView, NodeCard
 from app.console.demo import DemoCaption, DemoListScreen, DemoPanel, LockedLink, available_demos
-from app.console.dialogs import (
-    TRAFFIC,
-    ConfirmScreen,
-    HelpScreen,
-    PolicyScreen,
-    QuitScreen,
-    TrafficScreen,
-)
+from app.console.dialogs import TRAFFIC, ConfirmScreen, HelpScreen, PolicyScreen, QuitScreen, TrafficScreen
 from app.console.link import LabLink, LinkError, RequestRefused, checked
 from app.console.model import Scope, empty_hint, takeover_times, takeover_to_follow
 from app.console.settings import (
@@ -42,6 +35,7 @@ from app.console.settings import (
     screenshot_dir,
 )
 from app.console.tables import ConnectionsPane, DiffTable, FlowsPane, TimelinePane
+from app.console.task_panel import TaskPanel
 from netns import api
 
 log = logging.getLogger(__name__)
@@ -97,6 +91,7 @@ class ConsoleApp(App[str]):
         clock: Callable[[], float] = time.monotonic,
         demo: str | None = None,
         run_dir: Path | None = None,
+        exercise_root: Path | None = None,  # where exercise sessions are kept (tests: a tmp dir)
     ) -> None:
         super().__init__()
         self.run_dir = run_dir or getattr(link, "run_dir", None)  # screenshots without ~/Downloads
@@ -106,6 +101,7 @@ class ConsoleApp(App[str]):
         self.demo_link = LockedLink(link, self._link_lock)
         self.demo_at_start = demo
         self.demo_panel = DemoPanel()
+        self.task_panel = TaskPanel(exercise_root)
         self.viewer = viewer
         self.present = present
         self.poll_interval_s = poll_interval_s
@@ -140,6 +136,7 @@ class ConsoleApp(App[str]):
                 with TabPane("Flows", id="flows"):
                     yield FlowsPane()
             yield self.demo_panel
+            yield self.task_panel
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -226,6 +223,7 @@ class ConsoleApp(App[str]):
         if table is not None:
             conns.apply(table, now_s, asked)
         conns.hint(empty_hint(self.snapshot, viewer=self.viewer))
+        self.task_panel.show(snapshot, now_s)
         self._follow_takeover()
         self._apply_hidden_views()
         self._update_headline()

@@ -24,13 +24,21 @@ log = logging.getLogger(__name__)
 Grade = Check
 
 
+# A criterion's reading of a lab snapshot (the control API's `snapshot` reply, which the console
+# polls anyway) and of the session's notebook (`facts`, `answer`): pure and cheap, so the console's
+# task panel can tick it live. None when the snapshot alone cannot tell.
+LiveGrade = Callable[[dict[str, Any], dict[str, Any]], "Grade | None"]
+
+
 @dataclass(frozen=True, slots=True)
 class Criterion:
-    """One thing that must hold. `hint` is shown when it fails: it points the way, never the answer."""
+    """One thing that must hold. `hint` is shown when it fails: it points the way, never the answer.
+    `live`, when given, grades the same thing from a snapshot alone (the check still uses `grade`)."""
 
     text: str
     grade: Callable[[DemoContext], Grade]
     hint: str
+    live: LiveGrade | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,8 +36,13 @@ def plant(ctx: DemoContext) -> dict[str, Any]:
 
 
 def named_node(ctx: DemoContext) -> Grade:
-    facts = ctx.mem["facts"]
-    ans = ctx.mem.get("answer")
+    return named_in({}, ctx.mem)
+
+
+def named_in(_st: dict[str, Any], mem: dict[str, Any]) -> Grade:
+    """The answer against what the lab recorded at setup (the session's facts): no lab needed."""
+    facts = mem["facts"]
+    ans = mem.get("answer")
     if not ans:
         return Grade(False, "no answer yet (`syncwall exercise answer NODE`)")
     right = str(facts["dropped_by"])
@@ -89,7 +94,8 @@ FTP_NODES = Exercise(
     criteria=(
         Criterion("you named the node that dropped the data connection", named_node,
                   "The data connection's SYN reached a node that knew neither a rule nor an "
-                  "expectation for it. Which counter grows on a node for such a packet?"),
+                  "expectation for it. Which counter grows on a node for such a packet?",
+                  live=named_in),
         Criterion("active FTP works across nodes", ftp_works,
                   "The node that sees the PORT packet learns the expectation at once; the others "
                   "only when it is synced to them. How often does this lab sync?"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from typing import Any
 
 from demos import flows as flow_judge
 from demos.exercises.framework import Criterion, Exercise, Grade, needs, stop_traffic
@@ -28,13 +29,17 @@ interval_ms = 8000
 '''
 
 
-def setting(ctx: DemoContext) -> Grade:
-    st = ctx.status()
+def setting_in(st: dict[str, Any], _mem: dict[str, Any]) -> Grade:
     pol, ms = str(st.get("policy")), int(st.get("interval_ms") or 0)
-    ctx.mem["interval_ms"] = ms
     ok = pol == "periodic" and ms in CHOICES_MS
     return Grade(ok, f"policy {pol}, interval {ms} ms" + ("" if ok else
                  f": the task is periodic sync with one of {', '.join(map(str, CHOICES_MS))} ms"))
+
+
+def setting(ctx: DemoContext) -> Grade:
+    st = ctx.status()
+    ctx.mem["interval_ms"] = int(st.get("interval_ms") or 0)
+    return setting_in(st, ctx.mem)
 
 
 def run_failure(ctx: DemoContext, interval_ms: int) -> tuple[int, int, str]:
@@ -107,7 +112,8 @@ PERIODIC_INTERVAL = Exercise(
     lab_toml=LAB_TOML,
     criteria=(
         Criterion("the lab runs periodic sync with one of the choices", setting,
-                  "Look at `syncwall status`: the policy and its interval are at the top."),
+                  "Look at `syncwall status`: the policy and its interval are at the top.",
+                  live=setting_in),
         Criterion(f"the failure on your setting loses at most {MAX_LOST} connections", within_bound,
                   "The lost connections existed only on the node that died. When does a connection "
                   "opened just after a period began reach its backup, and when does the failure strike?"),

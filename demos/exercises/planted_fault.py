@@ -24,11 +24,14 @@ def plant(ctx: DemoContext) -> dict[str, Any]:
     return {"node": node, "kind": "loss", "rate": 1.0}
 
 
-def every_node_backed_up(ctx: DemoContext) -> Grade:
-    nodes = ctx.nodes()
-    alone = sorted(n for n, v in nodes.items() if v["state"] == "active" and not v.get("backups"))
+def backed_up_in(st: dict[str, Any], _mem: dict[str, Any]) -> Grade:
+    alone = sorted(n["name"] for n in st["nodes"] if n["state"] == "active" and not n.get("backups"))
     return Grade(not alone, "every node has a backup" if not alone
                  else f"without a backup: {', '.join(alone)}")
+
+
+def every_node_backed_up(ctx: DemoContext) -> Grade:
+    return backed_up_in(ctx.status(), ctx.mem)
 
 
 def copies_complete(ctx: DemoContext) -> Grade:
@@ -60,7 +63,7 @@ PLANTED_FAULT = Exercise(
         Criterion("every node has a backup", every_node_backed_up,
                   "A node whose peers hear nothing from it is left out of the backup groups. "
                   "Which node's sync rate is near zero, and what does the lab say about its "
-                  "sync segment?"),
+                  "sync segment?", live=backed_up_in),
         Criterion("every connection has its copy at a backup while the flows run", copies_complete,
                   "Copies travel as sync datagrams. Compare owned and copied connections per node: "
                   "where do the datagrams stop arriving, and what on the sync segment makes that so?"),

@@ -23,27 +23,40 @@ def _norm(label: str) -> str:
     return "".join(label.lower().split()).replace("->", ">")
 
 
-def stepped_releases(ctx: DemoContext) -> list[dict[str, Any]]:
+def stepped_releases(snapshot: dict[str, Any]) -> list[dict[str, Any]]:
     """Release events whose completing message a step sent: (release event, step event)."""
-    events = ctx.snapshot().get("events", [])
+    events = snapshot.get("events", [])
     stepped = {_norm(str(e["message"])): e for e in events
                if e.get("kind") == "step" and e.get("message") and e.get("node") != "lab"}
     return [{"release": e, "step": stepped[_norm(str(e["message"]))]} for e in events
             if e.get("kind") == "release" and e.get("message") and _norm(str(e["message"])) in stepped]
 
 
-def port_released_by_step(ctx: DemoContext) -> Grade:
-    found = stepped_releases(ctx)
-    ctx.mem["releases"] = found
+def released_in(snapshot: dict[str, Any], _mem: dict[str, Any]) -> Grade:
+    found = stepped_releases(snapshot)
     if not found:
         return Grade(False, "no held packet was released by a message a step sent (the lab's events "
                             "show no release whose message came from a step)")
     return Grade(True, f"{len(found)} held packet release(s) completed by a stepped message")
 
 
+def port_released_by_step(ctx: DemoContext) -> Grade:
+    snap = ctx.snapshot()
+    ctx.mem["releases"] = stepped_releases(snap)
+    return released_in(snap, ctx.mem)
+
+
 def named_message(ctx: DemoContext) -> Grade:
-    found = needs(ctx, "releases", "a release by a stepped message")
-    ans = ctx.mem.get("answer")
+    return named_in(needs(ctx, "releases", "a release by a stepped message"), ctx.mem)
+
+
+def named_live(snapshot: dict[str, Any], mem: dict[str, Any]) -> Grade | None:
+    found = stepped_releases(snapshot)
+    return named_in(found, mem) if found else None  # the check says "could not grade"
+
+
+def named_in(found: list[dict[str, Any]], mem: dict[str, Any]) -> Grade:
+    ans = mem.get("answer")
     if not found:
         raise KeyError("no stepped release")
     if not ans:
@@ -75,9 +88,10 @@ STEP_THROUGH = Exercise(
         Criterion("a held PORT was released by a message you stepped", port_released_by_step,
                   "Nothing new goes out while the channel is frozen, and a PORT is held only while "
                   "its expectation is not yet acknowledged. Was the channel frozen before the FTP "
-                  "session began, and did you step until a release event appeared?"),
+                  "session began, and did you step until a release event appeared?",
+                  live=released_in),
         Criterion("you named the message whose ack released it", named_message,
                   "A PORT waits for every other node. Which of the messages you stepped carried the "
-                  "expectation to the last node that had not acknowledged it yet?"),
+                  "expectation to the last node that had not acknowledged it yet?", live=named_live),
     ),
 )

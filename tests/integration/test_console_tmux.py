@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,18 @@ def see(what: str, pred: Callable[[str], bool], timeout_s: float = 15) -> str:
     except AssertionError as e:
         raise AssertionError(f"{e}; the screen was:\n{last[0]}") from None
     return shot
+
+
+@contextmanager
+def console_on(lab: str) -> Iterator[None]:
+    """The real console on `lab` in our own tmux server, 120x40; the server goes afterwards."""
+    # COLUMNS/LINES from the test runner would override the terminal's real size.
+    cmd = f"cd {Path.cwd()} && env -u COLUMNS -u LINES {sys.executable} -m app.cli --lab {lab} console"
+    try:
+        tmux("-f", "/dev/null", "new-session", "-d", "-s", "console", "-x", "120", "-y", "40", cmd)
+        yield
+    finally:
+        subprocess.run(["tmux", "-L", SOCKET, "kill-server"], capture_output=True)
 
 
 @pytest.fixture

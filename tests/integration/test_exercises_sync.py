@@ -11,6 +11,7 @@ import pytest
 
 from netns import lab as lab_life
 from netns.control import ControlClient
+from tests.integration.test_console_tmux import console_on, see
 from tests.integration.test_exercises import _remove_our_sessions, ex, failing, started, sw
 
 pytestmark = pytest.mark.integration
@@ -23,10 +24,16 @@ def releases(c: ControlClient) -> list[dict[str, Any]]:
 
 
 def test_step_through_both_ways() -> None:
-    with started("step-through", "ex-step"):
+    """Also the console's task panel on a real lab (in tmux): the first criterion ticks live
+    when the stepped message releases the PORT, before any `exercise check`."""
+    released = "a held PORT was released by a message you stepped"
+    with started("step-through", "ex-step"), console_on("ex-step"):
         rc, res = ex("answer", "n1>n2#1")  # nothing was stepped yet
-        assert rc == 3 and failing(res)[0]["text"] == "a held PORT was released by a message you stepped"
+        assert rc == 3 and failing(res)[0]["text"] == released
         assert "frozen" in failing(res)[0]["hint"]
+        see("the task panel, nothing released yet",
+            lambda s: "exercise step-through" in s and "✗ a held PORT was released" in s
+            and "checks 1 · hints 0" in s)
 
         # The scripted student: freeze, one active FTP session, step until a PORT is released.
         with ControlClient(lab_life.control_socket("ex-step"), timeout_s=15.0) as c:
@@ -48,6 +55,8 @@ def test_step_through_both_ways() -> None:
                 time.sleep(0.3)
             rel = releases(c)
             assert rel, f"no release after stepping {stepped}"
+            see("the release ticked live in the panel", lambda s: "✓ a held PORT was released" in s
+                and "checks 1 · hints 0" in s)  # no check ran since: the panel read the lab
             right = str(rel[0]["message"])
             assert right in stepped, (right, stepped)
             c.request({"cmd": "resume"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from textual.pilot import Pilot
@@ -16,13 +17,17 @@ PRESENT_SIZE = (100, 30)
 
 
 def build_app(*, viewer: bool = False, present: bool = False, demo: str | None = None,
-              **lab_args: Any) -> ConsoleApp:
+              exercise_root: Path | None = None, **lab_args: Any) -> ConsoleApp:
     """The console on a fresh fake lab; it polls once at start and then only when told.
-    With `demo`, it opens on that demo's panel (as `syncwall demo NAME` does)."""
+    With `demo`, it opens on that demo's panel (as `syncwall demo NAME` does). Exercise sessions
+    are looked for in `exercise_root` (by default an empty folder: no task panel)."""
     clock = FakeClock()
     lab = FakeLab(clock, **lab_args)
     return ConsoleApp(lab, viewer=viewer, present=present, poll_interval_s=None, clock=clock,
-                      demo=demo)
+                      demo=demo, exercise_root=exercise_root or NO_SESSIONS)
+
+
+NO_SESSIONS = Path("/nonexistent/syncwall-exercises")  # never the machine's own sessions
 
 
 def lab_of(app: ConsoleApp) -> FakeLab:

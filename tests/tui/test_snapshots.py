@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from textual.pilot import Pilot
 
-from tests.tui.snap_app import PRESENT_SIZE, SIZE, advance, build_app, settle
+from tests.tui.snap_app import PRESENT_SIZE, SIZE, advance, build_app, lab_of, settle
 
 pytestmark = pytest.mark.tui
 
@@ -123,3 +124,26 @@ def test_a_card_shows_flapping(snap_compare: Any) -> None:
         await pilot.pause()
 
     assert snap_compare(build_app(), terminal_size=SIZE, run_before=flap)
+
+
+def test_task_panel_of_an_exercise(snap_compare: Any, tmp_path: Path) -> None:
+    """periodic-interval on the fake lab: one criterion ticked live, one failed at the last
+    check, one the check could not reach yet."""
+    from demos.exercises.session import Session
+
+    s = Session("periodic-interval", "ex-period", str(tmp_path / "periodic-interval.toml"), started=1000.0)
+    s.add_check([{"text": "the lab runs periodic sync with one of the choices", "ok": False,
+                  "details": "policy periodic, interval 8000 ms"},
+                 {"text": "the failure on your setting loses at most 0 connections", "ok": False,
+                  "details": "at 8000 ms: 3 lost (at most 0 allowed)"}], False, now=1100.0)
+    s.add_hint("the failure on your setting loses at most 0 connections", now=1110.0)
+    s.save(tmp_path)
+    app = build_app(exercise_root=tmp_path)
+    lab_of(app).name = "ex-period"
+
+    async def set_period(pilot: Pilot[Any]) -> None:
+        await settle(pilot)
+        lab_of(app).request({"cmd": "policy", "policy": "periodic", "interval_ms": 2000})
+        await advance(pilot, 0.25)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=set_period)

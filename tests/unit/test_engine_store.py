@@ -99,8 +99,11 @@ def test_drop_owner_forgets_only_that_node() -> None:
     for src in (n1, n3):
         for rec in src.store.records():
             n2.store.apply(_wire(rec))
+    (b3,) = {r.bucket for r in n2.store.records(owner="n3")}
+    assert n2.store.drop_owner("n3", keep_buckets={b3}) == 0  # a failed node's copies we back up
     assert n2.store.drop_owner("n1") == 1
     assert sorted(r.owner for r in n2.store.records()) == ["n2", "n3"]
+    assert n2.store.drop_owner("n3", keep_buckets={b3 + 1}) == 1
 
 
 def test_expectation_synced_to_another_node_admits_the_data_connection_there() -> None:

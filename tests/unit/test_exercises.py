@@ -173,6 +173,34 @@ def test_fast_path_starting_lab_fails_on_admission(monkeypatch: pytest.MonkeyPat
     assert not res.passed
 
 
+def test_fast_path_admission_fails_once_the_dropped_syns_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every flow's SYN counted as no-rule-match and retried, none moving: no need to wait out
+    # the service wait (it was 10 s of every failing check).
+    monkeypatch.setattr(fp, "SERVICE_WAIT_S", 60.0)
+    monkeypatch.setattr(fp, "DROPPED_CERTAIN_S", 0.3)
+    g = fp.admitted(ctx_on(FakeLab(rule=None)))
+    assert not g.ok and "0 of 3" in g.details and "within 0 s" in g.details, g.details
+
+
+def test_fast_path_admission_waits_for_slow_flows_no_rule_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Flows that do not move yet but whose SYNs no rule dropped: no early verdict.
+    monkeypatch.setattr(fp, "DROPPED_CERTAIN_S", 0.3)
+
+    class Slow(FakeLab):
+        polls = 0
+
+        def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+            reply = super().request(msg)
+            if msg["cmd"] == "snapshot":
+                self.polls += 1
+                slow = self.polls < 4
+                reply["flows"] = [{**f, "health": "stalled" if slow else "healthy",
+                                   "bytes": 0 if slow else 5000} for f in reply["flows"]]
+            return reply
+
+    assert fp.admitted(ctx_on(Slow(rule="echo"))).ok
+
+
 def test_fast_path_correct_rule_passes(monkeypatch: pytest.MonkeyPatch) -> None:
     lab = FakeLab(rule="echo")
     # The probe is refused; the fake counts its SYN as no-rule-match.
@@ -273,3 +301,54 @@ def test_step_through_answer_is_checked_against_the_release_events() -> None:
     assert wrong[0][0] and not wrong[1][0] and "'n1>n2#4'" in wrong[1][1]
     assert all(ok for ok, _ in res([*step, rel], " N1 -> n3#5"))
     assert not res([*step, rel], None)[1][0]
+
+
+# ---- the console's task panel: what it shows, without Textual --------------------------------
+def test_board_ticks_live_from_the_snapshot_else_from_the_last_check(tmp_path: Path) -> None:
+    from demos.exercises.board import SessionWatch, board
+
+    ex = EXERCISES["two-failures"]
+    s = Session("two-failures", "ex-two", "two.toml", started=5.0)
+    one = {"nodes": [{"name": n, "state": "active", "backups": [b]} for n, b in
+                     (("n1", "n2"), ("n2", "n3"), ("n3", "n1"))]}
+    b = board(ex, s, one)
+    assert [(t.ok, t.source) for t in b.ticks] == [(False, "live"), (None, "")]
+    assert "backups per node: n1 1" in b.ticks[0].details
+    s.add_check([{"text": ex.criteria[1].text, "ok": False, "details": "3 lost", "hint": "h"}], False)
+    two = {"nodes": [{"name": n, "state": "active", "backups": g} for n, g in
+                     (("n1", ["n2", "n3"]), ("n2", ["n3", "n1"]), ("n3", ["n1", "n2"]))]}
+    b = board(ex, s, two)
+    assert [(t.ok, t.source) for t in b.ticks] == [(True, "live"), (False, "check 1")]
+    assert b.ticks[1].details == "3 lost" and not b.all_ticked
+    # no snapshot yet (the lab does not answer): nothing live, the check's word stands
+    assert [(t.ok, t.source) for t in board(ex, s, {}).ticks] == [(None, ""), (False, "check 1")]
+
+    w = SessionWatch(tmp_path)
+    assert w.find("ex-two") is None
+    s.save(tmp_path)
+    Session("fast-path", "ex-fast", "f.toml").save(tmp_path)
+    (tmp_path / "junk.json").write_text("{not json")
+    found = w.find("ex-two")
+    assert found is not None and found.exercise == "two-failures" and len(found.checks) == 1
+    s.stopped = 9.0
+    s.save(tmp_path)
+    assert w.find("ex-two") is None
+
+
+def test_each_live_reading_agrees_with_its_check() -> None:
+    """A live criterion and the check's grade of it read the same lab the same way."""
+    from demos.exercises.periodic_interval import setting, setting_in
+    from demos.exercises.planted_fault import backed_up_in, every_node_backed_up
+
+    st = {"ok": True, "policy": "periodic", "interval_ms": 2000,
+          "nodes": [{"name": "n1", "state": "active", "backups": []},
+                    {"name": "n2", "state": "active", "backups": ["n1"]}]}
+
+    class Lab:
+        def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+            return st
+
+    ctx = DemoContext(Lab(), "ex-test")
+    assert setting(ctx) == setting_in(st, {}) and setting_in(st, {}).ok
+    assert every_node_backed_up(ctx) == backed_up_in(st, {}) and not backed_up_in(st, {}).ok
+    assert sum(c.live is not None for e in EXERCISES.values() for c in e.criteria) >= 6

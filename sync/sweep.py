@@ -81,8 +81,13 @@ class KeySweep:
     def wanted(self, p: Peer, keys: list[bytes]) -> None:
         """A backup lacks these of our keys: send their records again (those still ours)."""
         ctx = self.ctx
+        # A change the periodic policy still holds for its period is not sent early: the
+        # sweep would otherwise sync every new connection within one sweep, whatever the policy.
+        waiting = self.rep.dirty
         recs = []
         for k in keys:
+            if k in waiting:
+                continue
             r = ctx.store.get(k)
             if r is not None and not r.deleted and r.scope is Scope.NODE and r.owner == ctx.node:
                 recs.append(r)

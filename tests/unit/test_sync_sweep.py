@@ -66,6 +66,23 @@ def test_a_record_that_never_arrived_is_asked_for_and_sent_again() -> None:
     assert _diverged(c) == []
 
 
+def test_a_sweep_sends_no_change_the_periodic_policy_still_holds() -> None:
+    # Under periodic sync a new connection reaches its backup at the period's end, not at the
+    # next sweep (the periodic-interval exercise and the policies demo count on it).
+    c = _cluster(keys_interval_ms=100)
+    for x in c.names:
+        c.agents[x].set_policy("periodic", 60_000, False)
+    c.put("n2", b"n2-new", [1])
+    c.run(0.5)  # several sweeps
+    backup = c.agents["n2"].view.backups_of("n2")[0]
+    assert b"n2-new" not in _copies(c, backup, "n2")
+    assert c.agents[backup].stats()["counters"].get("copies-wanted", 0) >= 1  # it did ask
+    for x in c.names:
+        c.agents[x].set_policy("periodic", 100, False)
+    c.run(0.3)
+    assert b"n2-new" in _copies(c, backup, "n2")
+
+
 def test_no_sweep_no_repair() -> None:
     """The same lost delete with sweeps off stays: the sweep is what repairs it."""
     c = _cluster(keys_interval_ms=0)

@@ -33,11 +33,11 @@ BUCKETS_PER_NODE = 4
 # Lossless takeover (engine/replay.py): backups queue the buckets they back up, hold them a
 # window and replay them when they adopt. Held packets count against the NFQUEUE's length
 # (4096, engine/node.py), so the packet cap stays well below it.
-# On by default: every packet also crosses its backup's engine, on a queue of its own read in
-# batches, which at saturation costs 0.92 of the 64-byte packets/s and 0.91 of the TCP Mbit/s
-# at 1.18x the CPU per packet (`syncwall bench lossless`, docs/benchmarks.md); in return a kill
-# costs TCP no retransmission. A lab turns it off with `lossless = false` or `syncwall up --no-lossless`.
-LOSSLESS_DEFAULT = True
+# Off by default, for its cost (`syncwall bench lossless`, docs/benchmarks.md): every packet also
+# crosses its backup's engine, so at saturation the cluster carried 0.44 of the 64-byte packets/s
+# and 0.62 of the TCP Mbit/s it carries with lossless off, at 1.3x the engines' CPU. A lab that
+# wants kills TCP does not notice turns it on (`lossless = true`, `syncwall up --lossless`).
+LOSSLESS_DEFAULT = False
 
 
 class LabError(SyncwallError):

@@ -119,8 +119,9 @@ def wait_until(what: str, pred: Callable[[], Any], timeout_s: float, every_s: fl
 
 @contextlib.contextmanager
 def bench_lab(lab: str | None, progress: Progress, policy: str | None = None,
-              settings: str = "") -> Iterator[str]:
-    """A running lab: the one named by --lab (left running), else our own default-topology lab."""
+              settings: str = "", overrides: dict[str, Any] | None = None) -> Iterator[str]:
+    """A running lab: the one named by --lab (left running), else our own default-topology lab
+    (`settings`: TOML lines for its file; `overrides`: what `syncwall up` options set, e.g. nodes)."""
     if lab:
         if not (RUN_ROOT / lab / "control.sock").exists():
             raise BenchError(f"lab {lab!r} is not running; start it with `syncwall up` or drop --lab")
@@ -136,13 +137,13 @@ def bench_lab(lab: str | None, progress: Progress, policy: str | None = None,
                             + settings)
         progress(f"starting lab {BENCH_LAB!r} (default topology): syncwall up")
         try:
-            lab_life.up(BENCH_LAB, lab_file, {})
+            lab_life.up(BENCH_LAB, lab_file, dict(overrides or {}))
         except SyncwallError as e:
             with contextlib.suppress(SyncwallError):
                 lab_life.clean(BENCH_LAB)
             raise BenchError(f"lab {BENCH_LAB!r} did not come up: {e}") from e
         try:
-            wait_until("three active nodes", lambda: all(
+            wait_until("every node active with buckets", lambda: all(
                 n["state"] == "active" and n["buckets"] for n in lab_nodes(BENCH_LAB).values()), 30)
             yield BENCH_LAB
         finally:

@@ -13,23 +13,18 @@ SWBENCH_RESYNC_LAB=0 the lab part."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from demos import baselines
 from demos.baselines import BenchError
-from demos.bench.lab import Progress, lab_nodes, lab_request, wait_until
+from demos.bench.lab import Progress, bench_lab, lab_request, wait_until
 from demos.bench.stats import summarize
-from netns import lab as lab_life
 from netns.record import RUN_ROOT
 from syncwall_errors import SyncwallError
 
-RESYNC_LAB = "swresync"
 FILL_CHUNK = 100_000
 
 
@@ -140,22 +135,15 @@ def _one_join(lab: str, n: int, progress: Progress) -> dict[str, float]:
 
 
 def bench_resync_lab(runs: int, sizes: Sequence[int], progress: Progress) -> dict[str, Any]:
-    if (RUN_ROOT / RESYNC_LAB / "record.json").exists():
-        raise BenchError(f"a lab {RESYNC_LAB!r} exists (another bench?); `syncwall --lab {RESYNC_LAB} down`")
     out: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="swbench-") as tmp:
-        lab_file = Path(tmp) / "lab.toml"
-        lab_file.write_text(f'name = "{RESYNC_LAB}"\nbench_fill = true\n')
-        progress(f"starting lab {RESYNC_LAB!r}: 2 nodes, bench_fill")
+    # The bench's own lab, 2 nodes; `bench_fill` lets a node take synthetic entries.
+    with bench_lab(None, progress, settings="bench_fill = true\n", overrides={"nodes": 2}) as lab:
         try:
-            lab_life.up(RESYNC_LAB, lab_file, {"nodes": 2})
-            wait_until("two active nodes", lambda: (ns := lab_nodes(RESYNC_LAB)) and all(
-                x["state"] == "active" and x["buckets"] for x in ns.values()), 30)
             for n in sorted(sizes):
                 samples: list[dict[str, float]] = []
                 try:
                     for i in range(runs):
-                        samples.append(_one_join(RESYNC_LAB, n, progress))
+                        samples.append(_one_join(lab, n, progress))
                         progress(f"lab: {n:,} entries, run {i + 1}/{runs}: join -> resynced "
                                  f"{samples[-1]['join_to_resynced_s']:.3f} s (revive -> resynced "
                                  f"{samples[-1]['revive_to_resynced_s']:.2f} s), "
@@ -168,15 +156,7 @@ def bench_resync_lab(runs: int, sizes: Sequence[int], progress: Progress) -> dic
                 out[str(n)] = {k: summarize([s[k] for s in samples]) for k in samples[0]}
                 out[str(n)]["loadavg"] = round(os.getloadavg()[0], 2)
         except SyncwallError as e:
-            raise BenchError(f"lab {RESYNC_LAB!r}: {e}") from e
-        finally:
-            progress(f"stopping lab {RESYNC_LAB!r}")
-            try:
-                lab_life.down(RESYNC_LAB, say=progress)
-            except SyncwallError as e:
-                progress(f"down failed ({e}); cleaning by record")
-                with contextlib.suppress(SyncwallError):
-                    lab_life.clean(RESYNC_LAB)
+            raise BenchError(f"lab {lab!r}: {e}") from e
     return out
 
 

@@ -108,6 +108,8 @@ class Binding(Generic[H]):
         self.pending_gain: tuple[list[int], int, float] | None = None
         self.pending_replayed = 0  # packets replayed for the pending gain
         self.pending_replayed_udp = 0  # of them UDP: each may duplicate a datagram the dead node sent
+        self.pending_too_old = 0  # held for the pending gain but older than the window at replay
+        self.pending_refused = 0  # replayed, and the engine dropped them
         self.last_takeover: dict[str, Any] | None = None
         self._last_expire: float | None = None
         self.engine.owned_buckets = frozenset()  # nothing until the view gives us buckets
@@ -366,6 +368,7 @@ class Binding(Generic[H]):
         for h, data, mark in self.replay.take(buckets, now):
             if mark < 0:  # older than the window
                 self._releases.append(Release(h, False))
+                self.pending_too_old += 1
                 continue
             d = self.engine.process(data, now, mark)
             if d.verdict is _HOLD:
@@ -374,7 +377,9 @@ class Binding(Generic[H]):
                 continue
             ok = d.verdict is Verdict.ACCEPT
             self._releases.append(Release(h, ok, d.payload))
-            if ok:
+            if not ok:
+                self.pending_refused += 1
+            else:
                 if self.replay.replayed(data):
                     self.pending_replayed_udp += 1
                 self.pending_replayed += 1
@@ -428,9 +433,15 @@ class Binding(Generic[H]):
             # UDP has no sequence numbers: a replayed datagram the dead node had already
             # forwarded reaches the receiver twice; this counts the possible duplicates.
             "replayed_udp": self.pending_replayed_udp,
+            # Held, but older than the lossless window when the takeover came: dropped, so any
+            # the dead node had not forwarded are lost (a takeover slower than the window).
+            "too_old": self.pending_too_old,
+            "refused": self.pending_refused,
         }
         self.pending_replayed = 0
         self.pending_replayed_udp = 0
+        self.pending_too_old = 0
+        self.pending_refused = 0
         self.down_at.clear()
 
     # ---- control --------------------------------------------------------------------------

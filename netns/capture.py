@@ -73,12 +73,14 @@ _COUNT_RE = re.compile(r"^(\d+) packets? (captured|dropped by kernel)", re.M)
 
 
 def capture(spec: LabSpec, segment: str, out: Path, seconds: float = 10.0, node: str | None = None,
-            say: Say = lambda _m: None, stop: threading.Event | None = None) -> CaptureResult:
+            say: Say = lambda _m: None, stop: threading.Event | None = None,
+            at: Target | None = None) -> CaptureResult:
     """Run tcpdump on the target until `seconds` pass, `stop` is set or KeyboardInterrupt;
-    tcpdump is always stopped (and reaped) before this returns or raises."""
+    tcpdump is always stopped (and reaped) before this returns or raises. `at`: another
+    interface of the lab (a host's), instead of the segment's bridge or node interface."""
     if seconds <= 0:
         raise NotFoundError(f"--seconds must be positive, got {seconds}")
-    t = target(spec, segment, node)
+    t = at or target(spec, segment, node)
     if not (NETNS_DIR / t.namespace).exists():
         raise StateError(f"lab {spec.name!r} has no namespace {t.namespace}: is it running?")
     if shutil.which("tcpdump") is None:

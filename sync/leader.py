@@ -136,7 +136,11 @@ class Leader:
                 continue
             p = ctx.peers[name]
             if not p.up:
-                out[name] = MemberState.FAILED if cur in LIVE else cur
+                # A joiner does not fail a silent peer whose state it still waits for (it
+                # gains nothing by it, owning nothing; and the peer, whose loop was only held,
+                # would take the view for its own failure when it is back).
+                waiting = mode is Mode.JOINING and p.owes_bulk
+                out[name] = MemberState.FAILED if cur in LIVE and not waiting else cur
             elif p.mode in (Mode.LEFT, Mode.GONE):
                 out[name] = MemberState.OFFLINE
             elif p.mode is Mode.LEAVING:

@@ -139,7 +139,14 @@ class Takeover:
         should we become its backup later.)"""
         ctx = self.ctx
         handed: Groups = {}
-        for r in list(ctx.store.records(scope=Scope.NODE)):
+        # Only a bucket another node owns can hold a record to rewrite: a view that gives
+        # every bucket to us or to nobody (a joiner announced, a peer failed while we own it
+        # all) costs no walk of the store. That walk built every record: 0.6 s of this node's
+        # loop at 1M entries, in the middle of the bulk resync it answered.
+        others = [b for b, o in enumerate(v.bucket_owner, start=1) if o is not None and o != ctx.node]
+        if not others:
+            return
+        for r in list(ctx.store.records(scope=Scope.NODE, buckets=others)):
             new_owner = v.owner(r.bucket)
             if (
                 new_owner is None

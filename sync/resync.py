@@ -175,7 +175,12 @@ class Resync:
         for name in list(self.bulks):
             p = self.ctx.peers[name]
             if not p.up:
-                del self.bulks[name]  # it asks again when it is back
+                # Paused, not dropped: a joiner silent past the failure-detection time (its
+                # loop held by a GC pause, a busy host) is the same process when it answers
+                # again, still waiting for this stream's end; nothing tells it to ask again,
+                # so a dropped stream left it joining for ever (the lab at 1M: 700k of 1M).
+                # Its channel keeps what is queued. A restart or a close ends the stream
+                # (peer_restarted): a new process asks anew.
                 continue
             self._feed(p)
 

@@ -13,15 +13,15 @@ from sync.sim import SimCluster
 N = 3000
 
 
-def _n1_holds_everything() -> SimCluster:
-    """n2 was killed; n1 owns every bucket and holds N own records n2 has never seen."""
+def _n1_holds_everything(n: int = N) -> SimCluster:
+    """n2 was killed; n1 owns every bucket and holds `n` own records n2 has never seen."""
     sim = SimCluster(2, buckets=8)
     sim.start()
     assert sim.run_until(sim.all_active, 5.0)
     sim.kill("n2", closed=True)
     assert sim.run_until(lambda: len(sim.agents["n1"].owned_buckets) == 8, 5.0)
     owned = sim.agents["n1"].owned_buckets
-    for i in range(N):
+    for i in range(n):
         sim.stores["n1"].put_local(Record(i.to_bytes(4, "big") + bytes(9), Scope.NODE, "n1", 1,
                                           owned[i % len(owned)], [i], False))
     sim.events["n2"].clear()  # the events of its first process
@@ -70,3 +70,19 @@ def test_a_joiner_gives_up_a_silent_peer_after_its_patience() -> None:
     patience = sim.agents["n2"].config.join_patience_s
     assert sim.now - t0 >= patience - sim.agents["n2"].config.dead_s
     assert _completions(sim) == [0]
+
+
+def test_a_joiner_whose_own_loop_is_held_mid_stream_still_gets_all_of_it() -> None:
+    """The answerer fails the silent joiner and, when it answers again (the same process),
+    goes on with the stream where it was: nothing tells the joiner to ask again."""
+    n = 30_000  # more than one window of frames: the stream takes several round trips
+    sim = _n1_holds_everything(n)
+    sim.revive("n2")
+    p = sim.agents["n2"].peers["n1"]
+    assert sim.run_until(lambda: p.bulk_received > 0, 1.0, dt_s=0.0001)
+    assert p.bulk_received < n
+    sim.stall("n2", 0.3)
+    sim.run(0.2)
+    assert not sim.agents["n1"].peers["n2"].up, "n1 took n2's silence for a failure"
+    assert sim.run_until(lambda: bool(_completions(sim)), 5.0)
+    assert _completions(sim)[0] == n

@@ -81,8 +81,26 @@ def test_a_joiner_whose_own_loop_is_held_mid_stream_still_gets_all_of_it() -> No
     p = sim.agents["n2"].peers["n1"]
     assert sim.run_until(lambda: p.bulk_received > 0, 1.0, dt_s=0.0001)
     assert p.bulk_received < n
-    sim.stall("n2", 0.3)
-    sim.run(0.2)
+    patience = sim.base.join_patience_s  # how long n1 bears the silence of a joiner
+    sim.stall("n2", patience + 0.2)
+    sim.run(patience + 0.1)
     assert not sim.agents["n1"].peers["n2"].up, "n1 took n2's silence for a failure"
     assert sim.run_until(lambda: bool(_completions(sim)), 5.0)
     assert _completions(sim)[0] == n
+
+
+def test_an_answerer_bears_a_joiners_held_loop_without_failing_it() -> None:
+    """A joiner owns nothing: its silence for a few failure-detection times (a held loop)
+    does not fail it, so its bulk goes on under the same view instead of starting over."""
+    n = 30_000
+    sim = _n1_holds_everything(n)
+    sim.revive("n2")
+    p = sim.agents["n2"].peers["n1"]
+    assert sim.run_until(lambda: p.bulk_received > 0, 1.0, dt_s=0.0001)
+    epoch = sim.agents["n1"].view.epoch
+    answered = sim.agents["n1"].stats()["counters"]["bulk-answered"]
+    sim.stall("n2", 4 * sim.base.dead_s)
+    assert sim.run_until(lambda: bool(_completions(sim)), 5.0)
+    assert _completions(sim)[0] == n
+    assert sim.agents["n1"].stats()["counters"]["bulk-answered"] == answered, "it started over"
+    assert sim.agents["n1"].view.epoch <= epoch + 1  # no view failed n2 (one activates it)

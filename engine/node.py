@@ -7,6 +7,8 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import ipaddress
+import itertools
 import json
 import logging
 import os
@@ -27,6 +29,7 @@ from engine.guard_control import COMMANDS as GUARD_COMMANDS
 from engine.guard_control import guard_control, guard_counts
 from engine.nat import TRANSLATED_MARK, PortPlan, hmark_rnd
 from engine.nfq import owned_chain_text, shadow_chain_text
+from engine.packet import TCP, UDP, make_key
 from engine.queue_io import DEFAULT_BACKEND, PacketPath
 from engine.replay import CAP_BYTES, CAP_PACKETS, WINDOW_MS, ReplaySettings
 from engine.rows import step_text
@@ -104,11 +107,35 @@ def nat_port_plan(cfg: NodeConfig) -> PortPlan:
 
 
 def nat_counts(engine: Engine) -> dict[str, int]:
-    """NAT bindings this node holds: in its own entries and in its backup copies."""
-    return {
-        "own": sum(1 for e in engine.table.conns.values() if e.nat is not None),
-        "backup": sum(1 for e in engine.backups.copies.values() if e.nat is not None),
-    }
+    """NAT bindings this node holds: in its own entries and in its backup copies. Read from the
+    NAT index (translated connections only), not by walking every connection: the daemon asks
+    for this four times a second, and a walk of 1M entries held the node's loop for ~50 ms
+    each time (a joiner's peer that stalls is a peer it may not hear)."""
+    t = engine.table
+    conns = t.conns
+    copies = engine.backups.copies
+    own = backup = 0
+    for k in t.nat_keys.values():
+        if k in conns:
+            own += 1
+        elif k in copies:
+            backup += 1
+    return {"own": own, "backup": backup}
+
+
+def parse_endpoint(text: Any) -> tuple[bytes, bytes] | None:
+    """ "ip:port" or "[ip6]:port" (as flows and rows write them) -> (address, port) bytes, as
+    a connection key holds them; None if it is not one."""
+    if not isinstance(text, str):
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        return None
+    try:
+        addr = ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+    except ValueError:
+        return None
+    return addr.packed, int(port).to_bytes(2, "big")
 
 
 def owned_buckets_rules(buckets: list[int], queued: list[int] | None = None,
@@ -479,6 +506,8 @@ class Node:
         if cmd == "table":
             return {"ok": True, **self.table(str(req.get("scope", "own")), str(req.get("filter", "")),
                                              int(req.get("limit", 500)))}
+        if cmd == "carries":
+            return {"ok": True, "carried": self.carries(req.get("pairs", []))}
         if cmd == "events":
             since = float(req.get("since", 0))
             return {"ok": True, "events": [e for e in self.timeline if e["t"] > since]}
@@ -591,6 +620,24 @@ class Node:
             "health": ("degraded" if self.agent.fenced else "attention" if self.agent.attention else "ok"),
         }
 
+    def carries(self, pairs: Any) -> list[int]:
+        """Which of the given flows (pairs of "ip:port" endpoints, either way round) are this
+        node's own connections: the indexes of those it carries. One key lookup per flow and
+        protocol, so the daemon can map its few flows to nodes without reading whole tables."""
+        conns = self.engine.table.conns
+        out: list[int] = []
+        if not isinstance(pairs, list):
+            return out
+        for i, pair in enumerate(pairs):
+            if not (isinstance(pair, list) and len(pair) == 2):
+                continue
+            a, b = parse_endpoint(pair[0]), parse_endpoint(pair[1])
+            if a is None or b is None:
+                continue
+            if any(make_key(proto, a[0], a[1], b[0], b[1])[0] in conns for proto in (TCP, UDP)):
+                out.append(i)
+        return out
+
     def paths_status(self) -> dict[str, Any] | None:
         """Per peer and path: heard, ms ago, the sync route; refused frames; degraded."""
         pio = self.pathio
@@ -603,18 +650,28 @@ class Node:
         return out
 
     def table(self, scope: str, needle: str, limit: int) -> dict[str, Any]:
-        rows = list(self.engine.rows(scope))
+        """The first `limit` rows of a scope (those matching `needle`, if given) and how many
+        there are. Without a needle only the rows returned are built: the console and the
+        recorder ask for a table often, and building all of 100k rows held the node's loop
+        for over a second (its peers heard nothing meanwhile). A needle still reads them all."""
+        limit = max(0, limit)
         if needle:
-            rows = [r for r in rows if needle in " ".join(str(v) for v in r.values())]
-        total = len(rows)
-        for r in rows[:limit]:
+            rows = [r for r in self.engine.rows(scope) if needle in " ".join(str(v) for v in r.values())]
+            total = len(rows)
+            rows = rows[:limit]
+        else:
+            rows = list(itertools.islice(self.engine.rows(scope), limit))
+            e = self.engine
+            total = (len(e.table.conns) if scope == "own" else len(e.backups) if scope == "backup"
+                     else sum(1 for _ in e.rows(scope)))
+        for r in rows:
             key = r.get("key")
             prov = self.agent.provenance(bytes.fromhex(key)) if isinstance(key, str) else None
             if prov:
                 r["synced_to"] = prov.get("sent_to", [])
                 r["acked_by"] = prov.get("acked_by", [])
                 r["trigger"] = prov.get("trigger", r.get("trigger"))
-        return {"rows": rows[:limit], "total": total}
+        return {"rows": rows, "total": total}
 
 
 def main(argv: list[str] | None = None) -> int:

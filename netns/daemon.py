@@ -326,14 +326,24 @@ class LabDaemon:
 
     async def map_flows(self) -> None:
         """Which node carries each flow now: match flow endpoints with the nodes' own tables."""
-        where: dict[frozenset[str], str] = {}
+        # Ask each node which of our flows it carries (one key lookup per flow), never for its
+        # whole table: building 100k rows held a node's loop for over a second, every second,
+        # and a peer joining meanwhile heard nothing and went on without its state.
+        pairs: list[list[str]] = []
+        for f in self.flows():
+            for a, b in ((f.get("src"), f.get("dst")), (f.get("data_client"), f.get("data_server"))):
+                if a and b and [str(a), str(b)] not in pairs:
+                    pairs.append([str(a), str(b)])
+        where: dict[str, str] = {}
         for np in self.nodes.values():
-            if np.link is None or np.status.get("state") not in ("active", "joining"):
+            if not pairs or np.link is None or np.status.get("state") not in ("active", "joining"):
                 continue
-            t = await np.link.request({"cmd": "table", "scope": "own", "limit": 100000}, timeout_s=2.0)
-            for r in t.get("rows", []):
-                where[frozenset((str(r.get("src")), str(r.get("dst"))))] = np.name
-        self.flow_nodes = {f"{a}|{b}": n for pair, n in where.items() for a in pair for b in pair if a != b}
+            t = await np.link.request({"cmd": "carries", "pairs": pairs}, timeout_s=2.0)
+            for i in t.get("carried", []):
+                if isinstance(i, int) and 0 <= i < len(pairs):
+                    a, b = pairs[i]
+                    where[f"{a}|{b}"] = where[f"{b}|{a}"] = np.name
+        self.flow_nodes = where
 
     def flows(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

@@ -210,7 +210,11 @@ class SyncAgent:
         else:
             log.info("%s: the majority is back", self.node)
             if ctx.modes.mode is not Mode.ACTIVE:
-                self._resync.restart(now)
+                # A joiner goes on with its join: a peer that restarted asks anew (its new
+                # incarnation resets our bulk state), a view formed meanwhile makes us ask
+                # again (Takeover.adopt), and a stream paused while we were apart goes on.
+                # Starting over here restarted a bulk of 1M at every held loop of its answerer.
+                pass
             elif ctx.max_epoch_seen > ctx.view.epoch:
                 # The majority formed views without us meanwhile: our buckets are theirs now
                 # and what we hold may be stale. Rejoin, resync first, as a node that joins.

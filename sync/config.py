@@ -30,6 +30,10 @@ class SyncConfig:
     window: int = 256
     max_frame_bytes: int = 1400
     join_wait_ms: int = 0  # 0: 2 * heartbeat_ms * miss_limit (time to hear the others)
+    # How long a joiner waits for a peer it heard active that fell silent before answering its
+    # bulk resync (a held loop, not a death: a closed process is given up at once). 0: 10 join
+    # waits.
+    join_patience_ms: int = 0
     request_timeout_ms: int = 500
     provenance_keys: int = 10_000
     # Majority rule (sync/agent.py): cut off from the others, only the side with a majority
@@ -51,6 +55,8 @@ class SyncConfig:
             raise SyncUsageError("the sync HMAC key must not be empty")
         if self.buckets < 1 or self.backups < 0 or self.heartbeat_ms < 1 or self.miss_limit < 1:
             raise SyncUsageError("buckets >= 1, backups >= 0, heartbeat_ms >= 1, miss_limit >= 1 required")
+        if self.join_wait_ms < 0 or self.join_patience_ms < 0:
+            raise SyncUsageError("join_wait_ms >= 0 and join_patience_ms >= 0 required (0: the default)")
         if self.keys_interval_ms < 0:
             raise SyncUsageError("keys_interval_ms >= 0 required (0 turns key sweeps off)")
         if self.window < 1 or self.max_frame_bytes < 512:
@@ -73,6 +79,11 @@ class SyncConfig:
     def join_wait_s(self) -> float:
         """How long a joiner listens before it may believe it is alone."""
         return (self.join_wait_ms or 2 * self.heartbeat_ms * self.miss_limit) / 1000.0
+
+    @property
+    def join_patience_s(self) -> float:
+        """How long a joiner waits for the state of a silent peer it heard active."""
+        return (self.join_patience_ms or 10 * self.join_wait_s * 1000) / 1000.0
 
     @property
     def record_budget_bytes(self) -> int:

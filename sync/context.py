@@ -61,6 +61,10 @@ class Peer:
     bulk_done: bool = False
     bulk_total: int = 0
     bulk_received: int = 0
+    # Joining: heard active since the join began, so it holds state we may need; we are not
+    # ready until it answered our bulk request, is gone for certain, or stayed silent past
+    # our patience (sync/resync.py Resync.joining).
+    owes_bulk: bool = False
     stats: PeerStats = field(default_factory=PeerStats)
     down_at: float | None = None  # declared down for silence at (None: up, closed or restarted)
 

@@ -44,8 +44,18 @@ class Leader:
     def detect_failures(self, now: float, on_down: Callable[[str], None]) -> None:
         """Peers silent for the failure-detection time are down; `on_down(name)` for each."""
         ctx = self.ctx
+        view = ctx.view
+        # A joiner not active in the view owns no bucket and backs up nobody: its silence
+        # costs nothing until it is, so it is given the join patience, not the failure-
+        # detection time. Failed at the first held loop, its join began anew under the next
+        # view, and a bulk of 1M (seconds long) restarted at every stall of either side.
+        # (Its death is still seen at once when its process closes its liveness link.)
+        patient = max(ctx.dead_s, ctx.config.join_patience_s)
         for p in ctx.peers.values():
-            if p.up and now - p.last_heard > ctx.dead_s:
+            if not p.up:
+                continue
+            joining = p.mode is Mode.JOINING and view.state(p.name) is not MemberState.ACTIVE
+            if now - p.last_heard > (patient if joining else ctx.dead_s):
                 self._down(p, f"silent {(now - p.last_heard) * 1e3:.0f} ms", False, on_down)
 
     def peer_closed(self, name: str, incarnation: int, on_down: Callable[[str], None]) -> Peer | None:
@@ -136,7 +146,11 @@ class Leader:
                 continue
             p = ctx.peers[name]
             if not p.up:
-                out[name] = MemberState.FAILED if cur in LIVE else cur
+                # A joiner does not fail a silent peer whose state it still waits for (it
+                # gains nothing by it, owning nothing; and the peer, whose loop was only held,
+                # would take the view for its own failure when it is back).
+                waiting = mode is Mode.JOINING and p.owes_bulk
+                out[name] = MemberState.FAILED if cur in LIVE and not waiting else cur
             elif p.mode in (Mode.LEFT, Mode.GONE):
                 out[name] = MemberState.OFFLINE
             elif p.mode is Mode.LEAVING:

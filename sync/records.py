@@ -77,9 +77,12 @@ class StateStore(Protocol):
         owner: str | None = None,
         scope: Scope | None = None,
         buckets: Iterable[int] | None = None,
+        not_owner: str | None = None,
     ) -> list[bytes]:
         """The keys `records` would yield now, without building the records (a bulk resync
-        takes this snapshot and builds each record when it sends it)."""
+        takes this snapshot and builds each record when it sends it); `not_owner`: only
+        records some other node owns. One call of a bulk answer on this node's loop: it must
+        stay cheap at 1M records (no record built, no per-key Python work it can avoid)."""
         ...
 
     def promote(self, buckets: Iterable[int], new_owner: str) -> list[Record]:
@@ -155,8 +158,10 @@ class MemoryStore:
         owner: str | None = None,
         scope: Scope | None = None,
         buckets: Iterable[int] | None = None,
+        not_owner: str | None = None,
     ) -> list[bytes]:
-        return [r.key for r in self.records(owner=owner, scope=scope, buckets=buckets)]
+        return [r.key for r in self.records(owner=owner, scope=scope, buckets=buckets)
+                if not_owner is None or r.owner != not_owner]
 
     def promote(self, buckets: Iterable[int], new_owner: str) -> list[Record]:
         wanted = set(buckets)

@@ -50,13 +50,15 @@ class Resync:
 
     def start(self, now: float) -> None:
         self.join_started = now
+        for p in self.ctx.peers.values():
+            p.owes_bulk = False
 
     def restart(self, now: float) -> None:
         """Join again from scratch (after we were declared failed): not ready, ask everyone."""
         self.ctx.ready = False
         self.join_started = now
         for p in self.ctx.peers.values():
-            p.bulk_requested = p.bulk_done = False
+            p.bulk_requested = p.bulk_done = p.owes_bulk = False
 
     def ask_again(self, now: float) -> None:
         """What the peers must send us depends on the view (who owns which bucket now, whom
@@ -81,14 +83,42 @@ class Resync:
         in_view = [p for p in ctx.peers.values() if view.state(p.name) is MemberState.ACTIVE]
         heard_all = bool(in_view) and all(p.up for p in in_view)
         waited = now - self.join_started >= self.join_wait_s
+        owed = self._owed(now)
         # A fenced node (a data link lost, sync/paths.py) or one on the minority side of a cut
         # stays joining: it cannot, or must not, carry flows.
-        ready = (waited or heard_all) and all(p.bulk_done for p in actives) and not ctx.held_back()
+        ready = ((waited or heard_all) and all(p.bulk_done for p in actives) and not owed
+                 and not ctx.held_back())
         if ready and not ctx.ready:
             n = sum(p.bulk_received for p in actives)
             log.info("%s: resync complete, %d records from %s", ctx.node, n, [p.name for p in actives])
             ctx.events.append(ResyncComplete(n))
         ctx.ready = ready
+
+    def _owed(self, now: float) -> list[Peer]:
+        """The peers whose bulk resync we still wait for although our view may not ask it of
+        them yet: every peer heard announcing itself active since this join began holds state
+        this node may have to carry. The join wait alone must not outlast it: a peer whose
+        loop is held (a long walk of its table, a bulk build, a GC pause) is silent past the
+        failure-detection time, and a joiner that took that for death went on with none of
+        its state, beside the peer that held it. Given up only when it answered, is gone for
+        certain (its process closed its liveness link, or it left or restarted), or stayed
+        silent past the join patience (a frozen host or a cut link sends no close)."""
+        patience = self.ctx.config.join_patience_s
+        owed: list[Peer] = []
+        for p in self.ctx.peers.values():
+            if p.up:
+                if p.mode in (Mode.ACTIVE, Mode.LEAVING):
+                    p.owes_bulk = True
+                else:  # left, gone, or joining again itself (it lost its state): owes nothing
+                    p.owes_bulk = False
+            elif p.owes_bulk and (p.down_at is None or now - p.last_heard >= patience):
+                if p.down_at is not None:
+                    log.warning("%s: %s, heard active, silent %.0f ms: joining without its state",
+                                self.ctx.node, p.name, (now - p.last_heard) * 1e3)
+                p.owes_bulk = False  # closed for certain, or silent past our patience
+            if p.owes_bulk and not p.bulk_done:
+                owed.append(p)
+        return owed
 
     def bulk_started(self, p: Peer, total: int) -> None:
         p.bulk_total, p.bulk_received, p.bulk_done = total, 0, False
@@ -124,8 +154,11 @@ class Resync:
             keys += store.keys(owner=ctx.node, scope=Scope.NODE)
         moving = [b for b in ctx.owned if fut.owner(b) == p.name]
         if moving:
-            keys += store.keys(scope=Scope.NODE, buckets=moving)
-        keys = list(dict.fromkeys(keys))  # our own records of a moving bucket come once
+            # Our own records of a moving bucket come once: with the ones above, if it backs
+            # us up. (The lists are disjoint, so no pass over all keys removes duplicates: at
+            # 1M that pass held this loop 0.3 s, its joiner failed it, asked again, and the
+            # answer began anew, over and over.)
+            keys += store.keys(scope=Scope.NODE, buckets=moving, not_owner=ctx.node if backs_us else None)
         ctx.queue(p, MsgType.BULK_START, [len(keys)])
         # A second request (a new view) starts over: its BULK_START resets the joiner's count.
         self.bulks[p.name] = _Bulk(keys, backs_us=backs_us)
@@ -142,7 +175,12 @@ class Resync:
         for name in list(self.bulks):
             p = self.ctx.peers[name]
             if not p.up:
-                del self.bulks[name]  # it asks again when it is back
+                # Paused, not dropped: a joiner silent past the failure-detection time (its
+                # loop held by a GC pause, a busy host) is the same process when it answers
+                # again, still waiting for this stream's end; nothing tells it to ask again,
+                # so a dropped stream left it joining for ever (the lab at 1M: 700k of 1M).
+                # Its channel keeps what is queued. A restart or a close ends the stream
+                # (peer_restarted): a new process asks anew.
                 continue
             self._feed(p)
 
@@ -235,6 +273,6 @@ class Resync:
 
     def peer_restarted(self, p: Peer) -> None:
         self.bulks.pop(p.name, None)  # its channel is gone; it asks again
-        p.bulk_requested = p.bulk_done = False
+        p.bulk_requested = p.bulk_done = p.owes_bulk = False
         p.bulk_total = p.bulk_received = 0
         self.leave_pending = {k for k in self.leave_pending if k[0] != p.name}

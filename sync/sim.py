@@ -88,6 +88,10 @@ class SimCluster:
         self.groups: list[set[str]] = []  # a partition: nodes in different groups hear nothing
         self.cut_pairs: set[frozenset[str]] = set()  # pairs of nodes that hear nothing of each other
         self.stats = SimStats()
+        # A held loop: node -> when it runs again. Until then it takes no timer and no input;
+        # what reaches it waits in its socket's buffer (`_backlog`), read first when it runs.
+        self.stalled: dict[str, float] = {}
+        self._backlog: dict[str, list[_InFlight]] = {}
         self.tap: Callable[[float, str, str, bytes], None] | None = None
         self._heap: list[_InFlight] = []
         self._n = 0
@@ -111,6 +115,8 @@ class SimCluster:
         `closed`: the kernel closes its sockets, so every live peer learns it at once
         (SyncAgent.peer_closed, as sync/liveness.py reports it); else only silence tells."""
         a = self.agents.pop(name, None)
+        self.stalled.pop(name, None)
+        self._backlog.pop(name, None)
         if closed and a is not None:
             for x, b in list(self.agents.items()):
                 b.peer_closed(name, a.incarnation, self.now)
@@ -120,6 +126,11 @@ class SimCluster:
         """Restart a crashed node as a new process with empty state."""
         self.start([name])
 
+    def stall(self, name: str, duration_s: float) -> None:
+        """Hold `name`'s loop for `duration_s` (a long status walk, a bulk build, a GC pause):
+        its process and sockets live on, it hears and says nothing meanwhile."""
+        self.stalled[name] = self.now + duration_s
+
     @property
     def alive(self) -> list[str]:
         return [x for x in self.names if x in self.agents]
@@ -128,18 +139,30 @@ class SimCluster:
 
     def step(self, dt_s: float = 0.001) -> None:
         self.now += dt_s
+        for x, until in list(self.stalled.items()):
+            if until <= self.now:  # its loop runs again: it reads what waited, at its clock
+                del self.stalled[x]
+                for m in self._backlog.pop(x, []):
+                    self._deliver(m, self.now)
         while self._heap and self._heap[0].at <= self.now:
             m = heapq.heappop(self._heap)
-            a = self.agents.get(m.dst)
-            if a is None:
-                self.stats.to_dead += 1
+            if m.dst in self.stalled:
+                self._backlog.setdefault(m.dst, []).append(m)
                 continue
-            self.stats.delivered += 1
-            a.receive(m.data, m.src, m.at)
-            self._collect(m.dst)
+            self._deliver(m, m.at)
         for x, a in list(self.agents.items()):
-            a.tick(self.now)
-            self._collect(x)
+            if x not in self.stalled:
+                a.tick(self.now)
+                self._collect(x)
+
+    def _deliver(self, m: _InFlight, at: float) -> None:
+        a = self.agents.get(m.dst)
+        if a is None:
+            self.stats.to_dead += 1
+            return
+        self.stats.delivered += 1
+        a.receive(m.data, m.src, at)
+        self._collect(m.dst)
 
     def run(self, duration_s: float, dt_s: float = 0.001) -> None:
         end = self.now + duration_s

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from demos import baselines
@@ -115,6 +116,15 @@ def _resync_events(lab: str, since: float) -> tuple[float | None, dict[str, Any]
     return start, done
 
 
+def _rss_mb(lab: str, name: str) -> float:
+    """A node process's VmRSS (the lab's nodes share our PID namespace)."""
+    pid = int(_node(lab, name, {"cmd": "status"})["pid"])
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise BenchError(f"no VmRSS for {name} (pid {pid})")
+
+
 def _one_join(lab: str, n: int, progress: Progress) -> dict[str, float]:
     lab_request(lab, {"cmd": "kill", "node": "n2"}, 30)
     wait_until("n1 owning every bucket", lambda: _owns_all(lab), 30, 0.05)
@@ -131,7 +141,7 @@ def _one_join(lab: str, n: int, progress: Progress) -> dict[str, float]:
         # (it thought n1 had failed) and went on alone: not a figure to quote.
         raise BenchError(f"n2 resynced {got:,} of {n:,} records: it went on without n1 (missed heartbeats?)")
     return {"join_to_resynced_s": float(done["t"]) - start, "revive_to_resynced_s": float(done["t"]) - t0,
-            "records": got}
+            "records": got, "n1_rss_mb": _rss_mb(lab, "n1"), "n2_rss_mb": _rss_mb(lab, "n2")}
 
 
 def bench_resync_lab(runs: int, sizes: Sequence[int], progress: Progress) -> dict[str, Any]:
@@ -146,7 +156,8 @@ def bench_resync_lab(runs: int, sizes: Sequence[int], progress: Progress) -> dic
                         samples.append(_one_join(lab, n, progress))
                         progress(f"lab: {n:,} entries, run {i + 1}/{runs}: join -> resynced "
                                  f"{samples[-1]['join_to_resynced_s']:.3f} s (revive -> resynced "
-                                 f"{samples[-1]['revive_to_resynced_s']:.2f} s), "
+                                 f"{samples[-1]['revive_to_resynced_s']:.2f} s), RSS n1 "
+                                 f"{samples[-1]['n1_rss_mb']:.0f} MB, n2 {samples[-1]['n2_rss_mb']:.0f} MB, "
                                  f"load {os.getloadavg()[0]:.1f}")
                 except BenchError as e:
                     # A larger size will not do better: say what failed and stop here.

@@ -86,3 +86,21 @@ def test_a_lone_node_joins_answers_status_and_stops(tmp_path: Path) -> None:
     counters = status["counters"]
     assert isinstance(counters, dict) and counters["released_by_ack"] == 0
     assert not Path(cfg.control_socket).exists(), "the control socket is removed on the way out"
+
+
+def test_a_table_builds_only_the_rows_asked_for_and_carries_looks_flows_up_by_key(tmp_path: Path) -> None:
+    """The daemon and the recorder ask often: neither may cost a walk of the whole table."""
+    from engine.rows import conn_row
+    from engine.synthetic import fill_synthetic
+
+    node = Node(_config(tmp_path), use_nfqueue=False)
+    fill_synthetic(node.engine.table, 0, 1000, [1, 2, 3, 4], 0.0)
+    t = node.table("own", "", 10)
+    assert len(t["rows"]) == 10 and t["total"] == 1000
+    assert node.table("own", "", -1)["rows"] == []
+    some = next(iter(node.engine.table.conns.values()))
+    r = conn_row(some, 0.0)
+    assert node.table("own", str(r["src"]), 5)["total"] >= 1  # a filter still reads them all
+    pairs = [[r["src"], r["dst"]], [r["dst"], r["src"]], ["10.9.9.9:1", "10.9.9.8:2"], ["nonsense", 3], "x"]
+    assert node.carries(pairs) == [0, 1]
+    assert node.carries("not a list") == []

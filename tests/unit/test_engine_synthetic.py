@@ -27,6 +27,10 @@ def test_filled_entries_are_own_established_spread_over_the_buckets_and_silent()
     assert eng.store.keys(owner="n1", scope=Scope.NODE, buckets=[3]) == [
         k for k, e in conns.items() if e.bucket == 3]
     assert len(list(eng.store.records(owner="n1", scope=Scope.NODE))) == 1000
+    # A bulk answer leaves out its own keys of the moving buckets (they came with its own).
+    assert eng.store.keys(scope=Scope.NODE, buckets=[3], not_owner="n1") == []
+    assert len(eng.store.keys(scope=Scope.NODE, buckets=[3], not_owner="n2")) == 500
+    assert len(eng.store.keys(scope=Scope.NODE)) == 1000
     # Adding more continues the numbering; what is there already is left alone.
     assert fill_synthetic(eng.table, 500, 1000, [3, 5], 11.0) == 500
     assert len(conns) == 1500

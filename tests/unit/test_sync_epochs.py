@@ -45,7 +45,8 @@ def test_a_joiner_failed_and_back_before_the_view_without_it_reached_it_is_activ
     _fence_n2(c)
     e = c.agents["n1"].view.epoch
     c.cut = {"n2"}
-    _run_with_probes(c, 0.07)
+    # A joiner is failed only after the join patience (1 s here), not the failure-detection time.
+    _run_with_probes(c, c.base.join_patience_s + 0.05)
     c.cut = set()
     c.cut_pairs = {frozenset(("n2", "n3"))}
     _run_with_probes(c, 0.1)

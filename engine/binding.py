@@ -358,10 +358,14 @@ class Binding(Generic[H]):
         self.shadow = shadow
         self._shadow_set = frozenset(shadow)
         adopted = gone & set(self.owned)
-        if adopted:
-            self._replay(adopted, now)
-        if gone - adopted:
-            self._releases.extend(Release(h, False) for h in self.replay.forget(gone - adopted))
+        # Replayed only what a stopped owner may not have forwarded: from a live owner that
+        # handed the buckets over (a handback, a join's rebalance, a leave), every held packet
+        # was forwarded already, and a replay would duplicate its UDP datagrams.
+        unplanned = self.agent.take_unplanned(adopted) if adopted else set()
+        if unplanned:
+            self._replay(unplanned, now)
+        if gone - unplanned:
+            self._releases.extend(Release(h, False) for h in self.replay.forget(gone - unplanned))
 
     def _replay(self, buckets: set[int], now: float) -> None:
         """The held packets of adopted buckets meet the engine now, in their order of arrival."""

@@ -110,6 +110,14 @@ class SyncAgent:
     def owned_buckets(self) -> list[int]:
         return sorted(self._ctx.owned)
 
+    def take_unplanned(self, buckets: set[int]) -> set[int]:
+        """Of `buckets` (just adopted), those gained from an owner that stopped without handing
+        them over: their held packets are to be replayed (lossless takeover). Asked once."""
+        ctx = self._ctx
+        out = buckets & ctx.unplanned_gain
+        ctx.unplanned_gain -= buckets
+        return out
+
     # ---- driving it -------------------------------------------------------------------
 
     def start(self, now: float) -> None:

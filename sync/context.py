@@ -99,6 +99,9 @@ class AgentContext:
         self.owned: set[int] = set()  # buckets this node forwards (its BucketsGained minus Lost)
         self.ready = False  # joining: bulk resync complete
         self.fenced = False  # a data link lost: hand the buckets on, do not become ready
+        # Buckets gained from an owner that stopped without handing them over (BucketsGained's
+        # `unplanned`), until the node has replayed what it held of them (Agent.take_unplanned).
+        self.unplanned_gain: set[int] = set()
         # Majority rule (sync/agent.py): the nodes of the cluster as this node knows it (seen
         # live in a view, not since gone for certain: closed, or offline), and whether this
         # node is on the minority side of a cut (`attention`: owns nothing, stays joining).

@@ -28,10 +28,14 @@ class ViewChanged:
 
 @dataclass(frozen=True, slots=True)
 class BucketsGained:
-    """The agent has already promoted the state of these buckets to this node."""
+    """The agent has already promoted the state of these buckets to this node. `unplanned`:
+    those whose owner stopped forwarding without handing them over (it failed, restarted or
+    fenced itself): what a backup held of them may never have been forwarded, so it is
+    replayed; the others were handed over by a live owner that forwarded them all."""
 
     buckets: tuple[int, ...]
     promoted: int
+    unplanned: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,16 @@ from sync.resync import Resync
 log = logging.getLogger(__name__)
 
 
+def _handed_over(old: View, new: View, bucket: int) -> bool:
+    """Whether `bucket` moves from a live owner that forwards it until the move (a join's
+    rebalance, a handback, a graceful leave), rather than from one that stopped (failed,
+    restarted, fenced itself)."""
+    owner = old.owner(bucket)
+    if owner is None or owner not in new.nodes:
+        return owner is None
+    return new.state(owner) in (MemberState.ACTIVE, MemberState.OFFLINE)
+
+
 class Takeover:
     """Turns an adopted view into this node's mode, buckets, state and sends."""
 
@@ -48,7 +58,9 @@ class Takeover:
         if gained:
             # State first, then traffic: promote before the node may accept these buckets.
             promoted = ctx.store.promote(gained, ctx.node)
-            ctx.events.append(BucketsGained(tuple(gained), len(promoted)))
+            unplanned = tuple(b for b in gained if not _handed_over(old, v, b))
+            ctx.unplanned_gain |= set(unplanned)
+            ctx.events.append(BucketsGained(tuple(gained), len(promoted), unplanned))
             log.info("%s: gained buckets %s, promoted %d records", ctx.node, gained, len(promoted))
         # Forget copies we no longer need: an active node holds node records of itself and of
         # the nodes it backs up, nothing else. A joiner keeps what its bulk resync brought: it

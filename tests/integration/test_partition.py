@@ -113,6 +113,24 @@ def _start_flows() -> None:
              and all(f["health"] == "healthy" for f in fl), 30)
 
 
+def _replayed() -> dict[str, int]:
+    """Packets each node replayed at takeovers (lossless on)."""
+    return {n["name"]: int((n.get("lossless") or {}).get("replayed", 0)) for n in _status()["nodes"]}
+
+
+def _replayed_udp() -> int:
+    """UDP datagrams the nodes replayed at takeovers (lossless on): each may be a duplicate."""
+    return sum(int((n.get("lossless") or {}).get("replayed_udp", 0)) for n in _status()["nodes"])
+
+
+def _no_duplicates_but_replayed(dups_before: int, replayed_before: int) -> None:
+    """No datagram reached the server twice, but for those a lossless takeover replayed and
+    counted as possible duplicates (a held datagram the old owner had forwarded before it
+    stopped; issue 12 asks for them counted). With lossless off that allows none."""
+    dups, replayed = _duplicates() - dups_before, _replayed_udp() - replayed_before
+    assert dups <= replayed, f"{dups} datagram(s) reached the server twice; {replayed} replayed UDP"
+
+
 def _duplicates() -> int:
     return sum(int(f.get("duplicates", f.get("extra", {}).get("duplicates", 0)) or 0)
                for f in _flows() if str(f.get("kind", "")).lower() == "udp"
@@ -170,40 +188,52 @@ def test_a_silent_cut_of_one_link_loses_no_flow_and_never_owns_a_bucket_twice(
     st0 = _settled()
     own0 = {n["name"]: sorted(n["buckets"]) for n in st0["nodes"]}
     _start_flows()
-    dups_before = _duplicates()
+    dups_before, replayed_before = _duplicates(), _replayed_udp()
     t_cut = time.time()
     _cut(node, link)
-    ftp_name = _start_ftp()
-    samples, doubles = _watch(CUT_S)
-    during = _status()
-    cut = nodes(during)[node]
-    assert samples >= 10 and not doubles, \
-        f"{node} {link} cut: owned twice at {len(doubles)} samples: {doubles[:3]}"
-    assert sorted(b for n in during["nodes"] for b in n["buckets"]) == list(range(1, during["buckets"] + 1))
-    if link == "sync":
-        # Nothing is taken over: the node keeps its buckets; its sync goes over a data segment.
-        assert sorted(cut["buckets"]) == own0[node] and cut["state"] == "active"
-        for other in nodes(during).values():
-            if other["name"] != node:
-                assert other["paths"]["peers"][node]["route"] in ("inside", "outside"), other["paths"]
-    else:
-        # The node cannot carry its flows: degraded, its backups carry its buckets.
-        assert cut["buckets"] == [] and cut["paths"]["degraded"], cut["paths"]
-        assert link in str(cut["paths"]["fenced"])
-    ftp = _ftp_finished(ftp_name)
-    assert all(f["health"] == "done" for f in ftp), f"{node} {link} cut: FTP {[f.get('detail') for f in ftp]}"
-    verdict = flow_judge.judge(_flows, t_cut, 30)
-    assert verdict.ok, f"{node} {link} cut: {verdict.text()}"
-    assert _duplicates() == dups_before, "a datagram reached the server twice"
-    _heal()
-    st = _healed()
-    t_back = time.time()
-    assert {n["name"]: sorted(n["buckets"]) for n in st["nodes"]} == own0
-    assert all(v["route"] == "sync" for n in st["nodes"] for v in n["paths"]["peers"].values())
-    # Every flow moves again after its bucket went back to its owner (a flow whose state did
-    # not go along breaks at its next echoes, 100 ms apart).
-    verdict = flow_judge.judge(_flows, t_back, 30, watch_s=0.6)
-    assert verdict.ok, f"after healing the {node} {link} cut: {verdict.text()}"
+    healed = False
+    try:
+        ftp_name = _start_ftp()
+        samples, doubles = _watch(CUT_S)
+        during = _status()
+        cut = nodes(during)[node]
+        assert samples >= 10 and not doubles, \
+            f"{node} {link} cut: owned twice at {len(doubles)} samples: {doubles[:3]}"
+        assert sorted(b for n in during["nodes"] for b in n["buckets"]) == list(
+            range(1, during["buckets"] + 1))
+        if link == "sync":
+            # Nothing is taken over: the node keeps its buckets; its sync goes over a data segment.
+            assert sorted(cut["buckets"]) == own0[node] and cut["state"] == "active"
+            for other in nodes(during).values():
+                if other["name"] != node:
+                    assert other["paths"]["peers"][node]["route"] in ("inside", "outside"), other["paths"]
+        else:
+            # The node cannot carry its flows: degraded, its backups carry its buckets.
+            assert cut["buckets"] == [] and cut["paths"]["degraded"], cut["paths"]
+            assert link in str(cut["paths"]["fenced"])
+        ftp = _ftp_finished(ftp_name)
+        assert all(f["health"] == "done" for f in ftp), \
+            f"{node} {link} cut: FTP {[f.get('detail') for f in ftp]}"
+        verdict = flow_judge.judge(_flows, t_cut, 30)
+        assert verdict.ok, f"{node} {link} cut: {verdict.text()}"
+        _no_duplicates_but_replayed(dups_before, replayed_before)
+        replayed_cut = _replayed()
+        _heal()
+        healed = True
+        st = _healed()
+        t_back = time.time()
+        assert {n["name"]: sorted(n["buckets"]) for n in st["nodes"]} == own0
+        assert all(v["route"] == "sync" for n in st["nodes"] for v in n["paths"]["peers"].values())
+        # Every flow moves again after its bucket went back to its owner (a flow whose state did
+        # not go along breaks at its next echoes, 100 ms apart).
+        verdict = flow_judge.judge(_flows, t_back, 30, watch_s=0.6)
+        assert verdict.ok, f"after healing the {node} {link} cut: {verdict.text()}"
+        # The handback to the healed node was planned: it replays nothing (engine/binding.py).
+        assert _replayed() == replayed_cut, "the handback replayed held packets"
+        _no_duplicates_but_replayed(dups_before, replayed_before)
+    finally:
+        if not healed:  # a failed cell must not leave its cut for the next one
+            _heal()
 
 
 def test_a_link_down_and_a_flapping_sync_link_lose_no_flow_and_never_own_a_bucket_twice(

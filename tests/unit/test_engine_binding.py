@@ -203,6 +203,26 @@ def test_the_backup_replays_the_held_packets_after_promoting_the_state() -> None
     assert note.extra["replayed"] == 3 and "replayed 3 packet(s)" in note.text
 
 
+def test_a_bucket_handed_over_by_a_live_owner_replays_nothing_its_held_packets_are_dropped() -> None:
+    """A graceful leave: n1 forwards its buckets until it hands them over, so what its backup
+    held of them was forwarded already; a replay would send each UDP datagram twice."""
+    sim = _lossless(window_ms=500)
+    bucket = sim.bucket_of("n1")
+    backup = sim.backup_of("n1")
+    f = _flow(sim, "n1", bucket)
+    key = next(iter(sim.engine("n1").table.conns))
+    assert sim.run_until(lambda: key in sim.engine(backup).backups.copies, 0.1)
+    b = sim.b[backup]
+    for i in range(3):
+        assert b.shadow_packet(f.c2s(b"forwarded by n1 %d" % i), bucket, f"p{i}", sim.now)
+    sim.c.agents["n1"].leave(sim.now)
+    assert sim.run_until(lambda: bucket in b.owned, 2.0)
+    got = [(r.handle, r.accept) for _, r in sim.released[backup]]
+    assert got == [("p0", False), ("p1", False), ("p2", False)], "dropped, not replayed"
+    assert b.replay.counters["replayed"] == 0 and b.replay.packets == 0
+    assert key in sim.engine(backup).table.conns, "the state moved all the same"
+
+
 def test_held_packets_are_dropped_once_the_window_passes() -> None:
     sim = _lossless(window_ms=50)
     bucket = sim.bucket_of("n1")

@@ -33,11 +33,11 @@ BUCKETS_PER_NODE = 4
 # Lossless takeover (engine/replay.py): backups queue the buckets they back up, hold them a
 # window and replay them when they adopt. Held packets count against the NFQUEUE's length
 # (4096, engine/node.py), so the packet cap stays well below it.
-# Off by default, for its cost (`syncwall bench lossless`, docs/benchmarks.md): every packet also
-# crosses its backup's engine, so at saturation the cluster carried 0.44 of the 64-byte packets/s
-# and 0.62 of the TCP Mbit/s it carries with lossless off, at 1.3x the engines' CPU. A lab that
-# wants kills TCP does not notice turns it on (`lossless = true`, `syncwall up --lossless`).
-LOSSLESS_DEFAULT = False
+# On by default: with the held packets on a queue of their own (the shadow queue) it costs 0.92
+# of the 64-byte packets/s and 0.91 of the TCP throughput at 1.18x the nodes' CPU per packet
+# (`syncwall bench lossless`, docs/benchmarks.md), and a kill then loses no segment. A lab that
+# wants every last packet per second turns it off (`lossless = false`, `syncwall up --no-lossless`).
+LOSSLESS_DEFAULT = True
 
 
 class LabError(SyncwallError):

@@ -47,19 +47,21 @@ def two_backups(ctx: DemoContext) -> Grade:
     return two_backups_in(ctx.status(), ctx.mem)
 
 
-def crash_together(ctx: DemoContext, pair: list[str]) -> None:
+def crash_together(ctx: DemoContext, pair: list[str]) -> float:
     """Crash the nodes at once: one control connection each, released together. One after the
     other over one link, the cuts landed up to ~100 ms apart, long enough for the survivors to
     take over from the first and re-replicate before the second: even one backup then lost
     nothing, and the starting lab file passed."""
     go = threading.Barrier(len(pair))
     errors: list[BaseException] = []
+    stamps: list[float] = []
 
     def crash(node: str) -> None:
         try:
             with ControlClient(lab_life.control_socket(ctx.lab), timeout_s=15.0) as c:
                 go.wait(5.0)
                 reply = c.request({"cmd": "crash", "node": node})
+            stamps.append(float(reply.get("crashed_at") or 0.0))
             if not reply.get("ok"):
                 raise DemoError(f"crash {node}: {reply.get('error')}")
         except BaseException as e:
@@ -72,9 +74,28 @@ def crash_together(ctx: DemoContext, pair: list[str]) -> None:
         t.join(20.0)
     if errors:
         raise DemoError(f"could not crash {' and '.join(pair)}: {errors[0]}")
+    return max(stamps) - min(stamps)
+
+
+# Cuts further apart than this are not a double failure: the survivors notice the first (by
+# the heartbeat deadline, 100 ms) and could re-replicate before the second. Such a try is
+# redone; on a loaded host (the suite's CI) two cuts once landed far enough apart that the
+# starting file, one backup per node, lost nothing.
+TOGETHER_S = 0.03
+TRIES = 3
 
 
 def survive_two(ctx: DemoContext) -> Grade:
+    grade = Grade(False, "not tried")
+    for _ in range(TRIES):
+        grade, gap = _survive_two_once(ctx)
+        if gap <= TOGETHER_S:
+            return grade
+    return Grade(False, f"the two crashes never landed within {TOGETHER_S * 1000:.0f} ms of each other "
+                        f"in {TRIES} tries (last {gap * 1000:.0f} ms apart): the host is too busy")
+
+
+def _survive_two_once(ctx: DemoContext) -> tuple[Grade, float]:
     # The nodes an earlier check crashed rejoin in the background (that check did not wait for
     # them: the lab is usually rebuilt from the edited file next); every node must be back first.
     ctx.wait_for("every node to be active",
@@ -86,14 +107,16 @@ def survive_two(ctx: DemoContext) -> Grade:
     backups = list(ctx.nodes(st)[victim].get("backups", []))
     if not backups:
         return Grade(False, f"{victim} has no backup at all: killing it alone loses its "
-                            f"{len(by[victim])} connections")
+                            f"{len(by[victim])} connections"), 0.0
     pair = [victim, backups[0]]
     all_buckets = int(st["buckets"])
     # Crash (cut every link) rather than kill: a killed engine's socket closes at once, so the
     # cluster sees the two deaths one after the other and re-replicates in between (~20 ms).
     # Two crashes are both noticed by the heartbeat deadline: a true double failure.
-    crash_together(ctx, pair)
+    gap = crash_together(ctx, pair)
     try:
+        if gap > TOGETHER_S:
+            return Grade(False, "the crashes were not together"), gap
         def taken() -> bool:
             ns = ctx.nodes()
             live = [v for k, v in ns.items() if k not in pair]
@@ -111,8 +134,9 @@ def survive_two(ctx: DemoContext) -> Grade:
             with contextlib.suppress(Exception):
                 ctx.call({"cmd": "revive", "node": n})
     return Grade(not lost and len(survived) == FLOWS,
-                 f"crashed {pair[0]} ({len(by[victim])} connections) and its backup {pair[1]} at once: "
-                 f"{len(survived)} of {FLOWS} connections moved on; {lost_text(lost)}")
+                 f"crashed {pair[0]} ({len(by[victim])} connections) and its backup {pair[1]} at once "
+                 f"({gap * 1000:.0f} ms apart): {len(survived)} of {FLOWS} connections moved on; "
+                 f"{lost_text(lost)}"), gap
 
 
 TWO_FAILURES = Exercise(

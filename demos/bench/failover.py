@@ -246,6 +246,7 @@ def udp_across_kill(name: str, runs: int, progress: Progress, mode: str,
             takeover.append((float(lt["t"]) - killed_at) * 1000)
             progress(f"{mode} UDP run {i + 1}/{runs}: lost {k['lost']} of {k['packets']} across the kill "
                      f"({q['lost']} without), {dup[-1]} replayed (possible duplicates), "
+                     f"{lt.get('too_old', 0)} held too long, {lt.get('refused', 0)} refused by the engine, "
                      f"takeover {takeover[-1]:.0f} ms")
             revive(name, victim)
     return {"streams": UDP_STREAMS, "mbps_per_stream": UDP_MBPS, "seconds": UDP_S,

@@ -60,12 +60,15 @@ def target(spec: LabSpec, segment: str, node: str | None = None) -> Target:
     return Target(ns_name(spec, node), segment)
 
 
-def tcpdump_argv(t: Target, out: Path) -> list[str]:
+def tcpdump_argv(t: Target, out: Path, snaplen: int = 0, buffer_kib: int | None = None) -> list[str]:
     # -Z root: Debian's tcpdump otherwise drops to its own user before opening the output file,
     # and could not write into a root-only folder. --immediate-mode and -U: each packet reaches
     # the file as it arrives; without them up to a second of the last packets waits in the
-    # kernel's ring buffer and is lost when tcpdump is stopped.
-    return ["ip", "netns", "exec", t.namespace, "tcpdump", "-i", t.interface, "-n", "-s", "0",
+    # kernel's ring buffer and is lost when tcpdump is stopped. snaplen: bytes kept of each
+    # packet (0: all); buffer_kib: the kernel's capture buffer (-B), which a fast stream on a
+    # busy host overflows at tcpdump's default of 2 MiB.
+    return ["ip", "netns", "exec", t.namespace, "tcpdump", "-i", t.interface, "-n", "-s", str(snaplen),
+            *(["-B", str(buffer_kib)] if buffer_kib else []),
             "--immediate-mode", "-U", "-Z", "root", "-w", str(out)]
 
 
@@ -74,7 +77,7 @@ _COUNT_RE = re.compile(r"^(\d+) packets? (captured|dropped by kernel)", re.M)
 
 def capture(spec: LabSpec, segment: str, out: Path, seconds: float = 10.0, node: str | None = None,
             say: Say = lambda _m: None, stop: threading.Event | None = None,
-            at: Target | None = None) -> CaptureResult:
+            at: Target | None = None, snaplen: int = 0, buffer_kib: int | None = None) -> CaptureResult:
     """Run tcpdump on the target until `seconds` pass, `stop` is set or KeyboardInterrupt;
     tcpdump is always stopped (and reaped) before this returns or raises. `at`: another
     interface of the lab (a host's), instead of the segment's bridge or node interface."""
@@ -90,8 +93,8 @@ def capture(spec: LabSpec, segment: str, out: Path, seconds: float = 10.0, node:
         raise NotFoundError(f"cannot write {out}: no folder {out.parent}")
     stop = stop or threading.Event()
     # A session of its own: a Ctrl-C in the terminal reaches us, and we stop tcpdump cleanly.
-    p = subprocess.Popen(tcpdump_argv(t, out), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p = subprocess.Popen(tcpdump_argv(t, out, snaplen, buffer_kib), stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     lines: list[str] = []
     started = threading.Event()
     reader = threading.Thread(target=_read_stderr, args=(p, lines, started), daemon=True)

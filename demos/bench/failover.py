@@ -7,19 +7,25 @@ import contextlib
 import json
 import os
 import signal
+import struct
 import subprocess
+import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from demos import baselines
 from demos import flows as flow_judge
 from demos.baselines import BenchError
 from demos.bench.lab import (
+    IPERF_PORT,
     Progress,
     bench_lab,
     flows,
+    host_ns,
     in_host,
     iperf3,
     iperf3_argv,
@@ -33,6 +39,9 @@ from demos.bench.lab import (
     wait_until,
 )
 from demos.bench.stats import percentile, summarize
+from netns.capture import CaptureResult, Target, capture
+from netns.lab import load_lab_of
+from sync.decode import read_capture
 
 SURVIVE_WAIT_S = 8.0
 TAKEOVER_WAIT_S = 10.0
@@ -60,13 +69,18 @@ SERVERS = ("s1",)
 MODES = (("lossless_off", False), ("lossless_on", True))
 
 
-def retrans_segs(lab: str, host: str) -> int:
-    """RetransSegs of the TCP MIB in a host's namespace (/proc/net/snmp is per namespace)."""
+def snmp(lab: str, host: str, proto: str, counter: str) -> int:
+    """One counter of a host namespace's /proc/net/snmp (it is per namespace)."""
     lines = [ln.split() for ln in run_in(lab, host, ["cat", "/proc/net/snmp"], 10).stdout.splitlines()
-             if ln.startswith("Tcp:")]
-    if len(lines) < 2 or "RetransSegs" not in lines[0]:
-        raise BenchError(f"no TCP RetransSegs counter in {host}'s /proc/net/snmp")
-    return int(lines[1][lines[0].index("RetransSegs")])
+             if ln.startswith(f"{proto}:")]
+    if len(lines) < 2 or counter not in lines[0]:
+        raise BenchError(f"no {proto} {counter} counter in {host}'s /proc/net/snmp")
+    return int(lines[1][lines[0].index(counter)])
+
+
+def retrans_segs(lab: str, host: str) -> int:
+    """RetransSegs of the TCP MIB in a host's namespace."""
+    return snmp(lab, host, "Tcp", "RetransSegs")
 
 
 def _retrans(lab: str, hosts: tuple[str, ...]) -> int:
@@ -161,7 +175,10 @@ def bench_failover(runs: int, lab: str | None, progress: Progress) -> dict[str, 
                 "it (SIGUSR1 to the flows' client closes each window); retransmissions = RetransSegs "
                 "of the clients' (and servers') namespaces, from just before the kill to the end of "
                 "the judging, beside a baseline of the same length without a kill; udp = iperf3 -u datagrams "
-                "lost across a kill, beside a run without one",
+                "across a kill, counted at the server's interface by iperf3's datagram numbers: missing "
+                "(never arrived) and twice (a replay of one the dead node had forwarded); iperf3's own "
+                "'lost' is shown beside (it takes a loss back for each out-of-order datagram, so "
+                "duplicates hide losses)",
         **{k: both[k] for k in ("detect_ms", "takeover_ms", "flows_total", "flows_survived",
                                 "victim_flows", "victim_flows_survived", "takeovers",
                                 "runs_without_takeover")},
@@ -173,12 +190,15 @@ def bench_failover(runs: int, lab: str | None, progress: Progress) -> dict[str, 
         "pause_kill_window_victim_flows_ms": each("pause_kill_window_victim_flows_ms"),
         "pause_quiet_window_ms": each("pause_quiet_window_ms"),
         "client_retrans_by_kill": each("client_retrans_by_kill"),
+        "udp_missing_at_server": each("missing_at_server", "udp"),
+        "udp_duplicates_at_server": each("duplicates_at_server", "udp"),
+        "udp_server_socket_drops": each("server_socket_drops", "udp"),
         "udp_lost_by_kill": each("lost_by_kill", "udp"), "udp_replayed": each("replayed_udp", "udp"),
         "modes": modes,
         "targets": {"kill_takeover_ms": "median <= 20", "crash_takeover_ms": "median <= 150",
                     "flows_survived": "= flows_total", "lossless_on.pause_kill_window_ms": "p99 <= 50",
                     "lossless_on.client_retrans_by_kill": "0 (delta minus baseline)",
-                    "lossless_on.udp_lost_by_kill": "0"},
+                    "lossless_on.udp_missing_at_server": "0"},
     }
 
 
@@ -197,6 +217,70 @@ def _udp_end(doc: dict[str, Any]) -> dict[str, int]:
             "out_of_order": sum(int(s.get("udp", s).get("out_of_order", 0)) for s in end.get("streams", []))}
 
 
+def udp_seqs(pcap: bytes, port: int = IPERF_PORT) -> dict[int, list[int]]:
+    """iperf3's datagram numbers (the 32-bit count after its two time words) per client port, in
+    the order a capture at the receiver saw them."""
+    out: dict[int, list[int]] = {}
+    for pkt in read_capture(pcap).packets:
+        d = pkt.data
+        if pkt.linktype != 1 or len(d) < 42 or d[12:14] != b"\x08\x00" or d[23] != 17:
+            continue
+        u = 14 + (d[14] & 0x0F) * 4
+        sport, dport, ulen = struct.unpack_from("!HHH", d, u)
+        if dport != port or ulen < 8 + 12 or len(d) < u + 8 + 12:
+            continue
+        out.setdefault(sport, []).append(struct.unpack_from("!I", d, u + 16)[0])
+    return out
+
+
+def wire_count(seqs: dict[int, list[int]]) -> dict[str, int]:
+    """Datagrams that reached the receiver, numbers missing inside each stream's span, and
+    numbers seen more than once. iperf3's own 'lost' cannot tell these apart: it takes one loss
+    back for every datagram that arrives out of order, and a duplicate is out of order, so a
+    replayed duplicate hides a real loss."""
+    got = lost = dups = 0
+    for nums in seqs.values():
+        seen = set(nums)
+        got += len(nums)
+        dups += len(nums) - len(seen)
+        lost += max(seen) - min(seen) + 1 - len(seen)
+    return {"received": got, "lost": lost, "duplicates": dups}
+
+
+@contextlib.contextmanager
+def _server_capture(lab: str, host: str, out: Path) -> Iterator[list[CaptureResult]]:
+    """tcpdump on the server's own interface for the body (listening before it starts)."""
+    spec = load_lab_of(lab)
+    stop = threading.Event()
+    started = threading.Event()
+    result: list[CaptureResult] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            # 96 bytes hold the headers and iperf3's datagram number; 64 MiB of buffer keep
+            # tcpdump from dropping packets of a 7k-datagram/s stream on a loaded host.
+            result.append(capture(spec, "outside", out, seconds=120, stop=stop,
+                                  at=Target(host_ns(lab, host), "eth0"), snaplen=96, buffer_kib=65536,
+                                  say=lambda m: started.set() if m.startswith("capturing") else None))
+        except BaseException as e:  # raised below, in the caller's thread
+            errors.append(e)
+            started.set()
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    started.wait(15)
+    try:
+        if errors:
+            raise BenchError(f"capture on {host}: {errors[0]}")
+        yield result
+    finally:
+        stop.set()
+        th.join(10)
+    if errors:
+        raise BenchError(f"capture on {host}: {errors[0]}")
+
+
 def udp_across_kill(name: str, runs: int, progress: Progress, mode: str,
                     victim: str = "n1") -> dict[str, Any]:
     """iperf3 -u, UDP_STREAMS x UDP_MBPS Mbit/s c1 -> s1: the datagrams lost in a run with a kill
@@ -211,23 +295,35 @@ def udp_across_kill(name: str, runs: int, progress: Progress, mode: str,
     takeover: list[float] = []
     failures: list[str] = []
     window: list[dict[str, int]] = []
+    on_wire: list[dict[str, int]] = []
     stop_traffic(name)
     with iperf3_server(name) as ip:
         for i in range(runs):
             try:
                 q = _udp_end(iperf3(name, ip, args, UDP_S))
                 held0 = {n: _lossless(name, n) for n in lab_nodes(name) if n != victim}
-                p = subprocess.Popen(in_host(name, "c1", iperf3_argv(ip, args, UDP_S)),
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-                try:
-                    time.sleep(KILL_AT_S)
-                    killed_at = time.time()
-                    lab_request(name, {"cmd": "kill", "node": victim}, 30)
-                    lt = wait_until("a backup to take the killed node's buckets",
-                                    partial(took_over, name, victim, killed_at), TAKEOVER_WAIT_S, 0.02)
-                    out, _ = p.communicate(timeout=UDP_S + 30)
-                finally:
-                    baselines.stop_process(p)
+                # Datagrams the server's own socket dropped (a full receive buffer): a burst of
+                # replayed datagrams can overflow it, and iperf3 then counts them lost.
+                rcvbuf0 = snmp(name, "s1", "Udp", "RcvbufErrors")
+                with tempfile.TemporaryDirectory(prefix="swbench-udp-") as tmp:
+                    pcap = Path(tmp) / "s1.pcap"
+                    with _server_capture(name, "s1", pcap) as cap:
+                        p = subprocess.Popen(in_host(name, "c1", iperf3_argv(ip, args, UDP_S)),
+                                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                        try:
+                            time.sleep(KILL_AT_S)
+                            killed_at = time.time()
+                            lab_request(name, {"cmd": "kill", "node": victim}, 30)
+                            lt = wait_until("a backup to take the killed node's buckets",
+                                            partial(took_over, name, victim, killed_at),
+                                            TAKEOVER_WAIT_S, 0.02)
+                            out, _ = p.communicate(timeout=UDP_S + 30)
+                        finally:
+                            baselines.stop_process(p)
+                        time.sleep(0.2)  # the last datagrams reach the capture file
+                    wire = wire_count(udp_seqs(pcap.read_bytes()))
+                    wire["capture_dropped"] = int((cap[0].dropped if cap else None) or 0)
+                    wire["server_rcvbuf_errors"] = snmp(name, "s1", "Udp", "RcvbufErrors") - rcvbuf0
                 k = _udp_end(json.loads(out))
             except (BenchError, ValueError, KeyError, subprocess.TimeoutExpired) as e:
                 failures.append(str(e)[:200])
@@ -237,6 +333,7 @@ def udp_across_kill(name: str, runs: int, progress: Progress, mode: str,
                 continue
             quiet.append(q["lost"])
             killed.append(k["lost"])
+            on_wire.append(wire)
             sent.append(k["packets"])
             ooo.append(k["out_of_order"])
             dup.append(int(lt.get("replayed_udp") or 0))
@@ -244,8 +341,11 @@ def udp_across_kill(name: str, runs: int, progress: Progress, mode: str,
             held1 = _lossless(name, lt["node"])
             window.append({c: held1.get(c, 0) - held0.get(lt["node"], {}).get(c, 0) for c in held1})
             takeover.append((float(lt["t"]) - killed_at) * 1000)
-            progress(f"{mode} UDP run {i + 1}/{runs}: lost {k['lost']} of {k['packets']} across the kill "
-                     f"({q['lost']} without), {dup[-1]} replayed (possible duplicates), "
+            progress(f"{mode} UDP run {i + 1}/{runs}: at s1 {wire['lost']} missing and {wire['duplicates']} "
+                     f"twice of {k['packets']} sent across the kill"
+                     + (f" (capture dropped {wire['capture_dropped']})" if wire["capture_dropped"] else "")
+                     + f", {wire['server_rcvbuf_errors']} dropped by s1's full socket buffer"
+                     + f"; iperf3 says lost {k['lost']} ({q['lost']} without); {dup[-1]} replayed, "
                      f"{lt.get('too_old', 0)} held too long, {lt.get('refused', 0)} refused by the engine, "
                      f"takeover {takeover[-1]:.0f} ms")
             revive(name, victim)
@@ -253,6 +353,9 @@ def udp_across_kill(name: str, runs: int, progress: Progress, mode: str,
             "lost_with_kill": killed, "lost_without_kill": quiet, "packets": sent,
             "lost_by_kill": [max(0, k - q) for k, q in zip(killed, quiet, strict=True)],
             "replayed_udp": dup, "out_of_order": ooo, "takeover_ms": summarize(takeover, 1),
+            "at_server": on_wire, "missing_at_server": [w["lost"] for w in on_wire],
+            "duplicates_at_server": [w["duplicates"] for w in on_wire],
+            "server_socket_drops": [w["server_rcvbuf_errors"] for w in on_wire],
             "adopter_lossless_delta": window, "failed_runs": failures}
 
 

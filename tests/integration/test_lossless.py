@@ -163,8 +163,10 @@ def _captured(folder: Path) -> Iterator[list[Path]]:
 
     def run(i: int, host: str) -> None:
         try:
+            # Headers are all the test reads (lengths come from the IP header); a 64 MiB
+            # buffer keeps tcpdump from dropping packets on a loaded host.
             capture(spec, "inside", paths[i], seconds=60, stop=stop,
-                    at=Target(ns_name(spec.name, host), "eth0"),
+                    at=Target(ns_name(spec.name, host), "eth0"), snaplen=128, buffer_kib=65536,
                     say=lambda m: started[i].set() if m.startswith("capturing") else None)
         except BaseException as e:  # reported by the body's caller
             errors.append(e)

@@ -32,6 +32,7 @@ import pytest
 from demos import flows as flow_judge
 from tests.integration.labtools import (
     RUN_ROOT,
+    _ask,
     netns_names,
     nodes,
     snapshot,
@@ -162,9 +163,36 @@ def _divergence(st: dict[str, Any]) -> int:
     return sum(abs(n["backup"] - sum(ns[o]["own"] for o in n["backs_up"])) for n in ns.values())
 
 
+def _keys(node: str, scope: str) -> dict[str, set[str]]:
+    """A node's rows of one scope, as the set of connection keys per owner."""
+    rep = _ask(LAB, {"cmd": "table", "node": node, "scope": scope, "limit": 100_000})
+    assert rep.get("ok") and rep.get("total", 0) == len(rep.get("rows", [])), rep
+    out: dict[str, set[str]] = {}
+    for r in rep["rows"]:
+        out.setdefault(str(r["owner"]), set()).add(str(r["key"]))
+    return out
+
+
+def _stale_or_missing(st: dict[str, Any]) -> list[str]:
+    """Backup copies that differ, key by key, from what their owners hold: a copy of a
+    connection its owner no longer has (stale) or an owner's connection its backup lacks. The
+    counts alone (_divergence) cannot see a stale copy beside a missing one."""
+    ns = nodes(st)
+    own = {n: _keys(n, "own").get(n, set()) for n in ns}
+    out: list[str] = []
+    for name, n in ns.items():
+        held = _keys(name, "backup")
+        for o in n["backs_up"]:
+            stale, missing = held.get(o, set()) - own[o], own[o] - held.get(o, set())
+            if stale or missing:
+                out.append(f"{name} backing up {o}: {len(stale)} stale, {len(missing)} missing")
+    return out
+
+
 def _settled(st: dict[str, Any]) -> bool:
-    """Owned once, and every node's backup copies match what the nodes it backs up own."""
-    return _owned_once(st) and _divergence(st) == 0
+    """Owned once, and every node's backup copies match, key by key, what the nodes it backs
+    up own."""
+    return _owned_once(st) and _divergence(st) == 0 and not _stale_or_missing(st)
 
 
 def _when(pred: Any) -> Any:

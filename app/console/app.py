@@ -29,6 +29,7 @@ from app.console.settings import (
     DEMO_KEYS,
     LAB_ACTIONS,
     NODE_STATE_ACTIONS,
+    PALETTE,
     PRESENT_THEME,
     STAR_PRESENT_S,
     STAR_S,
@@ -257,7 +258,9 @@ class ConsoleApp(App[str]):
         active = self.query_one(TabbedContent).active
         if active == "timeline":
             events = list(self.snapshot.get("events", []))
-            self.query_one(TimelinePane).apply(events, None if shown else self.clock())
+            lab_now = self.snapshot.get("time")
+            self.query_one(TimelinePane).apply(events, None if shown else self.clock(),
+                                               float(lab_now) if isinstance(lab_now, (int, float)) else None)
         elif active == "flows":
             self.query_one(FlowsPane).apply(list(self.snapshot.get("flows", [])),
                                             None if shown else self.clock())
@@ -503,11 +506,18 @@ class ConsoleApp(App[str]):
         self.notify(table.cycle_sort(), timeout=2)
 
     def action_filter(self) -> None:
+        """`/` filters the view on screen: the timeline by node and kind, else the connections."""
+        if self.query_one(TabbedContent).active == "timeline":
+            self.query_one(TimelinePane).open_filter()
+            return
         self.action_view("connections")
         self.query_one(ConnectionsPane).open_filter()
 
     def action_close_filter(self) -> None:
-        self.query_one(ConnectionsPane).close_filter()
+        if self.query_one(TabbedContent).active == "timeline":
+            self.query_one(TimelinePane).close_filter()
+        else:
+            self.query_one(ConnectionsPane).close_filter()
 
     def action_toggle_pause(self) -> None:
         self.paused = not self.paused
@@ -557,31 +567,16 @@ class ConsoleApp(App[str]):
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        node = self.selected_node
-        entries: list[tuple[str, str, str, Callable[[], Any]]] = [
-            ("kill", f"Kill {node}", "SIGKILL the selected node", self.action_kill),
-            ("crash", f"Crash {node}", "cut the selected node's links", self.action_crash),
-            ("offline", f"Take {node} offline", "graceful leave, no loss", self.action_offline),
-            ("revive", f"Revive {node}", "restart and rejoin", self.action_revive),
-            ("policy", "Sync policy…", "on-demand, periodic or hybrid, and the interval",
-             self.action_policy),
-            ("full_sync", "Full sync now", "every node sends all its state", self.action_full_sync),
-            ("freeze", "Freeze / resume the sync channel", "step-through sync",
-             self.action_freeze),
-            ("step", "Release one sync message", "while frozen", self.action_step),
-        ]
-        for ident, label, _ in TRAFFIC:
-            entries.append(("traffic_kind", f"Start traffic: {label}", "workload",
-                            partial(self.action_traffic_kind, ident)))
-        entries += [
-            ("demos", "Demos…", "run a scripted demo on this lab", self.action_demos),
-            ("demo_next", "Demo: run the next step", "enter or n", self.action_demo_next),
-            ("demo_auto", "Demo: auto-play on / off", "A", self.action_demo_auto),
-            ("demo_close", "Demo: close", "puts the lab back", self.action_demo_close),
-        ]
-        for action, title, help_text, callback in entries:
-            if self.check_action(action, ()) is True:
-                yield SystemCommand(title, help_text, callback)
+        for action, title, help_text in PALETTE:
+            if self.check_action(action, ()) is not True:
+                continue
+            if action == "traffic_kind":
+                for ident, label, _ in TRAFFIC:
+                    yield SystemCommand(title.format(label=label), help_text,
+                                        partial(self.action_traffic_kind, ident))
+            else:
+                yield SystemCommand(title.format(node=self.selected_node), help_text,
+                                    getattr(self, f"action_{action}"))
 
 
 def run_console(link: LabLink, viewer: bool = False, present: bool = False,

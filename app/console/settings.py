@@ -8,7 +8,7 @@ from pathlib import Path
 from platformdirs import user_downloads_path
 from textual.theme import Theme
 
-__all__ = ["DEMO_KEYS", "LAB_ACTIONS", "NODE_STATE_ACTIONS", "PRESENT_THEME", "STAR_PRESENT_S",
+__all__ = ["DEMO_KEYS", "LAB_ACTIONS", "NODE_STATE_ACTIONS", "PALETTE", "PRESENT_THEME", "STAR_PRESENT_S",
            "STAR_S", "VIEWS", "poll_s", "screenshot_dir", "user_downloads_path"]
 
 PRESENT_THEME = Theme(
@@ -37,6 +37,23 @@ NODE_STATE_ACTIONS = {  # action -> node states in which it applies
     "offline": {"active"},
     "revive": {"failed", "offline"},
 }
+# The command palette: (action, title, help); a title's {node} is the selected node, and
+# traffic_kind stands for one entry per traffic choice ({label}).
+PALETTE = (
+    ("kill", "Kill {node}", "SIGKILL the selected node"),
+    ("crash", "Crash {node}", "cut the selected node's links"),
+    ("offline", "Take {node} offline", "graceful leave, no loss"),
+    ("revive", "Revive {node}", "restart and rejoin"),
+    ("policy", "Sync policy…", "on-demand, periodic or hybrid, and the interval"),
+    ("full_sync", "Full sync now", "every node sends all its state"),
+    ("freeze", "Freeze / resume the sync channel", "step-through sync"),
+    ("step", "Release one sync message", "while frozen"),
+    ("traffic_kind", "Start traffic: {label}", "workload"),
+    ("demos", "Demos…", "run a scripted demo on this lab"),
+    ("demo_next", "Demo: run the next step", "enter or n"),
+    ("demo_auto", "Demo: auto-play on / off", "A"),
+    ("demo_close", "Demo: close", "puts the lab back"),
+)
 STAR_S = 10.0
 STAR_PRESENT_S = 30.0
 # Polls a second: an operator's console 4, a viewer's 1 (a class of browsers must not load the lab).

@@ -38,7 +38,7 @@ LENGTH_S = 20.0
 
 def record_fake_lab(tmp: Path) -> tuple[Path, dict[float, list[str]]]:
     """Record 20 s of the fake lab (n1 killed at 5 s); returns the file and n2's own keys by time."""
-    clock = FakeClock()
+    clock = FakeClock(0.0)  # the recording's times from 0: offsets and times are the same here
     lab = FakeLab(clock, connections=40)
     rec = Recorder(tmp, lab.request, Limits(segment_s=2.0), clock=clock, meta={"lab": "default"})
     n2_keys: dict[float, list[str]] = {}

@@ -26,11 +26,13 @@ from app.console.dialogs import TRAFFIC, ConfirmScreen, HelpScreen, PolicyScreen
 from app.console.link import LabLink, LinkError, RequestRefused, checked
 from app.console.model import Scope, empty_hint, takeover_times, takeover_to_follow
 from app.console.settings import (
+    CONFIRMS,
     DEMO_KEYS,
     LAB_ACTIONS,
     NODE_STATE_ACTIONS,
     PALETTE,
     PRESENT_THEME,
+    REFUSED_KEYS,
     STAR_PRESENT_S,
     STAR_S,
     screenshot_dir,
@@ -79,7 +81,12 @@ class ConsoleApp(App[str]):
         Binding("A", "demo_auto", "Auto", tooltip="auto-play the demo on or off"),
         Binding("escape", "demo_close", "Close"),
         *(Binding(str(i), f"select_node({i})", f"Node {i}", show=False) for i in range(1, 10)),
+        # last: a viewer's lab keys, once the actions themselves were hidden (check_action)
+        *(Binding(key, f"refused('{action}')", "Refused", show=False) for key, action in REFUSED_KEYS),
     ]
+    # Why a viewer's action key does nothing (a replay says its own reason).
+    REFUSAL = ("this console is a viewer: it watches the lab and cannot act on it "
+               "(the operator's `syncwall console` can)")
 
     def __init__(
         self,
@@ -322,6 +329,8 @@ class ConsoleApp(App[str]):
         self.poll()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "refused":  # a viewer's key: told why, never listed
+            return self.viewer and not self._listing_keys
         if action in LAB_ACTIONS and self.viewer:
             return False
         if action == "demos":  # not while one is open: its footer needs the room
@@ -346,11 +355,15 @@ class ConsoleApp(App[str]):
     def _allowed(self, action: str) -> bool:
         if self.check_action(action, ()) is True:
             return True
-        if self.viewer and action in LAB_ACTIONS:
-            self.notify("viewers cannot act on the lab", severity="warning")
+        if self.viewer:
+            self.notify(f"{action.replace('_', ' ')} refused: {self.REFUSAL}", title="viewer",
+                        severity="warning")
         else:
             self.notify(f"{action.replace('_', ' ')} does not apply now", severity="warning")
         return False
+
+    def action_refused(self, action: str) -> None:
+        self._allowed(action)  # not allowed (a viewer's): says why
 
     def _confirmed(self, question: str, yes: str, msg: api.Request, done: str) -> None:
         def answer(ok: bool | None) -> None:
@@ -359,24 +372,20 @@ class ConsoleApp(App[str]):
 
         self.push_screen(ConfirmScreen(question, yes), answer)
 
-    def action_kill(self) -> None:
+    def _confirm_node_action(self, action: str) -> None:
         node = self.selected_node
-        if self._allowed("kill"):
-            self._confirmed(f"Kill {node}? Its process gets SIGKILL; its backup must take over.",
-                            f"Kill {node}", requests.node_action("kill", node), f"{node} killed")
+        if self._allowed(action):
+            question, yes, done = (text.format(node=node) for text in CONFIRMS[action])
+            self._confirmed(question, yes, requests.node_action(action, node), done)
+
+    def action_kill(self) -> None:
+        self._confirm_node_action("kill")
 
     def action_crash(self) -> None:
-        node = self.selected_node
-        if self._allowed("crash"):
-            self._confirmed(f"Crash {node}? Its links are cut with no goodbye.",
-                            f"Crash {node}", requests.node_action("crash", node), f"{node} crashed")
+        self._confirm_node_action("crash")
 
     def action_offline(self) -> None:
-        node = self.selected_node
-        if self._allowed("offline"):
-            self._confirmed(f"Take {node} offline gracefully? It hands its buckets over first.",
-                            f"Offline {node}", requests.node_action("offline", node),
-                            f"{node} went offline")
+        self._confirm_node_action("offline")
 
     def action_revive(self) -> None:
         node = self.selected_node
@@ -527,28 +536,25 @@ class ConsoleApp(App[str]):
 
     def action_help(self) -> None:
         rows: list[tuple[str, str, bool]] = []
-        # the console's own keys first, then those of the focused widget (cursor keys...)
-        self._listing_keys = True
+        seen: set[str] = set()
+        self._listing_keys = True  # check_action: every key, marked when it does not apply now
         try:
-            self._list_keys(rows)
+            # the console's own keys first, then those of the focused widget (cursor keys...)
+            bindings = sorted(self.screen.active_bindings.values(),
+                              key=lambda a: (a.node is not self, a.binding.action == "quit"))
+            for active in bindings:
+                binding = active.binding
+                if binding.action.startswith("select_node") or binding.description in seen:
+                    continue
+                if self.check_action(binding.action.split("(")[0], ()) is False:
+                    continue  # hidden here (viewer mode): not listed either
+                seen.add(binding.description)
+                rows.append((self.get_key_display(binding), binding.description, active.enabled))
         finally:
             self._listing_keys = False
         extra = ["1..9 select a node's card and its tables; click a card or a column header too",
                  "\\[ and ] switch own / backup / common; ctrl+p opens the command palette"]
         self.push_screen(HelpScreen(rows, extra))
-
-    def _list_keys(self, rows: list[tuple[str, str, bool]]) -> None:
-        seen: set[str] = set()
-        bindings = sorted(self.screen.active_bindings.values(),
-                          key=lambda a: (a.node is not self, a.binding.action == "quit"))
-        for active in bindings:
-            binding = active.binding
-            if binding.action.startswith("select_node") or binding.description in seen:
-                continue
-            if self.check_action(binding.action.split("(")[0], ()) is False:
-                continue  # hidden here (viewer mode): not listed either
-            seen.add(binding.description)
-            rows.append((self.get_key_display(binding), binding.description, active.enabled))
 
     async def action_quit(self) -> None:
         """ctrl+q too asks what to do with the lab."""

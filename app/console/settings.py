@@ -8,8 +8,9 @@ from pathlib import Path
 from platformdirs import user_downloads_path
 from textual.theme import Theme
 
-__all__ = ["DEMO_KEYS", "LAB_ACTIONS", "NODE_STATE_ACTIONS", "PALETTE", "PRESENT_THEME", "STAR_PRESENT_S",
-           "STAR_S", "VIEWS", "poll_s", "screenshot_dir", "user_downloads_path"]
+__all__ = ["CONFIRMS", "DEMO_KEYS", "LAB_ACTIONS", "NODE_STATE_ACTIONS", "PALETTE", "PRESENT_THEME",
+           "REFUSED_KEYS", "STAR_PRESENT_S", "STAR_S", "VIEWS", "poll_s", "screenshot_dir",
+           "user_downloads_path"]
 
 PRESENT_THEME = Theme(
     name="syncwall-present",
@@ -31,6 +32,10 @@ LAB_ACTIONS = frozenset({
     "kill", "crash", "revive", "offline", "policy", "full_sync", "traffic", "traffic_kind",
     "freeze", "step",
 })
+# A viewer's keys for those actions (and the demos): hidden from its footer and help, they
+# still reach the console, which says why nothing happens instead of ignoring the key.
+REFUSED_KEYS = (("k", "kill"), ("x", "crash"), ("r", "revive"), ("o", "offline"), ("p", "policy"),
+                ("y", "full_sync"), ("a", "traffic"), ("z", "freeze"), ("n", "step"), ("d", "demos"))
 NODE_STATE_ACTIONS = {  # action -> node states in which it applies
     "kill": {"active"},
     "crash": {"active"},
@@ -54,6 +59,14 @@ PALETTE = (
     ("demo_auto", "Demo: auto-play on / off", "A"),
     ("demo_close", "Demo: close", "puts the lab back"),
 )
+# The actions that break a node on purpose ask first: (question, yes button, done), of {node}.
+CONFIRMS = {
+    "kill": ("Kill {node}? Its process gets SIGKILL; its backup must take over.", "Kill {node}",
+             "{node} killed"),
+    "crash": ("Crash {node}? Its links are cut with no goodbye.", "Crash {node}", "{node} crashed"),
+    "offline": ("Take {node} offline gracefully? It hands its buckets over first.", "Offline {node}",
+                "{node} went offline"),
+}
 STAR_S = 10.0
 STAR_PRESENT_S = 30.0
 # Polls a second: an operator's console 4, a viewer's 1 (a class of browsers must not load the lab).

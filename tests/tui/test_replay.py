@@ -168,6 +168,8 @@ def test_actions_are_refused_and_hidden(tmp_path: Path) -> None:
         await pilot.press("k")
         await settle(pilot)
         assert not app.screen.query("ConfirmScreen")
+        assert [n.message for n in app._notifications if "refused" in n.message] == [
+            f"kill refused: {ReplayApp.REFUSAL}"], "told why, in a replay's words"
         for cmd in ("kill", "revive", "policy", "down", "traffic"):
             assert app.replay.request({"cmd": cmd, "node": "n1"}) == {"ok": False, "error": REFUSED}
 

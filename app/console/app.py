@@ -216,7 +216,9 @@ class ConsoleApp(App[str]):
             self.link_trouble = ""
         cluster = self.query_one(ClusterView)
         first = not cluster.selected
-        await cluster.update_nodes(list(snapshot.get("nodes", [])))
+        lab_now = snapshot.get("time")
+        lab_now = float(lab_now) if isinstance(lab_now, (int, float)) else None
+        await cluster.update_nodes(list(snapshot.get("nodes", [])), lab_now)
         self.query_one(FaultBanner).show(list(snapshot.get("faults") or []))
         self.query_one(BucketStrip).show(list(snapshot.get("nodes", [])),
                                          int(snapshot.get("buckets") or 0))
@@ -226,8 +228,7 @@ class ConsoleApp(App[str]):
         conns.down = frozenset(str(n.get("name")) for n in snapshot.get("nodes", [])
                                if n.get("state") in ("failed", "offline"))
         conns.takeovers = takeover_times(snapshot.get("nodes", []))
-        lab_now = snapshot.get("time")
-        conns.lab_now = float(lab_now) if isinstance(lab_now, (int, float)) else 0.0
+        conns.lab_now = lab_now or 0.0
         if table is not None:
             conns.apply(table, now_s, asked)
         conns.hint(empty_hint(self.snapshot, viewer=self.viewer))

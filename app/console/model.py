@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -290,6 +291,32 @@ def provenance(events: Sequence[dict[str, Any]], selected: dict[str, Any],
             when = fmt_clock(float(e.get("t", 0.0)))
             lines.append(f"  {mark} {when} {e.get('kind', '')}: {e.get('text', '')}")
     return lines
+
+
+class CounterWindow:
+    """Lifetime totals (counters that only grow, as a node reports them) turned into how much
+    each grew over the last `window_s` seconds, so that trouble that is over stops showing.
+
+    `now_s` is the lab's clock (the snapshot's time), the same on every console and in a
+    replay. A total that went down is a restarted process, and time that went back a replay
+    sought backwards: the history starts again, and shows nothing until a total grows."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self._samples: deque[tuple[float, dict[str, int]]] = deque()
+
+    def observe(self, now_s: float, totals: dict[str, int]) -> dict[str, int]:
+        """The counters that grew within the window, and by how much."""
+        if self._samples:
+            t, last = self._samples[-1]
+            if now_s < t or any(k in totals and totals[k] < v for k, v in last.items()):
+                self._samples.clear()
+        self._samples.append((now_s, dict(totals)))
+        # the base: the newest sample at least a window old, else the oldest there is
+        while len(self._samples) > 1 and self._samples[1][0] <= now_s - self.window_s:
+            self._samples.popleft()
+        base = self._samples[0][1]
+        return {k: v - base.get(k, 0) for k, v in totals.items() if v > base.get(k, 0)}
 
 
 def takeover_times(nodes: Iterable[dict[str, Any]]) -> dict[str, float]:

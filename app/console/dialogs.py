@@ -127,7 +127,7 @@ class PolicyScreen(ChoiceScreen[api.SetPolicy | None]):
             yield Label("Sync policy", classes="dialog-question")
             with RadioSet(id="policy"):
                 for i, name in enumerate(POLICIES, 1):
-                    yield RadioButton(f"{i} {name}", value=name == self.policy, id=f"policy-{name}")
+                    yield RadioButton(f"{name} ({i})", value=name == self.policy, id=f"policy-{name}")
             yield Label("Interval (ms), for periodic and hybrid")
             yield Input(str(self.interval_ms), id="interval", type="integer")
             yield Label("", id="policy-error", classes="dialog-error")
@@ -170,7 +170,7 @@ class TrafficScreen(ChoiceScreen[api.TrafficStart | None]):
         with Vertical(classes="dialog"):
             yield Label("Start traffic", classes="dialog-question")
             for i, (ident, label, _) in enumerate(TRAFFIC, 1):
-                yield Button(f"{i}  {label}", id=f"traffic-{ident}", classes="traffic-choice")
+                yield Button(f"{label} ({i})", id=f"traffic-{ident}", classes="traffic-choice")
             yield Button("Cancel (esc)", id="cancel")
 
     def choices(self) -> list[Widget]:

@@ -33,7 +33,7 @@ def test_the_traffic_dialog_moves_with_the_arrows_and_starts_the_nth_choice() ->
         assert focused_id(app) == f"traffic-{idents[2]}"
         await pilot.press("up")
         assert focused_id(app) == f"traffic-{idents[1]}"
-        assert str(app.screen.query_one(f"#traffic-{idents[2]}", Button).label).startswith("3 ")
+        assert str(app.screen.query_one(f"#traffic-{idents[2]}", Button).label).endswith(" (3)")
         await pilot.press("3")
         await settle(pilot)
         assert not isinstance(app.screen, TrafficScreen)

@@ -316,6 +316,7 @@ class ReplayApp(ConsoleApp):
         self.mark: float | None = None  # the first of two moments to compare
 
     WATCH_LABEL = "replay"
+    REFUSAL = "this is a replay of a recording: nothing in it can be changed"
 
     def on_mount(self) -> None:
         # just above the footer (a second widget docked at the bottom would cover it)

@@ -26,10 +26,13 @@ from app.console.dialogs import TRAFFIC, ConfirmScreen, HelpScreen, PolicyScreen
 from app.console.link import LabLink, LinkError, RequestRefused, checked
 from app.console.model import Scope, empty_hint, takeover_times, takeover_to_follow
 from app.console.settings import (
+    CONFIRMS,
     DEMO_KEYS,
     LAB_ACTIONS,
     NODE_STATE_ACTIONS,
+    PALETTE,
     PRESENT_THEME,
+    REFUSED_KEYS,
     STAR_PRESENT_S,
     STAR_S,
     screenshot_dir,
@@ -78,7 +81,12 @@ class ConsoleApp(App[str]):
         Binding("A", "demo_auto", "Auto", tooltip="auto-play the demo on or off"),
         Binding("escape", "demo_close", "Close"),
         *(Binding(str(i), f"select_node({i})", f"Node {i}", show=False) for i in range(1, 10)),
+        # last: a viewer's lab keys, once the actions themselves were hidden (check_action)
+        *(Binding(key, f"refused('{action}')", "Refused", show=False) for key, action in REFUSED_KEYS),
     ]
+    # Why a viewer's action key does nothing (a replay says its own reason).
+    REFUSAL = ("this console is a viewer: it watches the lab and cannot act on it "
+               "(the operator's `syncwall console` can)")
 
     def __init__(
         self,
@@ -208,7 +216,9 @@ class ConsoleApp(App[str]):
             self.link_trouble = ""
         cluster = self.query_one(ClusterView)
         first = not cluster.selected
-        await cluster.update_nodes(list(snapshot.get("nodes", [])))
+        lab_now = snapshot.get("time")
+        lab_now = float(lab_now) if isinstance(lab_now, (int, float)) else None
+        await cluster.update_nodes(list(snapshot.get("nodes", [])), lab_now)
         self.query_one(FaultBanner).show(list(snapshot.get("faults") or []))
         self.query_one(BucketStrip).show(list(snapshot.get("nodes", [])),
                                          int(snapshot.get("buckets") or 0))
@@ -218,8 +228,7 @@ class ConsoleApp(App[str]):
         conns.down = frozenset(str(n.get("name")) for n in snapshot.get("nodes", [])
                                if n.get("state") in ("failed", "offline"))
         conns.takeovers = takeover_times(snapshot.get("nodes", []))
-        lab_now = snapshot.get("time")
-        conns.lab_now = float(lab_now) if isinstance(lab_now, (int, float)) else 0.0
+        conns.lab_now = lab_now or 0.0
         if table is not None:
             conns.apply(table, now_s, asked)
         conns.hint(empty_hint(self.snapshot, viewer=self.viewer))
@@ -257,7 +266,9 @@ class ConsoleApp(App[str]):
         active = self.query_one(TabbedContent).active
         if active == "timeline":
             events = list(self.snapshot.get("events", []))
-            self.query_one(TimelinePane).apply(events, None if shown else self.clock())
+            lab_now = self.snapshot.get("time")
+            self.query_one(TimelinePane).apply(events, None if shown else self.clock(),
+                                               float(lab_now) if isinstance(lab_now, (int, float)) else None)
         elif active == "flows":
             self.query_one(FlowsPane).apply(list(self.snapshot.get("flows", [])),
                                             None if shown else self.clock())
@@ -319,6 +330,8 @@ class ConsoleApp(App[str]):
         self.poll()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "refused":  # a viewer's key: told why, never listed
+            return self.viewer and not self._listing_keys
         if action in LAB_ACTIONS and self.viewer:
             return False
         if action == "demos":  # not while one is open: its footer needs the room
@@ -343,11 +356,15 @@ class ConsoleApp(App[str]):
     def _allowed(self, action: str) -> bool:
         if self.check_action(action, ()) is True:
             return True
-        if self.viewer and action in LAB_ACTIONS:
-            self.notify("viewers cannot act on the lab", severity="warning")
+        if self.viewer:
+            self.notify(f"{action.replace('_', ' ')} refused: {self.REFUSAL}", title="viewer",
+                        severity="warning")
         else:
             self.notify(f"{action.replace('_', ' ')} does not apply now", severity="warning")
         return False
+
+    def action_refused(self, action: str) -> None:
+        self._allowed(action)  # not allowed (a viewer's): says why
 
     def _confirmed(self, question: str, yes: str, msg: api.Request, done: str) -> None:
         def answer(ok: bool | None) -> None:
@@ -356,24 +373,20 @@ class ConsoleApp(App[str]):
 
         self.push_screen(ConfirmScreen(question, yes), answer)
 
-    def action_kill(self) -> None:
+    def _confirm_node_action(self, action: str) -> None:
         node = self.selected_node
-        if self._allowed("kill"):
-            self._confirmed(f"Kill {node}? Its process gets SIGKILL; its backup must take over.",
-                            f"Kill {node}", requests.node_action("kill", node), f"{node} killed")
+        if self._allowed(action):
+            question, yes, done = (text.format(node=node) for text in CONFIRMS[action])
+            self._confirmed(question, yes, requests.node_action(action, node), done)
+
+    def action_kill(self) -> None:
+        self._confirm_node_action("kill")
 
     def action_crash(self) -> None:
-        node = self.selected_node
-        if self._allowed("crash"):
-            self._confirmed(f"Crash {node}? Its links are cut with no goodbye.",
-                            f"Crash {node}", requests.node_action("crash", node), f"{node} crashed")
+        self._confirm_node_action("crash")
 
     def action_offline(self) -> None:
-        node = self.selected_node
-        if self._allowed("offline"):
-            self._confirmed(f"Take {node} offline gracefully? It hands its buckets over first.",
-                            f"Offline {node}", requests.node_action("offline", node),
-                            f"{node} went offline")
+        self._confirm_node_action("offline")
 
     def action_revive(self) -> None:
         node = self.selected_node
@@ -503,11 +516,18 @@ class ConsoleApp(App[str]):
         self.notify(table.cycle_sort(), timeout=2)
 
     def action_filter(self) -> None:
+        """`/` filters the view on screen: the timeline by node and kind, else the connections."""
+        if self.query_one(TabbedContent).active == "timeline":
+            self.query_one(TimelinePane).open_filter()
+            return
         self.action_view("connections")
         self.query_one(ConnectionsPane).open_filter()
 
     def action_close_filter(self) -> None:
-        self.query_one(ConnectionsPane).close_filter()
+        if self.query_one(TabbedContent).active == "timeline":
+            self.query_one(TimelinePane).close_filter()
+        else:
+            self.query_one(ConnectionsPane).close_filter()
 
     def action_toggle_pause(self) -> None:
         self.paused = not self.paused
@@ -517,28 +537,25 @@ class ConsoleApp(App[str]):
 
     def action_help(self) -> None:
         rows: list[tuple[str, str, bool]] = []
-        # the console's own keys first, then those of the focused widget (cursor keys...)
-        self._listing_keys = True
+        seen: set[str] = set()
+        self._listing_keys = True  # check_action: every key, marked when it does not apply now
         try:
-            self._list_keys(rows)
+            # the console's own keys first, then those of the focused widget (cursor keys...)
+            bindings = sorted(self.screen.active_bindings.values(),
+                              key=lambda a: (a.node is not self, a.binding.action == "quit"))
+            for active in bindings:
+                binding = active.binding
+                if binding.action.startswith("select_node") or binding.description in seen:
+                    continue
+                if self.check_action(binding.action.split("(")[0], ()) is False:
+                    continue  # hidden here (viewer mode): not listed either
+                seen.add(binding.description)
+                rows.append((self.get_key_display(binding), binding.description, active.enabled))
         finally:
             self._listing_keys = False
         extra = ["1..9 select a node's card and its tables; click a card or a column header too",
                  "\\[ and ] switch own / backup / common; ctrl+p opens the command palette"]
         self.push_screen(HelpScreen(rows, extra))
-
-    def _list_keys(self, rows: list[tuple[str, str, bool]]) -> None:
-        seen: set[str] = set()
-        bindings = sorted(self.screen.active_bindings.values(),
-                          key=lambda a: (a.node is not self, a.binding.action == "quit"))
-        for active in bindings:
-            binding = active.binding
-            if binding.action.startswith("select_node") or binding.description in seen:
-                continue
-            if self.check_action(binding.action.split("(")[0], ()) is False:
-                continue  # hidden here (viewer mode): not listed either
-            seen.add(binding.description)
-            rows.append((self.get_key_display(binding), binding.description, active.enabled))
 
     async def action_quit(self) -> None:
         """ctrl+q too asks what to do with the lab."""
@@ -557,31 +574,16 @@ class ConsoleApp(App[str]):
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        node = self.selected_node
-        entries: list[tuple[str, str, str, Callable[[], Any]]] = [
-            ("kill", f"Kill {node}", "SIGKILL the selected node", self.action_kill),
-            ("crash", f"Crash {node}", "cut the selected node's links", self.action_crash),
-            ("offline", f"Take {node} offline", "graceful leave, no loss", self.action_offline),
-            ("revive", f"Revive {node}", "restart and rejoin", self.action_revive),
-            ("policy", "Sync policy…", "on-demand, periodic or hybrid, and the interval",
-             self.action_policy),
-            ("full_sync", "Full sync now", "every node sends all its state", self.action_full_sync),
-            ("freeze", "Freeze / resume the sync channel", "step-through sync",
-             self.action_freeze),
-            ("step", "Release one sync message", "while frozen", self.action_step),
-        ]
-        for ident, label, _ in TRAFFIC:
-            entries.append(("traffic_kind", f"Start traffic: {label}", "workload",
-                            partial(self.action_traffic_kind, ident)))
-        entries += [
-            ("demos", "Demos…", "run a scripted demo on this lab", self.action_demos),
-            ("demo_next", "Demo: run the next step", "enter or n", self.action_demo_next),
-            ("demo_auto", "Demo: auto-play on / off", "A", self.action_demo_auto),
-            ("demo_close", "Demo: close", "puts the lab back", self.action_demo_close),
-        ]
-        for action, title, help_text, callback in entries:
-            if self.check_action(action, ()) is True:
-                yield SystemCommand(title, help_text, callback)
+        for action, title, help_text in PALETTE:
+            if self.check_action(action, ()) is not True:
+                continue
+            if action == "traffic_kind":
+                for ident, label, _ in TRAFFIC:
+                    yield SystemCommand(title.format(label=label), help_text,
+                                        partial(self.action_traffic_kind, ident))
+            else:
+                yield SystemCommand(title.format(node=self.selected_node), help_text,
+                                    getattr(self, f"action_{action}"))
 
 
 def run_console(link: LabLink, viewer: bool = False, present: bool = False,

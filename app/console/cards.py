@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from typing import Any
 
@@ -12,6 +13,8 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Sparkline, Static
 
+from app.console.model import CounterWindow
+
 STATES = ("active", "failed", "offline", "joining", "degraded", "attention")
 STATE_MARK = {"active": "●", "failed": "✖", "offline": "○", "joining": "◐", "degraded": "◑", "attention": "!"}
 PATH_NAMES = ("sync", "inside", "outside")
@@ -19,6 +22,7 @@ HISTORY = 40  # sparkline samples kept per node (10 s at 4 polls/s)
 BODY_ROWS = 4  # a card's body without trouble: buckets, backups, counts, held and sync rate
 MAX_BODY_ROWS = 7
 CARD_TEXT_COLUMNS = 36  # a card's text width at 120 columns, before it is laid out
+TROUBLE_WINDOW_S = 5.0  # a card shows the sync trouble of the last seconds, not of the node's life
 
 
 class NodeCard(Vertical):
@@ -39,13 +43,16 @@ class NodeCard(Vertical):
         self._history: deque[float] = deque([0.0] * HISTORY, maxlen=HISTORY)
         self.border_title = name
         self._body = ""
+        self._trouble = CounterWindow(TROUBLE_WINDOW_S)
 
     def compose(self) -> ComposeResult:
         yield Static("", classes="card-body")
         yield Sparkline([0.0] * HISTORY, classes="card-spark")
 
-    def update_node(self, node: dict[str, Any], twice: dict[int, list[str]] | None = None) -> None:
-        """Show `node`; `twice`: buckets owned by more than one node, with their owners."""
+    def update_node(self, node: dict[str, Any], twice: dict[int, list[str]] | None = None,
+                    lab_now: float | None = None) -> None:
+        """Show `node`; `twice`: buckets owned by more than one node, with their owners;
+        `lab_now`: the snapshot's time (the sync trouble shown is that of the last seconds)."""
         self.node = node
         state = str(node.get("state", "active"))
         if node.get("health") in ("degraded", "attention"):  # a data link lost, or cut off
@@ -80,7 +87,10 @@ class NodeCard(Vertical):
             f"common {node.get('common', 0)}\n"
             f"held {node.get('held', 0)}  sync {rate:.0f} msg/s"
         )
-        for line in (sync_health_line(node.get("sync")), flap_line(node.get("sync"))):
+        sync = node.get("sync")
+        grown = {} if not isinstance(sync, dict) else self._trouble.observe(
+            time.monotonic() if lab_now is None else lab_now, sync_totals(sync))
+        for line in (sync_health_line(grown), flap_line(sync)):
             if line:
                 body += "\n" + line
         paths = node.get("paths")
@@ -103,21 +113,30 @@ class NodeCard(Vertical):
         self.post_message(self.Selected(self.node_name))
 
 
-def sync_health_line(sync: Any) -> str:
-    """Sync trouble in one line (the agent's stats: sync.agent.SyncAgent.stats): frames sent
-    again, per peer, and received frames dropped, by reason; "" while there is none."""
+def sync_totals(sync: Any) -> dict[str, int]:
+    """A node's lifetime counters of sync trouble (the agent's stats: sync.agent.SyncAgent.stats),
+    flat: `retx:PEER` frames sent again to a peer, `drop:REASON` received frames dropped."""
     if not isinstance(sync, dict):
-        return ""
+        return {}
     peers: dict[str, Any] = sync["peers"] if isinstance(sync.get("peers"), dict) else {}
-    retx = {n: int(p.get("retransmitted", 0) or 0) for n, p in peers.items() if isinstance(p, dict)}
-    parts = []
-    if any(retx.values()):
-        parts.append("retx " + " ".join(f"{n}:{c}" for n, c in sorted(retx.items()) if c))
+    out = {f"retx:{n}": int(p.get("retransmitted", 0) or 0) for n, p in peers.items() if isinstance(p, dict)}
     given: dict[str, Any] = sync["bad_frames"] if isinstance(sync.get("bad_frames"), dict) else {}
-    bad = {str(k): int(v) for k, v in given.items() if v}
+    out.update((f"drop:{k}", int(v or 0)) for k, v in given.items())
+    return out
+
+
+def sync_health_line(grown: dict[str, int], window_s: float = TROUBLE_WINDOW_S) -> str:
+    """Sync trouble in one line: of `sync_totals`, those that grew in the last `window_s`
+    (CounterWindow), by how much: frames sent again per peer, received frames dropped by
+    reason; "" while the sync is healthy (however much trouble the node had before)."""
+    retx = {k.removeprefix("retx:"): v for k, v in grown.items() if k.startswith("retx:") and v}
+    bad = {k.removeprefix("drop:"): v for k, v in grown.items() if k.startswith("drop:") and v}
+    parts = []
+    if retx:
+        parts.append("retx " + " ".join(f"{n}:{c}" for n, c in sorted(retx.items())))
     if bad:
         parts.append("dropped " + " ".join(f"{k} {v}" for k, v in sorted(bad.items())))
-    return f"[b yellow]{' · '.join(parts)}[/b yellow]" if parts else ""
+    return f"[b yellow]{' · '.join(parts)} in {window_s:.0f} s[/b yellow]" if parts else ""
 
 
 FLAP_SHOWN_S = 60.0  # how long a card tells of a peer that answered after it was given up
@@ -169,7 +188,8 @@ class ClusterView(Horizontal):
         self.selected = ""
         self._body_rows = BODY_ROWS
 
-    async def update_nodes(self, nodes: list[dict[str, Any]]) -> None:
+    async def update_nodes(self, nodes: list[dict[str, Any]], lab_now: float | None = None) -> None:
+        """Show the snapshot's nodes; `lab_now`: the snapshot's time."""
         new = [n for n in nodes if n.get("name") not in self.cards]
         for node in new:
             card = NodeCard(str(node["name"]))
@@ -184,7 +204,7 @@ class ClusterView(Horizontal):
         # Should never happen now; if it does, it must be seen: drawn red, with both owners.
         twice = {b: o for b, o in owners.items() if len(o) > 1}
         for node in nodes:
-            self.cards[str(node["name"])].update_node(node, twice)
+            self.cards[str(node["name"])].update_node(node, twice, lab_now)
         self.fit_cards()
         if not self.selected and self.cards:
             self.select(next(iter(self.cards)))

@@ -2,20 +2,55 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
+from textual.widget import Widget
 from textual.widgets import Button, Input, Label, RadioButton, RadioSet, Static
 
 from app.console import requests
 from netns import api
 
 POLICIES = api.POLICIES
+ResultT = TypeVar("ResultT")
 
 
-class ConfirmScreen(ModalScreen[bool]):
+class ChoiceScreen(ModalScreen[ResultT]):
+    """A dialog of choices: 1..9 pick the Nth (as its label says), the arrows move the focus
+    between them. A focused list or text box keeps its own arrows (and an input its digits)."""
+
+    BINDINGS = [
+        *(Binding(str(i), f"pick({i})", f"Choice {i}", show=False) for i in range(1, 10)),
+        Binding("up,left", "move(-1)", "Previous", show=False),
+        Binding("down,right", "move(1)", "Next", show=False),
+    ]
+
+    def choices(self) -> list[Widget]:
+        """The options the number keys choose, in order."""
+        return list(self.query(Button))
+
+    def action_pick(self, number: int) -> None:
+        choices = self.choices()
+        if not 1 <= number <= len(choices):
+            return
+        chosen = choices[number - 1]
+        if isinstance(chosen, Button):
+            chosen.press()
+        elif isinstance(chosen, RadioButton):
+            chosen.value = True  # its RadioSet releases the others
+
+    def action_move(self, step: int) -> None:
+        if step > 0:
+            self.focus_next()
+        else:
+            self.focus_previous()
+
+
+class ConfirmScreen(ChoiceScreen[bool]):
     """Ask before doing something that breaks things on purpose."""
 
     BINDINGS = [
@@ -32,8 +67,8 @@ class ConfirmScreen(ModalScreen[bool]):
         with Vertical(classes="dialog"):
             yield Label(self.question, classes="dialog-question")
             with Horizontal(classes="dialog-buttons"):
-                yield Button(f"{self.yes} (y)", variant="error", id="yes")
-                yield Button("Cancel (n)", variant="primary", id="no")
+                yield Button(f"{self.yes} (y, 1)", variant="error", id="yes")
+                yield Button("Cancel (n, 2)", variant="primary", id="no")
 
     def on_mount(self) -> None:
         self.query_one("#no", Button).focus()  # the safe choice is the default
@@ -46,7 +81,7 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(answer)
 
 
-class QuitScreen(ModalScreen[str | None]):
+class QuitScreen(ChoiceScreen[str | None]):
     """On quit: leave the lab running for later, stop it, or stay."""
 
     BINDINGS = [
@@ -62,9 +97,9 @@ class QuitScreen(ModalScreen[str | None]):
         with Vertical(classes="dialog"):
             yield Label("Leaving the console. What about the lab?", classes="dialog-question")
             with Horizontal(classes="dialog-buttons"):
-                yield Button("Keep it running (k)", variant="primary", id="keep")
-                yield Button("Stop it (s)", variant="error", id="stop")
-                yield Button("Cancel (esc)", id="cancel")
+                yield Button("Keep it running (k, 1)", variant="primary", id="keep")
+                yield Button("Stop it (s, 2)", variant="error", id="stop")
+                yield Button("Cancel (esc, 3)", id="cancel")
 
     def on_mount(self) -> None:
         self.query_one("#keep", Button).focus()
@@ -77,7 +112,7 @@ class QuitScreen(ModalScreen[str | None]):
         self.dismiss(choice or None)
 
 
-class PolicyScreen(ModalScreen[api.SetPolicy | None]):
+class PolicyScreen(ChoiceScreen[api.SetPolicy | None]):
     """Pick the sync policy and its interval."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
@@ -91,14 +126,17 @@ class PolicyScreen(ModalScreen[api.SetPolicy | None]):
         with Vertical(classes="dialog"):
             yield Label("Sync policy", classes="dialog-question")
             with RadioSet(id="policy"):
-                for name in POLICIES:
-                    yield RadioButton(name, value=name == self.policy, id=f"policy-{name}")
+                for i, name in enumerate(POLICIES, 1):
+                    yield RadioButton(f"{name} ({i})", value=name == self.policy, id=f"policy-{name}")
             yield Label("Interval (ms), for periodic and hybrid")
             yield Input(str(self.interval_ms), id="interval", type="integer")
             yield Label("", id="policy-error", classes="dialog-error")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Apply", variant="primary", id="apply")
                 yield Button("Cancel (esc)", id="cancel")
+
+    def choices(self) -> list[Widget]:
+        return list(self.query(RadioButton))  # 1..3 pick a policy; Apply applies it
 
     @on(Button.Pressed, "#cancel")
     def action_cancel(self) -> None:
@@ -108,7 +146,7 @@ class PolicyScreen(ModalScreen[api.SetPolicy | None]):
     @on(Input.Submitted, "#interval")
     def _apply(self) -> None:
         pressed = self.query_one(RadioSet).pressed_button
-        policy = str(pressed.label) if pressed is not None else self.policy
+        policy = str(pressed.id).removeprefix("policy-") if pressed is not None else self.policy
         text = self.query_one("#interval", Input).value
         lo, hi = api.INTERVAL_MS
         if not text.isdigit() or not lo <= int(text) <= hi:
@@ -120,8 +158,8 @@ class PolicyScreen(ModalScreen[api.SetPolicy | None]):
 TRAFFIC = requests.TRAFFIC
 
 
-class TrafficScreen(ModalScreen[api.TrafficStart | None]):
-    """Start a workload."""
+class TrafficScreen(ChoiceScreen[api.TrafficStart | None]):
+    """Start a workload: click one, or press its number."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
@@ -131,9 +169,12 @@ class TrafficScreen(ModalScreen[api.TrafficStart | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label("Start traffic", classes="dialog-question")
-            for ident, label, _ in TRAFFIC:
-                yield Button(label, id=f"traffic-{ident}", classes="traffic-choice")
+            for i, (ident, label, _) in enumerate(TRAFFIC, 1):
+                yield Button(f"{label} ({i})", id=f"traffic-{ident}", classes="traffic-choice")
             yield Button("Cancel (esc)", id="cancel")
+
+    def choices(self) -> list[Widget]:
+        return list(self.query(".traffic-choice"))
 
     @on(Button.Pressed)
     def _pressed(self, event: Button.Pressed) -> None:

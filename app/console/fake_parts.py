@@ -10,11 +10,16 @@ from typing import Any
 
 from syncwall_errors import SyncwallError
 
+# The daemon's clock is the epoch (netns/daemon.py: time.time()), and so is the fake lab's: a
+# console that showed raw seconds looked fine on a clock that starts at 0. A fixed moment, so
+# that snapshots show the same times: 2025-12-03 12:00:00 UTC.
+LAB_EPOCH_S = 1_764_763_200.0
+
 
 class FakeClock:
-    """A clock that only moves when told to (tests)."""
+    """A clock that only moves when told to (tests), from a fixed moment in epoch seconds."""
 
-    def __init__(self, start_s: float = 0.0) -> None:
+    def __init__(self, start_s: float = LAB_EPOCH_S) -> None:
         self.now_s = start_s
 
     def __call__(self) -> float:
@@ -25,13 +30,14 @@ class FakeClock:
 
 
 class WallClock:
-    """Seconds since creation, from the monotonic clock (the fake lab tried by hand)."""
+    """Epoch seconds, as the daemon's, moving with the monotonic clock (the fake lab tried by hand)."""
 
     def __init__(self) -> None:
+        self._epoch = time.time()
         self._start = time.monotonic()
 
     def __call__(self) -> float:
-        return time.monotonic() - self._start
+        return self._epoch + time.monotonic() - self._start
 
 
 class NodeState(Enum):

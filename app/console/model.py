@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import Enum
 from typing import Any
 
@@ -172,14 +174,27 @@ def flow_counts(flows: Iterable[FlowReport | dict[str, Any]]) -> dict[str, int]:
     return counts
 
 
+REPEAT = "\u00d7"  # the multiplication sign: a timeline row that stands for 3 events says so
 EVENT_COLUMNS: Sequence[tuple[str, str]] = (
     ("t", "Time"),
+    ("count", REPEAT),
     ("node", "Node"),
     ("kind", "Kind"),
     ("peers", "Peers"),
     ("latency", "Ack ms"),
     ("text", "What happened"),
 )
+
+
+def fmt_clock(t: float) -> str:
+    """A lab time (the daemon's clock: epoch seconds) as the local wall clock to the
+    millisecond, `14:03:07.250`: what an operator compares with a watch or a capture."""
+    ms = round(t * 1000)
+    try:
+        stamp = datetime.fromtimestamp(ms // 1000)
+    except (OverflowError, OSError, ValueError):
+        return f"{t:.3f}"
+    return f"{stamp:%H:%M:%S}.{ms % 1000:03d}"
 
 
 def event_key(event: dict[str, Any]) -> str:
@@ -189,10 +204,57 @@ def event_key(event: dict[str, Any]) -> str:
     return f"{event.get('t')}|{event.get('node')}|{event.get('kind')}|{event.get('text')}"
 
 
-def event_cells(event: dict[str, Any]) -> Cells:
+@dataclass(frozen=True, slots=True)
+class EventRun:
+    """Events in a row that say the same thing (node, kind and text): one timeline row, with the count."""
+
+    events: tuple[dict[str, Any], ...]  # oldest first
+
+    @property
+    def key(self) -> str:
+        # the first event's: a repeat that joins the run changes the row, not its key
+        return event_key(self.events[0])
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.events[-1]
+
+    @property
+    def count(self) -> int:
+        return len(self.events)
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return all(a.get(f) == b.get(f) for f in ("node", "kind", "text"))
+
+
+def collapse_events(events: Iterable[dict[str, Any]]) -> list[EventRun]:
+    """The events (the lab's order: oldest first) with each run of identical ones as one."""
+    runs: list[list[dict[str, Any]]] = []
+    for event in events:
+        if runs and _same(runs[-1][-1], event):
+            runs[-1].append(event)
+        else:
+            runs.append([event])
+    return [EventRun(tuple(run)) for run in runs]
+
+
+def event_matches(event: dict[str, Any], needle: str) -> bool:
+    """The timeline's filter: every word of `needle` begins the event's node or its kind
+    (`n2`, `takeover`, `n1 sync`); an empty needle matches every event."""
+    fields = (str(event.get("node", "")).lower(), str(event.get("kind", "")).lower())
+    return all(any(f.startswith(word) for f in fields) for word in needle.lower().split())
+
+
+def event_cells(run: EventRun | dict[str, Any]) -> Cells:
+    """One timeline row: the newest event of a run, with how many it stands for."""
+    if isinstance(run, dict):
+        run = EventRun((run,))
+    event = run.last
     latency = event.get("latency_ms")
     return (
-        f"{float(event.get('t', 0.0)):8.3f}",
+        fmt_clock(float(event.get("t", 0.0))),
+        f"{REPEAT}{run.count}" if run.count > 1 else "",
         str(event.get("node", "")),
         str(event.get("kind", "")),
         ",".join(event.get("peers") or []) or "-",
@@ -201,13 +263,19 @@ def event_cells(event: dict[str, Any]) -> Cells:
     )
 
 
-def provenance(events: Sequence[dict[str, Any]], selected: dict[str, Any]) -> list[str]:
-    """Lines telling where a sync event came from: the event, then everything about its key."""
+def provenance(events: Sequence[dict[str, Any]], selected: dict[str, Any],
+               run: EventRun | None = None, lab_now: float | None = None) -> list[str]:
+    """Lines telling where a sync event came from: the event, then everything about its key.
+    `run`: the repeats the row stands for; `lab_now`: the snapshot's time, for the event's age."""
+    t = float(selected.get("t", 0.0))
+    age = f" ({lab_now - t:.1f} s ago)" if lab_now is not None and lab_now >= t else ""
     lines = [
-        f"[b]{selected.get('kind', '')}[/b] at t={float(selected.get('t', 0.0)):.3f}s "
-        f"on {selected.get('node', '')}",
+        f"[b]{selected.get('kind', '')}[/b] at {fmt_clock(t)}{age} on {selected.get('node', '')}",
         f"  {selected.get('text', '')}",
     ]
+    if run is not None and run.count > 1:
+        first = fmt_clock(float(run.events[0].get("t", 0.0)))
+        lines.append(f"  {REPEAT}{run.count} in a row: first at {first}, last at {fmt_clock(t)}")
     if selected.get("trigger"):
         lines.append(f"  trigger: {selected['trigger']}")
     if selected.get("peers"):
@@ -220,8 +288,35 @@ def provenance(events: Sequence[dict[str, Any]], selected: dict[str, Any]) -> li
         lines.append(f"  record {key}: {len(chain)} event(s) in the timeline")
         for e in chain[-8:]:
             mark = "▶" if event_key(e) == event_key(selected) else " "
-            lines.append(f"  {mark} {float(e.get('t', 0.0)):8.3f} {e.get('kind', '')}: {e.get('text', '')}")
+            when = fmt_clock(float(e.get("t", 0.0)))
+            lines.append(f"  {mark} {when} {e.get('kind', '')}: {e.get('text', '')}")
     return lines
+
+
+class CounterWindow:
+    """Lifetime totals (counters that only grow, as a node reports them) turned into how much
+    each grew over the last `window_s` seconds, so that trouble that is over stops showing.
+
+    `now_s` is the lab's clock (the snapshot's time), the same on every console and in a
+    replay. A total that went down is a restarted process, and time that went back a replay
+    sought backwards: the history starts again, and shows nothing until a total grows."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self._samples: deque[tuple[float, dict[str, int]]] = deque()
+
+    def observe(self, now_s: float, totals: dict[str, int]) -> dict[str, int]:
+        """The counters that grew within the window, and by how much."""
+        if self._samples:
+            t, last = self._samples[-1]
+            if now_s < t or any(k in totals and totals[k] < v for k, v in last.items()):
+                self._samples.clear()
+        self._samples.append((now_s, dict(totals)))
+        # the base: the newest sample at least a window old, else the oldest there is
+        while len(self._samples) > 1 and self._samples[1][0] <= now_s - self.window_s:
+            self._samples.popleft()
+        base = self._samples[0][1]
+        return {k: v - base.get(k, 0) for k, v in totals.items() if v > base.get(k, 0)}
 
 
 def takeover_times(nodes: Iterable[dict[str, Any]]) -> dict[str, float]:

@@ -8,8 +8,9 @@ from pathlib import Path
 from platformdirs import user_downloads_path
 from textual.theme import Theme
 
-__all__ = ["DEMO_KEYS", "LAB_ACTIONS", "NODE_STATE_ACTIONS", "PRESENT_THEME", "STAR_PRESENT_S",
-           "STAR_S", "VIEWS", "poll_s", "screenshot_dir", "user_downloads_path"]
+__all__ = ["CONFIRMS", "DEMO_KEYS", "LAB_ACTIONS", "NODE_STATE_ACTIONS", "PALETTE", "PRESENT_THEME",
+           "REFUSED_KEYS", "STAR_PRESENT_S", "STAR_S", "VIEWS", "poll_s", "screenshot_dir",
+           "user_downloads_path"]
 
 PRESENT_THEME = Theme(
     name="syncwall-present",
@@ -31,11 +32,40 @@ LAB_ACTIONS = frozenset({
     "kill", "crash", "revive", "offline", "policy", "full_sync", "traffic", "traffic_kind",
     "freeze", "step",
 })
+# A viewer's keys for those actions (and the demos): hidden from its footer and help, they
+# still reach the console, which says why nothing happens instead of ignoring the key.
+REFUSED_KEYS = (("k", "kill"), ("x", "crash"), ("r", "revive"), ("o", "offline"), ("p", "policy"),
+                ("y", "full_sync"), ("a", "traffic"), ("z", "freeze"), ("n", "step"), ("d", "demos"))
 NODE_STATE_ACTIONS = {  # action -> node states in which it applies
     "kill": {"active"},
     "crash": {"active"},
     "offline": {"active"},
     "revive": {"failed", "offline"},
+}
+# The command palette: (action, title, help); a title's {node} is the selected node, and
+# traffic_kind stands for one entry per traffic choice ({label}).
+PALETTE = (
+    ("kill", "Kill {node}", "SIGKILL the selected node"),
+    ("crash", "Crash {node}", "cut the selected node's links"),
+    ("offline", "Take {node} offline", "graceful leave, no loss"),
+    ("revive", "Revive {node}", "restart and rejoin"),
+    ("policy", "Sync policy…", "on-demand, periodic or hybrid, and the interval"),
+    ("full_sync", "Full sync now", "every node sends all its state"),
+    ("freeze", "Freeze / resume the sync channel", "step-through sync"),
+    ("step", "Release one sync message", "while frozen"),
+    ("traffic_kind", "Start traffic: {label}", "workload"),
+    ("demos", "Demos…", "run a scripted demo on this lab"),
+    ("demo_next", "Demo: run the next step", "enter or n"),
+    ("demo_auto", "Demo: auto-play on / off", "A"),
+    ("demo_close", "Demo: close", "puts the lab back"),
+)
+# The actions that break a node on purpose ask first: (question, yes button, done), of {node}.
+CONFIRMS = {
+    "kill": ("Kill {node}? Its process gets SIGKILL; its backup must take over.", "Kill {node}",
+             "{node} killed"),
+    "crash": ("Crash {node}? Its links are cut with no goodbye.", "Crash {node}", "{node} crashed"),
+    "offline": ("Take {node} offline gracefully? It hands its buckets over first.", "Offline {node}",
+                "{node} went offline"),
 }
 STAR_S = 10.0
 STAR_PRESENT_S = 30.0

@@ -12,6 +12,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Input, Static, Tab, Tabs
+from textual.widgets.data_table import CellDoesNotExist
 
 from app.console import requests
 from app.console.model import (
@@ -21,14 +22,16 @@ from app.console.model import (
     FLOW_COLUMNS,
     HEALTH_COLUMN,
     Cells,
+    EventRun,
     RowDiff,
     Scope,
     TakeoverStars,
+    collapse_events,
     conn_cells,
     conn_layout,
     diff_rows,
     event_cells,
-    event_key,
+    event_matches,
     flow_cells,
     flow_counts,
     provenance,
@@ -70,6 +73,8 @@ class DiffTable(DataTable[Any]):
         self.sort_column: str | None = None
         self.sort_reverse = False
         self.restyle: set[str] = set()  # keys whose look changed although their values did not
+        # How to order a column other than by its text (the timeline's clock wraps at midnight).
+        self.sort_keys: dict[str, Callable[[Any], Any]] = {}
 
     def on_mount(self) -> None:
         self._ensure_columns()
@@ -172,7 +177,8 @@ class DiffTable(DataTable[Any]):
 
     def _sort(self) -> None:
         if self.sort_column:
-            self.sort(self.sort_column, key=lambda v: str(v), reverse=self.sort_reverse)
+            key = self.sort_keys.get(self.sort_column, str)
+            self.sort(self.sort_column, key=key, reverse=self.sort_reverse)
 
     @on(DataTable.HeaderSelected)
     def _header(self, event: DataTable.HeaderSelected) -> None:
@@ -328,39 +334,127 @@ class ConnectionsPane(Vertical):
         self.table.focus()
 
 
+class Stamp(str):
+    """A timeline time cell: it shows the wall clock, and sorts by the lab's time and event
+    number (the text wraps at midnight, and events of one instant keep the lab's order)."""
+
+    order: tuple[float, int]
+
+    def __new__(cls, text: str, order: tuple[float, int]) -> Stamp:
+        cell = super().__new__(cls, text)
+        cell.order = order
+        return cell
+
+
+def stamp_order(cell: Any) -> tuple[float, int]:
+    return cell.order if isinstance(cell, Stamp) else (0.0, 0)
+
+
 class TimelinePane(Vertical):
-    """The sync timeline: every trigger and message, newest first; the selected one's provenance."""
+    """The sync timeline: every trigger and message, newest first, repeats collapsed into one
+    row with their count, filtered by node and kind; the selected row's provenance below."""
 
     REFRESH_S = 1.0  # a busy sync re-sorts the whole table at every poll: once a second is readable
 
     def __init__(self) -> None:
         super().__init__(id="timeline-pane")
         self.events: list[dict[str, Any]] = []
-        self._by_key: dict[str, dict[str, Any]] = {}
+        self.filter = ""
+        self.lab_now: float | None = None  # the snapshot's time, for the selected event's age
+        self._runs: dict[str, EventRun] = {}
         self._at: float | None = None  # when the table was last redrawn (the console's clock)
+        self._caption = ""
 
     def compose(self) -> ComposeResult:
-        table = DiffTable(EVENT_COLUMNS, id="event-table")
+        yield Input(placeholder="filter by node or kind: n2, takeover, n1 sync (Enter keeps, Esc clears)",
+                    id="timeline-filter")
+        yield Static("", id="timeline-caption")
+        table = DiffTable(EVENT_COLUMNS, self._render_cell, id="event-table")
         table.sort_column, table.sort_reverse = "t", True
+        table.sort_keys["t"] = stamp_order
         yield table
         with VerticalScroll(id="provenance-box"):
             yield Static("Select an event to see where it came from.", id="provenance")
 
-    def apply(self, events: list[dict[str, Any]], now_s: float | None = None) -> RowDiff | None:
+    @property
+    def table(self) -> DiffTable:
+        return self.query_one("#event-table", DiffTable)
+
+    def apply(self, events: list[dict[str, Any]], now_s: float | None = None,
+              lab_now: float | None = None) -> RowDiff | None:
         """Show the events; with `now_s`, at most once per REFRESH_S (always without it)."""
         if now_s is not None:
             if self._at is not None and 0 <= now_s - self._at < self.REFRESH_S:
                 return None
             self._at = now_s
         self.events = events
-        self._by_key = {event_key(e): e for e in events}
-        return self.query_one(DiffTable).apply([(event_key(e), event_cells(e)) for e in events])
+        self.lab_now = lab_now
+        shown = [e for e in events if event_matches(e, self.filter)] if self.filter else events
+        runs = collapse_events(shown)
+        self._runs = {r.key: r for r in runs}
+        rows = [(r.key, event_cells(r)) for r in runs]
+        caption = f"filter '{self.filter}': {len(shown)} of {len(events)} events" if self.filter else ""
+        if caption != self._caption:
+            self._caption = caption
+            box = self.query_one("#timeline-caption", Static)
+            box.update(caption)
+            box.display = bool(caption)
+        diff = self.table.apply(rows)
+        if not diff.empty:
+            self._show_provenance()  # the row under the cursor may be another, or have grown a repeat
+        return diff
+
+    def _render_cell(self, key: str, column: int, value: str) -> str | Text:
+        run = self._runs.get(key)
+        if column == 0 and run is not None:
+            last = run.last
+            number = last.get("id")
+            return Stamp(value, (float(last.get("t", 0.0)), number if isinstance(number, int) else 0))
+        return value
+
+    def _show_provenance(self) -> None:
+        table = self.table
+        if not table.row_count:
+            return
+        try:
+            key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        except CellDoesNotExist:
+            return
+        run = self._runs.get(str(key))
+        if run is not None:
+            text = "\n".join(provenance(self.events, run.last, run, self.lab_now))
+            self.query_one("#provenance", Static).update(text)
 
     @on(DataTable.RowHighlighted, "#event-table")
-    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
-        selected = self._by_key.get(str(event.row_key.value))
-        if selected is not None:
-            self.query_one("#provenance", Static).update("\n".join(provenance(self.events, selected)))
+    def _highlighted(self) -> None:
+        # the row under the cursor now: a highlight posted before the table re-sorted names
+        # the row that was there then
+        self._show_provenance()
+
+    def open_filter(self) -> None:
+        box = self.query_one("#timeline-filter", Input)
+        box.add_class("-open")
+        box.focus()
+
+    def close_filter(self) -> None:
+        box = self.query_one("#timeline-filter", Input)
+        box.value = ""
+        box.remove_class("-open")
+        self.table.focus()
+
+    @on(Input.Changed, "#timeline-filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        if event.value.strip() == self.filter:
+            return
+        self.filter = event.value.strip()
+        self.table.reset()  # other rows, other runs: start the table again
+        self.apply(self.events, lab_now=self.lab_now)  # the events are here: no fetch needed
+
+    @on(Input.Submitted, "#timeline-filter")
+    def _filter_done(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.table.focus()
 
 
 def _flow_render(key: str, column: int, value: str) -> str | Text:

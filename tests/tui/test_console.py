@@ -437,6 +437,36 @@ def test_viewer_mode_has_no_actions() -> None:
     assert app.return_value == "keep"
 
 
+def test_a_viewer_pressing_an_action_key_is_told_why_nothing_happens() -> None:
+    async def scenario(pilot: Pilot[Any], app: ConsoleApp, lab: FakeLab) -> None:
+        keys = {"k": "kill", "x": "crash", "o": "offline", "p": "policy", "y": "full sync",
+                "a": "traffic", "z": "freeze", "n": "step", "d": "demos"}
+        for key, what in keys.items():
+            app.clear_notifications()
+            await pilot.press(key)
+            await pilot.pause()
+            said = [n.message for n in app._notifications]
+            assert said == [f"{what} refused: {ConsoleApp.REFUSAL}"], (key, said)
+            assert "viewer" in said[0] and "syncwall console" in said[0]
+            assert not isinstance(app.screen, ConfirmScreen | PolicyScreen)
+        await settle(pilot)
+        assert {r["cmd"] for r in lab.requests} <= {"snapshot", "table"}, "and nothing was sent"
+        footer_keys = {b.binding.key for b in app.active_bindings.values() if b.binding.show}
+        assert not footer_keys & set(keys), "the footer still hides them"
+
+    drive(scenario, viewer=True)
+
+
+def test_the_operator_is_not_told_of_a_refusal() -> None:
+    async def scenario(pilot: Pilot[Any], app: ConsoleApp, lab: FakeLab) -> None:
+        await pilot.press("n")  # nothing frozen: the step does not apply, silently as before
+        await pilot.pause()
+        assert not any("refused" in n.message for n in app._notifications)
+        assert app.check_action("refused", ("kill",)) is False
+
+    drive(scenario)
+
+
 def test_help_is_generated_from_the_bindings() -> None:
     async def scenario(pilot: Pilot[Any], app: ConsoleApp, lab: FakeLab) -> None:
         await pilot.press("question_mark")

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import time
+
+import pytest
+
 from app.console.model import (
     TakeoverStars,
+    collapse_events,
     diff_rows,
+    event_cells,
+    event_matches,
     fmt_age,
     fmt_bytes,
+    fmt_clock,
     provenance,
     takeover_times,
     takeover_to_follow,
@@ -73,3 +81,32 @@ def test_the_table_follows_a_takeover_only_once_the_lab_marks_the_node_down() ->
     assert takeover_to_follow(head, "n1", states.__getitem__, None) == ["n2"]
     assert takeover_to_follow(head, "n1", states.__getitem__, 12.5) is None, "followed once"
     assert takeover_to_follow(head, "n3", states.__getitem__, None) is None, "not the node on screen"
+
+
+def test_timeline_times_are_the_wall_clock_and_repeats_collapse(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        assert fmt_clock(1_764_763_200.25) == "12:00:00.250"
+        assert fmt_clock(1_764_763_259.9996) == "12:01:00.000"  # rounded, not cut, to the ms
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    beat = {"node": "n1", "kind": "peer", "text": "n2 missed a heartbeat"}
+    events = [{"id": 1, "t": 1.0, **beat}, {"id": 2, "t": 2.0, **beat}, {"id": 3, "t": 3.0, **beat},
+              {"id": 4, "t": 3.5, "node": "n2", "kind": "peer", "text": "n2 missed a heartbeat"},
+              {"id": 5, "t": 4.0, **beat}]
+    runs = collapse_events(events)
+    assert [r.count for r in runs] == [3, 1, 1], "only consecutive repeats of node, kind and text"
+    assert runs[0].key == "1" and runs[0].last["id"] == 3
+    assert event_cells(runs[0])[1] == "\u00d73" and event_cells(runs[1])[1] == ""
+    assert event_cells(runs[0])[0] == fmt_clock(3.0), "the newest of the run"
+    assert "\u00d73 in a row" in "\n".join(provenance(events, runs[0].last, runs[0]))
+
+
+def test_the_timeline_filter_matches_the_node_and_the_kind_only() -> None:
+    event = {"node": "n2", "kind": "takeover", "text": "n2 took over n1's buckets 1 4"}
+    assert event_matches(event, "") and event_matches(event, "n2") and event_matches(event, "TAKE")
+    assert event_matches(event, "n2 takeover") and not event_matches(event, "n1")
+    assert not event_matches(event, "buckets"), "not the text"
+    assert not event_matches(event, "n2 sync")

@@ -38,7 +38,7 @@ LENGTH_S = 20.0
 
 def record_fake_lab(tmp: Path) -> tuple[Path, dict[float, list[str]]]:
     """Record 20 s of the fake lab (n1 killed at 5 s); returns the file and n2's own keys by time."""
-    clock = FakeClock()
+    clock = FakeClock(0.0)  # the recording's times from 0: offsets and times are the same here
     lab = FakeLab(clock, connections=40)
     rec = Recorder(tmp, lab.request, Limits(segment_s=2.0), clock=clock, meta={"lab": "default"})
     n2_keys: dict[float, list[str]] = {}
@@ -168,6 +168,8 @@ def test_actions_are_refused_and_hidden(tmp_path: Path) -> None:
         await pilot.press("k")
         await settle(pilot)
         assert not app.screen.query("ConfirmScreen")
+        assert [n.message for n in app._notifications if "refused" in n.message] == [
+            f"kill refused: {ReplayApp.REFUSAL}"], "told why, in a replay's words"
         for cmd in ("kill", "revive", "policy", "down", "traffic"):
             assert app.replay.request({"cmd": cmd, "node": "n1"}) == {"ok": False, "error": REFUSED}
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +30,29 @@ def test_takeover(snap_compare: Any) -> None:
     assert snap_compare(build_app(), terminal_size=SIZE, run_before=kill_n1_watch_n2)
 
 
-def test_timeline_with_provenance(snap_compare: Any) -> None:
+@pytest.fixture
+def utc() -> Iterator[None]:
+    """The timeline shows the local wall clock: the same picture in every time zone."""
+    saved = os.environ.get("TZ")
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+    yield
+    if saved is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = saved
+    time.tzset()
+
+
+def test_timeline_with_provenance(snap_compare: Any, utc: None) -> None:
+    """Wall-clock times (the fake lab's clock is the epoch, as the daemon's), three full syncs
+    in a row as one row (three times), and the cursor on it."""
     async def open_timeline(pilot: Pilot[Any]) -> None:
         await advance(pilot, 1.0)
-        await pilot.press("t", "down", "down")
+        for _ in range(3):
+            lab_of(pilot.app).request({"cmd": "full_sync"})  # type: ignore[arg-type]
+        await advance(pilot, 0.5)
+        await pilot.press("t", "down", "down", "down", "down")
         await settle(pilot)
 
     assert snap_compare(build_app(), terminal_size=SIZE, run_before=open_timeline)

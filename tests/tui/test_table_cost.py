@@ -81,21 +81,38 @@ def test_the_console_on_a_lab_knows_its_run_folder_for_screenshots(tmp_path: Any
 
 
 def test_a_card_shows_retransmissions_and_drops_by_reason_from_the_agents_stats() -> None:
-    from app.console.cards import sync_health_line
+    from app.console.cards import TROUBLE_WINDOW_S, sync_health_line, sync_totals
+    from app.console.model import CounterWindow
     from tests.unit.test_sync_cluster import _cluster
 
     c = _cluster()
     c.put("n1", b"a", [1])
     c.run(0.01)
     stats = c.agents["n1"].stats()  # the schema the node reports and the daemon passes on
-    assert sync_health_line(stats) == "", "a healthy sync says nothing"
+    window = CounterWindow(TROUBLE_WINDOW_S)
+    assert sync_health_line(window.observe(100.0, sync_totals(stats))) == "", "a healthy sync says nothing"
     stats["peers"]["n2"]["retransmitted"] = 3
     stats["bad_frames"] = {"bad-hmac": 2, "short": 0}
-    assert sync_health_line(stats) == "[b yellow]retx n2:3 · dropped bad-hmac 2[/b yellow]"
+    assert sync_health_line(window.observe(101.0, sync_totals(stats))) == (
+        "[b yellow]retx n2:3 · dropped bad-hmac 2 in 5 s[/b yellow]")
+
+
+def test_sync_trouble_is_what_grew_in_the_last_seconds_not_the_lifetime_total() -> None:
+    from app.console.model import CounterWindow
+
+    w = CounterWindow(5.0)
+    assert w.observe(10.0, {"retx:n2": 40}) == {}, "a total seen once says nothing of now"
+    assert w.observe(11.0, {"retx:n2": 43, "drop:short": 1}) == {"retx:n2": 3, "drop:short": 1}
+    assert w.observe(14.0, {"retx:n2": 45, "drop:short": 1}) == {"retx:n2": 5, "drop:short": 1}
+    assert w.observe(16.0, {"retx:n2": 45, "drop:short": 1}) == {"retx:n2": 2}, "since 11.0"
+    assert w.observe(19.5, {"retx:n2": 45, "drop:short": 1}) == {}, "healthy again: nothing"
+    assert w.observe(20.0, {"retx:n2": 2, "drop:short": 0}) == {}, "restarted: totals from 0"
+    assert w.observe(21.0, {"retx:n2": 6, "drop:short": 0}) == {"retx:n2": 4}
+    assert w.observe(3.0, {"retx:n2": 9, "drop:short": 0}) == {}, "a replay sought backwards"
 
 
 def test_a_card_shows_a_peer_that_missed_heartbeats_and_answered_later() -> None:
-    from app.console.cards import flap_line, sync_health_line
+    from app.console.cards import flap_line, sync_totals
     from tests.unit.test_sync_flaps import _cluster
 
     c = _cluster()
@@ -105,7 +122,7 @@ def test_a_card_shows_a_peer_that_missed_heartbeats_and_answered_later() -> None
     c.run(0.02)
     stats = c.agents["n1"].stats()  # the schema the node reports and the daemon passes on
     late = stats["peers"]["n3"]["late_ms"]
-    assert sync_health_line(stats) == ""  # no frame was dropped or sent again
+    assert not any(sync_totals(stats).values())  # no frame was dropped or sent again
     line = flap_line(stats)
     assert f"n3 missed heartbeats, answered {late:.0f} ms later" in line, line
     assert "n2 missed" not in line

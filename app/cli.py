@@ -179,14 +179,56 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"({st['interval_ms']} ms)  sync port {st['sync_port']}  buckets {st['buckets']}{share}")
     if st.get("headline"):
         print(f"  {st['headline']}")
-    print(f"  {'node':6} {'state':8} {'own':>6} {'backup':>7} {'common':>7} {'held':>5} "
+    print(f"  {'node':6} {'state':8} {'health':9} {'own':>6} {'backup':>7} {'common':>7} {'held':>5} "
           f"{'nat':>9} {'blocked':>7} {'users':>5}  {'backups':10} {'backs up':10} buckets")
     for n in st["nodes"]:
-        print(f"  {n['name']:6} {n['state']:8} {n['own']:>6} {n['backup']:>7} {n['common']:>7} "
-              f"{n['held']:>5} {_state_counts(n):>23}  {','.join(n['backups']):10} "
+        print(f"  {n['name']:6} {n['state']:8} {n.get('health') or 'ok':9} {n['own']:>6} {n['backup']:>7} "
+              f"{n['common']:>7} {n['held']:>5} {_state_counts(n):>23}  {','.join(n['backups']):10} "
               f"{','.join(n['backs_up']):10} {','.join(map(str, n['buckets']))}")
-    print("  (nat: own/backup bindings; blocked, users: the common entries each node honours)")
+    print("  (nat: own/backup bindings; blocked, users: the common entries each node honours; "
+          "health: ok, degraded (a data link lost, buckets handed to the backups), attention "
+          "(the minority side of a cut: owns nothing))")
+    for n in st["nodes"]:
+        if isinstance(n.get("paths"), dict):
+            print(f"  paths {n['name']}: {_paths_summary(n['paths'])}")
+    for line in split_brain_lines(st["nodes"]):
+        print(f"  {line}")
     return 0
+
+
+def _paths_summary(paths: dict[str, Any]) -> str:
+    """Per peer, the paths it is heard on and the sync route when it is not the sync segment;
+    refused path frames and the fence reason when there are any (sync/paths.py status)."""
+    parts = []
+    for peer, p in sorted((paths.get("peers") or {}).items()):
+        got = p.get("paths") or {}
+        heard = [x for x in ("sync", "inside", "outside") if (got.get(x) or {}).get("heard")]
+        unheard = [x for x in ("sync", "inside", "outside") if x in got and x not in heard]
+        text = f"{peer} heard on {','.join(heard)}" if heard else f"{peer} heard nowhere"
+        if unheard and heard:
+            text += f" (not {','.join(unheard)})"
+        if p.get("route", "sync") != "sync":
+            text += f", sync via {p['route']}"
+        parts.append(text)
+    refused = {k: int(v) for k, v in (paths.get("refused") or {}).items() if v}
+    if refused:
+        parts.append("refused " + " ".join(f"{k} {v}" for k, v in sorted(refused.items())))
+    if paths.get("fenced"):
+        parts.append(f"fenced: {paths['fenced']}")
+    return " · ".join(parts) or "no peers"
+
+
+def split_brain_lines(nodes: list[dict[str, Any]]) -> list[str]:
+    """One line per bucket in more than one node's owned set: that must never happen, and if it
+    does it must be seen."""
+    owners: dict[int, list[str]] = {}
+    for n in nodes:
+        if n.get("state") in ("failed", "offline"):
+            continue
+        for b in n.get("buckets") or []:
+            owners.setdefault(int(b), []).append(str(n["name"]))
+    return [f"SPLIT BRAIN: bucket {b} owned by {' and '.join(o)}"
+            for b, o in sorted(owners.items()) if len(o) > 1]
 
 
 def _state_counts(n: dict[str, Any]) -> str:

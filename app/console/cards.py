@@ -168,13 +168,22 @@ def flap_parts(peers: dict[str, Any]) -> list[str]:
 
 def paths_line(paths: dict[str, Any]) -> str:
     """One line: per peer, heard (●) or not (○) on sync, inside, outside; the sync route when
-    it is not the sync segment; refused path frames when there are any."""
+    it is not the sync segment; for each unheard path when it was last heard ("inside 1.2 s",
+    "inside never"); refused path frames when there are any."""
+    def ago(ms: Any) -> str:
+        if not isinstance(ms, (int, float)):
+            return "never"
+        return f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
+
     parts = []
     for peer, p in sorted(paths["peers"].items()):
-        marks = "".join("●" if p.get("paths", {}).get(x, {}).get("heard") else "[red]○[/red]"
-                        for x in PATH_NAMES)
+        got = p.get("paths", {})
+        marks = "".join("●" if got.get(x, {}).get("heard") else "[red]○[/red]" for x in PATH_NAMES)
         route = p.get("route", "sync")
-        parts.append(f"{peer} {marks}" + (f"→{route}" if route != "sync" else ""))
+        ages = [f"{x} {ago(got[x].get('ago_ms'))}" for x in PATH_NAMES
+                if x in got and not got[x].get("heard")]
+        parts.append(f"{peer} {marks}" + (f"→{route}" if route != "sync" else "")
+                     + (f" [red]{', '.join(ages)}[/red]" if ages else ""))
     refused = sum(int(v) for v in paths.get("refused", {}).values())
     return "paths " + " ".join(parts) + (f" · [red]refused {refused}[/red]" if refused else "")
 

@@ -90,6 +90,12 @@ def _late_ticks(lab: str) -> int:
     return sum(int((node_status(lab, n).get("loop") or {}).get("late_ticks", 0)) for n in NODES)
 
 
+def _replayed_udp(lab: str) -> int:
+    """UDP datagrams the nodes replayed at takeovers (lossless on, the default): each may be a
+    duplicate at the server (a held datagram the old owner had forwarded before it stopped)."""
+    return sum(int((node_status(lab, n).get("lossless") or {}).get("replayed_udp", 0)) for n in NODES)
+
+
 def _duplicates(lab: str, udp: str) -> int:
     return sum(int(f.get("duplicates", (f.get("extra") or {}).get("duplicates", 0)) or 0)
                for f in flows(lab, udp))
@@ -133,7 +139,7 @@ def _one(lab: str, kind: str, hold_s: float, current: list[str], progress: Progr
     def judged() -> list[dict[str, Any]]:
         return [f for w in tcp_udp for f in flows(lab, w)]
 
-    dups0 = _duplicates(lab, udp)
+    dups0, replayed0 = _duplicates(lab, udp), _replayed_udp(lab)
     late0 = _late_ticks(lab)
     seen = {(s["node"], s["peer"], float(s["at"])) for s in _switches(lab)}
     got: dict[tuple[str, str, float], dict[str, Any]] = {}
@@ -161,10 +167,13 @@ def _one(lab: str, kind: str, hold_s: float, current: list[str], progress: Progr
     holds = _holds(lab, t_cut)
     verdict = flow_judge.judge(judged, t_cut, 30)
     dups = _duplicates(lab, udp) - dups0
+    replayed = _replayed_udp(lab) - replayed0
     _fault(lab, api.Fault("heal"))
-    progress(f"{kind}: {len(verdict.lost)} lost, {dups} duplicated, {double_s:.2f} s owned twice "
-             f"({samples} samples), {len(switches)} route switches, FTP {ftp_ok}/{FTP_SESSIONS}")
-    return {"lost": len(verdict.lost), "dups": dups, "double_s": double_s, "samples": samples,
+    progress(f"{kind}: {len(verdict.lost)} lost, {dups} duplicated ({replayed} UDP replayed), "
+             f"{double_s:.2f} s owned twice ({samples} samples), {len(switches)} route switches, "
+             f"FTP {ftp_ok}/{FTP_SESSIONS}")
+    return {"lost": len(verdict.lost), "dups": dups, "replayed_udp": replayed, "double_s": double_s,
+            "samples": samples,
             "worst": worst, "switch_ms": [float(s["sync_silent_ms"]) for s in switches],
             "holds": holds, "ftp_ok": ftp_ok, "late_ticks": late,
             "switch_worst": max(switches, key=lambda s: float(s["sync_silent_ms"]), default=None)}
@@ -202,6 +211,7 @@ def bench_partition(runs: int, lab: str | None, progress: Progress) -> dict[str,
         out["kinds"][kind] = {
             "flows_lost": summarize([r["lost"] for r in rs], 0),
             "duplicated_datagrams": summarize([r["dups"] for r in rs], 0),
+            "replayed_udp": summarize([r["replayed_udp"] for r in rs], 0),
             "owned_twice_s": summarize([r["double_s"] for r in rs], 3),
             "owned_twice_max_buckets": max(r["worst"] for r in rs),
             "status_samples": summarize([r["samples"] for r in rs], 0),
@@ -215,6 +225,9 @@ def bench_partition(runs: int, lab: str | None, progress: Progress) -> dict[str,
         }
     out["notes"] = ["owned_twice_s: time between status samples (every node's own socket, ~20 ms "
                     "apart) at which some bucket was in two nodes' owned sets",
+                    "replayed_udp: UDP datagrams the nodes replayed at the cut's takeovers "
+                    "(lossless on, the default): each may reach the server twice, so "
+                    "duplicated_datagrams <= replayed_udp is the lossless bound",
                     "switch_ms: per new sync-route change away from the sync segment, the time the "
                     "peer had then been silent on sync (sync/paths.py switches.sync_silent_ms); "
                     "none for cuts that fence instead of switching",

@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 
+from demos import baselines
 from demos import flows as flow_judge
+from demos.bench.lab import node_status
 from netns import api
 from netns.control import ControlClient
 from tests.integration.labtools import RUN_ROOT, nodes, sw, wait_for
@@ -28,6 +30,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 LAB = "splitt"
 TCP_FLOWS = 50  # per client: 100 sequence-checked TCP flows
 CUT_S = 1.0  # how long each cut lasts: the fence and its takeover happen within 0.2 s of it
+NODES = ("n1", "n2", "n3")
+FTP_SESSIONS = 12  # per cell: the chance that none crosses nodes is 1/2**12 with two nodes left
+FLAP_S = 30.0  # the issue's flapping sync link: every 200 ms for 30 s
 
 
 def _sw(*args: str, check: bool = True) -> Any:
@@ -114,13 +119,13 @@ def _start_flows() -> None:
 
 
 def _replayed() -> dict[str, int]:
-    """Packets each node replayed at takeovers (lossless on)."""
-    return {n["name"]: int((n.get("lossless") or {}).get("replayed", 0)) for n in _status()["nodes"]}
+    """Packets each node replayed at takeovers (lossless on), from its own status."""
+    return {n: int((st.get("lossless") or {}).get("replayed", 0)) for n, st in _node_statuses().items()}
 
 
 def _replayed_udp() -> int:
     """UDP datagrams the nodes replayed at takeovers (lossless on): each may be a duplicate."""
-    return sum(int((n.get("lossless") or {}).get("replayed_udp", 0)) for n in _status()["nodes"])
+    return sum(int((st.get("lossless") or {}).get("replayed_udp", 0)) for st in _node_statuses().values())
 
 
 def _no_duplicates_but_replayed(dups_before: int, replayed_before: int) -> None:
@@ -137,45 +142,103 @@ def _duplicates() -> int:
                or "udp" in str(f.get("workload", "")))
 
 
-def _watch(seconds: float) -> tuple[int, list[dict[str, Any]]]:
-    """Sample the status for `seconds`; how many samples, and those with a bucket owned twice."""
+def _node_statuses() -> dict[str, dict[str, Any]]:
+    """Every node's own status, straight from its socket: the daemon's copy is refreshed every
+    0.25 s (netns/daemon.py), so a bucket owned twice for less than that could hide from it."""
+    return {n: node_status(LAB, n) for n in NODES}
+
+
+def _sample() -> tuple[dict[str, dict[str, Any]], dict[int, list[str]]]:
+    """Every node's own status twice, in node order then back (n1 n2 n3 n3 n2 n1): the statuses
+    of the first pass, and the buckets two nodes owned at the same moment. The nodes answer
+    one after another, so a handback from n1 to n3 between their answers would show a bucket
+    in both sets though never owned twice; a bucket counts only when a node held it in both
+    its answers, around another node's answer that has it too."""
+    first = _node_statuses()
+    second = {n: node_status(LAB, n) for n in reversed(NODES)}
+    owners: dict[int, set[str]] = {}
+    for i, x in enumerate(NODES):
+        held = set(first[x]["buckets"]) & set(second[x]["buckets"])
+        for y in NODES[i + 1:]:
+            for b in held & (set(first[y]["buckets"]) | set(second[y]["buckets"])):
+                owners.setdefault(int(b), set()).update((x, y))
+    return first, {b: sorted(o) for b, o in sorted(owners.items())}
+
+
+def _watch(seconds: float) -> tuple[int, list[dict[int, list[str]]]]:
+    """Sample every node's own status for `seconds`; how many samples, and those with a bucket
+    owned twice. Fails if a node's sample repeats an earlier one (its uptime, to the ms): each
+    sample must be fresh, not a cached copy."""
     end = time.monotonic() + seconds
     samples, doubles = 0, []
+    uptimes: dict[str, list[float]] = {n: [] for n in NODES}
     while time.monotonic() < end:
-        st = _status()
+        sts, twice = _sample()
         samples += 1
-        twice = {b: o for b, o in _owners(st).items() if len(o) > 1}
+        for n, st in sts.items():
+            uptimes[n].append(float(st["uptime_s"]))
         if twice:
             doubles.append(twice)
-        time.sleep(0.05)
+        time.sleep(0.02)
+    for n, ups in uptimes.items():
+        assert len(set(ups)) == len(ups), f"{n} answered the same status twice: not a fresh sample"
     return samples, doubles
 
 
-def _start_ftp(sessions: int = 3) -> str:
-    """Active FTP sessions through the cluster (their data connection is admitted on whichever
-    node it lands, by the synced expectation); the workload's name."""
-    return str(_ask(api.TrafficStart("ftp", mode="active", sessions=sessions))["name"])
+def _start_ftp(sessions: int = FTP_SESSIONS) -> str:
+    """Active FTP sessions through the cluster, one every 50 ms (their data connection is
+    admitted on whichever node it lands, by the synced expectation); the workload's name."""
+    return str(_ask(api.TrafficStart("ftp", mode="active", sessions=sessions, interval_ms=50))["name"])
 
 
-def _ftp_finished(name: str, sessions: int = 3) -> list[dict[str, Any]]:
+def _ftp_finished(name: str, sessions: int = FTP_SESSIONS) -> list[dict[str, Any]]:
     done: list[dict[str, Any]] = wait_for(f"{sessions} FTP sessions", lambda: len(
         d := [f for f in _all_flows() if str(f.get("workload", "")).startswith(name)
               and f["health"] in ("done", "failed")]) >= sessions and d, 30)
     return done
 
 
+def _carriers(pairs: list[list[str]]) -> list[set[str]]:
+    """For each (client, server) endpoint pair, the nodes whose own table holds that connection
+    now, asked of each node (`carries`, one key lookup per pair; a closed connection stays
+    in the table 10 s)."""
+    out: list[set[str]] = [set() for _ in pairs]
+    for n in NODES:
+        reply = baselines.node_request(RUN_ROOT / LAB / "nodes" / f"{n}.sock",
+                                       {"cmd": "carries", "pairs": pairs})
+        for i in reply.get("carried", []):
+            out[int(i)].add(n)
+    return out
+
+
+def _crossed(sessions: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The sessions whose control connection one node carries and whose data connection
+    another: (control node, data node) each."""
+    pairs = [[str(f["src"]), str(f["dst"])] for f in sessions] + [
+        [str(f["data_client"]), str(f["data_server"])] for f in sessions]
+    where = _carriers(pairs)
+    ctl, data = where[:len(sessions)], where[len(sessions):]
+    return [(next(iter(c)), next(iter(d))) for c, d in zip(ctl, data, strict=True)
+            if len(c) == 1 and len(d) == 1 and c != d]
+
+
 def _healed() -> dict[str, Any]:
-    """Sample the status after a heal until every node is active and every bucket owned once
-    (at least 0.5 s); fail if a sample has a bucket owned twice."""
+    """Sample every node's own status after a heal until every node is active and every bucket
+    owned once (at least 0.5 s); fail if a sample has a bucket owned twice or is not fresh.
+    The daemon's status once that holds."""
     t0 = time.monotonic()
+    last: dict[str, float] = {}
     while time.monotonic() - t0 < 30:
-        st = _status()
-        twice = {b: o for b, o in _owners(st).items() if len(o) > 1}
+        sts, twice = _sample()
         assert not twice, f"after heal: buckets owned twice: {twice}"
-        if _owned_once(st) and time.monotonic() - t0 >= 0.5:
-            return st
-        time.sleep(0.05)
-    raise AssertionError(f"not settled 30 s after heal: {[(n['name'], n['state']) for n in st['nodes']]}")
+        for n, st in sts.items():
+            assert float(st["uptime_s"]) != last.get(n), f"{n} answered the same status twice"
+            last[n] = float(st["uptime_s"])
+        if time.monotonic() - t0 >= 0.5 and all(st["state"] == "active" for st in sts.values()) and sorted(
+                b for st in sts.values() for b in st["buckets"]) == list(range(1, 13)):
+            return _settled()
+        time.sleep(0.02)
+    raise AssertionError(f"not settled 30 s after heal: {[(n, st['state']) for n, st in sts.items()]}")
 
 
 CELLS = [(n, link) for n in ("n1", "n2", "n3") for link in ("sync", "inside", "outside")]
@@ -214,6 +277,8 @@ def test_a_silent_cut_of_one_link_loses_no_flow_and_never_owns_a_bucket_twice(
         ftp = _ftp_finished(ftp_name)
         assert all(f["health"] == "done" for f in ftp), \
             f"{node} {link} cut: FTP {[f.get('detail') for f in ftp]}"
+        crossed = _crossed(ftp)
+        assert crossed, f"{node} {link} cut: no FTP session had its data connection on another node"
         verdict = flow_judge.judge(_flows, t_cut, 30)
         assert verdict.ok, f"{node} {link} cut: {verdict.text()}"
         _no_duplicates_but_replayed(dups_before, replayed_before)
@@ -241,12 +306,14 @@ def test_a_link_down_and_a_flapping_sync_link_lose_no_flow_and_never_own_a_bucke
     _settled()
     _start_flows()
     t_cut = time.time()
-    _sw("fault", "cut", "--node", "n1", "--link", "outside")  # carrier gone: fenced at once
-    _sw("fault", "cut", "--node", "n2", "--link", "sync", "--silent", "--flap-ms", "200")
-    samples, doubles = _watch(2.5)  # a dozen flaps
-    n1 = nodes(_status())["n1"]
-    assert n1["health"] == "degraded" and n1["buckets"] == [] and not n1["paths"]["carrier"]["outside"]
-    _sw("fault", "heal")
+    try:
+        _sw("fault", "cut", "--node", "n1", "--link", "outside")  # carrier gone: fenced at once
+        _sw("fault", "cut", "--node", "n2", "--link", "sync", "--silent", "--flap-ms", "200")
+        samples, doubles = _watch(2.5)  # a dozen flaps
+        n1 = nodes(_status())["n1"]
+        assert n1["health"] == "degraded" and n1["buckets"] == [] and not n1["paths"]["carrier"]["outside"]
+    finally:
+        _sw("fault", "heal")  # a failed test must not leave its cut for the next one
     assert samples >= 10 and not doubles, doubles[:3]
     verdict = flow_judge.judge(_flows, t_cut, 30)
     assert verdict.ok, verdict.text()
@@ -264,11 +331,13 @@ def test_a_node_cut_off_on_every_path_forwards_nothing_and_the_majority_takes_ov
     _settled()
     _start_flows()
     t_cut = time.time()
-    for link in ("sync", "inside", "outside"):
-        _cut("n1", link)
-    samples, doubles = _watch(1.5)  # n1 is silent everywhere: failed after 50 ms
-    st = _status()
-    _heal()
+    try:
+        for link in ("sync", "inside", "outside"):
+            _cut("n1", link)
+        samples, doubles = _watch(1.5)  # n1 is silent everywhere: failed after 50 ms
+        st = _status()
+    finally:
+        _heal()
     assert samples >= 10 and not doubles, doubles[:3]
     n1 = nodes(st)["n1"]
     assert n1["health"] == "attention" and n1["buckets"] == [], (n1["health"], n1["buckets"])
@@ -282,10 +351,12 @@ def test_a_node_cut_off_on_every_path_forwards_nothing_and_the_majority_takes_ov
 def test_a_partition_of_the_sync_segment_alone_takes_nothing_over(lab: dict[str, Any]) -> None:
     st0 = _settled()
     downs0 = Counter({n["name"]: n["sync"]["counters"].get("peer-down", 0) for n in st0["nodes"]})
-    _ask(api.Fault("partition", groups=(("n1",), ("n2", "n3"))))
-    _samples, doubles = _watch(1.0)  # 20 times the failure-detection time (50 ms)
-    st = _status()
-    _heal()
+    try:
+        _ask(api.Fault("partition", groups=(("n1",), ("n2", "n3"))))
+        _samples, doubles = _watch(1.0)  # 20 times the failure-detection time (50 ms)
+        st = _status()
+    finally:
+        _heal()
     assert not doubles, doubles[:3]
     assert _owned_once(st), [(n["name"], n["state"], n["buckets"]) for n in st["nodes"]]
     downs = Counter({n["name"]: n["sync"]["counters"].get("peer-down", 0) for n in st["nodes"]})
@@ -294,32 +365,98 @@ def test_a_partition_of_the_sync_segment_alone_takes_nothing_over(lab: dict[str,
     _settled()
 
 
+def _untouched(sts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What frames from a client must leave alone, per node: its buckets, state, health, sync
+    routes, fence counters, and the sync datagrams its agent dropped (by reason)."""
+    return {n: (sorted(st["buckets"]), st["state"], st["health"],
+                {peer: v["route"] for peer, v in st["paths"]["peers"].items()},
+                int(st["paths"]["counters"].get("fence", 0)), int(st["sync"]["counters"].get("fenced", 0)),
+                st["sync"].get("bad_frames")) for n, st in sts.items()}
+
+
+def _refused(sts: dict[str, dict[str, Any]]) -> Counter[str]:
+    out = Counter[str]()
+    for st in sts.values():
+        out.update({k: int(v) for k, v in st["paths"]["refused"].items()})
+    return out
+
+
+def _frames_from_c1(kind: int) -> Counter[str]:
+    """c1 (on the inside segment) captures one real path frame of `kind` there and sends it
+    again, forged, under another lab's tag and as garbage: the frames the nodes refused
+    meanwhile, by kind (a difference of their own statuses), after checking that nothing
+    else changed."""
+    before = _node_statuses()
+    _sw("exec", "c1", "--", "python3", "-c", _SENDER.replace("KIND", str(kind)))
+    time.sleep(0.5)
+    after = _node_statuses()
+    assert _untouched(after) == _untouched(before)
+    return _refused(after) - _refused(before)
+
+
+# Two garbage frames, one foreign and one forged to each of the three nodes; the replay is
+# `replayed` at the two that are not its sender, and `forged` at its sender (its own name).
+FROM_C1 = {"garbage": 6, "foreign-lab": 3, "forged": 4, "replayed": 2}
+
+
 def test_forged_replayed_and_garbage_path_frames_from_a_client_change_nothing(lab: dict[str, Any]) -> None:
     st0 = _settled()
-    # A client on the inside segment sends path frames: garbage, a foreign lab's, forged and
-    # replayed ones (a copy of a real probe captured there).
-    _sw("exec", "c1", "--", "python3", "-c", _SENDER)
-    time.sleep(0.5)
+    refused = _frames_from_c1(1)  # a probe
     st = _status()
     assert _owned_once(st) and [n["buckets"] for n in st["nodes"]] == [n["buckets"] for n in st0["nodes"]]
-    refused = Counter[str]()
-    for n in st["nodes"]:
-        refused.update(n["paths"]["refused"])
-    # Two garbage frames, one foreign and one forged to each of the three nodes; the replay to
-    # the two that are not the probe's sender (to its sender it is its own name: forged).
-    want = {"garbage": 6, "foreign-lab": 3, "forged": 3, "replayed": 2}
-    assert all(refused[k] >= v for k, v in want.items()), dict(refused)
+    assert dict(refused) == FROM_C1
 
 
-# Runs inside c1 (plain python3: no project code there): listens for one real probe on eth0,
-# then sends it again (replayed), with a flipped byte (forged), under another lab tag
-# (foreign-lab, HMAC left as is: the tag is checked first) and as garbage.
+def test_a_sync_record_frame_replayed_or_forged_by_a_client_delivers_nothing(lab: dict[str, Any]) -> None:
+    """n2's sync link cut silently: its sync datagrams go as record frames on the inside
+    segment, where c1 captures one and sends it again."""
+    _settled()
+    _cut("n2", "sync")
+    try:
+        wait_for("n2's sync routed on inside", lambda: all(
+            st["paths"]["peers"][p]["route"] == "inside" for n, st in _node_statuses().items()
+            for p in st["paths"]["peers"] if "n2" in (n, p)), 10)
+        refused = _frames_from_c1(2)  # a record
+    finally:
+        _heal()
+    assert dict(refused) == FROM_C1
+    _healed()
+
+
+def test_a_sync_link_flapping_every_200_ms_for_30_s_loses_no_flow_and_never_owns_a_bucket_twice(
+        lab: dict[str, Any]) -> None:
+    _settled()
+    _start_flows()
+    dups_before, replayed_before = _duplicates(), _replayed_udp()
+    switches0 = int(node_status(LAB, "n1")["paths"]["counters"].get("route-switch", 0))
+    t_cut = time.time()
+    _ask(api.Fault("cut", node="n2", link="sync", silent=True, flap_ms=200))
+    try:
+        samples, doubles = _watch(FLAP_S)
+        switches = int(node_status(LAB, "n1")["paths"]["counters"].get("route-switch", 0)) - switches0
+    finally:
+        _heal()
+    assert samples >= 100 and not doubles, f"owned twice at {len(doubles)} samples: {doubles[:3]}"
+    # 75 cuts: n1 switches its route to n2 away and back at each (a flap it never saw fails here).
+    assert switches >= 50, f"n1 switched its route to n2 {switches} times in {FLAP_S:.0f} s of flapping"
+    verdict = flow_judge.judge(_flows, t_cut, 30)
+    assert verdict.ok, verdict.text()
+    _no_duplicates_but_replayed(dups_before, replayed_before)
+    _healed()
+
+
+# Runs inside c1 (plain python3: no project code there): listens on eth0 for one real path
+# frame of kind KIND (1 probe, 2 record), then sends it again (replayed), with a flipped byte
+# (forged), under another lab tag (foreign-lab, HMAC left as is: the tag is checked first)
+# and as garbage.
 _SENDER = r"""
 import socket
 s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x88B5))
 s.bind(("eth0", 0x88B5))
-s.settimeout(2)
-real, _ = s.recvfrom(2048)
+s.settimeout(3)
+real = b""
+while not (real[:4] == b"SWP1" and real[4] == KIND):
+    real, _ = s.recvfrom(2048)
 dst = ("eth0", 0x88B5, 0, 0, bytes.fromhex("035357000001"))
 bad = bytearray(real); bad[-1] ^= 1
 foreign = bytearray(real); foreign[5] ^= 0xFF

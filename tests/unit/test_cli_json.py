@@ -62,7 +62,7 @@ def test_status_text_counts_state_beyond_connections(monkeypatch: pytest.MonkeyP
     lines = capsys.readouterr().out.splitlines()
     assert "buckets 12 (2-2 per active node)" in lines[0]
     head, row = lines[1:3]
-    cols = dict(zip(head.split()[:9], row.split()[:9], strict=True))
+    cols = dict(zip(head.split()[:10], row.split()[:10], strict=True))
     assert cols["nat"] == "3/1" and cols["blocked"] == "1" and cols["users"] == "2", (head, row)
 
 

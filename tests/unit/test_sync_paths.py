@@ -84,6 +84,54 @@ def test_refused_frames_are_counted_by_kind_and_change_nothing(kind: str, make: 
     assert _snapshot(receiver) == before
 
 
+def _flip(frame: bytes, at: int) -> bytes:
+    return frame[:at] + bytes([frame[at] ^ 0xFF]) + frame[at + 1:]
+
+
+# Offsets in a frame: magic 0-3, kind 4, lab tag 5-12, sender 13, receiver 14, incarnation
+# 15-22, path 23, seq 24-31, body (the datagram) from 32, then the HMAC (32 bytes).
+@pytest.mark.parametrize(
+    ("kind", "make"),
+    [
+        ("replayed", lambda good, rx: good),
+        ("forged", lambda good, rx: _flip(good, 40)),  # the datagram changed
+        ("forged", lambda good, rx: _flip(good, 14)),  # redirected to another receiver
+        ("forged", lambda good, rx: _flip(good, 24)),  # a fresh sequence number claimed
+        ("forged", lambda good, rx: good[:-1] + bytes([good[-1] ^ 1])),  # the HMAC itself
+        ("forged", lambda good, rx: _paths("n1", 11, key=b"not-the-lab-key-000000").record(
+            "inside", "n2", b"sync datagram")),
+        ("forged", lambda good, rx: _paths("n2", 22).record("inside", "n2", b"sync datagram")),  # own name
+        ("foreign-lab", lambda good, rx: _paths("n1", 11, lab="other").record("inside", "n2", b"x")),
+        ("foreign-lab", lambda good, rx: _flip(good, 6)),
+        ("garbage", lambda good, rx: good[:40]),
+        ("wrong-path", lambda good, rx: _paths("n1", 11).record("outside", "n2", b"sync datagram")),
+    ],
+)
+def test_forged_replayed_and_foreign_record_frames_deliver_nothing_and_are_counted_by_kind(
+        kind: str, make: object) -> None:
+    sender, receiver = _paths("n1", 11), _paths("n2", 22)
+    good = sender.record("inside", "n2", b"sync datagram " * 4)
+    got = receiver.receive("inside", good, 0.0)
+    assert got is not None and got.kind == KIND_RECORD
+    before, counters = _snapshot(receiver), dict(receiver.counters)
+    bad = make(good, receiver)  # type: ignore[operator]
+    assert receiver.receive("inside", bad, 0.005) is None, "a refused record frame delivered a datagram"
+    assert receiver.refused[kind] == 1 and sum(receiver.refused.values()) == 1, dict(receiver.refused)
+    assert _snapshot(receiver) == before and dict(receiver.counters) == counters
+
+
+def test_a_record_frame_for_another_node_delivers_nothing_there_even_replayed() -> None:
+    sender, rx, other = _paths("n1", 11), _paths("n2", 22), _paths("n3", 33)
+    frame = sender.record("outside", "n3", b"for n3 only")
+    assert rx.receive("outside", frame, 0.0) is None  # authentic, not ours: heard, not delivered
+    assert rx.counters["record-not-ours"] == 1 and "record-heard:outside" not in rx.counters
+    assert rx.receive("outside", frame, 0.001) is None and rx.refused["replayed"] == 1
+    got = other.receive("outside", frame, 0.0)
+    assert got is not None and got.datagram == b"for n3 only"
+    assert other.receive("outside", frame, 0.001) is None and other.refused["replayed"] == 1
+    assert other.counters["record-heard:outside"] == 1
+
+
 def test_a_frame_of_a_retired_incarnation_is_a_replay() -> None:
     old, new, rx = _paths("n1", 11), _paths("n1", 12), _paths("n2", 22)
     stale = old.probe("sync", 0.0)

@@ -352,3 +352,18 @@ def test_each_live_reading_agrees_with_its_check() -> None:
     assert setting(ctx) == setting_in(st, {}) and setting_in(st, {}).ok
     assert every_node_backed_up(ctx) == backed_up_in(st, {}) and not backed_up_in(st, {}).ok
     assert sum(c.live is not None for e in EXERCISES.values() for c in e.criteria) >= 6
+
+
+def test_planted_fault_copies_name_where_they_are_missing() -> None:
+    from demos.exercises.planted_fault import missing_copies
+
+    def node(own: int, backup: int, backups: list[str]) -> dict[str, Any]:
+        return {"own": own, "backup": backup, "backups": backups, "state": "active"}
+
+    healthy = {"n1": node(3, 2, ["n2"]), "n2": node(4, 3, ["n3"]), "n3": node(2, 4, ["n1"])}
+    assert missing_copies(healthy) == {}
+    deaf_n2 = {**healthy, "n2": node(4, 0, ["n3"])}  # every sync datagram into n2 lost
+    assert missing_copies(deaf_n2) == {"n2": (0, 3)}
+    left_out = {"n1": node(3, 0, ["n2"]), "n2": node(4, 3, ["n1"]), "n3": node(2, 0, [])}
+    assert missing_copies(left_out) == {"n1": (0, 4)}  # n3 in no group: n1 backs up n2 alone
+

@@ -92,6 +92,13 @@ def test_fast_path_both_ways(tmp_path: Path) -> None:
             "nothing else got in: TCP port 7000 on s1 stays closed"], res
         assert "let the SYN through" in failing(res)[0]["details"] and "narrower" in failing(res)[0]["hint"]
 
+        # `exercise reset`: the starting file and a lab built from it again, so the service is
+        # refused again; the session goes on.
+        rc, out = ex("reset")
+        assert rc == 0 and out["ok"] and lab_file.read_text() == start_text, out
+        rc, res = ex("check")
+        assert rc == 3 and failing(res)[0]["text"].startswith("c1 reaches the TCP service"), res
+
         # Right: the one service.
         lab_file.write_text(start_text + RULE.format(port="dport = 5001"))
         rc, res = ex("check")
@@ -100,7 +107,7 @@ def test_fast_path_both_ways(tmp_path: Path) -> None:
 
         rc, rep = ex("report", "--out", str(tmp_path))
         md = Path(rep["markdown"]).read_text()
-        assert "**hints used**: 1" in md and "- [x] nothing else got in" in md
+        assert "**hints used**: 1" in md and "**resets**: 1" in md and "- [x] nothing else got in" in md
         assert Path(rep["html"]).read_text().startswith("<!doctype html>")
 
 
@@ -124,7 +131,9 @@ def test_ftp_nodes_both_ways() -> None:
         assert rc == 3 and not res["passed"]
         bad = {c["text"]: c for c in failing(res)}
         assert "you named the node that dropped the data connection" in bad
-        assert repr(wrong) in bad["you named the node that dropped the data connection"]["details"]
+        named = bad["you named the node that dropped the data connection"]
+        assert repr(wrong) in named["details"]
+        assert named["hint"] and dropper not in named["hint"], named  # a hint, not the answer
         assert "active FTP works across nodes" in bad  # the planted policy is still there
         assert bad["active FTP works across nodes"]["hint"]
 

@@ -425,6 +425,44 @@ def test_start_prints_the_task_and_its_criteria(no_lab: list[str],
     assert no_lab == [ex.lab_toml]
 
 
+# ---- periodic-interval -------------------------------------------------------------------------
+def test_periodic_a_setting_that_is_not_the_longest_fails_with_its_hint(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """1000 ms keeps the bound, and so does 2000 ms: 1000 ms is not the longest."""
+    from demos.exercises import periodic_interval as pi
+
+    ran: list[int] = []
+
+    def run_failure(ctx: DemoContext, interval_ms: int) -> tuple[int, int, str]:
+        ran.append(interval_ms)
+        return 0, 4, f"killed n2 (4 of 9 connections): 0 lost at {interval_ms}"
+
+    class Lab:
+        def __init__(self) -> None:
+            self.sent: list[dict[str, Any]] = []
+
+        def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+            self.sent.append(msg)
+            return {"ok": True, "policy": "periodic", "interval_ms": 1000, "nodes": []}
+
+    monkeypatch.setattr(pi, "run_failure", run_failure)
+    lab = Lab()
+    res = grade(pi.PERIODIC_INTERVAL, DemoContext(lab, "ex-period"))
+    assert ran == [1000, 2000]
+    assert [r.ok for r in res.results] == [True, True, False]
+    last = res.results[2]
+    assert last.text == "no longer choice keeps the bound (it is the longest)"
+    assert "2000 ms, lost 0" in last.details and "1000 ms is not the longest" in last.details
+    assert last.hint == pi.PERIODIC_INTERVAL.criteria[2].hint and "2000" not in last.hint
+    assert res.first_failure is last and not res.passed
+    # the student's setting is put back after the longer one was tried
+    assert {"cmd": "policy", "policy": "periodic", "interval_ms": 1000} in lab.sent
+
+    ran.clear()  # and when 2000 ms does lose a connection, 1000 ms is the longest
+    monkeypatch.setattr(pi, "run_failure", lambda ctx, ms: (0 if ms == 1000 else 3, 4, "t"))
+    assert grade(pi.PERIODIC_INTERVAL, DemoContext(Lab(), "ex-period")).passed
+
+
 def test_planted_fault_copies_name_where_they_are_missing() -> None:
     from demos.exercises.planted_fault import missing_copies
 

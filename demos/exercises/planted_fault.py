@@ -1,5 +1,9 @@
 """Exercise "planted-fault": a fault on the sync path (every sync datagram into one node lost);
-find it with the console and heal it. Passes when every connection has its copy again."""
+find it with the console and heal it. Passes when every connection has its copy again.
+
+Not a cut sync link: with the extra liveness paths (on by default) the lab routes sync around
+a cut, every copy still arrives and the check would pass the starting lab (tried: `fault cut
+--node N --link sync` planted, `exercise check` passed)."""
 
 from __future__ import annotations
 
@@ -24,6 +28,19 @@ def plant(ctx: DemoContext) -> dict[str, Any]:
     return {"node": node, "kind": "loss", "rate": 1.0}
 
 
+def missing_copies(nodes: dict[str, dict[str, Any]]) -> dict[str, tuple[int, int]]:
+    """Per node, (copies held, copies it should hold) where it holds fewer: a node should hold
+    a copy of each connection owned by a node that names it a backup. Where the copies are
+    missing is where the sync datagrams stop arriving."""
+    want = dict.fromkeys(nodes, 0)
+    for v in nodes.values():
+        for b in v.get("backups") or []:
+            if b in want:
+                want[b] += int(v.get("own", 0))
+    have = {n: int(v.get("backup", 0)) for n, v in nodes.items()}
+    return {n: (have[n], want[n]) for n in sorted(nodes) if have[n] < want[n]}
+
+
 def backed_up_in(st: dict[str, Any], _mem: dict[str, Any]) -> Grade:
     alone = sorted(n["name"] for n in st["nodes"] if n["state"] == "active" and not n.get("backups"))
     return Grade(not alone, "every node has a backup" if not alone
@@ -43,8 +60,12 @@ def copies_complete(ctx: DemoContext) -> Grade:
     healthy = sum(f["health"] == "healthy" for f in ctx.flows(names))
     per = ", ".join(f"{n} own {v.get('own', 0)} copies {v.get('backup', 0)}"
                     for n, v in sorted(nodes.items()))
+    missing = missing_copies(nodes)
+    where = ("; copies missing at: " + ", ".join(f"{n} ({h} of {w})" for n, (h, w) in missing.items())
+             if missing else "")
     return Grade(copies >= own > 0 and healthy == FLOWS,
-                 f"{healthy} of {FLOWS} flows healthy; {own} connections owned, {copies} copies held ({per})")
+                 f"{healthy} of {FLOWS} flows healthy; {own} connections owned, {copies} copies held "
+                 f"({per}){where}")
 
 
 PLANTED_FAULT = Exercise(

@@ -92,6 +92,13 @@ def test_fast_path_both_ways(tmp_path: Path) -> None:
             "nothing else got in: TCP port 7000 on s1 stays closed"], res
         assert "let the SYN through" in failing(res)[0]["details"] and "narrower" in failing(res)[0]["hint"]
 
+        # `exercise reset`: the starting file and a lab built from it again, so the service is
+        # refused again; the session goes on.
+        rc, out = ex("reset")
+        assert rc == 0 and out["ok"] and lab_file.read_text() == start_text, out
+        rc, res = ex("check")
+        assert rc == 3 and failing(res)[0]["text"].startswith("c1 reaches the TCP service"), res
+
         # Right: the one service.
         lab_file.write_text(start_text + RULE.format(port="dport = 5001"))
         rc, res = ex("check")
@@ -100,7 +107,7 @@ def test_fast_path_both_ways(tmp_path: Path) -> None:
 
         rc, rep = ex("report", "--out", str(tmp_path))
         md = Path(rep["markdown"]).read_text()
-        assert "**hints used**: 1" in md and "- [x] nothing else got in" in md
+        assert "**hints used**: 1" in md and "**resets**: 1" in md and "- [x] nothing else got in" in md
         assert Path(rep["html"]).read_text().startswith("<!doctype html>")
 
 
@@ -124,7 +131,9 @@ def test_ftp_nodes_both_ways() -> None:
         assert rc == 3 and not res["passed"]
         bad = {c["text"]: c for c in failing(res)}
         assert "you named the node that dropped the data connection" in bad
-        assert repr(wrong) in bad["you named the node that dropped the data connection"]["details"]
+        named = bad["you named the node that dropped the data connection"]
+        assert repr(wrong) in named["details"]
+        assert named["hint"] and dropper not in named["hint"], named  # a hint, not the answer
         assert "active FTP works across nodes" in bad  # the planted policy is still there
         assert bad["active FTP works across nodes"]["hint"]
 
@@ -152,18 +161,29 @@ def test_two_failures_both_ways() -> None:
 
 
 # ---- planted-fault -----------------------------------------------------------------------------
+def fault_named(res: dict[str, Any], node: str) -> None:
+    """The check failed, each failing criterion names the faulted node where it says what is
+    wrong, and carries its hint."""
+    bad = failing(res)
+    assert bad and all(c["hint"] for c in bad), res
+    for c in bad:
+        said = c["details"]
+        if c["text"] == "every node has a backup":
+            assert node in said.split("without a backup: ", 1)[1].split(", "), res
+        else:
+            assert "copies missing at: " in said, res
+            assert node in [w.split(" ")[0] for w in said.split("copies missing at: ", 1)[1].split(", ")], res
+
+
 def test_planted_fault_both_ways() -> None:
     with started("planted-fault", "ex-fault"):
         st = json.loads(sw("status", "--lab", "ex-fault", "--json"))
-        assert st["faults"] and st["faults"][0]["kind"] == "loss"
+        assert [f["kind"] for f in st["faults"]] == ["loss"], st["faults"]
         rc, res = ex("check")  # the fault is still there
-        assert rc == 3
-        bad = {c["text"]: c for c in failing(res)}
+        assert rc == 3, res
         # With the extra liveness paths the deaf node stays a member, but its copies never come:
-        # either criterion may be the one that fails, and each failure carries its hint.
-        assert bad and all(c["hint"] for c in bad.values()), res
-        if "every node has a backup" in bad:
-            assert "without a backup: " + st["faults"][0]["node"] in bad["every node has a backup"]["details"]
+        # either criterion may be the one that fails; each names the deaf node and gives its hint.
+        fault_named(res, st["faults"][0]["node"])
 
         sw("fault", "heal", "--lab", "ex-fault")
         rc, res = ex("check")

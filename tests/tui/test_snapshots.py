@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 
+from app.console.fake import FakeClock
 from tests.tui.snap_app import PRESENT_SIZE, SIZE, advance, build_app, lab_of, settle
 
 pytestmark = pytest.mark.tui
@@ -169,3 +170,31 @@ def test_task_panel_of_an_exercise(snap_compare: Any, tmp_path: Path) -> None:
         await advance(pilot, 0.25)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=set_period)
+
+
+def test_task_panel_of_an_observe_exercise(snap_compare: Any, tmp_path: Path) -> None:
+    """step-through on the fake lab: the student stepped two sync messages, the second one's
+    ack released the held PORT (ticked live), and the answer names the first (live: wrong)."""
+    from demos.exercises.session import Session
+
+    s = Session("step-through", "ex-step", str(tmp_path / "step-through.toml"), started=1000.0)
+    s.add_answer("n1>n2#4", False, now=1100.0)
+    s.save(tmp_path)
+    app = build_app(exercise_root=tmp_path)
+    lab = lab_of(app)
+    lab.name = "ex-step"
+
+    async def step_and_release(pilot: Pilot[Any]) -> None:
+        await settle(pilot)
+        assert isinstance(lab.clock, FakeClock)
+        lab.clock.advance(0.5)
+        now = lab.clock()
+        # as the lab daemon notes them: each step names the message it sent, the release the
+        # message whose ack completed the hold
+        for label in ("n1>n2#4", "n1>n3#5"):
+            lab._event(now, "n1", "step", f"n1 sent: ftp-expectation {label}", message=label)
+        lab._event(now, "n1", "release", "1 held packet(s) released on ack of n1>n3#5 after 812.00 ms",
+                   message="n1>n3#5")
+        await advance(pilot, 0.25)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=step_and_release)

@@ -352,3 +352,127 @@ def test_each_live_reading_agrees_with_its_check() -> None:
     assert setting(ctx) == setting_in(st, {}) and setting_in(st, {}).ok
     assert every_node_backed_up(ctx) == backed_up_in(st, {}) and not backed_up_in(st, {}).ok
     assert sum(c.live is not None for e in EXERCISES.values() for c in e.criteria) >= 6
+
+
+# ---- the command: list, start, reset (the lab build replaced: no lab here) ----------------------
+@pytest.fixture
+def no_lab(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
+    """runner's lab build replaced by one that records what it built from; sessions in tmp_path;
+    the command run as if by root. Returns the lab files built, in order."""
+    import functools
+
+    from app import exercise_cmd
+
+    built: list[str] = []
+
+    def build(ex: Exercise, s: Session, say: Any) -> None:
+        built.append(Path(s.lab_file).read_text())
+        s.built_hash = runner.file_hash(Path(s.lab_file))
+        s.facts = {"built": len(built)}
+
+    monkeypatch.setattr(runner, "_build", build)
+    for fn in (runner.start, runner.reset):
+        monkeypatch.setattr(runner, fn.__name__, functools.partial(fn, root=tmp_path))
+    monkeypatch.setattr(exercise_cmd.os, "geteuid", lambda: 0)
+    return built
+
+
+def test_reset_restores_the_starting_lab_file_and_keeps_the_session(no_lab: list[str],
+                                                                    tmp_path: Path) -> None:
+    s = runner.start("fast-path")
+    lab_file = Path(s.lab_file)
+    assert lab_file.parent == tmp_path and lab_file.read_text() == fp.LAB_TOML
+    lab_file.write_text(fp.LAB_TOML + '\n[[rules]]\nname = "all"\naction = "accept"\n')
+    s.add_check([{"text": "c1 reaches", "ok": False, "details": "0 of 3", "hint": "h"}], False)
+    s.add_hint("c1 reaches")
+    s.save(tmp_path)
+
+    back = runner.reset()  # the one started last
+    assert lab_file.read_text() == fp.LAB_TOML
+    assert no_lab == [fp.LAB_TOML, fp.LAB_TOML]  # the lab was rebuilt from the starting file
+    assert back.resets == 1 and back.facts == {"built": 2}  # the starting point planted again
+    kept = Session.load("fast-path", tmp_path)
+    assert kept.resets == 1 and len(kept.checks) == 1 and len(kept.hints) == 1
+    assert kept.built_hash == runner.file_hash(lab_file) and kept.started == s.started
+    assert runner.reset("fast-path").resets == 2
+
+
+def test_exercise_list_json_names_the_six(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from app.cli import main
+
+    assert main(["exercise", "list", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] and [e["name"] for e in out["exercises"]] == [
+        "fast-path", "ftp-nodes", "two-failures", "planted-fault", "step-through", "periodic-interval"]
+    assert [e["name"] for e in out["exercises"] if e["observe"]] == ["ftp-nodes", "step-through"]
+    assert main(["exercise", "list"]) == 0
+    assert "Step-through: which sync message" in capsys.readouterr().out
+
+
+def test_start_prints_the_task_and_its_criteria(no_lab: list[str],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from app.cli import main
+
+    ex = EXERCISES["step-through"]
+    assert main(["exercise", "start", "step-through"]) == 0
+    out = capsys.readouterr().out
+    assert ex.title in out and f"Task: {ex.task}" in out and f"Idea: {ex.idea}" in out
+    assert all(f"  [ ] {c.text}" in out for c in ex.criteria)
+    assert "Answer with: syncwall exercise answer MESSAGE" in out
+    assert "lab: ex-step" in out and "console: syncwall console --lab ex-step" in out
+    assert no_lab == [ex.lab_toml]
+
+
+# ---- periodic-interval -------------------------------------------------------------------------
+def test_periodic_a_setting_that_is_not_the_longest_fails_with_its_hint(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """1000 ms keeps the bound, and so does 2000 ms: 1000 ms is not the longest."""
+    from demos.exercises import periodic_interval as pi
+
+    ran: list[int] = []
+
+    def run_failure(ctx: DemoContext, interval_ms: int) -> tuple[int, int, str]:
+        ran.append(interval_ms)
+        return 0, 4, f"killed n2 (4 of 9 connections): 0 lost at {interval_ms}"
+
+    class Lab:
+        def __init__(self) -> None:
+            self.sent: list[dict[str, Any]] = []
+
+        def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+            self.sent.append(msg)
+            return {"ok": True, "policy": "periodic", "interval_ms": 1000, "nodes": []}
+
+    monkeypatch.setattr(pi, "run_failure", run_failure)
+    lab = Lab()
+    res = grade(pi.PERIODIC_INTERVAL, DemoContext(lab, "ex-period"))
+    assert ran == [1000, 2000]
+    assert [r.ok for r in res.results] == [True, True, False]
+    last = res.results[2]
+    assert last.text == "no longer choice keeps the bound (it is the longest)"
+    assert "2000 ms, lost 0" in last.details and "1000 ms is not the longest" in last.details
+    assert last.hint == pi.PERIODIC_INTERVAL.criteria[2].hint and "2000" not in last.hint
+    assert res.first_failure is last and not res.passed
+    # the student's setting is put back after the longer one was tried
+    assert {"cmd": "policy", "policy": "periodic", "interval_ms": 1000} in lab.sent
+
+    ran.clear()  # and when 2000 ms does lose a connection, 1000 ms is the longest
+    monkeypatch.setattr(pi, "run_failure", lambda ctx, ms: (0 if ms == 1000 else 3, 4, "t"))
+    assert grade(pi.PERIODIC_INTERVAL, DemoContext(Lab(), "ex-period")).passed
+
+
+def test_planted_fault_copies_name_where_they_are_missing() -> None:
+    from demos.exercises.planted_fault import missing_copies
+
+    def node(own: int, backup: int, backups: list[str]) -> dict[str, Any]:
+        return {"own": own, "backup": backup, "backups": backups, "state": "active"}
+
+    healthy = {"n1": node(3, 2, ["n2"]), "n2": node(4, 3, ["n3"]), "n3": node(2, 4, ["n1"])}
+    assert missing_copies(healthy) == {}
+    deaf_n2 = {**healthy, "n2": node(4, 0, ["n3"])}  # every sync datagram into n2 lost
+    assert missing_copies(deaf_n2) == {"n2": (0, 3)}
+    left_out = {"n1": node(3, 0, ["n2"]), "n2": node(4, 3, ["n1"]), "n3": node(2, 0, [])}
+    assert missing_copies(left_out) == {"n1": (0, 4)}  # n3 in no group: n1 backs up n2 alone
+

@@ -79,7 +79,8 @@ def scan(ctx: DemoContext) -> str:
           f"written by {writer}, held by {', '.join(sorted(got))}; applied "
           + ", ".join(f"{n} +{ms:.2f} ms" for n, ms in sorted(lat.items())) + f"; {verdict}")
     return f"{writer} saw {e0['ports']} refused ports and wrote the entry; every node held it " \
-           f"{max(lat.values(), default=0.0):.2f} ms after the detection ({verdict})"
+           f"{max(lat.values(), default=0.0):.2f} ms after the detection " \
+           f"({'within' if fast else 'NOT within'} the {TARGET_MS:g} ms target)"
 
 
 def blocked(ctx: DemoContext) -> str:

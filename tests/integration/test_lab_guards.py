@@ -111,16 +111,19 @@ def guard_status(lab: str, kind: str, common: int) -> dict[str, dict[str, int]]:
     every node, none as backup, and `common` of them as own on one node or another (each entry
     has one writer): {node: {own, backup, common}}. The daemon polls the nodes every 0.25 s,
     so one read may be a poll old."""
+    seen: list[dict[str, dict[str, int]]] = []
+
     def every() -> dict[str, dict[str, int]] | None:
         got = {n["name"]: n[kind] for n in status(lab)["nodes"]}
+        seen.append(got)
         ok = all(c["common"] == common and c["backup"] == 0 for c in got.values()) and sum(
             c["own"] for c in got.values()) == common
         return got if ok else None
     try:
         out: dict[str, dict[str, int]] = wait_for(f"status's {kind} counts on every node", every, 5)
     except AssertionError:
-        got = {n["name"]: n[kind] for n in status(lab)["nodes"]}
-        raise AssertionError(f"status --json {kind} counts: {got}") from None
+        raise AssertionError(f"status --json {kind} counts, want {common} common on every node "
+                             f"and one writer each: first {seen[0]}, last {seen[-1]}") from None
     return out
 
 

@@ -185,9 +185,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {n['name']:6} {n['state']:8} {n.get('health') or 'ok':9} {n['own']:>6} {n['backup']:>7} "
               f"{n['common']:>7} {n['held']:>5} {_state_counts(n):>23}  {','.join(n['backups']):10} "
               f"{','.join(n['backs_up']):10} {','.join(map(str, n['buckets']))}")
-    print("  (nat: own/backup bindings; blocked, users: the common entries each node honours; "
-          "health: ok, degraded (a data link lost, buckets handed to the backups), attention "
-          "(the minority side of a cut: owns nothing))")
+    print("  (nat: own/backup/common bindings, common always 0: a binding belongs to one connection; "
+          "blocked, users: the common entries each node honours; health: ok, degraded (a data link "
+          "lost, buckets handed to the backups), attention (the minority side of a cut: owns nothing))")
     for n in st["nodes"]:
         if isinstance(n.get("paths"), dict):
             print(f"  paths {n['name']}: {_paths_summary(n['paths'])}")
@@ -232,12 +232,12 @@ def split_brain_lines(nodes: list[dict[str, Any]]) -> list[str]:
 
 
 def _state_counts(n: dict[str, Any]) -> str:
-    """The status line's state beyond connections: NAT bindings own/backup, blocklisted
+    """The status line's state beyond connections: NAT bindings own/backup/common, blocklisted
     sources and users (common state)."""
     nat = n.get("nat") or {}
     common = {k: int((n.get(k) or {}).get("common", 0)) for k in ("blocklist", "users")}
-    pair = f"{int(nat.get('own', 0))}/{int(nat.get('backup', 0))}"
-    return f"{pair:>9} {common['blocklist']:>7} {common['users']:>5}"
+    parts = f"{int(nat.get('own', 0))}/{int(nat.get('backup', 0))}/{int(nat.get('common', 0))}"
+    return f"{parts:>9} {common['blocklist']:>7} {common['users']:>5}"
 
 
 def cmd_action(args: argparse.Namespace) -> int:

@@ -107,7 +107,10 @@ def nat_port_plan(cfg: NodeConfig) -> PortPlan:
 
 
 def nat_counts(engine: Engine) -> dict[str, int]:
-    """NAT bindings this node holds: in its own entries and in its backup copies. Read from the
+    """NAT bindings this node holds: in its own entries and in its backup copies; `common` is
+    always 0, because a binding is part of one connection's entry (own or backup state, never
+    common state: docs/nat.md). It is there so that every state count has the same three
+    parts (the blocklist's and users' have them too, engine/guard_control.py). Read from the
     NAT index (translated connections only), not by walking every connection: the daemon asks
     for this four times a second, and a walk of 1M entries held the node's loop for ~50 ms
     each time (a joiner's peer that stalls is a peer it may not hear)."""
@@ -120,7 +123,7 @@ def nat_counts(engine: Engine) -> dict[str, int]:
             own += 1
         elif k in copies:
             backup += 1
-    return {"own": own, "backup": backup}
+    return {"own": own, "backup": backup, "common": 0}
 
 
 def parse_endpoint(text: Any) -> tuple[bytes, bytes] | None:

@@ -34,7 +34,7 @@ def bucket_spread(views: list[dict[str, Any]]) -> dict[str, Any]:
     return {"min": min(counts), "max": max(counts), "ratio": round(max(counts) / min(counts), 3)}
 
 
-GUARDS_NONE = {"own": 0, "backup": 0, "common": 0}  # blocklist/users counts of a node that holds none
+GUARDS_NONE = {"own": 0, "backup": 0, "common": 0}  # nat/blocklist/users counts of a node that holds none
 
 POLL_S = 0.25
 NODE_START_TIMEOUT_S = 20.0
@@ -384,7 +384,7 @@ class LabDaemon:
             "own": st.get("own", 0) if live else 0,
             "backup": st.get("backup", 0) if live else 0,
             "common": st.get("common", 0) if live else 0,
-            "nat": st.get("nat", {"own": 0, "backup": 0}) if live else {"own": 0, "backup": 0},
+            "nat": st.get("nat", dict(GUARDS_NONE)) if live else dict(GUARDS_NONE),
             **{k: st.get(k, dict(GUARDS_NONE)) if live else dict(GUARDS_NONE)
                for k in ("blocklist", "users")},
             "held": st.get("held", 0),

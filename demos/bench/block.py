@@ -84,6 +84,21 @@ def _entries(lab: str, kind: str, addr: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+TARGET_MS = 5.0  # issue 18: every node drops the scanner within 5 ms of its detection
+
+
+def within_target(ms: list[float], target_ms: float = TARGET_MS) -> tuple[bool, str]:
+    """Whether every apply in `ms` (each other node's applied - detected) is within the
+    target, and a line that says so: reported by the bench and the demo, never asserted by a
+    test (a loaded host may be slower; benches measure speed). No samples is not within."""
+    if not ms:
+        return False, f"within the {target_ms:g} ms target: no (no other node applied the entry)"
+    worst = max(ms)
+    verdict = "yes" if worst <= target_ms else "NO"
+    return worst <= target_ms, (f"within the {target_ms:g} ms target: {verdict}, the slowest of "
+                                f"{len(ms)} applies on another node was {worst:.2f} ms after the detection")
+
+
 def _spread_ms(got: dict[str, dict[str, Any]], t0_field: str) -> list[float]:
     """Each node but the writer: applied minus the writer's time, in ms."""
     writer = next(iter(got.values()))["owner"]
@@ -120,6 +135,7 @@ def bench_block(runs: int, lab: str | None, progress: Progress) -> dict[str, Any
                 "blocklist record; baseline: a user record from its writer to the other nodes",
         "block_ms": summarize(block_ms),
         "baseline_user_record_ms": summarize(user_ms),
-        "target_ms": 5,
-        "within_target": bool(block_ms) and max(block_ms) <= 5,
+        "target_ms": TARGET_MS,
+        "within_target": within_target(block_ms)[0],
+        "notes": [within_target(block_ms)[1]],
     }

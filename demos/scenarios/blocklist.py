@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from demos.bench.block import connects_code, one_entry, scan_code
+from demos.bench.block import TARGET_MS, connects_code, one_entry, scan_code, within_target
 from demos.scenarios.framework import (
     DemoContext,
     DemoError,
@@ -70,12 +70,17 @@ def scan(ctx: DemoContext) -> str:
     writer, detected = e0["owner"], float(e0["detected"])
     lat = {n: (float(e["applied"]) - detected) * 1000 for n, e in got.items() if n != writer}
     ctx.mem["until"] = float(e0["until"])
-    ctx.figures.update(detected_by=writer, blocked_everywhere_ms=round(max(lat.values(), default=0.0), 3))
+    fast, verdict = within_target(list(lat.values()))
+    ctx.figures.update(detected_by=writer, blocked_everywhere_ms=round(max(lat.values(), default=0.0), 3),
+                       target_ms=TARGET_MS, within_target=fast)
+    # The latency is reported, not judged: one run on a loaded host may be slower (the bench
+    # `syncwall bench block` measures it over runs).
     judge(ctx, "one", len(nodes) > 1 and set(got) == nodes,
           f"written by {writer}, held by {', '.join(sorted(got))}; applied "
-          + ", ".join(f"{n} +{ms:.2f} ms" for n, ms in sorted(lat.items())))
+          + ", ".join(f"{n} +{ms:.2f} ms" for n, ms in sorted(lat.items())) + f"; {verdict}")
     return f"{writer} saw {e0['ports']} refused ports and wrote the entry; every node held it " \
-           f"{max(lat.values(), default=0.0):.2f} ms after the detection"
+           f"{max(lat.values(), default=0.0):.2f} ms after the detection " \
+           f"({'within' if fast else 'NOT within'} the {TARGET_MS:g} ms target)"
 
 
 def blocked(ctx: DemoContext) -> str:

@@ -106,6 +106,27 @@ def entries(lab: str, kind: str, addr: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+def guard_status(lab: str, kind: str, common: int) -> dict[str, dict[str, int]]:
+    """Wait until status --json counts `common` entries of `kind` ("blocklist" or "users") on
+    every node, none as backup, and `common` of them as own on one node or another (each entry
+    has one writer): {node: {own, backup, common}}. The daemon polls the nodes every 0.25 s,
+    so one read may be a poll old."""
+    seen: list[dict[str, dict[str, int]]] = []
+
+    def every() -> dict[str, dict[str, int]] | None:
+        got = {n["name"]: n[kind] for n in status(lab)["nodes"]}
+        seen.append(got)
+        ok = all(c["common"] == common and c["backup"] == 0 for c in got.values()) and sum(
+            c["own"] for c in got.values()) == common
+        return got if ok else None
+    try:
+        out: dict[str, dict[str, int]] = wait_for(f"status's {kind} counts on every node", every, 5)
+    except AssertionError:
+        raise AssertionError(f"status --json {kind} counts, want {common} common on every node "
+                             f"and one writer each: first {seen[0]}, last {seen[-1]}") from None
+    return out
+
+
 def test_a_scan_seen_by_one_node_is_blocked_by_all_and_admitted_after_the_timeout(lab: str) -> None:
     nodes = settled(lab)
     assert connects(lab, "c2") == len(SPORTS)  # before: c2 is a client like any other
@@ -117,10 +138,12 @@ def test_a_scan_seen_by_one_node_is_blocked_by_all_and_admitted_after_the_timeou
                    lambda: (e := entries(lab, "blocklist", C2)) and one_entry(e, nodes) and e, 5)
     detected = {e["detected"] for e in got.values()}
     assert len(detected) == 1
+    guard_status(lab, "blocklist", 1)  # status --json: one common entry on every node, one writer
     assert connects(lab, "c2") == 0
     rose(lab, "blocklisted-source", before, nodes)  # every node dropped some of c2's connections itself
     time.sleep(max(0.0, detected.pop() + BLOCK_S - time.monotonic()) + 0.2)
     assert connects(lab, "c2") == len(SPORTS)  # the timeout ended it on every node
+    guard_status(lab, "blocklist", 0)  # and status stops counting it
 
     # An operator may lift an entry before its timeout, from the command line.
     subprocess.run(["ip", "netns", "exec", ns_name(lab, "c2"), sys.executable, "-c", scan_code(S1)],
@@ -138,6 +161,7 @@ def test_c1_is_admitted_on_every_node_once_logged_in_and_refused_after_logout(la
     sw("auth", "login", "alice", "--host", "c1", "--lab", lab)
     wait_for("every node holds alice's user record",
              lambda: set(entries(lab, "user", C1)) == nodes, 5)
+    guard_status(lab, "users", 1)  # on every node; the node that took the login wrote it
     before = counters(lab)
     assert connects(lab, "c1") == len(SPORTS)
     mid = rose(lab, "rule-accept:members", before, nodes)
@@ -145,6 +169,7 @@ def test_c1_is_admitted_on_every_node_once_logged_in_and_refused_after_logout(la
     wait_for("no node holds alice's user record", lambda: not entries(lab, "user", C1), 5)
     assert connects(lab, "c1") == 0
     rose(lab, "auth-required:members", mid, nodes)
+    guard_status(lab, "users", 0)
 
 
 def test_auth_refuses_an_unknown_host(lab: str) -> None:

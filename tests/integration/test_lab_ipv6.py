@@ -1,22 +1,32 @@
 """IPv6 through the cluster on the dual-stack default lab: neighbour discovery, HMARK's symmetry,
-TCP flows surviving a kill, FTP's EPRT and EPSV held and synced like PORT and PASV."""
+TCP flows surviving a kill of each node, UDP flows surviving a kill, a burst of short
+connections, FTP's EPRT and EPSV held and synced like PORT and PASV."""
 
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from demos import flows as flow_judge
-from netns import iptables
 from netns.build import ns_name
 from netns.spec import load_lab
-from tests.integration.labtools import nodes, running_lab, snapshot, status, sw, sw_json, wait_for
+from tests.integration.labtools import (
+    bucket_counting,
+    hits,
+    nodes,
+    running_lab,
+    snapshot,
+    status,
+    sw,
+    sw_json,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -88,46 +98,20 @@ print(s.recvfrom(100)[0].decode())
 """
 
 
-def _bucket_counts(node_ns: str, chain: str) -> dict[int, int]:
-    out = iptables.run_in_ns(node_ns, ["ip6tables", "-w", "-t", "mangle", "-nvxL", chain]).stdout
-    counts = {}
-    for line in out.splitlines():
-        m = re.match(r"\s*(\d+)\s+\d+\s+RETURN.*mark match 0x([0-9a-f]+)", line)
-        if m:
-            counts[int(m.group(2), 16)] = int(m.group(1))
-    return counts
-
-
 def test_hmark_gives_both_directions_of_an_ipv6_flow_the_same_bucket(lab: dict[str, Any]) -> None:
     """Counted on n1, which sees every frame (the bridges flood the shared MAC): a chain per
     direction, placed after HMARK and before the owned-bucket split, counts each bucket."""
     _settled()
-    n1 = ns_name(SPEC, "n1")
-    chains = {"inside": "SWT6_IN", "outside": "SWT6_OUT"}
-    save = iptables.run_in_ns(n1, ["ip6tables-save", "-t", "mangle"]).stdout
-    rules = [ln for ln in save.splitlines() if ln.startswith("-A PREROUTING")]
-    at = next(i for i, ln in enumerate(rules) if "SW_OWNED" in ln) + 1  # 1-based position
-    text = ["*mangle", *(f":{c} - [0:0]" for c in chains.values())]
-    text += [f"-A {c} -m mark --mark {b} -j RETURN"
-             for c in chains.values() for b in range(1, SPEC.buckets + 1)]
-    text += [f"-I PREROUTING {at} -i {i} -p udp -j {c}" for i, c in chains.items()]
-    iptables.run_in_ns(n1, ["ip6tables-restore", "-w", "--noflush"],
-                       input_text="\n".join([*text, "COMMIT", ""]))
-    try:
+    chains = {"SWT6_IN": ("PREROUTING", "-i inside -p udp"), "SWT6_OUT": ("PREROUTING", "-i outside -p udp")}
+    with bucket_counting(ns_name(SPEC, "n1"), chains, SPEC.buckets, ipv6=True) as read:
         seen: dict[int, int] = {}
         for sport in range(41000, 41016):
-            before = {c: _bucket_counts(n1, c) for c in chains.values()}
+            before = read()
             assert _in("c1", "python3", "-c", _UDP_ROUND_TRIP, S1_6, str(sport)).strip() == "hmark"
-            after = {c: _bucket_counts(n1, c) for c in chains.values()}
-            hit = {c: [b for b in after[c] if after[c][b] > before[c].get(b, 0)] for c in chains.values()}
+            hit = {c: sorted(v) for c, v in hits(before, read()).items()}
             assert len(hit["SWT6_IN"]) == 1 and hit["SWT6_IN"] == hit["SWT6_OUT"], (sport, hit)
             seen[sport] = hit["SWT6_IN"][0]
         assert len(set(seen.values())) > 1, f"16 flows all hashed to one bucket: {seen}"
-    finally:
-        undo = [f"-D PREROUTING -i {i} -p udp -j {c}" for i, c in chains.items()]
-        undo += [f"-F {c}" for c in chains.values()] + [f"-X {c}" for c in chains.values()]
-        iptables.run_in_ns(n1, ["ip6tables-restore", "-w", "--noflush"],
-                           input_text="\n".join(["*mangle", *undo, "COMMIT", ""]))
 
 
 CURRENT: list[str] = []
@@ -142,32 +126,96 @@ def _all_healthy() -> bool:
     return len(fl) >= FLOWS and all(f["health"] == "healthy" for f in fl)
 
 
-def test_ipv6_tcp_flows_survive_a_kill_of_their_node(lab: dict[str, Any]) -> None:
-    ns = nodes(_settled())
+def _kill_and_judge(victim: str, flows: Callable[[], list[dict[str, Any]]], least: int, what: str) -> None:
+    """Kill `victim` (which must own some of the flows' connections), wait for its buckets to be
+    taken over, judge the flows, and revive it (every bucket owned once again)."""
+    st = nodes(_settled())
+    gone = set(st[victim]["buckets"])
+    wait_for(f"{victim} owns connections", lambda: nodes(status())[victim]["own"] > 0, 5)
+    t0 = time.time()
+    sw("kill", victim)
+    try:
+        wait_for(f"{victim} failed and its buckets taken over", lambda: (
+            (s := nodes(status())) and s[victim]["state"] == "failed"
+            and gone <= {b for k, n in s.items() if k != victim for b in n["buckets"]}), 10)
+        verdict = flow_judge.judge(flows, t0, 30)
+        assert verdict.ok and len(verdict.survived) >= least, f"{what}, kill {victim}: {verdict.text()}"
+    finally:
+        _settled()
+
+
+def test_ipv6_tcp_flows_survive_a_kill_of_each_node_in_turn(lab: dict[str, Any]) -> None:
+    """The failover test's parity over IPv6: the same flows, each node killed in turn and
+    revived before the next (one start of the flows for the three kills)."""
+    _settled()
     sw("traffic", "stop")
     CURRENT.clear()
     for client in ("c1", "c2"):
         out = sw("traffic", "start", "tcp", "--ipv6", "--flows", str(FLOWS // 2), "--client", client,
                  "--interval-ms", "100").stdout
         CURRENT.append(json.loads(out)["name"])
-    wait_for(f"{FLOWS} healthy IPv6 flows", _all_healthy, 30)
-    assert all(f["dst"].startswith(f"[{S1_6}]") for f in _tcp6_flows()), _tcp6_flows()[0]
-    owned = wait_for("n1 owns IPv6 connections", lambda: (
-        (n := nodes(status())) and n["n1"]["own"] > 0 and sum(x["own"] for x in n.values()) >= FLOWS
-        and n), 5)
-    assert all(n["own"] > 0 for n in owned.values()), {k: v["own"] for k, v in owned.items()}
-    n1_buckets = set(ns["n1"]["buckets"])
-    t0 = time.time()
-    sw("kill", "n1")
     try:
-        wait_for("n1 failed and its buckets at n2", lambda: (
-            (s := nodes(status())) and s["n1"]["state"] == "failed"
-            and n1_buckets <= set(s["n2"]["buckets"])), 10)
-        verdict = flow_judge.judge(_tcp6_flows, t0, 30)
-        assert verdict.ok and len(verdict.survived) >= FLOWS, f"after kill n1: {verdict.text()}"
+        wait_for(f"{FLOWS} healthy IPv6 flows", _all_healthy, 30)
+        assert all(f["dst"].startswith(f"[{S1_6}]") for f in _tcp6_flows()), _tcp6_flows()[0]
+        owned = wait_for("every node owns IPv6 connections", lambda: (
+            (n := nodes(status())) and all(x["own"] > 0 for x in n.values())
+            and sum(x["own"] for x in n.values()) >= FLOWS and n), 5)
+        assert all(n["own"] > 0 for n in owned.values()), {k: v["own"] for k, v in owned.items()}
+        for victim in ("n1", "n2", "n3"):
+            _kill_and_judge(victim, _tcp6_flows, FLOWS, "IPv6 TCP")
+            wait_for("the flows healthy again", _all_healthy, 10)
     finally:
         sw("traffic", "stop")
         _settled()
+
+
+UDP_FLOWS = 12
+
+
+def test_ipv6_udp_flows_are_healthy_and_survive_a_kill(lab: dict[str, Any]) -> None:
+    """`traffic start udp --ipv6`: numbered datagrams to s1's IPv6 echo, every flow healthy
+    through the cluster, and every flow moving again after a kill of a node owning some."""
+    _settled()
+    name = sw_json("traffic", "start", "udp", "--ipv6", "--flows", str(UDP_FLOWS), "--client", "c1",
+                   "--interval-ms", "50")["name"]
+
+    def udp6() -> list[dict[str, Any]]:
+        return [f for f in snapshot().get("flows", []) if f.get("workload") == name]
+
+    try:
+        fl = wait_for(f"{UDP_FLOWS} healthy IPv6 UDP flows", lambda: len(f := udp6()) >= UDP_FLOWS and all(
+            x["health"] == "healthy" for x in f) and f, 20)
+        assert all(str(f["dst"]).startswith(f"[{S1_6}]") for f in fl), fl[0]
+        def on_nodes() -> list[dict[str, Any]] | None:
+            f = udp6()
+            return f if f and all(x.get("node") for x in f) else None
+
+        mapped = wait_for("the UDP flows mapped to nodes", on_nodes, 5, 0.2)
+        # The node carrying the most of them (the lab maps each flow to its bucket's owner).
+        victim = Counter(str(f["node"]) for f in mapped).most_common(1)[0][0]
+        _kill_and_judge(victim, udp6, UDP_FLOWS, "IPv6 UDP")
+    finally:
+        sw("traffic", "stop", "--name", name, check=False)
+
+
+BURST = 60
+
+
+def test_an_ipv6_burst_of_short_connections_all_succeed(lab: dict[str, Any]) -> None:
+    """`traffic start burst --ipv6`: short connections, each from a new source port (so over
+    every node's buckets), to s1's IPv6 echo; every one connects, echoes and closes."""
+    _settled()
+    name = sw_json("traffic", "start", "burst", "--ipv6", "--count", str(BURST), "--rate", "100")["name"]
+    try:
+        def finished() -> dict[str, Any] | None:
+            fl = [f for f in snapshot().get("flows", []) if f.get("workload") == name]
+            return fl[0] if fl and fl[0]["health"] in ("done", "failed") else None
+
+        f = wait_for("the IPv6 burst finished", finished, 20)
+        assert f["health"] == "done" and f["successes"] == BURST, f
+        assert str(f["dst"]).startswith(f"[{S1_6}]"), f
+    finally:
+        sw("traffic", "stop", "--name", name, check=False)
 
 
 def _counters() -> dict[str, dict[str, int]]:

@@ -9,6 +9,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +17,26 @@ import pytest
 
 from demos import flows as flow_judge
 from engine.nat import hmark_bucket, hmark_rnd
+from netns.build import ns_name
 from netns.control import ControlClient
 from netns.lab import load_lab_of
-from tests.integration.labtools import RUN_ROOT, nodes, running_lab, snapshot, status, sw, wait_for
+from tests.integration.labtools import (
+    RUN_ROOT,
+    bucket_counting,
+    hits,
+    nodes,
+    running_lab,
+    snapshot,
+    status,
+    sw,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PROBE = Path(__file__).with_name("labprobe.py")
 GW = "198.18.2.1"
-C1, C2, S1 = "198.18.1.10", "198.18.1.11", "198.18.2.10"
+C1, C2, S1, S2 = "198.18.1.10", "198.18.1.11", "198.18.2.10", "198.18.2.11"
 C1_FLOWS, C2_FLOWS = 10, 30
 CURRENT: list[str] = []  # the TCP workloads _flows() started last
 
@@ -128,6 +140,79 @@ def test_each_translated_reply_hashes_to_its_connections_bucket_and_owner(lab: d
     assert seen >= C2_FLOWS
 
 
+def _bindings(st: dict[str, Any]) -> list[tuple[str, int, str, str]]:
+    """(node, bucket, original src, translated src) of every translated connection of c2, as
+    each node's own table shows it."""
+    out = []
+    for name in nodes(st):
+        for r in _rows(name):
+            if r["nat"] and r["src"].startswith(f"{C2}:"):
+                out.append((name, int(r["bucket"]), str(r["src"]), r["nat"].split(" -> ")[0]))
+    return out
+
+
+def test_no_two_connections_on_any_nodes_share_a_translated_tuple(lab: dict[str, Any]) -> None:
+    """Ports are allocated so that no two nodes ever collide: gathered from every node's own
+    table (each connection is owned once), no translated tuple appears twice, and each is the
+    cluster's address."""
+    st = _settled()
+    _flows()
+    seen: dict[tuple[str, str], list[str]] = {}
+    for name in nodes(st):
+        for r in _rows(name):
+            if r["nat"]:
+                seen.setdefault((r["proto"], r["nat"]), []).append(f"{name} {r['src']}")
+    twice = {k: v for k, v in seen.items() if len(v) > 1}
+    assert not twice, f"translated tuples held for more than one connection: {twice}"
+    assert len(seen) >= C2_FLOWS and all(t.startswith(f"{GW}:") for _, t in seen), sorted(seen)[:3]
+
+
+def _port(endpoint: str) -> int:
+    return int(endpoint.rpartition(":")[2])
+
+
+def _tcp(src: str, sport: int, dst: str, dport: int) -> str:
+    """iptables arguments matching one direction of one TCP connection."""
+    return f"-p tcp -s {src} --sport {sport} -d {dst} --dport {dport}"
+
+
+def test_translated_replies_come_home_to_the_owner_marked_with_its_bucket(lab: dict[str, Any]) -> None:
+    """The kernel's own marks, counted in every node's namespace (labtools.bucket_counting):
+    for each translated connection, c2's request (arriving inside), s1's reply to the
+    cluster's address and port q (arriving outside) and that reply translated back (leaving
+    inside, to c2) are all marked with the connection's bucket on the node holding its
+    binding, and no other node sends the reply on: the reply reached the node that knows the
+    binding, and c2 got its data."""
+    st = _settled()
+    _flows()
+    bound = _bindings(st)
+    assert len(bound) >= C2_FLOWS
+    chains: dict[str, tuple[str, str]] = {}
+    for i, (_, _, src, t_src) in enumerate(bound):
+        sport, q = _port(src), _port(t_src)
+        chains[f"SWN_REQ{i}"] = ("PREROUTING", f"-i inside {_tcp(C2, sport, S1, 5001)}")
+        chains[f"SWN_REP{i}"] = ("PREROUTING", f"-i outside {_tcp(S1, 5001, GW, q)}")
+        chains[f"SWN_BACK{i}"] = ("POSTROUTING", f"-o inside {_tcp(S1, 5001, C2, sport)}")
+    with ExitStack() as stack:
+        read = {n: stack.enter_context(bucket_counting(ns_name("default", n), chains, st["buckets"]))
+                for n in nodes(st)}
+        before = {n: r() for n, r in read.items()}
+
+        def counted() -> dict[str, dict[str, dict[int, int]]] | None:
+            got = {n: hits(before[n], r()) for n, r in read.items()}
+            done = all(sum(got[owner][f"SWN_{d}{i}"].values()) >= 3 for i, (owner, *_) in enumerate(bound)
+                       for d in ("REQ", "REP", "BACK"))
+            return got if done else None
+
+        got = wait_for("every translated connection's packets counted on its owner", counted, 10)
+    for i, (owner, bucket, src, t_src) in enumerate(bound):
+        marks = {d: sorted(got[owner][f"SWN_{d}{i}"]) for d in ("REQ", "REP", "BACK")}
+        assert marks == {"REQ": [bucket], "REP": [bucket], "BACK": [bucket]}, (owner, src, t_src, marks)
+        others = {n: got[n][f"SWN_BACK{i}"] for n in got if n != owner}
+        assert not any(others.values()), f"{src}: a node without the binding sent s1's reply on: {others}"
+    assert _all_healthy(), "c2's translated flows stayed healthy while counted"
+
+
 def _forward(sports: list[int]) -> dict[str, str]:
     p = sw("exec", "s2", "--", sys.executable, str(PROBE), "tcp-clients", GW, "8080",
            ",".join(map(str, sports)), "--timeout-s", "3", check=False)
@@ -137,7 +222,7 @@ def _forward(sports: list[int]) -> dict[str, str]:
 def test_the_port_forward_works_whichever_node_takes_the_connection(lab: dict[str, Any]) -> None:
     st = _settled()
     rnd = hmark_rnd(load_lab_of("default").lab_id)
-    s2 = ipaddress.IPv4Address("198.18.2.11").packed
+    s2 = ipaddress.IPv4Address(S2).packed
     gw = ipaddress.IPv4Address(GW).packed
     # Two source ports whose connection lands on each node, chosen by the lab's own hash.
     sports: dict[str, list[int]] = {n["name"]: [] for n in st["nodes"]}
@@ -149,8 +234,27 @@ def test_the_port_forward_works_whichever_node_takes_the_connection(lab: dict[st
         if len(sports[node]) < 2:
             sports[node].append(port)
     before = {k: v["counters"].get("rule-accept:web-forward", 0) for k, v in nodes(st).items()}
-    got = _forward([p for v in sports.values() for p in v])
+    # The kernel's marks, as for SNAT: each forward's request (from s2, arriving outside) and
+    # s1's reply translated back (leaving outside, from 198.18.2.1:8080 to s2) carry one bucket,
+    # the request's, on the node it was chosen to land on; no other node sends the reply on.
+    chains = {}
+    for p in (p for v in sports.values() for p in v):
+        chains[f"SWF_REQ{p}"] = ("PREROUTING", f"-i outside {_tcp(S2, p, GW, 8080)}")
+        chains[f"SWF_BACK{p}"] = ("POSTROUTING", f"-o outside {_tcp(GW, 8080, S2, p)}")
+    with ExitStack() as stack:
+        read = {n: stack.enter_context(bucket_counting(ns_name("default", n), chains, st["buckets"]))
+                for n in sports}
+        was = {n: r() for n, r in read.items()}
+        got = _forward([p for v in sports.values() for p in v])
+        marks = {n: hits(was[n], r()) for n, r in read.items()}
     assert got and all(v == "ok" for v in got.values()), got
+    for node, ports in sports.items():
+        for p in ports:
+            b = hmark_bucket(6, s2, p, gw, 8080, rnd, st["buckets"])
+            mine = {d: sorted(marks[node][f"SWF_{d}{p}"]) for d in ("REQ", "BACK")}
+            assert mine == {"REQ": [b], "BACK": [b]}, (node, p, mine)
+            others = {n: marks[n][f"SWF_BACK{p}"] for n in marks if n != node}
+            assert not any(others.values()), f"port {p}: a node without the binding sent it on: {others}"
     after = wait_for("forwards counted", lambda: (n := nodes(status())) and all(
         n[k]["counters"].get("rule-accept:web-forward", 0) >= before[k] + 2 for k in n) and n, 5)
     assert all(after[k]["counters"]["rule-accept:web-forward"] >= before[k] + 2 for k in after)

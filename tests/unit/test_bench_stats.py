@@ -92,3 +92,15 @@ def test_conn_rate_prints_ratios_only_when_the_kernel_baseline_is_steady() -> No
     assert _relative_spread([12154, 11656, 11684]) == 0.043
     assert _relative_spread([1.0, 2.0, 3.0, 4.0]) == 1.2  # (4 - 1) / median 2.5
     assert _relative_spread([]) is None
+
+
+def test_the_block_bench_says_whether_every_apply_was_within_its_target() -> None:
+    from demos.bench.block import within_target
+    ok, line = within_target([0.4, 0.9, 4.99])
+    assert ok and line.startswith("within the 5 ms target: yes") and "4.99 ms" in line and "3 applies" in line
+    ok, line = within_target([0.4, 5.2])
+    assert not ok and "target: NO" in line and "5.20 ms" in line
+    assert within_target([])[0] is False  # no other node applied it: not within
+    # The text summary (`syncwall bench block` without --json) prints the verdict line.
+    doc = {"bench": "block", "block_ms": summarize([0.4, 0.9]), "within_target": ok, "notes": [line]}
+    assert f"notes: {line}" in readable(doc)

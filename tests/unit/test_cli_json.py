@@ -51,7 +51,7 @@ def test_status_text_counts_state_beyond_connections(monkeypatch: pytest.MonkeyP
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     node = {"name": "n1", "state": "active", "own": 5, "backup": 4, "common": 2, "held": 0,
             "backups": ["n2"], "backs_up": ["n3"], "buckets": [0, 3],
-            "nat": {"own": 3, "backup": 1}, "blocklist": {"own": 1, "backup": 0, "common": 1},
+            "nat": {"own": 3, "backup": 1, "common": 0}, "blocklist": {"own": 1, "backup": 0, "common": 1},
             "users": {"own": 0, "backup": 0, "common": 2}}
     st = {"ok": True, "lab": "x", "daemon_pid": 1, "policy": "hybrid", "interval_ms": 1000,
           "sync_port": 5999, "buckets": 12, "headline": "", "nodes": [node],
@@ -63,7 +63,7 @@ def test_status_text_counts_state_beyond_connections(monkeypatch: pytest.MonkeyP
     assert "buckets 12 (2-2 per active node)" in lines[0]
     head, row = lines[1:3]
     cols = dict(zip(head.split()[:10], row.split()[:10], strict=True))
-    assert cols["nat"] == "3/1" and cols["blocked"] == "1" and cols["users"] == "2", (head, row)
+    assert cols["nat"] == "3/1/0" and cols["blocked"] == "1" and cols["users"] == "2", (head, row)
 
 
 def test_the_bucket_spread_counts_active_nodes_only() -> None:

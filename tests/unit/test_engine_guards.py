@@ -8,6 +8,7 @@ import pytest
 from engine.auth import user_key, user_record
 from engine.blocklist import ScanDetector, ScanSettings, block_key, block_record
 from engine.core import Engine, Verdict
+from engine.guard_control import guard_counts
 from engine.rules import RuleError, parse_rules
 from sync.records import Record, Scope
 from tests.unit.engine_packets import C1, C2, S1, TcpFlow, tcp
@@ -174,3 +175,24 @@ def test_a_login_on_one_node_admits_on_all_and_logout_refuses_on_all() -> None:
     for i, x in enumerate(sim.c.names):
         d = sim.packet(x, tcp(C1, S1, 43000 + i, 5002, "S"), 0)
         assert d.reason == "auth-required:members", x
+
+
+def test_guard_counts_split_own_and_common_and_leave_out_an_expired_entry() -> None:
+    """What `status --json` shows per node for the blocklist and users (engine/guard_control.py):
+    own is what this node wrote, backup is always 0 (common state is no node's backup), common
+    is every live entry it honours; a blocklist entry past its `until` is not counted even
+    before the expiry sweep removes it."""
+    e = Engine("n2", parse_rules(RULES))
+    assert guard_counts(e, 1.0) == {"blocklist": {"own": 0, "backup": 0, "common": 0},
+                                    "users": {"own": 0, "backup": 0, "common": 0}}
+    assert e.store.apply(block_record(ip(C2), "n1", 7, 1.0, 9.0, 8))  # a peer's, live
+    assert e.store.apply(block_record(ip(S1), "n3", 7, 1.0, 2.0, 8))  # a peer's, ends at 2.0
+    assert e.store.apply(block_record(ip("198.18.1.12"), "n2", 7, 1.0, 9.0, 8))  # its own (a restart)
+    e.guards.login("alice", ip(C1), 1.5)  # written here
+    assert e.store.apply(user_record("bob", ip("198.18.1.13"), "n1", 3, 1.0))
+    assert guard_counts(e, 1.6) == {"blocklist": {"own": 1, "backup": 0, "common": 3},
+                                    "users": {"own": 1, "backup": 0, "common": 2}}
+    assert guard_counts(e, 3.0) == {"blocklist": {"own": 1, "backup": 0, "common": 2},
+                                    "users": {"own": 1, "backup": 0, "common": 2}}
+    e.guards.logout(ip(C1), 3.1)
+    assert guard_counts(e, 3.2)["users"] == {"own": 0, "backup": 0, "common": 1}

@@ -59,11 +59,11 @@ def test_status_counts_bindings_as_own_and_backup() -> None:
         d = owner.process(tcp(C2, S1, sport, 5001, "S"), 1.0, _mark(C2, sport, S1, 5001, rnd))
         assert d.verdict is Verdict.ACCEPT and d.payload is not None
     owner.process(tcp(C1, S1, 40009, 5001, "S"), 1.0, _mark(C1, 40009, S1, 5001, rnd))  # untranslated
-    assert nat_counts(owner) == {"own": 3, "backup": 0}
+    assert nat_counts(owner) == {"own": 3, "backup": 0, "common": 0}
     peer = Engine("n2", default_rules(nat=True))
     for r in owner.store.records(owner="n1"):
         assert peer.store.apply(r)  # as the sync channel hands them over
-    assert nat_counts(peer) == {"own": 0, "backup": 3}
+    assert nat_counts(peer) == {"own": 0, "backup": 3, "common": 0}
     rows = list(owner.rows("own"))
     translated = [r for r in rows if r["nat"]]
     assert len(translated) == 3 and all(r["nat"].startswith("198.18.2.1:") for r in translated)

@@ -182,7 +182,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"  {'node':6} {'state':8} {'health':9} {'own':>6} {'backup':>7} {'common':>7} {'held':>5} "
           f"{'nat':>9} {'blocked':>7} {'users':>5}  {'backups':10} {'backs up':10} buckets")
     for n in st["nodes"]:
-        print(f"  {n['name']:6} {n['state']:8} {n.get('health') or 'ok':9} {n['own']:>6} {n['backup']:>7} "
+        print(f"  {n['name']:6} {n['state']:8} {n.get('health') or '-':9} {n['own']:>6} {n['backup']:>7} "
               f"{n['common']:>7} {n['held']:>5} {_state_counts(n):>23}  {','.join(n['backups']):10} "
               f"{','.join(n['backs_up']):10} {','.join(map(str, n['buckets']))}")
     print("  (nat: own/backup/common bindings, common always 0: a binding belongs to one connection; "

@@ -401,7 +401,7 @@ class LabDaemon:
             "lossless": st.get("lossless"),
             # Per peer and path: heard, ms ago, sync route; refused frames (sync/paths.py).
             "paths": st.get("paths") if live else None,
-            "health": st.get("health", "ok") if live else "ok",
+            "health": st.get("health", "ok") if live else "-",  # a node not running has none
             "loop": st.get("loop") if live else None,  # its event loop's longest stall, late ticks
         }
 

@@ -186,13 +186,16 @@ class ControlHandlers:
         if np.proc is None or np.proc.returncode is not None:
             return {"ok": False, "error": f"{np.name} is not running"}
         np.intent = "killed"
+        # Noted before the signal: the peers notice the death within milliseconds, and the
+        # timeline must show the cause ahead of its effects (noted after the wait, it came
+        # ~50 ms after their peer-down events).
+        self.d.note("action", f"kill {np.name}: SIGKILL to its engine (pid {np.proc.pid})", node=np.name,
+                    action="kill")
         self.d.failed_at = time.time()
         np.proc.send_signal(signal.SIGKILL)
         await np.proc.wait()
         assert self.d.record is not None
         self.d.record.remove_process(np.proc.pid)
-        self.d.note("action", f"kill {np.name}: SIGKILL to its engine (pid {np.proc.pid})", node=np.name,
-                    action="kill")
         return {"ok": True, "killed_at": time.time()}
 
     async def do_crash(self, np: NodeProc) -> dict[str, Any]:
@@ -208,8 +211,9 @@ class ControlHandlers:
 
         # The crash is the cut, stamped in the thread that made it: the request can come 100 ms
         # before it (pyroute2 entering the fabric namespace) and this loop resume as late after.
-        self.d.failed_at = cut_at = await asyncio.to_thread(cut)
+        # Noted first, so the timeline shows it ahead of the peers' reaction.
         self.d.note("action", f"crash {np.name}: all its links cut at once", node=np.name, action="crash")
+        self.d.failed_at = cut_at = await asyncio.to_thread(cut)
         return {"ok": True, "crashed_at": cut_at}
 
     async def do_revive(self, np: NodeProc) -> dict[str, Any]:

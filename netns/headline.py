@@ -69,6 +69,10 @@ def fault_label(fault: Mapping[str, Any]) -> str:
         return f"loss {float(fault['rate']):.0%} into {fault.get('node') or 'all'}"
     if kind == "slow" and fault.get("delay_ms") is not None:
         return f"{fault.get('node', '?')} slow by {fault['delay_ms']} ms"
+    if kind == "cut" and fault.get("node") and fault.get("link"):
+        how = "cut silently" if fault.get("silent") else "down"
+        flap = f", flapping every {fault['flap_ms']} ms" if fault.get("flap_ms") else ""
+        return f"{fault['node']}'s {fault['link']} link {how}{flap}"
     rest = " ".join(str(v) for k, v in fault.items()
                     if k not in ("cmd", "kind", "effect") and v not in (None, ""))
     return f"{kind} {rest}".strip()

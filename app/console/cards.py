@@ -167,9 +167,10 @@ def flap_parts(peers: dict[str, Any]) -> list[str]:
 
 
 def paths_line(paths: dict[str, Any]) -> str:
-    """One line: per peer, heard (●) or not (○) on sync, inside, outside; the sync route when
-    it is not the sync segment; for each unheard path when it was last heard ("inside 1.2 s",
-    "inside never"); refused path frames when there are any."""
+    """One line: per peer, heard (●) or not (○) on sync, inside, outside; for each unheard path
+    when it was last heard ("inside 1.2 s", "inside never"; "silent 1.2 s" for a peer gone on
+    every path at once); the sync route when it is not the sync segment ("via inside");
+    refused path frames when there are any."""
     def ago(ms: Any) -> str:
         if not isinstance(ms, (int, float)):
             return "never"
@@ -180,10 +181,12 @@ def paths_line(paths: dict[str, Any]) -> str:
         got = p.get("paths", {})
         marks = "".join("●" if got.get(x, {}).get("heard") else "[red]○[/red]" for x in PATH_NAMES)
         route = p.get("route", "sync")
-        ages = [f"{x} {ago(got[x].get('ago_ms'))}" for x in PATH_NAMES
-                if x in got and not got[x].get("heard")]
-        parts.append(f"{peer} {marks}" + (f"→{route}" if route != "sync" else "")
-                     + (f" [red]{', '.join(ages)}[/red]" if ages else ""))
+        unheard = [x for x in PATH_NAMES if x in got and not got[x].get("heard")]
+        ages = [f"{x} {ago(got[x].get('ago_ms'))}" for x in unheard]
+        if len(unheard) == len(PATH_NAMES) and len({ago(got[x].get("ago_ms")) for x in unheard}) == 1:
+            ages = [f"silent {ago(got[unheard[0]].get('ago_ms'))}"]  # a dead peer: once, not three times
+        parts.append(f"{peer} {marks}" + (f" [red]{', '.join(ages)}[/red]" if ages else "")
+                     + (f" via {route}" if route != "sync" else ""))
     refused = sum(int(v) for v in paths.get("refused", {}).values())
     return "paths " + " ".join(parts) + (f" · [red]refused {refused}[/red]" if refused else "")
 

@@ -37,7 +37,7 @@ def _plain(markup: str) -> str:
 
 def test_the_paths_line_marks_each_path_and_tells_how_long_an_unheard_one_was_silent() -> None:
     line = _plain(paths_line(_paths_status()))
-    assert line.startswith("paths n2 ●○● inside never n3 ○●●→inside sync 1.5 s"), line
+    assert line.startswith("paths n2 ●○● inside never n3 ○●● sync 1.5 s via inside"), line
     assert "refused" not in line
 
 
@@ -48,6 +48,14 @@ def test_the_paths_line_gives_ms_below_a_second_and_counts_refused_frames() -> N
     st["refused"]["replayed"] = 1
     line = _plain(paths_line(st))
     assert "n2 ●○● inside 42 ms" in line and line.endswith("· refused 3"), line
+
+
+def test_a_peer_silent_on_every_path_is_told_once() -> None:
+    st = _paths_status()
+    for x in ("sync", "inside", "outside"):
+        st["peers"]["n2"]["paths"][x].update(heard=False, ago_ms=1830.0)
+    line = _plain(paths_line(st))
+    assert "n2 ○○○ silent 1.8 s n3" in line, line
 
 
 def _node(health: str) -> dict[str, Any]:

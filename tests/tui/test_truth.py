@@ -174,6 +174,12 @@ def test_the_banner_reads_the_daemons_own_fault_list() -> None:
     active = describe_active(active, {"cmd": "fault", "kind": "slow", "node": "n2", "delay_ms": 80})
     assert [fault_label(f) for f in active] == ["partition n1 | n2", "n2 slow by 80 ms"]
     assert all(f["effect"] for f in active)
+    # A cut in words, not its raw fields ("cut n2 sync True 0" before).
+    cut = describe_active([], {"cmd": "fault", "kind": "cut", "node": "n2", "link": "sync", "silent": True})
+    cut = describe_active(cut, {"cmd": "fault", "kind": "cut", "node": "n1", "link": "inside",
+                                "flap_ms": 200})
+    assert [fault_label(f) for f in cut] == ["n2's sync link cut silently",
+                                             "n1's inside link down, flapping every 200 ms"]
 
 
 def _footer_keys(app: ConsoleApp) -> list[tuple[str, int]]:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from app.serve import descendants, running
-from tests.integration.labtools import wait_for
+from tests.integration.labtools import running_lab, wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -37,13 +37,28 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(params=["console", "deaf"])
+COMMANDS = {
+    "console": [sys.executable, "-m", "app.console", "--fake", "--connections", "50"],
+    "lab": [sys.executable, "-m", "app.cli", "--lab", "default", "console"],  # as cmd_serve runs it
+    "deaf": [sys.executable, "-c", DEAF],
+}
+
+
+@pytest.fixture(params=list(COMMANDS))
 def served(request: pytest.FixtureRequest) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """`serve` as its own process, serving the fake-lab console (or a console that ignores the
-    quit message and SIGTERM); it is gone afterwards, with everything it started."""
+    """`serve` as its own process, serving the fake-lab console, the console of a real lab with
+    traffic, or a console that ignores the quit message and SIGTERM; it is gone afterwards, with
+    everything it started."""
+    with contextlib.ExitStack() as stack:
+        if request.param == "lab":
+            if os.geteuid() != 0:
+                pytest.skip("a real lab needs root")
+            stack.enter_context(running_lab(up_args=("--traffic",)))
+        yield from _serve(shlex.join(COMMANDS[request.param]))
+
+
+def _serve(command: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     port = _free_port()
-    command = shlex.join([sys.executable, "-m", "app.console", "--fake", "--connections", "50"]
-                         if request.param == "console" else [sys.executable, "-c", DEAF])
     code = f"from app.serve import serve; serve({port}, {command!r})"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path.cwd(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -88,15 +103,21 @@ def test_a_closed_browser_ends_its_console_and_serve_leaves_none(
         served: tuple[subprocess.Popen[bytes], int]) -> None:
     proc, port = served
 
-    async def close_one() -> list[int]:
+    async def close_one(abrupt: bool) -> list[int]:
         client, ws, pids = await _open_session(port, proc.pid)
         await asyncio.sleep(1.0)  # the console runs and draws
-        await ws.close()
+        if abrupt:
+            # A browser that vanishes (a killed tab, a dropped laptop): no close frame, the
+            # connection just goes while the console is still drawing.
+            ws._conn.transport.abort()
+        else:
+            await ws.close()
         await client.close()
         return pids
 
-    pids = asyncio.run(close_one())
-    _gone(pids, 6)  # quit at once, SIGTERM after ~3 s, then SIGKILL
+    for abrupt in (False, True):
+        pids = asyncio.run(close_one(abrupt))
+        _gone(pids, 6)  # quit at once, SIGTERM after ~3 s, then SIGKILL
 
     async def open_one() -> tuple[Any, Any, list[int]]:
         return await _open_session(port, proc.pid)

@@ -14,6 +14,7 @@ from netns import lab as lab_life
 from netns.control import ControlError
 from netns.lab import daemon_pid, live_labs, load_lab_of, pick_lab, running_labs
 from netns.record import RUN_ROOT
+from netns.spec import LabSpec
 from syncwall_errors import SyncwallError, UsageError
 
 DEFAULT_LAB = "default"
@@ -104,6 +105,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         overrides["lossless"] = args.lossless
     if args.nodes is not None:
         overrides["nodes"] = args.nodes
+    if args.traffic is not None:
+        overrides["traffic"] = "demo" if args.traffic else "none"
     if args.lab and not args.lab_file:  # `up --lab NAME` without a file: it brought up "default"
         overrides["name"] = args.lab  # (a lab file's own name stays its name)
     lab_file = Path(args.lab_file).resolve() if args.lab_file else None
@@ -113,18 +116,56 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise CliError(f"bad lab {'file' if args.lab_file else 'name'}: {e}") from e
     except OSError as e:
         raise CliError(f"cannot read lab file: {e}") from e
-    return bring_up(spec.name, lab_file, overrides, quiet=args.json)
+    return bring_up(spec, lab_file, overrides, quiet=args.json)
 
 
-def bring_up(lab: str, lab_file: Path | None, overrides: dict[str, Any], quiet: bool = False) -> int:
+def lab_traffic(spec: LabSpec) -> list[tuple[str, api.TrafficStart]]:
+    """What `up` starts for the lab's `traffic` (LAB_TRAFFIC), each with its words: "demo" is
+    4 long-lived TCP flows, 1 UDP flow and a passive FTP session, from the lab's first two
+    clients, to the servers it has (a lab without an FTP server gets no FTP session)."""
+    if spec.traffic != "demo":
+        return []
+    clients = [h.name for h in spec.hosts if h.role == "client"]
+    roles = {h.role for h in spec.hosts}
+    if not clients:
+        return []
+    other = clients[1] if len(clients) > 1 else clients[0]
+    out: list[tuple[str, api.TrafficStart]] = []
+    if "server" in roles:
+        out += [(f"4 TCP flows from {clients[0]}", api.TrafficStart(kind="tcp", client=clients[0], flows=4)),
+                (f"1 UDP flow from {other}", api.TrafficStart(kind="udp", client=other, flows=1))]
+    if "ftp" in roles:
+        out.append((f"a passive FTP session from {clients[0]}",
+                     api.TrafficStart(kind="ftp", client=clients[0], mode="passive", sessions=1)))
+    return out
+
+
+def bring_up(spec: LabSpec, lab_file: Path | None, overrides: dict[str, Any], quiet: bool = False) -> int:
+    lab = spec.name
     pid, took = lab_life.up(lab, lab_file, overrides, say=(lambda _m: None) if quiet else err)
+    started: list[str] = []
+    said: list[str] = []
+    link = lab_life.client(lab, 10.0)
+    try:
+        for words, req in lab_traffic(spec):
+            reply = link.request(req)
+            if not reply.get("ok"):
+                raise CliError(f"lab {lab!r} is up, but its {spec.traffic} traffic did not "
+                               f"start: {reply.get('error')}")
+            started.append(str(reply["name"]))
+            said.append(words)
+        st = {} if quiet else link.request({"cmd": "status"})
+    finally:
+        link.close()
     if quiet:
-        print(json.dumps({"ok": True, "lab": lab, "daemon_pid": pid, "up_s": round(took, 2)}))
+        print(json.dumps({"ok": True, "lab": lab, "daemon_pid": pid, "up_s": round(took, 2),
+                          "traffic": started}))
     else:
         from netns.headline import describe_lab
 
-        st = lab_life.client(lab, 5.0).request({"cmd": "status"})
         err(f"lab {lab!r} is up in {took:.1f} s: {describe_lab(st)}")
+        if said:
+            err(f"traffic: {', '.join(said)} (`syncwall traffic stop` ends it)")
     return 0
 
 
@@ -355,7 +396,7 @@ def cmd_default(args: argparse.Namespace) -> int:
         from netns.spec import load_lab
 
         spec = load_lab(None)
-        bring_up(spec.name, None, {})
+        bring_up(spec, None, {})
         labs = [spec.name]
     ns = argparse.Namespace(lab=labs[0], viewer=False, present=args.present)
     return cmd_console(ns)
@@ -428,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval-ms", type=positive)
     p.add_argument("--lossless", action=argparse.BooleanOptionalAction, default=None,
                    help="backups hold and replay their buckets' packets at a takeover")
+    p.add_argument("--traffic", action=argparse.BooleanOptionalAction, default=None,
+                   help="then start a small mixed workload: 4 TCP flows, 1 UDP flow, an FTP "
+                        "session (a lab file: traffic = \"demo\")")
     p = add("down", cmd_down, "stop the lab and remove everything it made")
     p.add_argument("--record", metavar="FILE", help="first save the lab's recording to FILE")
     p = add("clean", cmd_clean, "remove whatever a crashed lab left behind (by its records)")

@@ -4,6 +4,7 @@ session (students open it from their own machines; viewers only, whatever the UR
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import ipaddress
@@ -12,6 +13,7 @@ import os
 import secrets
 import shlex
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 VIEWER_FLAG = "--viewer"
+QUIT_GRACE_S = 3.0  # a session's console gets this long to quit when asked, then SIGTERM
+TERM_GRACE_S = 1.0  # and this long after SIGTERM, then SIGKILL
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 REFUSED = ("syncwall serve: this address needs the viewer token of its URL "
            "(http://HOST:PORT/?token=...). Ask whoever runs `syncwall serve` for the full address "
@@ -63,13 +67,84 @@ def share_url(host: str, port: int, token: str | None) -> str:
     return f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
 
 
+def session_class() -> type[Any]:
+    """textual-serve's AppService, with a console that must end when its session does.
+
+    textual-serve asks the console to quit and then waits for it for ever: a console that is
+    busy or deaf (one was seen at 50% of a core, ignoring SIGTERM, 3 minutes after its browser
+    closed) outlived its session. Here each console runs in its own process group (the shell
+    and what it starts), and `stop` escalates: quit, then SIGTERM after QUIT_GRACE_S, then
+    SIGKILL after TERM_GRACE_S more.
+    """
+    from textual_serve.app_service import AppService
+
+    class Session(AppService):
+        async def _open_app_process(self, width: int = 80, height: int = 24) -> asyncio.subprocess.Process:
+            self._process = process = await asyncio.create_subprocess_shell(
+                self.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, env=self._build_environment(width, height),
+                start_new_session=True)
+            self._stdin = process.stdin
+            return process
+
+        @property
+        def pgid(self) -> int | None:
+            return self._process.pid if self._process is not None else None
+
+        async def stop(self) -> None:
+            task, process = self._task, self._process
+            if task is None or process is None:
+                return
+            self._task = None
+            await self._download_manager.cancel_app_downloads(app_service_id=self.app_service_id)
+            await self.send_meta({"type": "quit"})
+            for sig, grace in ((signal.SIGTERM, QUIT_GRACE_S), (signal.SIGKILL, TERM_GRACE_S)):
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(process.wait()), grace)
+                if process.returncode is not None and not group_alive(process.pid):
+                    break
+                log.info("session console (group %d) still running: %s", process.pid, sig.name)
+                signal_group(process.pid, sig)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(process.wait(), TERM_GRACE_S)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return Session
+
+
+def signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of group `pgid` is still running (signal 0 finds zombies too, so
+    the group's members are read from /proc)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
+
+
 def make_server(port: int, command: str, host: str = "localhost", token: str | None = None) -> Any:
     """A textual-serve Server for viewer consoles; with a token, every page and session must
     carry it (the page in `?token=`, its websocket in the path `/ws/TOKEN`)."""
     import aiohttp_jinja2
-    from textual_serve.server import Server
+    from aiohttp import web
+    from textual_serve.server import Server, to_int
 
     run = viewer_command(command)
+    session = session_class()
+    live: dict[Any, web.WebSocketResponse] = {}  # the sessions open now, and their browsers
 
     class ViewerServer(Server):
         async def _make_app(self) -> web.Application:
@@ -96,12 +171,38 @@ def make_server(port: int, command: str, host: str = "localhost", token: str | N
                 "application": {"name": self.title},
             }
 
+        async def handle_websocket(self, request: web.Request) -> web.WebSocketResponse:
+            # textual-serve's own, with a session that ends its console for certain.
+            ws = web.WebSocketResponse(heartbeat=15)
+            width = to_int(request.query.get("width", "80"), 80)
+            height = to_int(request.query.get("height", "24"), 24)
+            await ws.prepare(request)
+            service = session(self.command, write_bytes=ws.send_bytes, write_str=ws.send_str,
+                              close=ws.close, download_manager=self.download_manager,
+                              debug=self.debug)
+            live[service] = ws
+            try:
+                await service.start(width, height)
+                await self._process_messages(ws, service)
+            except asyncio.CancelledError:
+                await ws.close()
+            except Exception as error:  # one session's failure must not end serve
+                log.exception(error)
+            finally:
+                try:
+                    await asyncio.shield(service.stop())
+                finally:
+                    live.pop(service, None)
+            return ws
+
         async def on_shutdown(self, app: web.Application) -> None:
             # Sessions end with serve: aiohttp would wait for every open browser to go away
             # (its websocket handlers), and a console whose browser is gone must not stay.
-            for pid in descendants(os.getpid()):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
+            # Each console is asked to quit and then signalled (Session.stop), each browser is
+            # let go (its handler then returns), and whatever is left below serve is killed.
+            await asyncio.gather(*(s.stop() for s in list(live)), return_exceptions=True)
+            await asyncio.gather(*(ws.close() for ws in list(live.values())), return_exceptions=True)
+            end_all(descendants(os.getpid()))
 
         async def on_startup(self, app: web.Application) -> None:
             self.console.print(f"Serving viewer consoles ({run!r}) on {share_url(host, port, token)}")
@@ -125,6 +226,28 @@ def descendants(pid: int) -> list[int]:
         out += kids
         todo += kids
     return out
+
+
+def end_all(pids: list[int], grace_s: float = TERM_GRACE_S) -> None:
+    """SIGTERM `pids`, and SIGKILL those still there after `grace_s` (serve's last sweep)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while (left := [p for p in pids if running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie is gone, only not yet reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _guard(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:

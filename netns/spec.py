@@ -38,6 +38,9 @@ BUCKETS_PER_NODE = 4
 # (`syncwall bench lossless`, docs/benchmarks.md), and a kill then loses no segment. A lab that
 # wants every last packet per second turns it off (`lossless = false`, `syncwall up --no-lossless`).
 LOSSLESS_DEFAULT = True
+# A lab file's `traffic` (or `syncwall up --traffic`): what `up` starts once the lab runs.
+# "demo": a few long-lived TCP flows, a UDP flow and an FTP session (app/cli.py lab_traffic).
+LAB_TRAFFIC = ("none", "demo")
 
 
 class LabError(SyncwallError):
@@ -105,6 +108,9 @@ class LabSpec:
     # sync segment stays IPv4: node-to-node traffic is not what the lab shows over IPv6.
     inside_net6: IPv6Network | None = None
     outside_net6: IPv6Network | None = None
+    # What `up` starts once the lab runs (LAB_TRAFFIC): "demo" a small mixed workload, so that
+    # a first screen moves; "none" nothing (the default).
+    traffic: str = "none"
 
     @property
     def ipv6(self) -> bool:
@@ -192,6 +198,7 @@ _SCALARS: dict[str, type] = {
     "scan_window_ms": int,
     "block_s": int,
     "bench_fill": bool,
+    "traffic": str,
 }
 _LISTS = ("nodes", "hosts", "rules")
 _NODE_KEYS = {"name": str, "sync_ip": str}
@@ -379,6 +386,10 @@ def validate(raw: Mapping[str, Any]) -> LabSpec:
         raise LabSpecError(
             f"backups: expected 0..{len(nodes) - 1} (fewer than the {len(nodes)} nodes), got {backups}"
         )
+    traffic = v.get("traffic", "none")
+    if traffic not in LAB_TRAFFIC:
+        raise LabSpecError(f"traffic: expected one of {', '.join(LAB_TRAFFIC)} (what `up` starts), "
+                           f"got {traffic!r}")
     lab_id = v.get("lab_id", zlib.crc32(name.encode()))
     return LabSpec(
         name=name,
@@ -416,6 +427,7 @@ def validate(raw: Mapping[str, Any]) -> LabSpec:
         scan_window_ms=_int_range("scan_window_ms", v.get("scan_window_ms", 2000), 1, 3_600_000),
         block_s=_int_range("block_s", v.get("block_s", 10), 1, 86_400),
         bench_fill=v.get("bench_fill", False),
+        traffic=traffic,
     )
 
 
@@ -550,6 +562,7 @@ def spec_to_dict(spec: LabSpec) -> dict[str, Any]:
 
 
 __all__ = [
+    "LAB_TRAFFIC",
     "HostSpec",
     "LabError",
     "LabSpec",

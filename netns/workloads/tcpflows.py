@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import signal
+import socket
 import struct
 import sys
 import time
@@ -54,6 +55,16 @@ RECORD_SIZE = 32
 PAUSE_WINDOWS = 4  # closed pause windows each flow reports (`pause_windows`)
 _HEADER = struct.Struct(">QI")  # sequence number, flow index
 _READ_CHUNK = 65536
+# The echo server lets go of a client that vanished (its FIN or RST never came: lost, or
+# dropped by a cluster that had forgotten the connection, as after a loss run's false
+# failovers, when s1 kept 24 sockets for ever): TCP keepalive probes a connection idle for
+# KEEPALIVE_IDLE_S, and one that answers none of KEEPALIVE_COUNT probes, or leaves data
+# unacknowledged for DEAD_AFTER_S, is closed by the kernel. A live client, however slow,
+# answers the probes; a takeover lasts milliseconds.
+KEEPALIVE_IDLE_S = 10
+KEEPALIVE_INTERVAL_S = 2
+KEEPALIVE_COUNT = 3
+DEAD_AFTER_S = KEEPALIVE_IDLE_S + KEEPALIVE_INTERVAL_S * KEEPALIVE_COUNT
 
 
 def encode_record(flow_index: int, seq: int) -> bytes:
@@ -96,6 +107,15 @@ def _lost_reason(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- server
 
 
+def keep_alive(sock: socket.socket) -> None:
+    """Probe an idle connection and give up on a dead peer (KEEPALIVE_*, DEAD_AFTER_S)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, DEAD_AFTER_S * 1000)
+
+
 async def serve_echo(bind: str | list[str], port: int, stop: asyncio.Event) -> int:
     """Echo every byte back on every connection until `stop` is set (on each address of `bind`:
     a dual-stack lab's server listens on its IPv4 and its IPv6 address)."""
@@ -103,6 +123,9 @@ async def serve_echo(bind: str | list[str], port: int, stop: asyncio.Event) -> i
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = fmt_addr(writer.get_extra_info("peername"))
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            keep_alive(sock)
         writers.add(writer)
         log.debug("connection from %s", peer)
         try:

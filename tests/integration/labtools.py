@@ -81,10 +81,12 @@ def flows_of(snap: dict[str, Any], workload: str) -> list[dict[str, Any]]:
 
 
 @contextmanager
-def running_lab(lab: str = "default", lab_file: Path | None = None) -> Iterator[dict[str, Any]]:
-    """`syncwall up` a lab for the body; afterwards it must be down with its namespaces gone."""
+def running_lab(lab: str = "default", lab_file: Path | None = None,
+                up_args: tuple[str, ...] = ()) -> Iterator[dict[str, Any]]:
+    """`syncwall up [up_args]` a lab for the body; afterwards it must be down with its
+    namespaces gone."""
     before = netns_names()
-    up = sw_json("up", *([str(lab_file)] if lab_file else []))
+    up = sw_json("up", *([str(lab_file)] if lab_file else []), *up_args)
     made = netns_names() - before
     try:
         yield up

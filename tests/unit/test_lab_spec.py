@@ -118,7 +118,17 @@ BAD = [
     ({"interval_ms": 0}, "interval_ms: expected 1..3600000"),
     ({"rules": [1]}, "rules[0]: expected a table"),
     ({"hosts": {"name": "c1"}}, "hosts: expected a list of tables"),
+    ({"traffic": "lots"}, "traffic: expected one of none, demo (what `up` starts), got 'lots'"),
+    ({"traffic": True}, "traffic: expected str, got True"),
 ]
+
+
+def test_a_lab_file_may_ask_for_demo_traffic(tmp_path: Path) -> None:
+    assert load_lab(None).traffic == "none"
+    f = tmp_path / "lab.toml"
+    f.write_text('traffic = "demo"\n')
+    assert load_lab(f).traffic == "demo"
+    assert validate(spec_to_dict(load_lab(f))).traffic == "demo"
 
 
 @pytest.mark.parametrize(("override", "message"), BAD, ids=[m.split(":")[0] for _, m in BAD])

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
+from netns.spec import load_lab
 from sync.membership import MemberState, compute_view, home_node, view_from_wire
 from sync.policy import PeriodicSend, make_policy
 from sync.records import Scope, SyncUsageError
@@ -84,3 +87,39 @@ def test_three_nodes_in_a_cycle_hold_two_thirds_of_a_full_mesh() -> None:
     assert mesh == {"n1": 270, "n2": 270, "n3": 270}
     assert cyclic == {"n1": 180, "n2": 180, "n3": 180}
     assert sum(cyclic.values()) / sum(mesh.values()) == pytest.approx(2 / 3)
+
+
+def _moved(a: tuple[str | None, ...], b: tuple[str | None, ...]) -> set[int]:
+    return {i for i, (x, y) in enumerate(zip(a, b, strict=True), start=1) if x != y}
+
+
+@pytest.mark.parametrize("n", range(3, 17))
+def test_default_buckets_spread_evenly_and_a_leave_moves_only_the_leavers(n: int) -> None:
+    """Issue 13, Build 4: with the default lab's bucket count every node of 3 to
+    16 holds an even share; a failure or a leave moves only the leaver's buckets (at most
+    ceil(B/N)) and its return moves that same set back (Maglev's minimal disruption)."""
+    lab = load_lab(None, {"nodes": n})  # the default lab of n nodes, with its default bucket count
+    nodes, b = tuple(x.name for x in lab.nodes), lab.buckets
+    full = compute_view(nodes, dict.fromkeys(nodes, A), b, 1, 1)
+    held = [len(full.buckets_of(x)) for x in nodes]
+    assert min(held) >= 1 and max(held) / min(held) <= 1.25
+    for gone in (F, OFF):
+        for leaver in nodes:
+            states = dict.fromkeys(nodes, A) | {leaver: gone}
+            after = compute_view(nodes, states, b, 1, 2)
+            moved = _moved(full.bucket_owner, after.bucket_owner)
+            assert moved == set(full.buckets_of(leaver))
+            assert len(moved) <= math.ceil(b / n)
+            assert after.buckets_of(leaver) == [] and None not in after.bucket_owner
+            # The leaver's buckets all go to its ring successor (its backup, which holds their
+            # state): that one node holds twice its share until the leaver returns (README,
+            # "Buckets"). The others keep theirs.
+            successor = nodes[(nodes.index(leaver) + 1) % n]
+            survivors = [len(after.buckets_of(x)) for x in nodes if x != leaver]
+            assert len(after.buckets_of(successor)) == 2 * len(full.buckets_of(successor))
+            assert max(survivors) / min(survivors) == 2
+            joining = compute_view(nodes, states | {leaver: J}, b, 1, 3)
+            assert joining.bucket_owner == after.bucket_owner  # a joiner owns nothing until active
+            back = joining.with_active(leaver)
+            assert _moved(after.bucket_owner, back.bucket_owner) == moved
+            assert back.bucket_owner == full.bucket_owner

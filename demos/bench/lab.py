@@ -121,7 +121,9 @@ def wait_until(what: str, pred: Callable[[], Any], timeout_s: float, every_s: fl
 def bench_lab(lab: str | None, progress: Progress, policy: str | None = None,
               settings: str = "", overrides: dict[str, Any] | None = None) -> Iterator[str]:
     """A running lab: the one named by --lab (left running), else our own default-topology lab
-    (`settings`: TOML lines for its file; `overrides`: what `syncwall up` options set, e.g. nodes)."""
+    (`settings`: TOML lines for its file; `overrides`: what `syncwall up` options set, e.g. nodes).
+    SWBENCH_NODES=N: our own lab has N nodes (the default lab's 3 otherwise), unless the bench
+    sets its own count (resync's 2 nodes)."""
     if lab:
         if not (RUN_ROOT / lab / "control.sock").exists():
             raise BenchError(f"lab {lab!r} is not running; start it with `syncwall up` or drop --lab")
@@ -135,16 +137,24 @@ def bench_lab(lab: str | None, progress: Progress, policy: str | None = None,
         # The default topology under our own name, so a lab someone else runs is never touched.
         lab_file.write_text(f'name = "{BENCH_LAB}"\n' + (f'policy = "{policy}"\n' if policy else "")
                             + settings)
-        progress(f"starting lab {BENCH_LAB!r} (default topology): syncwall up")
+        up_opts = dict(overrides or {})
+        if "nodes" not in up_opts and os.environ.get("SWBENCH_NODES"):
+            want = os.environ["SWBENCH_NODES"]
+            try:
+                up_opts["nodes"] = int(want)
+            except ValueError as e:
+                raise BenchError(f"SWBENCH_NODES must be a node count, not {want!r}") from e
+        nodes_said = f", {up_opts['nodes']} nodes" if "nodes" in up_opts else ""
+        progress(f"starting lab {BENCH_LAB!r} (default topology{nodes_said}): syncwall up")
         try:
-            lab_life.up(BENCH_LAB, lab_file, dict(overrides or {}))
+            lab_life.up(BENCH_LAB, lab_file, up_opts)
         except SyncwallError as e:
             with contextlib.suppress(SyncwallError):
                 lab_life.clean(BENCH_LAB)
             raise BenchError(f"lab {BENCH_LAB!r} did not come up: {e}") from e
         try:
             wait_until("every node active with buckets", lambda: all(
-                n["state"] == "active" and n["buckets"] for n in lab_nodes(BENCH_LAB).values()), 30)
+                n["state"] == "active" and n["buckets"] for n in lab_nodes(BENCH_LAB).values()), 60)
             yield BENCH_LAB
         finally:
             progress(f"stopping lab {BENCH_LAB!r}: syncwall down")

@@ -10,6 +10,13 @@ engine's entry, created by a real SYN through `Engine.process`; the sync agent r
 records from that same table); its VmRSS before and after 10k, 100k and 1M entries
 (SWBENCH_SCALE_ENTRIES) is the node process's growth. A fresh process per size, so one size's
 freed memory does not hide the next one's.
+
+A real node's memory beside it: a 2-node lab of its own (`bench_fill = true`, as `bench resync`)
+kills n2 so n1 owns every bucket and carries no traffic (the idle node); n1's VmRSS idle, then
+after its table is filled (the `fill` control command) to each of SWBENCH_SCALE_LAB_ENTRIES
+(default 10000,100000,1000000; each adds to the last). A size whose fill would take longer than
+SWBENCH_SCALE_LAB_FILL_S (default 120 s, estimated from the last size's rate) is skipped and
+said so. SWBENCH_SCALE_LAB_ENTRIES= (empty) skips the lab part.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from demos.baselines import BenchError
-from demos.bench.lab import Progress, lab_nodes, wait_until
+from demos.bench.lab import Progress, bench_lab, lab_nodes, lab_request, wait_until
+from demos.bench.resync import _fill_to, _node, _owns_all, _rss_mb
 from demos.bench.stats import summarize
 from netns import lab as lab_life
 from netns.record import RUN_ROOT, LabRecord, proc_start_time
@@ -110,6 +118,44 @@ def rss_growth(entries: int) -> dict[str, float]:
             "fill_s": round(time.monotonic() - t0, 1)}
 
 
+def lab_node_rss(entries: list[int], budget_s: float, progress: Progress) -> dict[str, Any]:
+    """n1's VmRSS in a real 2-node lab, idle and after filling its table to each size (n2 killed,
+    so n1 owns every bucket and sends nothing to a backup: its own connections only)."""
+    out: dict[str, Any] = {"budget_s": budget_s, "sizes": []}
+    with bench_lab(None, progress, settings="bench_fill = true\n", overrides={"nodes": 2}) as lab:
+        try:
+            lab_request(lab, {"cmd": "kill", "node": "n2"}, 30)
+            wait_until("n1 owning every bucket", lambda: _owns_all(lab), 30, 0.05)
+            time.sleep(1.0)  # let the takeover's own allocations settle
+            idle = _rss_mb(lab, "n1")
+            out["idle_rss_mb"] = idle
+            progress(f"lab node n1, idle: RSS {idle:.1f} MB")
+            have, rate = 0, 0.0
+            for n in sorted(entries):
+                if rate and (n - have) / rate > budget_s:
+                    progress(f"lab node: {n:,} skipped (its fill would take ~{(n - have) / rate:.0f} s, "
+                             f"over {budget_s:g} s)")
+                    out["sizes"].append({"entries": n, "skipped": f"fill estimated at "
+                                         f"{(n - have) / rate:.0f} s > {budget_s:g} s"})
+                    continue
+                t0 = time.monotonic()
+                _fill_to(lab, n, progress)
+                took = time.monotonic() - t0
+                rate = (n - have) / max(took, 1e-3)
+                have = n
+                time.sleep(0.5)
+                rss = _rss_mb(lab, "n1")
+                held = int(_node(lab, "n1", {"cmd": "status"})["own"])
+                row = {"entries": n, "held": held, "rss_mb": rss,
+                       "mb_per_100k": round((rss - idle) / n * 100_000, 1), "fill_s": round(took, 1)}
+                out["sizes"].append(row)
+                progress(f"lab node n1 at {n:,} own connections: RSS {rss:.1f} MB "
+                         f"(+{rss - idle:.1f}, {row['mb_per_100k']} MB per 100k), fill {took:.1f} s")
+        except SyncwallError as e:
+            raise BenchError(f"lab {lab!r}: {e}") from e
+    return out
+
+
 def bench_scale(runs: int, lab: str | None, progress: Progress) -> dict[str, Any]:
     if lab:
         raise BenchError("bench scale starts labs of its own sizes; drop --lab")
@@ -134,12 +180,18 @@ def bench_scale(runs: int, lab: str | None, progress: Progress) -> dict[str, Any
         rss.append(json.loads(p.stdout))
         progress(f"{e:,} connections: RSS +{rss[-1]['rss_after_mb'] - rss[-1]['rss_before_mb']:.0f} MB "
                  f"({rss[-1]['mb_per_100k']} MB per 100k)")
+    lab_entries = [int(x) for x in os.environ.get(
+        "SWBENCH_SCALE_LAB_ENTRIES", "10000,100000,1000000").split(",") if x.strip()]
+    lab_rss = (lab_node_rss(lab_entries, float(os.environ.get("SWBENCH_SCALE_LAB_FILL_S", "120")), progress)
+               if lab_entries else None)
     return {
         "what": "up (until every node is active with buckets), idle CPU of the lab's processes (cores) "
                 "and down, per node count; a node process's memory per own connection "
                 "(engine entry from a real SYN; the sync agent's store is that table), "
-                "VmRSS of a fresh process",
+                "VmRSS of a fresh process; lab_node_memory: a real lab node's VmRSS, idle (2-node lab, "
+                "n2 killed, n1 owning every bucket) and after `fill` to each size",
         "nodes": nodes_doc,
         "memory": rss,
+        "lab_node_memory": lab_rss,
         "targets": {"16 nodes up_s": "<= 10", "mb_per_100k": "<= 40"},
     }

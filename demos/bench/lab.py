@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,19 @@ def wait_until(what: str, pred: Callable[[], Any], timeout_s: float, every_s: fl
     raise BenchError(f"timed out after {timeout_s} s waiting for {what}")
 
 
+def up_options(overrides: Mapping[str, Any] | None, env: Mapping[str, str]) -> dict[str, Any]:
+    """What our own bench lab is started with: the bench's overrides, and SWBENCH_NODES as the
+    node count unless the bench sets its own."""
+    opts = dict(overrides or {})
+    want = env.get("SWBENCH_NODES", "").strip()
+    if want and "nodes" not in opts:
+        try:
+            opts["nodes"] = int(want)
+        except ValueError as e:
+            raise BenchError(f"SWBENCH_NODES must be a node count, not {want!r}") from e
+    return opts
+
+
 @contextlib.contextmanager
 def bench_lab(lab: str | None, progress: Progress, policy: str | None = None,
               settings: str = "", overrides: dict[str, Any] | None = None) -> Iterator[str]:
@@ -137,13 +150,7 @@ def bench_lab(lab: str | None, progress: Progress, policy: str | None = None,
         # The default topology under our own name, so a lab someone else runs is never touched.
         lab_file.write_text(f'name = "{BENCH_LAB}"\n' + (f'policy = "{policy}"\n' if policy else "")
                             + settings)
-        up_opts = dict(overrides or {})
-        if "nodes" not in up_opts and os.environ.get("SWBENCH_NODES"):
-            want = os.environ["SWBENCH_NODES"]
-            try:
-                up_opts["nodes"] = int(want)
-            except ValueError as e:
-                raise BenchError(f"SWBENCH_NODES must be a node count, not {want!r}") from e
+        up_opts = up_options(overrides, os.environ)
         nodes_said = f", {up_opts['nodes']} nodes" if "nodes" in up_opts else ""
         progress(f"starting lab {BENCH_LAB!r} (default topology{nodes_said}): syncwall up")
         try:

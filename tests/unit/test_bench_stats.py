@@ -6,7 +6,16 @@ import json
 
 import pytest
 
-from demos.bench import median, p99, percentile, ratio, readable, run_bench, spread, summarize
+from demos.bench import (
+    median,
+    p99,
+    percentile,
+    ratio,
+    readable,
+    run_bench,
+    spread,
+    summarize,
+)
 
 
 def test_median_of_odd_and_even_counts() -> None:
@@ -92,6 +101,19 @@ def test_conn_rate_prints_ratios_only_when_the_kernel_baseline_is_steady() -> No
     assert _relative_spread([12154, 11656, 11684]) == 0.043
     assert _relative_spread([1.0, 2.0, 3.0, 4.0]) == 1.2  # (4 - 1) / median 2.5
     assert _relative_spread([]) is None
+
+
+def test_the_kernel_baseline_is_steady_only_over_enough_samples() -> None:
+    from demos.bench.conn_rate import MIN_KERNEL_SAMPLES, kernel_stable
+
+    # One sample has a spread of 0: `--runs 1` used to count as steady and print ratios.
+    ok, why = kernel_stable([12154])
+    assert not ok and "only 1 kernel sample" in why and f"at least {MIN_KERNEL_SAMPLES}" in why
+    assert not kernel_stable([12154, 11656])[0]
+    ok, why = kernel_stable([12154, 11656, 434])  # a collapse in the third run
+    assert not ok and "spread" in why and "above 0.15" in why
+    assert kernel_stable([12154, 11656, 11684]) == (True, "")
+    assert not kernel_stable([])[0]
 
 
 def test_the_block_bench_says_whether_every_apply_was_within_its_target() -> None:

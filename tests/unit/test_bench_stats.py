@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
 from demos.bench import (
+    BENCHES,
+    BenchError,
     median,
     p99,
     percentile,
@@ -16,6 +19,7 @@ from demos.bench import (
     spread,
     summarize,
 )
+from demos.bench.lab import Progress
 
 
 def test_median_of_odd_and_even_counts() -> None:
@@ -63,8 +67,28 @@ def test_ratio_pairs_values_of_the_same_run() -> None:
 
 def test_unknown_bench_names_the_known_ones(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_bench("nope", as_json=True, lab=None, runs=1) == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert "throughput" in err and "failover" in err
+    doc = json.loads(out)
+    assert doc["bench"] == "nope" and "throughput" in doc["error"]
+
+
+@pytest.mark.parametrize("exc", [BenchError("no iperf3 in the lab's hosts"), ValueError("a bug")])
+def test_a_bench_that_fails_still_ends_with_one_json_object(
+        exc: Exception, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(runs: int, lab: str | None, progress: Progress) -> dict[str, Any]:
+        progress("run 1/1 started")
+        raise exc
+
+    monkeypatch.setitem(BENCHES, "throughput", (failing, 1))
+    assert run_bench("throughput", as_json=True, lab=None, runs=1) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"bench": "throughput", "error": str(exc) if isinstance(exc, BenchError)
+                               else "ValueError: a bug"}
+    assert "run 1/1 started" in err
+    # Without --json the reason goes to stderr only.
+    assert run_bench("throughput", as_json=False, lab=None, runs=1) == 1
+    assert capsys.readouterr().out == ""
 
 
 def test_resync_bench_prints_one_json_object_and_progress(

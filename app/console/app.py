@@ -218,10 +218,10 @@ class ConsoleApp(App[str]):
         first = not cluster.selected
         lab_now = snapshot.get("time")
         lab_now = float(lab_now) if isinstance(lab_now, (int, float)) else None
-        await cluster.update_nodes(list(snapshot.get("nodes", [])), lab_now)
+        nodes, buckets = list(snapshot.get("nodes", [])), int(snapshot.get("buckets") or 0)
+        await cluster.update_nodes(nodes, lab_now, buckets)
         self.query_one(FaultBanner).show(list(snapshot.get("faults") or []))
-        self.query_one(BucketStrip).show(list(snapshot.get("nodes", [])),
-                                         int(snapshot.get("buckets") or 0))
+        self.query_one(BucketStrip).show(nodes, buckets)
         conns = self.query_one(ConnectionsPane)
         if first and cluster.selected:
             conns.show(node=cluster.selected)

@@ -50,9 +50,10 @@ class NodeCard(Vertical):
         yield Sparkline([0.0] * HISTORY, classes="card-spark")
 
     def update_node(self, node: dict[str, Any], twice: dict[int, list[str]] | None = None,
-                    lab_now: float | None = None) -> None:
+                    lab_now: float | None = None, total_buckets: int = 0) -> None:
         """Show `node`; `twice`: buckets owned by more than one node, with their owners;
-        `lab_now`: the snapshot's time (the sync trouble shown is that of the last seconds)."""
+        `lab_now`: the snapshot's time (the sync trouble shown is that of the last seconds);
+        `total_buckets`: the lab's bucket count, for the node's share ("4 of 12"; 0: unknown)."""
         self.node = node
         state = str(node.get("state", "active"))
         if node.get("health") in ("degraded", "attention"):  # a data link lost, or cut off
@@ -75,13 +76,15 @@ class NodeCard(Vertical):
         else:
             self._history.append(rate)
         twice = twice or {}
+        owned = node.get("buckets", [])
         buckets = " ".join(
             f"[b red]{b}({'+'.join(o for o in twice[b] if o != self.node_name)})[/b red]" if b in twice
-            else str(b) for b in node.get("buckets", [])) or "none"
+            else str(b) for b in owned) or "none"
+        share = share_text(len(owned), total_buckets)
         backs_up = ", ".join(node.get("backs_up", [])) or "-"
         backups = ", ".join(node.get("backups", [])) or "-"
         body = (
-            f"buckets [b]{buckets}[/b]\n"
+            f"buckets {share}[b]{buckets}[/b]\n"
             f"backs up {backs_up} · backed by {backups}\n"
             f"own [b]{node.get('own', 0)}[/b]  backup {node.get('backup', 0)}  "
             f"common {node.get('common', 0)}\n"
@@ -111,6 +114,12 @@ class NodeCard(Vertical):
 
     def on_click(self) -> None:
         self.post_message(self.Selected(self.node_name))
+
+
+def share_text(owned: int, total: int) -> str:
+    """A node's share of the lab's buckets, before their list: "4 of 12: " ("" when the total is
+    unknown or the node owns none, whose list then says "none")."""
+    return f"{owned} of {total}: " if total and owned else ""
 
 
 def sync_totals(sync: Any) -> dict[str, int]:
@@ -199,9 +208,14 @@ class ClusterView(Horizontal):
         self.cards: dict[str, NodeCard] = {}
         self.selected = ""
         self._body_rows = BODY_ROWS
+        self.total_buckets = 0
 
-    async def update_nodes(self, nodes: list[dict[str, Any]], lab_now: float | None = None) -> None:
-        """Show the snapshot's nodes; `lab_now`: the snapshot's time."""
+    async def update_nodes(self, nodes: list[dict[str, Any]], lab_now: float | None = None,
+                           total_buckets: int | None = None) -> None:
+        """Show the snapshot's nodes; `lab_now`: the snapshot's time; `total_buckets`: the lab's
+        bucket count (None: the last one given)."""
+        if total_buckets is not None:
+            self.total_buckets = total_buckets
         new = [n for n in nodes if n.get("name") not in self.cards]
         for node in new:
             card = NodeCard(str(node["name"]))
@@ -216,7 +230,7 @@ class ClusterView(Horizontal):
         # Should never happen now; if it does, it must be seen: drawn red, with both owners.
         twice = {b: o for b, o in owners.items() if len(o) > 1}
         for node in nodes:
-            self.cards[str(node["name"])].update_node(node, twice, lab_now)
+            self.cards[str(node["name"])].update_node(node, twice, lab_now, self.total_buckets)
         self.fit_cards()
         if not self.selected and self.cards:
             self.select(next(iter(self.cards)))

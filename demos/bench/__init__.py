@@ -4,7 +4,8 @@ One module per bench (demos.bench.failover, ...), the lab link in demos.bench.la
 statistics in demos.bench.stats. Each bench prints progress lines on stderr and, with
 --json, one JSON object on stdout (figures as {"median", "min", "max", "spread", "p99",
 "n", "samples"}). Exit 0 when the bench ran, whatever the figures; 1 when it could not run
-(the message says why). Targets are reported beside the figures, never asserted.
+(the message says why; with --json stdout still ends with one object, {"bench", "error"}).
+Targets are reported beside the figures, never asserted.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -60,7 +62,9 @@ BENCHES: dict[str, tuple[Bench, int]] = {
 def run_bench(name: str, as_json: bool, lab: str | None, runs: int) -> int:
     """Run one bench; print its JSON (or a readable summary) on stdout. 0 when it ran."""
     if name not in BENCHES:
-        sys.stderr.write(f"syncwall: no bench {name!r}; benches are {', '.join(BENCHES)}\n")
+        why = f"no bench {name!r}; benches are {', '.join(BENCHES)}"
+        sys.stderr.write(f"syncwall: {why}\n")
+        _json_error(as_json, name, why)
         return 2
     fn, default_runs = BENCHES[name]
     runs = runs or default_runs
@@ -72,6 +76,11 @@ def run_bench(name: str, as_json: bool, lab: str | None, runs: int) -> int:
         result = fn(runs, lab, progress)
     except (BenchError, OSError, subprocess.SubprocessError) as e:
         sys.stderr.write(f"syncwall: bench {name} could not run: {e}\n")
+        _json_error(as_json, name, str(e))
+        return 1
+    except Exception as e:  # a bug in the bench: the traceback for us, still one object for a script
+        traceback.print_exc()
+        _json_error(as_json, name, f"{type(e).__name__}: {e}")
         return 1
     doc = {"bench": name, "runs": runs, "elapsed_s": round(time.monotonic() - t0, 1), "machine": info,
            "command": f"syncwall bench {name} --json --runs {runs}", **result}
@@ -80,6 +89,12 @@ def run_bench(name: str, as_json: bool, lab: str | None, runs: int) -> int:
     else:
         sys.stdout.write("\n".join(readable(doc)) + "\n")
     return 0
+
+
+def _json_error(as_json: bool, name: str, why: str) -> None:
+    """With --json, a bench that could not run still ends stdout with one JSON object."""
+    if as_json:
+        sys.stdout.write(json.dumps({"bench": name, "error": why}) + "\n")
 
 
 __all__ = ["BENCHES", "BenchError", "median", "p99", "percentile", "ratio", "readable", "run_bench",

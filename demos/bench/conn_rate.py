@@ -6,6 +6,7 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from demos.bench.stats import ratio, summarize
 CONN_PORT_LAB = 5100  # inside the default rules' tcp 5000-5999
 CONN_WORKERS = 4
 STABLE_SPREAD = 0.15  # no ratio is printed until the kernel baseline's (max - min) / median is below
+MIN_KERNEL_SAMPLES = 3  # one or two samples have no spread worth the name (one has none at all)
 
 
 def _time_wait(ns: str) -> int:
@@ -32,6 +34,21 @@ def _relative_spread(values: list[float]) -> float | None:
     vals = sorted(values)
     mid = vals[len(vals) // 2] if len(vals) % 2 else (vals[len(vals) // 2 - 1] + vals[len(vals) // 2]) / 2
     return round((vals[-1] - vals[0]) / mid, 3) if mid else None
+
+
+def kernel_stable(samples: Sequence[float]) -> tuple[bool, str]:
+    """Whether the kernel baseline was steady enough to print ratios against; if not, why.
+
+    Steady: at least MIN_KERNEL_SAMPLES samples whose (max - min) / median is at most
+    STABLE_SPREAD. A single sample's spread is 0, so `--runs 1` alone would always pass."""
+    if len(samples) < MIN_KERNEL_SAMPLES:
+        return False, (f"only {len(samples)} kernel sample(s); at least {MIN_KERNEL_SAMPLES} are needed "
+                       f"to judge its spread (--runs {MIN_KERNEL_SAMPLES} or more)")
+    spread = _relative_spread(list(samples))
+    if spread is None or spread > STABLE_SPREAD:
+        return False, (f"the kernel baseline's spread ({spread}) is above {STABLE_SPREAD} of its median, "
+                       "so the machine was not steady enough to compare")
+    return True, ""
 
 
 def _parse_conn_rate(out: str) -> tuple[float, int]:
@@ -113,7 +130,7 @@ def bench_conn_rate(runs: int, lab: str | None, progress: Progress) -> dict[str,
     cost = [1 - a / b for a, b in zip(cluster["sync_on_hybrid"], cluster["sync_off_periodic_60s"],
                                       strict=False) if b]
     kernel_spread = _relative_spread(local["kernel"])
-    stable = kernel_spread is not None and kernel_spread <= STABLE_SPREAD
+    stable, unstable_why = kernel_stable(local["kernel"])
     doc: dict[str, Any] = {
         "what": "new TCP connections/s (connect, echo, close)",
         "single_gateway": {m: summarize(v, 0) for m, v in local.items()},
@@ -123,7 +140,9 @@ def bench_conn_rate(runs: int, lab: str | None, progress: Progress) -> dict[str,
         "client_time_wait_after_run": {k: summarize(v, 0) for k, v in tw.items()},
         "kernel_relative_spread": kernel_spread,
         "kernel_stable": stable,
-        "targets": {"sync_cost_fraction": "<= 0.05", "kernel_relative_spread": f"<= {STABLE_SPREAD}"},
+        "targets": {"sync_cost_fraction": "<= 0.05", "cluster_sync_on_vs_kernel": ">= 0.5",
+                    "engine_vs_kernel": "none set (issue 13 sets the cluster's only)",
+                    "kernel_relative_spread": f"<= {STABLE_SPREAD} over >= {MIN_KERNEL_SAMPLES} samples"},
         "notes": notes,
     }
     if stable:
@@ -131,6 +150,5 @@ def bench_conn_rate(runs: int, lab: str | None, progress: Progress) -> dict[str,
         doc["engine_vs_kernel"] = ratio(local["engine"], local["kernel"])
         doc["cluster_sync_on_vs_kernel"] = ratio(cluster["sync_on_hybrid"], local["kernel"])
     else:
-        notes.append(f"no ratio printed: the kernel baseline's spread ({kernel_spread}) is above "
-                     f"{STABLE_SPREAD} of its median, so the machine was not steady enough to compare")
+        notes.append(f"no ratio printed: {unstable_why}")
     return doc

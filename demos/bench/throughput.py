@@ -38,7 +38,8 @@ def bench_throughput(runs: int, lab: str | None, progress: Progress) -> dict[str
     for name, (a, b, metric) in pairs.items():
         if a in s and b in s:
             out["ratios"][name] = ratio(s[a][metric], s[b][metric])
-    out["targets"] = {"engine_pps_vs_c": ">= 1.0", "engine_mbps_vs_kernel": ">= 0.8"}
+    out["targets"] = {"engine_pps_vs_c": ">= 1.0", "engine_mbps_vs_kernel": ">= 0.8",
+                      "cluster_mbps_vs_kernel": ">= 0.6"}
     if os.environ.get("SWBENCH_CLUSTER", "1") != "0":
         out["cluster"] = _cluster_tcp(runs, lab, progress, duration_s)
         k = s.get("kernel", {}).get("mbps", [])

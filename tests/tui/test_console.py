@@ -61,7 +61,7 @@ def test_cluster_view_shows_a_card_per_node() -> None:
         assert [c.node_name for c in cards] == ["n1", "n2", "n3"]
         assert all("ACTIVE" in str(c.border_title) for c in cards)
         body = str(cards[0].query_one(".card-body", Static).render())
-        assert "buckets 1 4 7 10" in body
+        assert "buckets 4 of 12: 1 4 7 10" in body  # its share of the lab's buckets, then which
         assert "backs up n3 · backed by n2" in body
         n1 = next(n for n in app.snapshot["nodes"] if n["name"] == "n1")
         assert f"own {n1['own']}" in body and f"backup {n1['backup']}" in body
@@ -115,6 +115,8 @@ def test_takeover_is_shown_on_screen() -> None:
         assert isinstance(owner, Text) and owner.plain == "n2 ★"  # lit: the owner just changed
         assert table.get_cell(key, "trigger") == "node-failed"
         assert "buckets none" in str(card.query_one(".card-body", Static).render())
+        heir = str(app.query_one("#card-n2", NodeCard).query_one(".card-body", Static).render())
+        assert "buckets 8 of 12: " in heir, heir  # the backup carries twice the even share
         await advance(pilot, 10.0)  # the highlight fades, the row stays
         assert table.get_cell(key, "owner") == "n2"
 

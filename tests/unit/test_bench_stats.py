@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
-from demos.bench import median, p99, percentile, ratio, readable, run_bench, spread, summarize
+from demos.bench import (
+    BENCHES,
+    BenchError,
+    median,
+    p99,
+    percentile,
+    ratio,
+    readable,
+    run_bench,
+    spread,
+    summarize,
+)
+from demos.bench.lab import Progress
 
 
 def test_median_of_odd_and_even_counts() -> None:
@@ -54,8 +67,28 @@ def test_ratio_pairs_values_of_the_same_run() -> None:
 
 def test_unknown_bench_names_the_known_ones(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_bench("nope", as_json=True, lab=None, runs=1) == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert "throughput" in err and "failover" in err
+    doc = json.loads(out)
+    assert doc["bench"] == "nope" and "throughput" in doc["error"]
+
+
+@pytest.mark.parametrize("exc", [BenchError("no iperf3 in the lab's hosts"), ValueError("a bug")])
+def test_a_bench_that_fails_still_ends_with_one_json_object(
+        exc: Exception, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(runs: int, lab: str | None, progress: Progress) -> dict[str, Any]:
+        progress("run 1/1 started")
+        raise exc
+
+    monkeypatch.setitem(BENCHES, "throughput", (failing, 1))
+    assert run_bench("throughput", as_json=True, lab=None, runs=1) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"bench": "throughput", "error": str(exc) if isinstance(exc, BenchError)
+                               else "ValueError: a bug"}
+    assert "run 1/1 started" in err
+    # Without --json the reason goes to stderr only.
+    assert run_bench("throughput", as_json=False, lab=None, runs=1) == 1
+    assert capsys.readouterr().out == ""
 
 
 def test_resync_bench_prints_one_json_object_and_progress(
@@ -92,6 +125,19 @@ def test_conn_rate_prints_ratios_only_when_the_kernel_baseline_is_steady() -> No
     assert _relative_spread([12154, 11656, 11684]) == 0.043
     assert _relative_spread([1.0, 2.0, 3.0, 4.0]) == 1.2  # (4 - 1) / median 2.5
     assert _relative_spread([]) is None
+
+
+def test_the_kernel_baseline_is_steady_only_over_enough_samples() -> None:
+    from demos.bench.conn_rate import MIN_KERNEL_SAMPLES, kernel_stable
+
+    # One sample has a spread of 0: `--runs 1` used to count as steady and print ratios.
+    ok, why = kernel_stable([12154])
+    assert not ok and "only 1 kernel sample" in why and f"at least {MIN_KERNEL_SAMPLES}" in why
+    assert not kernel_stable([12154, 11656])[0]
+    ok, why = kernel_stable([12154, 11656, 434])  # a collapse in the third run
+    assert not ok and "spread" in why and "above 0.15" in why
+    assert kernel_stable([12154, 11656, 11684]) == (True, "")
+    assert not kernel_stable([])[0]
 
 
 def test_the_block_bench_says_whether_every_apply_was_within_its_target() -> None:

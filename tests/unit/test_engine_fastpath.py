@@ -3,11 +3,13 @@ index (both directions), which holds exactly the entries that may take it."""
 
 from __future__ import annotations
 
+import pytest
+
 from engine.conntrack import ConnState, directional_keys
 from engine.core import Engine, Verdict
 from engine.packet import TCP, UDP
 from engine.rules import default_rules
-from tests.unit.engine_packets import C1, S1, TcpFlow, udp
+from tests.unit.engine_packets import C1, C2, S1, S2, TcpFlow, tcp, udp
 
 
 def _flow(engine: Engine, sport: int = 40000) -> TcpFlow:
@@ -76,6 +78,60 @@ def test_a_held_entry_leaves_the_index_until_released() -> None:
     e.hold = 0
     engine.table.refresh(e)
     assert len(engine.table.fast[TCP]) == 2
+
+
+# Helper traffic, translated flows and RSTs are established-looking packets that must still
+# take the full path: the FTP helper reads the control payload, NAT rewrites every packet, and
+# an RST changes the state. The fast counter shows which path decided.
+def test_an_ftp_control_flow_is_never_indexed_and_takes_the_full_path() -> None:
+    engine = Engine("n1", default_rules())
+    f = TcpFlow(C1, S2, 40021, 21)
+    for p in [*f.handshake(), f.s2c(b"220 syncwall ftp ready\r\n")]:
+        assert engine.process(p, 1.0).verdict is Verdict.ACCEPT
+    (e,) = engine.table.conns.values()
+    assert e.state is ConnState.ESTABLISHED and e.helper is not None
+    assert engine.table.fast[TCP] == {}
+    before = engine._n_fast
+    for p in (f.c2s(b"USER anonymous\r\n"), f.s2c(b"", "A"), f.s2c(b"331 Please specify the password.\r\n")):
+        assert engine.process(p, 2.0).verdict is Verdict.ACCEPT
+    assert engine._n_fast == before and e.last_seen == 2.0
+    assert engine.table.fast[TCP] == {}
+
+
+def test_a_translated_flow_is_never_indexed_and_each_packet_is_rewritten() -> None:
+    from engine.rules import DEFAULT_RULES, parse_rules
+
+    gw_out = "198.18.2.1"
+    snat = {"name": "c2-snat", "action": "accept", "proto": "tcp", "src": C2 + "/32",
+            "dst": "198.18.2.0/24", "dport": "5000-5999", "snat": gw_out}
+    engine = Engine("n1", parse_rules([snat, *DEFAULT_RULES]))
+    for p in (tcp(C2, S1, 40000, 5001, "S", 100), tcp(S1, gw_out, 5001, 40000, "SA", 900, 101),
+              tcp(C2, S1, 40000, 5001, "A", 101, 901)):
+        assert engine.process(p, 1.0).verdict is Verdict.ACCEPT
+    (e,) = engine.table.conns.values()
+    assert e.state is ConnState.ESTABLISHED and e.nat is not None
+    assert engine.table.fast[TCP] == {}
+    before = engine._n_fast
+    out = engine.process(tcp(C2, S1, 40000, 5001, "PA", 101, 901, b"get"), 2.0)
+    back = engine.process(tcp(S1, gw_out, 5001, 40000, "A", 901, 104), 2.0)
+    assert out.verdict is Verdict.ACCEPT and out.payload is not None
+    assert out.payload[12:16] == bytes((198, 18, 2, 1))  # c2's source became the outside address
+    assert back.verdict is Verdict.ACCEPT and back.payload is not None
+    assert back.payload[16:20] == bytes((198, 18, 1, 11))  # and the reply goes back to c2
+    assert engine._n_fast == before and engine.table.fast[TCP] == {}
+
+
+@pytest.mark.parametrize("flags", ["R", "RA"])
+def test_an_ipv4_rst_takes_the_full_path_and_the_flow_leaves_the_index(flags: str) -> None:
+    engine = Engine("n1", default_rules())
+    f = _flow(engine)
+    (e,) = engine.table.conns.values()
+    assert e.fast and len(engine.table.fast[TCP]) == 2
+    before = engine._n_fast
+    assert engine.process(f.c2s(b"", flags), 2.0).verdict is Verdict.ACCEPT
+    assert engine._n_fast == before
+    assert not e.fast and e.state is not ConnState.ESTABLISHED
+    assert engine.table.fast[TCP] == {}
 
 
 # IPv6: addresses and ports are one slice too (bytes 8..44) when TCP or UDP follows the fixed

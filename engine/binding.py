@@ -83,6 +83,7 @@ class Binding(Generic[H]):
         self.holds: dict[int, _Hold[H]] = {}
         self._tokens: dict[int, int] = {}  # the agent's token of a push -> hold id
         self._pulls: dict[bytes, int] = {}  # a pulled key -> hold id
+        self._pushes: list[SyncRequest] = []  # this turn's pushes, sent by flush_engine
         self._releases: list[Release[H]] = []
         self._notes: list[Note] = []
         self.counters: dict[str, int] = {
@@ -126,8 +127,9 @@ class Binding(Generic[H]):
 
     def held(self, d: Decision, data: bytes, mark: int, handle: H, now: float) -> Decision:
         """The rest of `packet` for a HOLD decision the caller got from `engine.process` itself
-        (the node does, to spend one call less on every accepted packet)."""
-        self.flush_engine(now)
+        (the node does, to spend one call less on every accepted packet). Its sync is started
+        here, and sent with the rest of the turn (`flush_engine`, at `settle`)."""
+        self._take_requests(now)
         hold = self.holds.get(d.sync_id) if d.sync_id is not None else None
         if hold is None:
             # The sync already finished (or was never registered): do not strand the packet.
@@ -139,32 +141,45 @@ class Binding(Generic[H]):
 
     def flush_engine(self, now: float) -> None:
         """Start the syncs the engine asked for and tell the agent what changed. Everything one
-        loop turn changed goes out together: one datagram carries many records."""
-        pushed: set[bytes] = set()
-        for req in self.engine.drain_sync_requests():
-            self._start(req, now)
-            if req.kind is SyncKind.PUSH:
-                pushed.update(req.keys)
-        keys = [ev.key for ev in self.engine.drain_events() if ev.key not in pushed]
-        if keys:
-            self.agent.changed_many(keys, now, Trigger.MODIFIED)
-
-    def _start(self, req: SyncRequest, now: float) -> None:
+        loop turn changed goes out together: the records of its holds and the changed ones
+        share their datagrams (one per peer, as long as they fit)."""
+        self._take_requests(now)
+        events = self.engine.drain_events()
+        pushes, self._pushes = self._pushes, []
+        if not pushes:
+            if events:
+                self.agent.changed_many([ev.key for ev in events], now, Trigger.MODIFIED)
+            return
+        pushed = {k for req in pushes for k in req.keys}
+        keys = [ev.key for ev in events if ev.key not in pushed]
         # One deadline: the engine's, from the lab's hold timeout; the agent waits as long.
-        timeout_s = max(0.0, req.deadline - now)
-        self.holds[req.sync_id] = _Hold(req.kind, now, req.deadline)
-        first = req.keys[0].hex() if req.keys else ""
-        if req.kind is SyncKind.PUSH:
-            token = self.agent.sync_and_notify(list(req.keys), now, timeout_s)
+        holds = [(list(req.keys), max(0.0, req.deadline - now)) for req in pushes]
+        tokens = self.agent.send_turn(holds, keys, now)
+        for req, token in zip(pushes, tokens, strict=True):
             self._tokens[token] = req.sync_id
+            first = req.keys[0].hex() if req.keys else ""
             self._note("trigger", f"related connection: sync {len(req.keys)} record(s) before "
                        "releasing the packet", key=first, trigger=Trigger.RELATED.value)
-        else:
-            for key in req.keys:
-                self._pulls[key] = req.sync_id
-                self.agent.request_state(key, now, timeout_s)
-            self._note("trigger", "unknown session: asking the cluster for its state",
-                       key=first, trigger=Trigger.STATE_REQUEST.value)
+
+    def _take_requests(self, now: float) -> None:
+        """The engine's new syncs become holds at once (a held packet waits on its own); a
+        pull asks now, a push waits for the turn's end (`flush_engine`)."""
+        for req in self.engine.drain_sync_requests():
+            if req.kind is SyncKind.PUSH:
+                self.holds[req.sync_id] = _Hold(req.kind, now, req.deadline)
+                self._pushes.append(req)
+            else:
+                self._pull(req, now)
+
+    def _pull(self, req: SyncRequest, now: float) -> None:
+        timeout_s = max(0.0, req.deadline - now)
+        self.holds[req.sync_id] = _Hold(req.kind, now, req.deadline)
+        for key in req.keys:
+            self._pulls[key] = req.sync_id
+            self.agent.request_state(key, now, timeout_s)
+        first = req.keys[0].hex() if req.keys else ""
+        self._note("trigger", "unknown session: asking the cluster for its state",
+                   key=first, trigger=Trigger.STATE_REQUEST.value)
 
     def _finish(self, hold_id: int, acked: bool, now: float, by: str = "") -> None:
         """`by`: the sync message whose ack completed the hold ("n1>n2#7"), when one did."""
@@ -387,6 +402,7 @@ class Binding(Generic[H]):
                 if self.replay.replayed(data):
                     self.pending_replayed_udp += 1
                 self.pending_replayed += 1
+        self.flush_engine(now)  # what the replayed packets changed or hold on goes out now
 
     def _route_shadow(self) -> None:
         """The marks the node hands to `shadow_packet`: the buckets we back up, and those that

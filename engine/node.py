@@ -209,6 +209,7 @@ class Node:
                 heartbeat_ms=cfg.heartbeat_ms,
                 miss_limit=cfg.miss_limit,
                 majority=cfg.paths,  # paths = false: the sync segment alone, as before
+                record_events=False,  # the binding reads no RecordApplied: none per record
             ),
             engine.store,
             time.monotonic(),

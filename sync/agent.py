@@ -11,7 +11,7 @@ shared `AgentContext` (sync/context.py):
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sync.config import Address, SyncConfig
@@ -334,6 +334,21 @@ class SyncAgent:
         token = self._replicate.sync_and_notify(keys, now, timeout_s, peers, trigger)
         self._ctx.pump(now)
         return token
+
+    def send_turn(
+        self,
+        holds: Sequence[tuple[Iterable[bytes], float]],
+        changed: Iterable[bytes],
+        now: float,
+    ) -> list[int]:
+        """What one turn of the node's loop changed, sent together: a sync-and-notify for the
+        records of each hold (`keys`, `timeout_s`), and the records that merely changed.
+        Each peer gets them in as few datagrams as they fit in (one, mostly). Returns the
+        holds' tokens, in order; each ends in SyncCompleted as `sync_and_notify`'s does."""
+        self._ctx.now = now
+        tokens = self._replicate.send_turn(holds, changed, now)
+        self._ctx.pump(now)
+        return tokens
 
     def request_state(self, key: bytes, now: float, timeout_s: float | None = None) -> None:
         """Claim 14: ask the live nodes for a record this node lacks; StateReply later."""

@@ -44,6 +44,9 @@ class SyncConfig:
     # Key sweeps (sync/sweep.py): how often an owner tells its backups every key it owns, so
     # that a copy whose delete was lost goes, and a record that never arrived comes. 0: never.
     keys_interval_ms: int = 5000
+    # A RecordApplied event for every record received (not for a bulk resync's). The node's
+    # binding reads none of them, so the lab's nodes turn it off: a record costs no event.
+    record_events: bool = True
 
     def __post_init__(self) -> None:
         names = [n for n, _ in self.nodes]

@@ -4,10 +4,12 @@ provenance, applying received records, and state requests for unknown entries (c
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict, deque
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
+
+import msgpack
 
 from sync.channel import Outgoing
 from sync.context import AgentContext, Peer
@@ -15,12 +17,40 @@ from sync.events import RecordApplied, StateReply, SyncCompleted
 from sync.membership import MemberState, Mode, View
 from sync.policy import PeriodicSend
 from sync.records import Record, Scope, Trigger
-from sync.wire import TRIGGER_CODE, MsgType, batch_records, record_to_wire
+from sync.wire import TRIGGER_CODE, MsgType, pack_array, record_to_wire
 
 log = logging.getLogger(__name__)
 
 Groups = dict[tuple[str, ...], list[Record]]
 Sent = list[tuple[str, int]]  # (peer, seq) of reliable messages to watch for acks
+# Records to send together: to these peers, under this trigger (what provenance says), in a
+# message of that wire trigger (how urgently the receiver acks it).
+Lot = tuple[tuple[str, ...], list[Record], Trigger, Trigger]
+
+
+@dataclass(slots=True)
+class _Prov:
+    """Provenance of the records of one lot: shared by all of them (one object per send, not
+    a dict and a set per record). A peer is in `acked_by` once every message that carried
+    the lot to it was acked (`pending` counts those still out)."""
+
+    trigger: str
+    sent_at: float
+    sent_to: tuple[str, ...]
+    acked_by: dict[str, float] = field(default_factory=dict)
+    pending: dict[str, int] = field(default_factory=dict)
+
+
+class _Box:
+    """One peer's RECORDS message being filled: packed records, their size, and the lots
+    (by index) whose records it carries."""
+
+    __slots__ = ("lots", "parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.lots: list[int] = []
 
 
 @dataclass(slots=True)
@@ -45,9 +75,14 @@ class Replicator:
         self._tokens: dict[int, _Token] = {}
         self._next_token = 1
         self._seq_tokens: dict[tuple[str, int], list[int]] = {}
-        self._seq_keys: dict[tuple[str, int], list[bytes]] = {}
+        self._seq_prov: dict[tuple[str, int], list[_Prov]] = {}
         self._requests: dict[bytes, _Request] = {}
-        self._prov: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
+        # Provenance, per lot sent (its keys and their one _Prov), newest last; indexed by key
+        # only when someone asks (`provenance`), not on the send path.
+        self._lots: deque[tuple[list[bytes], _Prov]] = deque()
+        self._lot_keys = 0
+        self._prov_index: dict[bytes, _Prov] | None = None
+        self._pack = msgpack.Packer(use_bin_type=True).pack
         self.latency_ms: deque[float] = deque(maxlen=1024)
         self._future_of: View | None = None
         self._futures: dict[str, View] = {}
@@ -55,23 +90,32 @@ class Replicator:
     # ---- triggers ---------------------------------------------------------------------
 
     def changed_many(self, keys: Iterable[bytes], now: float, trigger: Trigger) -> None:
-        ctx = self.ctx
-        recs: list[Record] = []
-        for key in keys:
-            rec = ctx.store.get(key)
-            if rec is None:
-                continue
-            if rec.scope is Scope.NODE and rec.owner != ctx.node:
-                ctx.counters["changed-not-own"] += 1
-                continue
-            recs.append(rec)
+        recs = self._changed(keys)
         if not recs:
             return
+        ctx = self.ctx
         if ctx.policy.send_now():
             self.send_records(self.group_by_targets(recs), trigger, now)
             ctx.policy.sent_on_demand(now)
         else:
             self.dirty.update(r.key for r in recs)
+
+    def _changed(self, keys: Iterable[bytes]) -> list[Record]:
+        """The records of changed keys this node may send (its own, and common ones)."""
+        ctx = self.ctx
+        recs: list[Record] = []
+        get = ctx.store.get
+        me = ctx.node
+        node = Scope.NODE
+        for key in keys:
+            rec = get(key)
+            if rec is None:
+                continue
+            if rec.scope is node and rec.owner != me:
+                ctx.counters["changed-not-own"] += 1
+                continue
+            recs.append(rec)
+        return recs
 
     def sync_and_notify(
         self,
@@ -82,24 +126,66 @@ class Replicator:
         trigger: Trigger,
     ) -> int:
         ctx = self.ctx
-        token = self._next_token
-        self._next_token += 1
-        recs = [r for r in (ctx.store.get(k) for k in keys) if r is not None]
         if peers is None:
-            groups = self.group_by_targets(recs)
-        else:
-            chosen = [ctx.peers[n] for n in peers if n in ctx.peers]
-            groups = {tuple(p.name for p in chosen): recs} if chosen and recs else {}
-        sent = self.send_records(groups, trigger, now, track=True)
-        names = tuple(sorted({n for n, _ in sent}))
-        if sent:
-            self._tokens[token] = _Token(now + timeout_s, set(sent), names)
-            for ps in sent:
-                self._seq_tokens.setdefault(ps, []).append(token)
-            ctx.policy.sent_on_demand(now)
-        else:
-            ctx.events.append(SyncCompleted(token, True, ()))
-        return token
+            return self.send_turn([(keys, timeout_s)], (), now, trigger)[0]
+        recs = [r for r in (ctx.store.get(k) for k in keys) if r is not None]
+        chosen = tuple(n for n in peers if n in ctx.peers)
+        lots: list[Lot] = [(chosen, recs, trigger, trigger)] if chosen and recs else []
+        return self._tokens_for(lots, [[0] if lots else []], [timeout_s], now)[0]
+
+    def send_turn(
+        self,
+        holds: Sequence[tuple[Iterable[bytes], float]],
+        changed: Iterable[bytes],
+        now: float,
+        trigger: Trigger = Trigger.RELATED,
+    ) -> list[int]:
+        """One turn of the node's loop: the records of each hold (`keys`, `timeout_s`: a
+        sync-and-notify each, tokens returned in order) and the records that merely changed,
+        sent together: as few messages per peer as the datagram budget allows. The changed
+        records ride in the holds' messages, under their trigger (acked at once: someone
+        waits), and keep their own (MODIFIED) in provenance."""
+        ctx = self.ctx
+        get = ctx.store.get
+        lots: list[Lot] = []
+        of_hold: list[list[int]] = []
+        for keys, _ in holds:
+            recs = [r for r in map(get, keys) if r is not None]
+            first = len(lots)
+            lots += [(t, rs, trigger, trigger) for t, rs in self.group_by_targets(recs).items()]
+            of_hold.append(list(range(first, len(lots))))
+        recs = self._changed(changed)
+        if recs:
+            if ctx.policy.send_now():
+                wire = trigger if holds else Trigger.MODIFIED
+                lots += [(t, rs, Trigger.MODIFIED, wire) for t, rs in self.group_by_targets(recs).items()]
+                if not holds:
+                    ctx.policy.sent_on_demand(now)
+            else:
+                self.dirty.update(r.key for r in recs)
+        return self._tokens_for(lots, of_hold, [t for _, t in holds], now)
+
+    def _tokens_for(self, lots: list[Lot], of_hold: list[list[int]], timeouts: list[float],
+                    now: float) -> list[int]:
+        """Send `lots`; a token per hold, completed when every message carrying one of its
+        lots is acked (at once when there is none)."""
+        ctx = self.ctx
+        sent = self._send(lots, now) if lots else []
+        tokens: list[int] = []
+        for idx, timeout_s in zip(of_hold, timeouts, strict=True):
+            token = self._next_token
+            self._next_token += 1
+            tokens.append(token)
+            waiting = {ps for i in idx for ps in sent[i]}
+            if waiting:
+                names = tuple(sorted({n for n, _ in waiting}))
+                self._tokens[token] = _Token(now + timeout_s, waiting, names)
+                for ps in waiting:
+                    self._seq_tokens.setdefault(ps, []).append(token)
+                ctx.policy.sent_on_demand(now)
+            else:
+                ctx.events.append(SyncCompleted(token, True, ()))
+        return tokens
 
     def period(self, now: float) -> None:
         """Periodic and hybrid policies: what the timer says is due (claim 7)."""
@@ -155,49 +241,118 @@ class Replicator:
         return self._futures
 
     def group_by_targets(self, recs: Iterable[Record]) -> Groups:
+        """Records by the peers that must get them. The targets of this node's records
+        depend only on their bucket (and of common records on nothing), within one call:
+        computed once per bucket, not per record."""
+        ctx = self.ctx
+        me = ctx.node
+        node = Scope.NODE
         groups: Groups = {}
+        nowhere: list[Record] = []  # records with no target land here, and are dropped
+        by_bucket: dict[int, list[Record]] = {}
+        common: list[Record] | None = None
         for r in recs:
-            t = self.targets(r)
-            if t:
-                groups.setdefault(t, []).append(r)
+            if r.scope is node:
+                if r.owner != me:
+                    continue
+                g = by_bucket.get(r.bucket)
+                if g is None:
+                    t = self.targets(r)
+                    g = by_bucket[r.bucket] = groups.setdefault(t, []) if t else nowhere
+            else:
+                if common is None:
+                    t = self.targets(r)
+                    common = groups.setdefault(t, []) if t else nowhere
+                g = common
+            g.append(r)
         return groups
 
     def send_records(self, groups: Groups, trigger: Trigger, now: float, track: bool = False) -> Sent:
         """Queue records, batched, to each group of peers. Returns (peer, seq) sent if track."""
-        ctx = self.ctx
-        sent: Sent = []
-        code = TRIGGER_CODE[trigger]
-        keep_prov = trigger is not Trigger.RESYNC
-        for names, recs in groups.items():
-            for batch in batch_records(recs, ctx.budget):
-                keys = batch.keys
-                for n in names:
-                    seq = ctx.queue(ctx.peers[n], MsgType.RECORDS, [code, batch.blob])
-                    if keep_prov:
-                        self._seq_keys[(n, seq)] = keys
-                    if track:
-                        sent.append((n, seq))
-                if keep_prov:
-                    for k in keys:
-                        self._note(k, trigger, names, now)
-                ctx.counters["records-sent"] += len(keys) * len(names)
-        return sent
+        sent = self._send([(names, recs, trigger, trigger) for names, recs in groups.items()], now)
+        return [ps for lot in sent for ps in lot] if track else []
 
-    def _note(self, key: bytes, trigger: Trigger, names: tuple[str, ...], now: float) -> None:
-        self._prov[key] = {"trigger": trigger.value, "sent_at": now, "sent_to": set(names), "acked_by": {}}
-        self._prov.move_to_end(key)
-        while len(self._prov) > self.ctx.config.provenance_keys:
-            self._prov.popitem(last=False)
+    def _send(self, lots: list[Lot], now: float) -> list[Sent]:
+        """Queue the lots' records: to each peer, all the records it gets of the lots of one
+        wire trigger in as few RECORDS messages as the budget allows (each record packed
+        once, whatever its number of peers). Returns, per lot, the (peer, seq) that carry it."""
+        ctx = self.ctx
+        budget = ctx.budget - 3
+        pack = self._pack
+        out: list[Sent] = [[] for _ in lots]
+        boxes: dict[tuple[str, Trigger], _Box] = {}
+        provs: list[_Prov | None] = []
+        sent_records = 0
+        for i, (names, recs, trigger, wire) in enumerate(lots):
+            prov = _Prov(trigger.value, now, names) if trigger is not Trigger.RESYNC else None
+            provs.append(prov)
+            keys: list[bytes] = []
+            mine = [boxes.get((n, wire)) or boxes.setdefault((n, wire), _Box()) for n in names]
+            for r in recs:
+                b = pack(record_to_wire(r))
+                size = len(b)
+                if size > budget:
+                    log.error("record %r is %d bytes, more than a datagram can carry; not sent", r.key, size)
+                    continue
+                for n, box in zip(names, mine, strict=True):
+                    if box.parts and (box.size + size > budget or len(box.parts) == 65535):
+                        self._queue_box(n, wire, box, provs, out)
+                    box.parts.append(b)
+                    box.size += size
+                    if not box.lots or box.lots[-1] != i:
+                        box.lots.append(i)
+                keys.append(r.key)
+                sent_records += len(names)
+            if prov is not None and keys:
+                self._remember(keys, prov)
+        for (n, wire), box in boxes.items():
+            if box.parts:
+                self._queue_box(n, wire, box, provs, out)
+        ctx.counters["records-sent"] += sent_records
+        return out
+
+    def _remember(self, keys: list[bytes], prov: _Prov) -> None:
+        """Keep the provenance of the last `provenance_keys` records sent (repeats counted)."""
+        lots = self._lots
+        lots.append((keys, prov))
+        self._lot_keys += len(keys)
+        cap = self.ctx.config.provenance_keys
+        while self._lot_keys - len(lots[0][0]) >= cap:
+            self._lot_keys -= len(lots.popleft()[0])
+        self._prov_index = None
+
+    def _queue_box(self, n: str, wire: Trigger, box: _Box, provs: list[_Prov | None],
+                   out: list[Sent]) -> None:
+        ctx = self.ctx
+        seq = ctx.queue(ctx.peers[n], MsgType.RECORDS, [TRIGGER_CODE[wire], pack_array(box.parts)])
+        ps = (n, seq)
+        watched: list[_Prov] = []
+        for i in box.lots:
+            out[i].append(ps)
+            prov = provs[i]
+            if prov is not None:
+                prov.pending[n] = prov.pending.get(n, 0) + 1
+                watched.append(prov)
+        if watched:
+            self._seq_prov[ps] = watched
+        box.parts = []
+        box.size = 0
+        box.lots = []
 
     def provenance(self, key: bytes) -> dict[str, Any] | None:
-        p = self._prov.get(key)
+        """How `key` was last sent: trigger, when, to whom, acked by whom (None: not among the
+        records sent lately). The index is built at the first question after a send."""
+        index = self._prov_index
+        if index is None:
+            index = self._prov_index = {k: prov for keys, prov in self._lots for k in keys}
+        p = index.get(key)
         if p is None:
             return None
         return {
-            "trigger": p["trigger"],
-            "sent_at": p["sent_at"],
-            "sent_to": sorted(p["sent_to"]),
-            "acked_by": dict(p["acked_by"]),
+            "trigger": p.trigger,
+            "sent_at": p.sent_at,
+            "sent_to": sorted(p.sent_to),
+            "acked_by": dict(p.acked_by),
         }
 
     # ---- received records -----------------------------------------------------------------
@@ -225,7 +380,11 @@ class Replicator:
             ]
             ctx.counters["records-outdated"] += n - len(recs)
         apply = ctx.store.apply
-        if trig is Trigger.RESYNC:  # bulk: no per-record events
+        me = ctx.node
+        # A bulk resync never has per-record events; other records have them unless the
+        # config turns them off (a rebalance's still takes the path that adopts ours).
+        quiet = trig is Trigger.RESYNC or (not ctx.config.record_events and trig is not Trigger.REBALANCE)
+        if quiet:
             applied = sum(1 for r in recs if apply(r))
         else:
             applied = 0
@@ -234,8 +393,9 @@ class Replicator:
             for r in recs:
                 if apply(r):
                     applied += 1
-                    events.append(RecordApplied(r.key, p.name, trig))
-                    if r.owner == ctx.node and r.scope is Scope.NODE:
+                    if ctx.config.record_events:
+                        events.append(RecordApplied(r.key, p.name, trig))
+                    if r.owner == me and r.scope is Scope.NODE:
                         adopted.append(r)
             if adopted and trig is Trigger.REBALANCE:
                 # Offered by a node that rejoins: ours now, so our backups need it too.
@@ -249,10 +409,11 @@ class Replicator:
         if o.tries == 1 and o.first_sent is not None:  # Karn: retransmitted ones are ambiguous
             self.latency_ms.append((now - o.first_sent) * 1000.0)
         ps = (p.name, o.seq)
-        for key in self._seq_keys.pop(ps, ()):
-            prov = self._prov.get(key)
-            if prov is not None:
-                prov["acked_by"][p.name] = now
+        for prov in self._seq_prov.pop(ps, ()):
+            left = prov.pending.get(p.name, 1) - 1
+            prov.pending[p.name] = left
+            if left <= 0:
+                prov.acked_by[p.name] = now
         for token in self._seq_tokens.pop(ps, ()):
             tk = self._tokens.get(token)
             if tk is None:
@@ -283,7 +444,7 @@ class Replicator:
         """Its sequence numbers restart: forget what the old ones meant. What was queued for
         its old incarnation is gone with the channel. Its bulk resync brings node state
         back, but only from active nodes: common records go now."""
-        for d in (self._seq_tokens, self._seq_keys):
+        for d in (self._seq_tokens, self._seq_prov):
             for k in [k for k in d if k[0] == p.name]:
                 del d[k]
         common = list(self.ctx.store.records(scope=Scope.COMMON))

@@ -216,16 +216,16 @@ def batch_records(records: Iterable[Record], budget_bytes: int) -> Iterator[Batc
             log.error("record %r is %d bytes, more than a datagram can carry; not sent", r.key, len(b))
             continue
         if parts and (size + len(b) > budget_bytes - 3 or len(parts) == 65535):
-            yield Batch(_array(parts), keys)
+            yield Batch(pack_array(parts), keys)
             parts, keys, size = [], [], 0
         parts.append(b)
         keys.append(r.key)
         size += len(b)
     if parts:
-        yield Batch(_array(parts), keys)
+        yield Batch(pack_array(parts), keys)
 
 
-def _array(parts: list[bytes]) -> bytes:
+def pack_array(parts: list[bytes]) -> bytes:
     """A msgpack array of already packed items: one C call unpacks it on the other side."""
     n = len(parts)
     head = bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big")

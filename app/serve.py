@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from netns.lab import pid_alive
+
 if TYPE_CHECKING:
     from aiohttp import web
 
@@ -234,20 +236,11 @@ def end_all(pids: list[int], grace_s: float = TERM_GRACE_S) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while (left := [p for p in pids if running(p)]) and time.monotonic() < deadline:
+    while (left := [p for p in pids if pid_alive(p)]) and time.monotonic() < deadline:
         time.sleep(0.05)
     for pid in left:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-
-
-def running(pid: int) -> bool:
-    """Whether `pid` is a live process (a zombie is gone, only not yet reaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _guard(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:

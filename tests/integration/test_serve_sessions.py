@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from app.serve import descendants, running
+from app.serve import descendants
+from netns.lab import pid_alive as running
 from tests.integration.labtools import running_lab, wait_for
 
 pytestmark = [pytest.mark.integration]

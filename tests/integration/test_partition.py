@@ -198,6 +198,14 @@ def _ftp_finished(name: str, sessions: int = FTP_SESSIONS) -> list[dict[str, Any
     return done
 
 
+def _events_since(t: float) -> list[str]:
+    """The nodes' takeover, handover, degraded and peer events since `t`, for a failure's text."""
+    evs = _ask({"cmd": "snapshot", "since": t, "max_events": 200}).get("events", [])
+    kinds = ("takeover", "handover", "degraded", "peer-down", "peer-up", "fault", "rejoin")
+    return [f"{e['t'] - t:+.3f} {e.get('node', '-')} {e['kind']}: {e.get('text', '')}"
+            for e in evs if e.get("kind") in kinds]
+
+
 def _carriers(pairs: list[list[str]]) -> list[set[str]]:
     """For each (client, server) endpoint pair, the nodes whose own table holds that connection
     now, asked of each node (`carries`, one key lookup per pair; a closed connection stays
@@ -283,6 +291,7 @@ def test_a_silent_cut_of_one_link_loses_no_flow_and_never_owns_a_bucket_twice(
         assert verdict.ok, f"{node} {link} cut: {verdict.text()}"
         _no_duplicates_but_replayed(dups_before, replayed_before)
         replayed_cut = _replayed()
+        t_heal = time.time()
         _heal()
         healed = True
         st = _healed()
@@ -294,7 +303,8 @@ def test_a_silent_cut_of_one_link_loses_no_flow_and_never_owns_a_bucket_twice(
         verdict = flow_judge.judge(_flows, t_back, 30, watch_s=0.6)
         assert verdict.ok, f"after healing the {node} {link} cut: {verdict.text()}"
         # The handback to the healed node was planned: it replays nothing (engine/binding.py).
-        assert _replayed() == replayed_cut, "the handback replayed held packets"
+        assert _replayed() == replayed_cut, \
+            f"the handback replayed held packets: {_events_since(t_heal)}"
         _no_duplicates_but_replayed(dups_before, replayed_before)
     finally:
         if not healed:  # a failed cell must not leave its cut for the next one

@@ -382,7 +382,7 @@ class Node:
         if now < self._next_fence_check:
             return
         self._next_fence_check = now + pio.paths.probe_s
-        fence = pio.paths.fencing(now, pio.carriers())
+        fence = pio.fencing()  # every path's socket read first, then judged
         if fence != self.agent.fenced:
             self.agent.fence(fence, now)
             if fence:

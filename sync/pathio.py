@@ -92,6 +92,21 @@ class PathIO:
             return False
         return self._send(path, frame)
 
+    def drain(self) -> None:
+        """Read every path's socket now. Judging the paths right after a stall (a long callback,
+        a starved CPU) without this would see the sockets read last before it as fresh and the
+        others as silent: frames waiting unread on inside, say, while the sync path's were read
+        just before the stall, look like a node that hears no peer on inside, and it would
+        fence itself with its links working."""
+        for path, s in self.socks.items():
+            self._readable(path, s)
+
+    def fencing(self) -> bool:
+        """Whether this node should be fenced now (sync/paths.py), judged on every path's
+        frames that arrived up to now: each socket is drained first."""
+        self.drain()
+        return self.paths.fencing(self.clock(), self.carriers())
+
     def carriers(self) -> dict[str, bool]:
         return {p: carrier(i) for p, i in self.ifaces.items()}
 

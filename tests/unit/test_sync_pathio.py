@@ -39,7 +39,8 @@ class _Clock:
 
 def _node(name: str, inc: int, clock: _Clock) -> tuple[PathIO, dict[str, _Socket]]:
     paths = Paths("lab1", KEY, name, NAMES, inc, clock.t, grace_s=0.0)
-    pio = PathIO(paths, {p: p for p in PATHS}, lambda r, now: None, clock)
+    # Interface names no host has: carriers() reads /sys/class/net/NAME and takes "unknown" as up.
+    pio = PathIO(paths, {p: f"swt-none-{p}" for p in PATHS}, lambda r, now: None, clock)
     socks = {p: _Socket(p) for p in PATHS}
     pio.socks = socks  # type: ignore[assignment]  # stand-ins for the packet sockets
     return pio, socks

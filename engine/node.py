@@ -414,6 +414,10 @@ class Node:
             # Read what peers sent before judging them: after a stall of this process their
             # heartbeats wait in the socket, and they are alive.
             self.on_sync_readable()
+            if self.pathio is not None:
+                # And what came over the data paths: while the sync link is cut a peer's
+                # heartbeats arrive there, and peer-down judgement below must see them too.
+                self.pathio.drain()
             self._paths_tick(time.monotonic())
             self.path.poll_shadow()  # the backed-up buckets' packets, held for the window
             self.binding.tick(time.monotonic())

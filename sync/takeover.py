@@ -54,6 +54,10 @@ class Takeover:
         self._reconcile(v)
         if lost:
             ctx.events.append(BucketsLost(tuple(lost)))
+        # An unplanned mark lasts while the bucket stays ours: one gained unplanned and lost
+        # again before the node replayed (two views in one loop turn), or gained again from a
+        # live owner, must not replay at that later gain what the owner already forwarded.
+        ctx.unplanned_gain -= set(lost) | set(gained)
         promoted: list[Record] = []
         if gained:
             # State first, then traffic: promote before the node may accept these buckets.

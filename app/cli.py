@@ -295,12 +295,13 @@ def cmd_action(args: argparse.Namespace) -> int:
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
-    req = api.SetPolicy(args.policy, interval_ms=args.interval_ms)
+    req = api.SetPolicy(args.policy, interval_ms=args.interval_ms, batch_ms=args.batch_ms)
     reply = call(pick_lab(args.lab), req)
     if args.json:
         print(json.dumps(reply))
     else:
-        err(f"policy {reply['policy']}, interval {reply['interval_ms']} ms")
+        batch = f", batch {reply['batch_ms']} ms" if "batch_ms" in reply else ""
+        err(f"policy {reply['policy']}, interval {reply['interval_ms']} ms{batch}")
     return 0
 
 
@@ -313,7 +314,7 @@ def cmd_lossless(args: argparse.Namespace) -> int:
     return 0
 
 
-TRAFFIC_FLAGS = ("flows", "interval_ms", "stagger_ms", "mode", "sessions", "count", "rate")
+TRAFFIC_FLAGS = ("flows", "interval_ms", "stagger_ms", "mode", "sessions", "count", "rate", "timeout_s")
 
 
 def traffic_request(args: argparse.Namespace) -> api.Request:
@@ -488,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("policy", choices=api.POLICIES)
     p.add_argument("--interval-ms", type=positive,
                    help=f"the sync period, {api.INTERVAL_MS[0]}..{api.INTERVAL_MS[1]} ms")
+    p.add_argument("--batch-ms", type=non_negative,
+                   help=f"how long a plain change may wait to share a sync datagram, "
+                        f"{api.BATCH_MS[0]}..{api.BATCH_MS[1]} ms (0: at the loop turn's end)")
     p = add("traffic", cmd_traffic, "start or stop traffic workloads")
     p.add_argument("action", choices=["start", "stop", "clear"])
     p.add_argument("kind", nargs="?", default="tcp", choices=api.TRAFFIC_KINDS)
@@ -500,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sessions", type=non_negative, help="ftp: sessions, 0 = until stopped")
     p.add_argument("--count", type=non_negative, help="burst: connections, 0 = until stopped")
     p.add_argument("--rate", type=positive_float, help="burst: new connections per second")
+    p.add_argument("--timeout-s", type=positive_float,
+                   help="ftp: how long one step of a session may take before the session fails "
+                        "(default 3; a data connection a node dropped fails after this long)")
     p.add_argument("--name", help="stop: the workload to stop (default: all traffic)")
     p.add_argument("--ipv6", action="store_true", help="start: to the server's IPv6 address")
     p = add("fault", cmd_fault, "inject a fault: loss, partition, slow (sync segment), cut (any link), heal")

@@ -35,6 +35,8 @@ H = TypeVar("H")  # the node's handle of a queued packet (a NetfilterQueue packe
 EXPIRE_EVERY_S = 1.0
 _HOLD = Verdict.HOLD
 LATENCIES_KEPT = 1000
+# Plain changes waiting (`batch_ms`) go out once this many are waiting: about a datagram of them.
+BATCH_MAX_CHANGES = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +77,16 @@ class Binding(Generic[H]):
     given that same deadline, and `tick` enforces it."""
 
     def __init__(self, engine: Engine, agent: SyncAgent, *, hold_timeout_ms: int,
-                 replay: ReplaySettings | None = None) -> None:
+                 replay: ReplaySettings | None = None, batch_ms: float = 0.0) -> None:
         self.engine = engine
         self.agent = agent
         self.hold_timeout_s = hold_timeout_ms / 1000
+        # Plain changes (no packet waits on them) may wait up to batch_ms, so that one datagram
+        # carries the changes of many connections rather than one loop turn's one or two: a
+        # datagram's fixed cost (frame, HMAC, syscalls, the peer's receive) is most of what a
+        # connection's sync costs. 0: each turn's changes go at its end. A hold never waits.
+        self.batch_s = batch_ms / 1000
+        self._batch_since: float | None = None  # when the oldest waiting change was made
         engine.hold_timeout_s = self.hold_timeout_s
         self.holds: dict[int, _Hold[H]] = {}
         self._tokens: dict[int, int] = {}  # the agent's token of a push -> hold id
@@ -144,6 +152,7 @@ class Binding(Generic[H]):
         loop turn changed goes out together: the records of its holds and the changed ones
         share their datagrams (one per peer, as long as they fit)."""
         self._take_requests(now)
+        self._batch_since = None
         events = self.engine.drain_events()
         pushes, self._pushes = self._pushes, []
         if not pushes:
@@ -262,10 +271,27 @@ class Binding(Generic[H]):
         self._events(now)
         self.timers(now)
 
+    def batching(self, now: float) -> bool:
+        """Whether this turn's plain changes may wait for a later one (`batch_ms`): no hold is
+        to go out, the oldest waiting change is younger than batch_ms, and they fill less than
+        a datagram."""
+        if self.batch_s <= 0:
+            return False
+        self._take_requests(now)
+        if self._pushes:
+            return False
+        waiting = len(self.engine.table.events)
+        if not waiting:
+            return True
+        if self._batch_since is None:
+            self._batch_since = now
+        return now - self._batch_since < self.batch_s and waiting < BATCH_MAX_CHANGES
+
     def timers(self, now: float) -> None:
         """The holds' one deadline and the engine's expiry (a simulator that ticks the agent
         itself calls this alone)."""
-        self.flush_engine(now)
+        if not self.batching(now):
+            self.flush_engine(now)
         for hold_id in [i for i, h in self.holds.items() if now >= h.deadline]:
             self._finish(hold_id, False, now)
         if self.replay.packets:
@@ -278,8 +304,10 @@ class Binding(Generic[H]):
             self._last_expire = now
 
     def settle(self, now: float) -> None:
-        """After a batch of packets: send what they changed, and handle what the agent said."""
-        self.flush_engine(now)
+        """After a batch of packets: send what they changed (or let it wait, `batching`), and
+        handle what the agent said."""
+        if not self.batching(now):
+            self.flush_engine(now)
         self._events(now)
 
     def datagrams(self) -> list[tuple[Address, bytes]]:

@@ -74,6 +74,7 @@ class NodeConfig:
     queue_num: int
     control_socket: str
     hold_timeout_ms: int
+    sync_batch_ms: int = 0  # plain changes may wait this long to share a datagram (engine/binding.py)
     lossless: bool = False
     lossless_window_ms: int = WINDOW_MS
     lossless_cap_packets: int = CAP_PACKETS
@@ -217,7 +218,7 @@ class Node:
         replay = ReplaySettings(cfg.lossless, cfg.lossless_window_ms, cfg.lossless_cap_packets,
                                 cfg.lossless_cap_bytes)
         self.binding: Binding[Any] = Binding(engine, agent, hold_timeout_ms=cfg.hold_timeout_ms,
-                                             replay=replay)
+                                             replay=replay, batch_ms=cfg.sync_batch_ms)
         self.engine = engine
         self.agent = agent
         self.policy = cfg.policy
@@ -526,7 +527,10 @@ class Node:
             self.policy = policy
             self.interval_ms = int(req.get("interval_ms", self.interval_ms))
             self.binding.set_policy(policy, self.interval_ms, bool(req.get("differential", True)))
-            self.note("policy", f"sync policy {policy}, interval {self.interval_ms} ms")
+            if "batch_ms" in req:
+                self.binding.batch_s = int(req["batch_ms"]) / 1000
+            self.note("policy", f"sync policy {policy}, interval {self.interval_ms} ms, "
+                      f"batch {round(self.binding.batch_s * 1000)} ms")
             return {"ok": True}
         if cmd == "lossless":
             on = bool(req.get("on", True))
@@ -611,6 +615,7 @@ class Node:
             "held": b.held_packets,
             "policy": self.policy,
             "interval_ms": self.interval_ms,
+            "batch_ms": round(b.batch_s * 1000),
             "counters": {**self.engine.counters, **b.counters, **self.counters},
             "nfq": self.path.stats(),
             "gc": self.gc_pauses.status(),

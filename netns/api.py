@@ -27,6 +27,7 @@ FTP_MODES = ("active", "passive")
 FAULT_KINDS = ("loss", "partition", "slow", "cut", "heal")
 CUT_LINKS = ("sync", "inside", "outside")
 INTERVAL_MS = (10, 60_000)  # the sync policy's period
+BATCH_MS = (0, 1000)  # how long a plain change may wait to share a sync datagram
 MAX_LIMIT = 100_000
 MAX_EVENTS = 100_000
 MAX_TEXT = 200
@@ -182,11 +183,14 @@ class SetPolicy(Request):
     policy: str
     interval_ms: int | None = None
     differential: bool | None = None
+    batch_ms: int | None = None
 
     def __post_init__(self) -> None:
         _choice("policy", self.policy, POLICIES)
         if self.interval_ms is not None:
             _int("interval_ms", self.interval_ms, *INTERVAL_MS)
+        if self.batch_ms is not None:
+            _int("batch_ms", self.batch_ms, *BATCH_MS)
         if self.differential is not None:
             _bool("differential", self.differential)
 

@@ -95,6 +95,7 @@ class LabDaemon:
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENTS_KEPT)
         self.policy = spec.policy
         self.interval_ms = spec.interval_ms
+        self.batch_ms = spec.sync_batch_ms  # (a revived node gets what `policy` set last)
         self.lossless = spec.lossless  # lossless takeover, for every node (the `lossless` command)
         self.headline = ""
         self.failed_at: float | None = None
@@ -173,6 +174,7 @@ class LabDaemon:
             "queue_num": s.queue_num,
             "control_socket": str(self.run_dir / "nodes" / f"{name}.sock"),
             "hold_timeout_ms": s.hold_timeout_ms,
+            "sync_batch_ms": self.batch_ms,
             "lossless": self.lossless,
             "lossless_window_ms": s.lossless_window_ms,
             "lossless_cap_packets": s.lossless_cap_packets,
@@ -388,6 +390,7 @@ class LabDaemon:
             **{k: st.get(k, dict(GUARDS_NONE)) if live else dict(GUARDS_NONE)
                for k in ("blocklist", "users")},
             "held": st.get("held", 0),
+            "batch_ms": st.get("batch_ms"),
             # A failed or offline node sends nothing: its last polled rate must not linger.
             "sync_msgs_per_s": round(np.rate_hist[-1], 1) if np.rate_hist and live else 0.0,
             "sync_rate_history": [round(x, 1) for x in np.rate_hist] if live else [],
@@ -412,6 +415,7 @@ class LabDaemon:
             "daemon_pid": os.getpid(),
             "policy": self.policy,
             "interval_ms": self.interval_ms,
+            "sync_batch_ms": self.batch_ms,
             "lossless": self.lossless,
             "sync_port": self.spec.sync_port,
             "buckets": self.spec.buckets,

@@ -99,12 +99,17 @@ class ControlHandlers:
                 self.d.policy = req.policy
                 if req.interval_ms is not None:
                     self.d.interval_ms = req.interval_ms
+                if req.batch_ms is not None:
+                    self.d.batch_ms = req.batch_ms
                 await self._all_nodes({
                     "cmd": "policy", "policy": req.policy, "interval_ms": self.d.interval_ms,
                     "differential": True if req.differential is None else req.differential,
+                    "batch_ms": self.d.batch_ms,
                 })
-                self.d.note("policy", f"sync policy set to {req.policy}, interval {self.d.interval_ms} ms")
-                return {"ok": True, "policy": req.policy, "interval_ms": self.d.interval_ms}
+                self.d.note("policy", f"sync policy set to {req.policy}, interval {self.d.interval_ms} ms, "
+                            f"batch {self.d.batch_ms} ms")
+                return {"ok": True, "policy": req.policy, "interval_ms": self.d.interval_ms,
+                        "batch_ms": self.d.batch_ms}
             case api.SetLossless(on=on):
                 self.d.lossless = on
                 await self._all_nodes({"cmd": "lossless", "on": on})

@@ -38,6 +38,9 @@ BUCKETS_PER_NODE = 4
 # (`syncwall bench lossless`, docs/benchmarks.md), and a kill then loses no segment. A lab that
 # wants every last packet per second turns it off (`lossless = false`, `syncwall up --no-lossless`).
 LOSSLESS_DEFAULT = True
+# How long a plain change (no packet waits on it) may wait so that one sync datagram carries
+# many connections' changes (engine/binding.py `batch_ms`); 0 sends each loop turn's at once.
+SYNC_BATCH_MS = 0
 # A lab file's `traffic` (or `syncwall up --traffic`): what `up` starts once the lab runs.
 # "demo": a few long-lived TCP flows, a UDP flow and an FTP session (app/cli.py lab_traffic).
 LAB_TRAFFIC = ("none", "demo")
@@ -92,6 +95,7 @@ class LabSpec:
     miss_limit: int
     sync_port: int
     hold_timeout_ms: int
+    sync_batch_ms: int
     lossless: bool
     lossless_window_ms: int
     lossless_cap_packets: int
@@ -182,6 +186,7 @@ _SCALARS: dict[str, type] = {
     "miss_limit": int,
     "sync_port": int,
     "hold_timeout_ms": int,
+    "sync_batch_ms": int,
     "lossless": bool,
     "lossless_window_ms": int,
     "lossless_cap_packets": int,
@@ -409,6 +414,7 @@ def validate(raw: Mapping[str, Any]) -> LabSpec:
         miss_limit=_int_range("miss_limit", v.get("miss_limit", 5), 1, 1000),
         sync_port=_int_range("sync_port", v.get("sync_port", 7400), 1, 65535),
         hold_timeout_ms=_int_range("hold_timeout_ms", v.get("hold_timeout_ms", 200), 1, 60_000),
+        sync_batch_ms=_int_range("sync_batch_ms", v.get("sync_batch_ms", SYNC_BATCH_MS), 0, 1000),
         lossless=v.get("lossless", LOSSLESS_DEFAULT),
         lossless_window_ms=_int_range("lossless_window_ms", v.get("lossless_window_ms", 50), 1, 10_000),
         lossless_cap_packets=_int_range("lossless_cap_packets", v.get("lossless_cap_packets", 2048),

@@ -19,6 +19,13 @@ CONN_PORT_LAB = 5100  # inside the default rules' tcp 5000-5999
 CONN_WORKERS = 4
 STABLE_SPREAD = 0.15  # no ratio is printed until the kernel baseline's (max - min) / median is below
 MIN_KERNEL_SAMPLES = 3  # one or two samples have no spread worth the name (one has none at all)
+BATCH_MS = 5  # the batched mode's `batch_ms`: plain changes wait up to one 5 ms loop tick
+# The cluster's modes, rotated run by run: (name, (policy, interval_ms, batch_ms)).
+CLUSTER_MODES: list[tuple[str, tuple[str, int, int]]] = [
+    ("sync_on_hybrid", ("hybrid", 1000, 0)),
+    (f"sync_on_hybrid_batch_{BATCH_MS}ms", ("hybrid", 1000, BATCH_MS)),
+    ("sync_off_periodic_60s", ("periodic", 60000, 0)),
+]
 
 
 def _time_wait(ns: str) -> int:
@@ -67,7 +74,7 @@ def bench_conn_rate(runs: int, lab: str | None, progress: Progress) -> dict[str,
     duration_s = float(os.environ.get("SWBENCH_DURATION_S", "3"))
     local: dict[str, list[float]] = {"kernel": [], "engine": []}
     local_failed: dict[str, list[float]] = {m: [] for m in local}
-    cluster: dict[str, list[float]] = {"sync_on_hybrid": [], "sync_off_periodic_60s": []}
+    cluster: dict[str, list[float]] = {m: [] for m, _ in CLUSTER_MODES}
     cluster_failed: dict[str, list[float]] = {m: [] for m in cluster}
     notes: list[str] = []
     tw: dict[str, list[float]] = {"single_gateway_client": [], "cluster_client": []}
@@ -102,10 +109,12 @@ def bench_conn_rate(runs: int, lab: str | None, progress: Progress) -> dict[str,
                                         stdout=subprocess.DEVNULL)
             try:
                 baselines.wait_port(host_ns(name, "s1"), CONN_PORT_LAB)
-                pair = [("sync_on_hybrid", ("hybrid", 1000)), ("sync_off_periodic_60s", ("periodic", 60000))]
                 for i in range(runs):
-                    for mode, (policy, interval_ms) in (pair if i % 2 == 0 else pair[::-1]):
-                        set_policy(name, policy, interval_ms)
+                    # Rotated: each mode goes first in turn, so a drift of the machine spreads
+                    # over every mode rather than one.
+                    k = i % len(CLUSTER_MODES)
+                    for mode, (policy, interval_ms, batch_ms) in CLUSTER_MODES[k:] + CLUSTER_MODES[:k]:
+                        set_policy(name, policy, interval_ms, batch_ms)
                         time.sleep(0.5)  # every node has applied the policy
                         argv = [str(exe), "client", ip, str(CONN_PORT_LAB), f"{duration_s:g}",
                                 str(CONN_WORKERS)]
@@ -116,10 +125,13 @@ def bench_conn_rate(runs: int, lab: str | None, progress: Progress) -> dict[str,
                         tw["cluster_client"].append(_time_wait(host_ns(name, "c1")))
                         progress(f"run {i + 1}/{runs} cluster, {mode}: {rate:,.0f} conn/s, {failed} failed, "
                                  f"{tw['cluster_client'][-1]} client sockets in TIME_WAIT")
-                set_policy(name, "hybrid", 1000)
+                set_policy(name, "hybrid", 1000, 0)
             finally:
                 baselines.stop_process(server_p)
     notes.append("sync off = periodic policy with a 60 s interval (no sync during the measurement)")
+    notes.append(f"batch_{BATCH_MS}ms: hybrid, and a plain change (no packet waits on it) may wait up to "
+                 f"{BATCH_MS} ms to share a datagram with others (`syncwall policy hybrid --batch-ms "
+                 f"{BATCH_MS}`); held packets never wait")
     notes.append(f"client and server: demos/cnfq/conn_rate.c, {CONN_WORKERS} client processes, each "
                  "connect + 16-byte echo + wait for the server's close + close, in a loop for "
                  f"{duration_s:g} s")
@@ -127,8 +139,10 @@ def bench_conn_rate(runs: int, lab: str | None, progress: Progress) -> dict[str,
                  "server's side and the client's ports are free at once (before, the client's ports "
                  "piled up in TIME_WAIT and the kernel baseline fell to ~450 conn/s, 28k ports / 60 s); "
                  "the client's TIME_WAIT count after each run is reported as evidence")
-    cost = [1 - a / b for a, b in zip(cluster["sync_on_hybrid"], cluster["sync_off_periodic_60s"],
-                                      strict=False) if b]
+    off = cluster["sync_off_periodic_60s"]
+    cost = [1 - a / b for a, b in zip(cluster["sync_on_hybrid"], off, strict=False) if b]
+    batched = cluster[f"sync_on_hybrid_batch_{BATCH_MS}ms"]
+    cost_batched = [1 - a / b for a, b in zip(batched, off, strict=False) if b]
     kernel_spread = _relative_spread(local["kernel"])
     stable, unstable_why = kernel_stable(local["kernel"])
     doc: dict[str, Any] = {
@@ -147,8 +161,10 @@ def bench_conn_rate(runs: int, lab: str | None, progress: Progress) -> dict[str,
     }
     if stable:
         doc["sync_cost_fraction"] = summarize(cost, 3)
+        doc[f"sync_cost_fraction_batch_{BATCH_MS}ms"] = summarize(cost_batched, 3)
         doc["engine_vs_kernel"] = ratio(local["engine"], local["kernel"])
         doc["cluster_sync_on_vs_kernel"] = ratio(cluster["sync_on_hybrid"], local["kernel"])
+        doc[f"cluster_sync_on_batch_{BATCH_MS}ms_vs_kernel"] = ratio(batched, local["kernel"])
     else:
         notes.append(f"no ratio printed: {unstable_why}")
     return doc

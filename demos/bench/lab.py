@@ -65,9 +65,12 @@ def lab_request(lab: str, msg: dict[str, Any], timeout_s: float = 10.0) -> dict[
     return reply
 
 
-def set_policy(lab: str, policy: str, interval_ms: int) -> None:
-    """As `syncwall policy POLICY --interval-ms N` does."""
-    lab_request(lab, {"cmd": "policy", "policy": policy, "interval_ms": interval_ms})
+def set_policy(lab: str, policy: str, interval_ms: int, batch_ms: int | None = None) -> None:
+    """As `syncwall policy POLICY --interval-ms N [--batch-ms B]` does."""
+    req: dict[str, Any] = {"cmd": "policy", "policy": policy, "interval_ms": interval_ms}
+    if batch_ms is not None:
+        req["batch_ms"] = batch_ms
+    lab_request(lab, req)
 
 
 def traffic(lab: str, kind: str, client: str = "c1", **fields: Any) -> dict[str, Any]:

@@ -217,8 +217,16 @@ def test_policy_switch_at_run_time(lab: dict[str, Any]) -> None:
         assert st["policy"] == "hybrid" and st["interval_ms"] == 500
         p = sw("policy", "hybrid", "--interval-ms", "0", check=False)
         assert p.returncode != 0
+        # Batched plain changes: every node applies it (each node's own status says so).
+        sw("policy", "hybrid", "--interval-ms", "1000", "--batch-ms", "5")
+        assert status()["sync_batch_ms"] == 5
+        # (the daemon polls the nodes every 0.25 s)
+        wait_for("every node batching 5 ms", lambda: {n["batch_ms"] for n in status()["nodes"]} == {5}, 5)
+        p = sw("policy", "hybrid", "--batch-ms", "5000", check=False)
+        assert p.returncode != 0 and "batch" in p.stderr
     finally:
-        sw("policy", "hybrid", "--interval-ms", "1000")  # the default lab's policy, for the other tests
+        # The default lab's policy, for the other tests.
+        sw("policy", "hybrid", "--interval-ms", "1000", "--batch-ms", "0")
 
 
 def test_bad_lab_file_names_the_field(tmp_path: Any) -> None:

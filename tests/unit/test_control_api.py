@@ -47,6 +47,7 @@ def test_every_request_round_trips_through_its_wire_form(cls: type[api.Request])
     ({"cmd": "snapshot", "since": "x"}, "since", "since must be a number"),
     ({"cmd": "status", "pad": "x"}, "pad", "status does not take pad"),
     ({"cmd": "policy", "policy": "hybrid", "interval_ms": 5}, "interval_ms", "between 10 and 60000"),
+    ({"cmd": "policy", "policy": "hybrid", "batch_ms": 5000}, "batch_ms", "between 0 and 1000"),
     ({"cmd": "fault", "kind": "loss"}, "rate", "a loss fault needs rate"),
     ({"cmd": "fault", "kind": "loss", "rate": 0.1, "groups": [["n1"], ["n2"]]}, "groups",
      "groups does not apply to a loss fault"),

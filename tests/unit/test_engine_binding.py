@@ -425,3 +425,76 @@ def test_flushing_1000_changed_records_keeps_no_memory_block_per_record() -> Non
     blocks = sum(s.count for s in snap.statistics("filename"))
     assert 50 <= len(out) <= 70, "1000 records of ~75 bytes in 1400-byte datagrams"
     assert blocks <= 20 * len(out) + 100, snap.statistics("lineno")[:5]
+
+
+# ---- batched plain changes (batch_ms) ----------------------------------------------------------
+def _records_to(sim: SimNodes, x: str, dst: str) -> list[int]:
+    """Records in each RECORDS datagram `x` sends `dst` this turn (delivered by hand)."""
+    return [len(records_from_blob(f.payload[1])) for f in _sent_this_turn(sim, x).get(dst, [])
+            if f.type is MsgType.RECORDS]
+
+
+@pytest.mark.parametrize("batch_ms", [0, 5])
+def test_plain_changes_of_several_turns_share_one_datagram_within_batch_ms(batch_ms: int) -> None:
+    """One new connection per loop turn, 1 ms apart: with batch_ms 0 each turn sends its own
+    datagram to the backup; with 5 they wait, and the turn 5 ms after the first sends them
+    all in one."""
+    sim = SimNodes(hold_timeout_ms=200).start()
+    b = sim.b["n1"]
+    b.batch_s = batch_ms / 1000
+    mark = sim.bucket_of("n1")
+    backup = sim.backup_of("n1")
+    sim.run(0.05)
+    t0 = sim.now
+    per_turn = []
+    for i in range(6):  # turns at t0 + 0, 1, ... 5 ms
+        now = t0 + i * 0.001
+        assert b.engine.process(tcp(C1, S1, 42000 + i, 5001, "S"), now, mark).verdict is Verdict.ACCEPT
+        b.settle(now)
+        per_turn.append(_records_to(sim, "n1", backup))
+    if batch_ms == 0:
+        assert per_turn == [[1]] * 6
+    else:
+        assert per_turn == [[], [], [], [], [], [6]], "waited until the oldest was 5 ms old"
+    assert all(sim.engine(backup).backups.get(k) is not None for k in sim.engine("n1").table.conns)
+
+
+def test_a_hold_never_waits_and_takes_the_waiting_changes_with_it() -> None:
+    sim = SimNodes(hold_timeout_ms=200).start()
+    b = sim.b["n1"]
+    b.batch_s = 0.005
+    mark = sim.bucket_of("n1")
+    backup = sim.backup_of("n1")
+    f = _ftp_control(sim, "n1", mark)
+    sim.run(0.05)
+    now = sim.now
+    for i in range(2):
+        assert b.engine.process(tcp(C1, S1, 43000 + i, 5001, "S"), now, mark).verdict is Verdict.ACCEPT
+    b.settle(now)
+    assert _records_to(sim, "n1", backup) == [], "plain changes wait"
+    pkt = f.c2s(PORT)
+    d = b.engine.process(pkt, now, mark)
+    assert d.verdict is Verdict.HOLD and b.held(d, pkt, mark, "port", now).verdict is Verdict.HOLD
+    b.settle(now)
+    sent = _sent_this_turn(sim, "n1")[backup]
+    recs = [r for fr in sent for r in records_from_blob(fr.payload[1])]
+    assert len(sent) == 1 and CODE_TRIGGER[sent[0].payload[0]] is Trigger.RELATED
+    assert len(recs) == 3, "the expectation and the 2 waiting changes, in the hold's datagram"
+
+
+def test_a_datagrams_worth_of_waiting_changes_goes_at_once() -> None:
+    from engine.binding import BATCH_MAX_CHANGES
+
+    sim = SimNodes(hold_timeout_ms=200).start()
+    b = sim.b["n1"]
+    b.batch_s = 0.5
+    mark = sim.bucket_of("n1")
+    sim.run(0.05)
+    now = sim.now
+    for i in range(BATCH_MAX_CHANGES - 1):
+        assert b.engine.process(tcp(C1, S1, 44000 + i, 5001, "S"), now, mark).verdict is Verdict.ACCEPT
+    b.settle(now)
+    assert _records_to(sim, "n1", sim.backup_of("n1")) == []
+    assert b.engine.process(tcp(C1, S1, 45000, 5001, "S"), now, mark).verdict is Verdict.ACCEPT
+    b.settle(now)
+    assert sum(_records_to(sim, "n1", sim.backup_of("n1"))) == BATCH_MAX_CHANGES

@@ -7,7 +7,7 @@ from typing import Any
 
 from demos.exercises.framework import Criterion, Exercise, Grade
 from demos.scenarios.framework import DemoContext, DemoError, delta, per_node
-from demos.scenarios.ftp import FTP_KEYS, run_ftp
+from demos.scenarios.ftp import FAILING_STEP_S, FTP_KEYS, run_ftp
 
 CHECK_SESSIONS = 4
 SETUP_TRIES = 8
@@ -25,7 +25,7 @@ def plant(ctx: DemoContext) -> dict[str, Any]:
     counters show the dropped data connection."""
     for _ in range(SETUP_TRIES):
         c0 = ctx.settled_counters(FTP_KEYS)
-        s = run_ftp(ctx, 1)[0]
+        s = run_ftp(ctx, 1, FAILING_STEP_S)[0]
         c1 = ctx.settled_counters(FTP_KEYS)
         nrm = {n: v for n, v in delta(c0, c1, "no-rule-match").items() if v > 0}
         if s["health"] == "failed" and nrm:

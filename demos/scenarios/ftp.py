@@ -22,9 +22,17 @@ from demos.scenarios.framework import (
 FTP_SESSIONS = 8
 
 
-def run_ftp(ctx: DemoContext, sessions: int) -> list[dict[str, Any]]:
-    """Active FTP sessions to completion; each with the node of its control and data connections."""
-    name = ctx.traffic("ftp", mode="active", sessions=sessions)
+# Where sessions are expected to fail (a data connection on a node that knows no expectation):
+# each failing one waits out its step timeout, so a shorter one than the lab's 3 s. A step that
+# works takes milliseconds.
+FAILING_STEP_S = 1.5
+
+
+def run_ftp(ctx: DemoContext, sessions: int, timeout_s: float | None = None) -> list[dict[str, Any]]:
+    """Active FTP sessions to completion; each with the node of its control and data connections.
+    `timeout_s`: how long a session's step may take (the lab's default when None)."""
+    opts: dict[str, Any] = {} if timeout_s is None else {"timeout_s": timeout_s}
+    name = ctx.traffic("ftp", mode="active", sessions=sessions, **opts)
     placed: dict[str, dict[str, str]] = {}
 
     def finished() -> list[dict[str, Any]] | None:
@@ -100,7 +108,7 @@ def ftp_periodic(ctx: DemoContext) -> str:
     ctx.call({"cmd": "policy", "policy": "periodic", "interval_ms": 60000})
     ctx.mem["p0"] = ctx.settled_counters(FTP_KEYS)
     t0 = time.time()
-    sessions = run_ftp(ctx, FTP_SESSIONS)
+    sessions = run_ftp(ctx, FTP_SESSIONS, FAILING_STEP_S)
     ctx.mem["p1"] = ctx.settled_counters(FTP_KEYS)
     failed = [s for s in sessions if s["health"] == "failed"]
     ok = [s for s in sessions if s["health"] == "done"]

@@ -31,7 +31,7 @@ from sync.wire import (
     MsgType,
     decode_frame,
     record_from_wire,
-    records_from_blob,
+    rows_from_blob,
     trigger_from_wire,
 )
 
@@ -79,11 +79,12 @@ def check_count(pl: Any) -> int:
     return n
 
 
-def check_records(pl: Any) -> tuple[Trigger, list[Record]]:
-    """RECORDS: [trigger code, packed array of records]."""
+def check_records(pl: Any) -> tuple[Trigger, list[list[Any]]]:
+    """RECORDS: [trigger code, packed array of records], as checked record arrays (the
+    replicator makes Records of them only where it needs them)."""
     if not isinstance(pl, list) or len(pl) != 2:
         raise _bad("records")
-    return trigger_from_wire(pl[0]), records_from_blob(pl[1])
+    return trigger_from_wire(pl[0]), rows_from_blob(pl[1])
 
 
 def check_key(pl: Any) -> bytes:
@@ -251,10 +252,10 @@ class Dispatcher:
     def _on_ack(self, p: Peer, arg: None, now: float, epoch: int) -> None:
         pass  # its cumulative ack was taken from the header above
 
-    def _on_records(self, p: Peer, arg: tuple[Trigger, list[Record]], now: float, epoch: int) -> None:
-        trig, recs = arg
-        n = len(recs)
-        self.rep.apply_records(p, trig, recs, now, epoch)
+    def _on_records(self, p: Peer, arg: tuple[Trigger, list[list[Any]]], now: float, epoch: int) -> None:
+        trig, rows = arg
+        n = len(rows)
+        self.rep.apply_rows(p, trig, rows, now, epoch)
         if trig is Trigger.RESYNC and self.ctx.modes.mode is Mode.JOINING:
             self.resync.bulk_records(p, n)
 

@@ -12,7 +12,7 @@ from sync.events import LeaveComplete, ResyncComplete, ResyncProgress
 from sync.membership import LIVE, MemberState, Mode, ModeEvent, View
 from sync.records import Scope, Trigger
 from sync.replicate import Replicator, Sent
-from sync.wire import TRIGGER_CODE, MsgType, batch_records
+from sync.wire import TRIGGER_CODE, MsgType, batch_rows
 
 log = logging.getLogger(__name__)
 
@@ -188,16 +188,16 @@ class Resync:
         ctx = self.ctx
         bulk = self.bulks[p.name]
         ch = p.channel
-        get = ctx.store.get
+        rows = ctx.store.wire_rows
         code = TRIGGER_CODE[Trigger.RESYNC]
         keys = bulk.keys
         # A few dozen frames ahead of what the window lets out: enough to keep it full, and
         # one call builds at most that many records (~1,000), a few ms of this node's loop.
+        # The store lays each record out as its wire array at once (no Record per entry).
         while ch.unsent() < BULK_AHEAD_FRAMES and bulk.pos < len(keys):
             chunk = keys[bulk.pos:bulk.pos + BULK_CHUNK_RECORDS]
             bulk.pos += len(chunk)
-            recs = [r for r in map(get, chunk) if r is not None]
-            for batch in batch_records(recs, ctx.budget):
+            for batch in batch_rows(rows(chunk), ctx.budget):
                 ctx.queue(p, MsgType.RECORDS, [code, batch.blob])
         if bulk.pos >= len(keys):
             ctx.queue(p, MsgType.BULK_END, [len(keys)])

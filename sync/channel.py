@@ -137,6 +137,12 @@ class Channel:
             out.append((o, False))
         return out
 
+    def room(self) -> int:
+        """How many of the messages queued and never transmitted, or still to be queued, the
+        window lets out now."""
+        first = next(iter(self.unacked), self.next_seq)
+        return max(0, first + self.window - max(self.next_unsent, first))
+
     def unsent(self) -> int:
         """Messages queued and never transmitted (behind the window or held by a freeze)."""
         return self.next_seq - max(self.next_unsent, next(iter(self.unacked), self.next_seq))

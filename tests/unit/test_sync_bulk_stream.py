@@ -8,13 +8,13 @@ from sync.context import AgentContext
 from sync.membership import MemberState, compute_view
 from sync.records import MemoryStore, Record, Scope
 from sync.replicate import Replicator
-from sync.resync import BULK_AHEAD_FRAMES, BULK_CHUNK_RECORDS, Resync
+from sync.resync import BULK_AHEAD_FRAMES, BULK_CALL_RECORDS, BULK_CHUNK_RECORDS, Resync
 from sync.wire import MsgType, records_from_blob
 
 N = 5000
 
 
-def _answering() -> tuple[AgentContext, Resync, MemoryStore]:
+def _answering(n: int = N) -> tuple[AgentContext, Resync, MemoryStore]:
     cfg = SyncConfig(lab_id="t", key=b"k" * 32, node="n1",
                      nodes=(("n1", ("10.0.0.1", 7400)), ("n2", ("10.0.0.2", 7400))), buckets=4)
     store = MemoryStore()
@@ -23,7 +23,7 @@ def _answering() -> tuple[AgentContext, Resync, MemoryStore]:
     ctx.view = compute_view(ctx.names, {"n1": MemberState.ACTIVE, "n2": MemberState.JOINING}, 4, 1, 1)
     ctx.owned = {1, 2, 3, 4}
     ctx.peers["n2"].up = True
-    for i in range(N):
+    for i in range(n):
         store.put_local(Record(f"k{i:05}".encode(), Scope.NODE, "n1", 1, 1 + i % 4, [i], False))
     return ctx, Resync(ctx, Replicator(ctx)), store
 
@@ -34,8 +34,10 @@ def test_the_answer_is_queued_as_the_channel_drains_and_holds_every_key_once() -
     resync.answer_bulk(p)
     ch = p.channel
     first = len(ch.unacked)
-    # Not the whole answer at once: a bounded lead (BULK_START, the frames ahead, one chunk).
-    assert first <= 1 + BULK_AHEAD_FRAMES + BULK_CHUNK_RECORDS // 10
+    # Not the whole answer at once: a bounded lead (BULK_START, what the window lets out and
+    # the frames ahead, one chunk), at most BULK_CALL_RECORDS built.
+    assert first <= 1 + ch.window + BULK_AHEAD_FRAMES + BULK_CHUNK_RECORDS // 10
+    assert resync.bulks["n2"].pos <= BULK_CALL_RECORDS < N
     got: dict[bytes, Record] = {}
     types: list[MsgType] = []
     now = 0.0
@@ -66,7 +68,7 @@ def test_the_answer_is_queued_as_the_channel_drains_and_holds_every_key_once() -
 
 
 def test_a_silent_joiner_pauses_its_stream_and_a_restarted_one_drops_it() -> None:
-    ctx, resync, _ = _answering()
+    ctx, resync, _ = _answering(3 * BULK_CALL_RECORDS)  # more than two calls build
     p = ctx.peers["n2"]
     resync.answer_bulk(p)
     assert "n2" in resync.bulks
@@ -76,8 +78,9 @@ def test_a_silent_joiner_pauses_its_stream_and_a_restarted_one_drops_it() -> Non
     resync.feed()
     assert resync.bulks["n2"].pos == pos, "nothing more is queued for a peer that is down"
     p.up = True  # the same process answers again: the stream goes on where it was
+    queued = p.channel.next_seq
     resync.feed()
-    assert resync.bulks["n2"].pos > pos
+    assert p.channel.next_seq > queued and resync.bulks["n2"].pos > pos
     resync.peer_restarted(p)  # a new process (or a closed one) asks anew, if at all
     assert not resync.bulks
 
@@ -123,3 +126,27 @@ def test_acks_are_cumulative_per_turn_and_wait_for_the_tick_unless_someone_waits
     assert acks(sim) == 10, "a turn each: an ack each"
     assert {f"{t}{i}".encode() for t in "abc" for i in range(10)} <= {
         r.key for r in sim.stores["n2"].records(owner="n1")}
+
+
+def test_a_call_fills_what_the_window_lets_out_up_to_its_cap() -> None:
+    """Calls come with acks and ticks, a few ms apart: a call that queued only a fixed lead
+    paced the whole stream, however fast records were built."""
+    ctx, resync, _ = _answering(3 * BULK_CALL_RECORDS)
+    p = ctx.peers["n2"]
+    ch = p.channel
+    resync.answer_bulk(p)
+    assert resync.bulks["n2"].pos == BULK_CALL_RECORDS, "the window had room for more than the cap"
+    assert ch.room() > 0
+    sent = ch.due(0.0, None)
+    assert ch.unsent() == 0 and len(sent) == ch.next_seq - 1
+    # The window full: a call queues only the lead beyond it.
+    ch.window = len(sent)
+    resync.feed()
+    assert 0 < ch.unsent() <= BULK_AHEAD_FRAMES + BULK_CHUNK_RECORDS // 10
+    lead = ch.unsent()
+    # An ack opens room for ten frames: that many more are queued, and the lead stays.
+    ch.on_ack(10)
+    assert ch.room() == 10
+    resync.feed()
+    assert ch.unsent() - ch.room() >= lead - BULK_CHUNK_RECORDS // 10
+    assert len(ch.due(0.001, None)) == 10

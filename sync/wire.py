@@ -171,23 +171,30 @@ def record_to_wire(r: Record) -> list[Any]:
 
 def check_row(a: Any) -> None:
     """BadFrame(BAD_PAYLOAD) unless `a` is a well-formed record array as msgpack decoded it."""
-    if type(a) is not list or len(a) != 7:
-        raise BadFrame(BadFrameKind.BAD_PAYLOAD, "record is not a 7-field array")
-    key, scope, owner, version, bucket, data, deleted = a
-    # `type(x) is int` on purpose: it refuses bools, which isinstance would let through.
-    if (
-        type(key) is not bytes
-        or type(scope) is not int
-        or scope not in CODE_SCOPE
-        or type(owner) is not str
-        or type(version) is not int
-        or not 0 <= version < MAX_WIRE_INT
-        or type(bucket) is not int
-        or not -(2**31) <= bucket < 2**31
-        or type(data) is not list
-        or type(deleted) is not bool
-    ):
-        raise BadFrame(BadFrameKind.BAD_PAYLOAD, "record field of the wrong type")
+    check_rows((a,))
+
+
+def check_rows(rows: Iterable[Any]) -> None:
+    """check_row for each of `rows`, in one loop (a bulk resync checks ~17 per frame)."""
+    scopes = CODE_SCOPE
+    for a in rows:
+        if type(a) is not list or len(a) != 7:
+            raise BadFrame(BadFrameKind.BAD_PAYLOAD, "record is not a 7-field array")
+        key, scope, owner, version, bucket, data, deleted = a
+        # `type(x) is int` on purpose: it refuses bools, which isinstance would let through.
+        if (
+            type(key) is not bytes
+            or type(scope) is not int
+            or scope not in scopes
+            or type(owner) is not str
+            or type(version) is not int
+            or not 0 <= version < MAX_WIRE_INT
+            or type(bucket) is not int
+            or not -(2**31) <= bucket < 2**31
+            or type(data) is not list
+            or type(deleted) is not bool
+        ):
+            raise BadFrame(BadFrameKind.BAD_PAYLOAD, "record field of the wrong type")
 
 
 def record_of_row(a: WireRow) -> Record:
@@ -266,8 +273,7 @@ def rows_from_blob(blob: Any) -> list[list[Any]]:
         raise BadFrame(BadFrameKind.BAD_PAYLOAD, f"records blob: {type(exc).__name__}") from None
     if not isinstance(items, list):
         raise BadFrame(BadFrameKind.BAD_PAYLOAD, "records blob is not an array")
-    for a in items:
-        check_row(a)
+    check_rows(items)
     return items
 
 

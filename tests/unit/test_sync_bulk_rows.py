@@ -104,6 +104,9 @@ def test_engine_apply_rows_leaves_the_tables_apply_leaves() -> None:
     own = [b"\x06" + bytes((198, 18, 1, 7)) + bytes(8), 0, "n2", 5, 2,
            ["established", False, 1.0, 3.0, "", [], [], "promoted"], False]
     rows += [own, [*rows[0][:3], 1, *rows[0][4:]], [*rows[1][:3], rows[1][3] + 1, *rows[1][4:]]]
+    # A late insert of the buried key, older than its tombstone: kept out.
+    (tomb,) = [a for a in rows if a[6]]
+    rows.append([tomb[0], 0, "n1", tomb[3] - 1, 1, ["established", True, 1.0, 1.0, "", [], [], "new"], False])
     by_record, by_rows = Engine("n2", default_rules()), Engine("n2", default_rules())
     got = [by_record.store.apply(record_of_row(a)) for a in rows]
     assert by_rows.store.apply_rows(rows) == sum(got)

@@ -31,6 +31,7 @@ class _Bulk:
     keys: list[bytes]
     pos: int = 0
     backs_us: bool = False  # the joiner will back us up: a key sweep follows the bulk
+    ended: bool = False  # BULK_END is queued; the sweep (if any) waits for the next call
 
 
 class Resync:
@@ -204,13 +205,23 @@ class Resync:
             bulk.pos += len(chunk)
             for batch in batch_rows(rows(chunk), ctx.budget):
                 ctx.queue(p, MsgType.RECORDS, [code, batch.blob])
-        if bulk.pos >= len(keys):
+        if bulk.pos < len(keys):
+            return
+        if not bulk.ended:
             ctx.queue(p, MsgType.BULK_END, [len(keys)])
-            del self.bulks[p.name]
-            if bulk.backs_us and self.bulk_done is not None:
-                # After the last record, not before: a sweep queued ahead of the stream would
-                # list keys the joiner does not hold yet, and it would WANT every one of them.
-                self.bulk_done(p)
+            bulk.ended = True
+        sweep = bulk.backs_us and self.bulk_done is not None
+        if sweep and ch.unsent():
+            # The sweep waits until the last records and BULK_END have left (a later call: an
+            # ack, a tick): at 1M keys building it held this loop for ~0.4 s between queueing
+            # them and sending them, and the joiner waited that long.
+            return
+        del self.bulks[p.name]
+        if sweep:
+            assert self.bulk_done is not None
+            # After the last record, not before: a sweep queued ahead of the stream would
+            # list keys the joiner does not hold yet, and it would WANT every one of them.
+            self.bulk_done(p)
 
     # ---- leaving --------------------------------------------------------------------------
 

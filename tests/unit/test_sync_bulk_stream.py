@@ -150,3 +150,23 @@ def test_a_call_fills_what_the_window_lets_out_up_to_its_cap() -> None:
     resync.feed()
     assert ch.unsent() - ch.room() >= lead - BULK_CHUNK_RECORDS // 10
     assert len(ch.due(0.001, None)) == 10
+
+
+def test_the_key_sweep_after_a_bulk_waits_until_bulk_end_has_left() -> None:
+    """Building a sweep of 1M keys holds the loop ~0.4 s: not between queueing the last
+    records and BULK_END and sending them."""
+    ctx, resync, _ = _answering(300)
+    p = ctx.peers["n2"]
+    ch = p.channel
+    swept: list[int] = []
+    resync.bulk_done = lambda peer: swept.append(peer.channel.unsent())
+    resync.answer_bulk(p)
+    assert list(ch.unacked.values())[-1].type is MsgType.BULK_END
+    assert not swept and "n2" in resync.bulks, "BULK_END is queued, not sent: no sweep yet"
+    resync.feed()
+    assert not swept
+    ch.due(0.0, None)
+    resync.feed()
+    assert swept == [0] and not resync.bulks
+    resync.feed()
+    assert swept == [0], "one sweep"

@@ -56,6 +56,7 @@ class Channel:
         # Whether the pending ack must go this turn (someone may wait on it, or it repeats a
         # lost one) or may wait for the next timer tick, cumulative (sync/context.py).
         self.ack_now = False
+        self.since_ack = 0  # messages delivered since our last frame (each carries our ack)
 
     @property
     def cum_ack(self) -> int:
@@ -97,6 +98,7 @@ class Channel:
             t, p = self.recv_buf.pop(self.recv_next)
             out.append((self.recv_next, t, p))
             self.recv_next += 1
+        self.since_ack += len(out)
         return Delivery(out)
 
     def due(self, now: float, max_new: int | None) -> list[tuple[Outgoing, bool]]:
@@ -136,12 +138,6 @@ class Channel:
             self.rto_due_s = min(self.rto_due_s, now + o.rto_s)
             out.append((o, False))
         return out
-
-    def room(self) -> int:
-        """How many of the messages queued and never transmitted, or still to be queued, the
-        window lets out now."""
-        first = next(iter(self.unacked), self.next_seq)
-        return max(0, first + self.window - max(self.next_unsent, first))
 
     def unsent(self) -> int:
         """Messages queued and never transmitted (behind the window or held by a freeze)."""

@@ -43,6 +43,12 @@ log = logging.getLogger(__name__)
 # other reliable message is acked in the turn it arrives. Keyed by the wire's trigger code.
 _DELAYED_ACK = frozenset(TRIGGER_CODE[t] for t in (Trigger.MODIFIED, Trigger.PERIODIC, Trigger.RESYNC,
                                                   Trigger.FULL_SYNC))
+# A bulk resync's records are also acked in the turn once this many messages arrived since our
+# last ack: their sender queues more as acks come (sync/resync.py, BULK_INFLIGHT_FRAMES), and
+# acks held to the tick (5 ms in a node) paced the stream; one per datagram would double the
+# frames the joiner sends and its sender reads.
+BULK_ACK_EVERY = 16
+_RESYNC_CODE = TRIGGER_CODE[Trigger.RESYNC]
 
 
 # ---- payload checks: what each sender sends, or BadFrame ---------------------------------
@@ -193,7 +199,8 @@ class Dispatcher:
             ctx.counters["beyond-window"] += 1
         for _, t, (epoch, payload) in d.messages:
             code = payload[0] if t is MsgType.RECORDS and type(payload) is list and payload else None
-            if type(code) is not int or code not in _DELAYED_ACK:
+            if (type(code) is not int or code not in _DELAYED_ACK
+                    or (code == _RESYNC_CODE and p.channel.since_ack >= BULK_ACK_EVERY)):
                 p.channel.ack_now = True
             self._deliver(p, t, payload, now, epoch)
 

@@ -16,10 +16,10 @@ from sync.wire import TRIGGER_CODE, MsgType, batch_rows
 
 log = logging.getLogger(__name__)
 
-# How far a bulk resync's records are queued ahead of what the channel's window lets out, in
-# frames; how many records are built at a time; and at most how many one call builds (a few ms
-# of this node's loop). See Resync.feed.
-BULK_AHEAD_FRAMES = 32
+# How many frames of a bulk resync may wait for their ack (in flight, or queued behind them);
+# how many records are built at a time; and at most how many one call builds (a few ms of this
+# node's loop). See Resync.feed.
+BULK_INFLIGHT_FRAMES = 128
 BULK_CHUNK_RECORDS = 256
 BULK_CALL_RECORDS = 4096
 
@@ -194,13 +194,17 @@ class Resync:
         rows = ctx.store.wire_rows
         code = TRIGGER_CODE[Trigger.RESYNC]
         keys = bulk.keys
-        # What the window lets out now and a few dozen frames more: the window stays full.
-        # Calls come with acks and timer ticks, every few ms: a fixed lead of 32 frames a call
-        # paced the stream at ~300k records/s in the lab whatever the CPU. One call builds at
-        # most BULK_CALL_RECORDS (a few ms of this node's loop). The store lays each record
-        # out as its wire array at once (no Record per entry).
+        # Up to BULK_INFLIGHT_FRAMES awaiting their ack: the joiner acks each read of its
+        # socket (sync/dispatch.py), so the stream is paced by how fast it applies records.
+        # Not a fixed lead a call (32 frames: calls come with acks and ticks a few ms apart,
+        # which paced the stream at ~300k records/s whatever the CPU), nor the whole window
+        # (256 frames queued at a joiner that applies ~20k frames/s outlast the 20 ms
+        # retransmission timer: every frame went twice or more). One call builds at most
+        # BULK_CALL_RECORDS (a few ms of this node's loop). The store lays each record out as
+        # its wire array at once (no Record per entry).
         end = min(len(keys), bulk.pos + BULK_CALL_RECORDS)
-        while bulk.pos < end and ch.unsent() < ch.room() + BULK_AHEAD_FRAMES:
+        inflight = min(BULK_INFLIGHT_FRAMES, ch.window)
+        while bulk.pos < end and len(ch.unacked) < inflight:
             chunk = keys[bulk.pos:min(end, bulk.pos + BULK_CHUNK_RECORDS)]
             bulk.pos += len(chunk)
             for batch in batch_rows(rows(chunk), ctx.budget):

@@ -8,7 +8,7 @@ from sync.context import AgentContext
 from sync.membership import MemberState, compute_view
 from sync.records import MemoryStore, Record, Scope
 from sync.replicate import Replicator
-from sync.resync import BULK_AHEAD_FRAMES, BULK_CALL_RECORDS, BULK_CHUNK_RECORDS, Resync
+from sync.resync import BULK_CALL_RECORDS, BULK_CHUNK_RECORDS, BULK_INFLIGHT_FRAMES, Resync
 from sync.wire import MsgType, records_from_blob
 
 N = 5000
@@ -34,9 +34,9 @@ def test_the_answer_is_queued_as_the_channel_drains_and_holds_every_key_once() -
     resync.answer_bulk(p)
     ch = p.channel
     first = len(ch.unacked)
-    # Not the whole answer at once: a bounded lead (BULK_START, what the window lets out and
-    # the frames ahead, one chunk), at most BULK_CALL_RECORDS built.
-    assert first <= 1 + ch.window + BULK_AHEAD_FRAMES + BULK_CHUNK_RECORDS // 10
+    # Not the whole answer at once: a bounded lead (BULK_START, the frames that may await
+    # their ack, one chunk), at most BULK_CALL_RECORDS built.
+    assert first <= 1 + BULK_INFLIGHT_FRAMES + BULK_CHUNK_RECORDS // 10
     assert resync.bulks["n2"].pos <= BULK_CALL_RECORDS < N
     got: dict[bytes, Record] = {}
     types: list[MsgType] = []
@@ -128,28 +128,72 @@ def test_acks_are_cumulative_per_turn_and_wait_for_the_tick_unless_someone_waits
         r.key for r in sim.stores["n2"].records(owner="n1")}
 
 
-def test_a_call_fills_what_the_window_lets_out_up_to_its_cap() -> None:
+def test_a_call_queues_up_to_the_frames_in_flight_allowed_and_its_cap() -> None:
     """Calls come with acks and ticks, a few ms apart: a call that queued only a fixed lead
-    paced the whole stream, however fast records were built."""
+    paced the whole stream, however fast records were built; one that filled the window kept
+    256 frames queued at a joiner slower than the retransmission timer."""
     ctx, resync, _ = _answering(3 * BULK_CALL_RECORDS)
     p = ctx.peers["n2"]
     ch = p.channel
     resync.answer_bulk(p)
-    assert resync.bulks["n2"].pos == BULK_CALL_RECORDS, "the window had room for more than the cap"
-    assert ch.room() > 0
-    sent = ch.due(0.0, None)
-    assert ch.unsent() == 0 and len(sent) == ch.next_seq - 1
-    # The window full: a call queues only the lead beyond it.
-    ch.window = len(sent)
+    assert resync.bulks["n2"].pos == BULK_CALL_RECORDS, "the frames in flight allowed more than the cap"
+    assert len(ch.unacked) < BULK_INFLIGHT_FRAMES
+    for i in range(3):
+        ch.due(0.001 * i, None)
+        resync.feed()
+    assert BULK_INFLIGHT_FRAMES <= len(ch.unacked) <= BULK_INFLIGHT_FRAMES + BULK_CHUNK_RECORDS // 10
+    assert resync.bulks["n2"].pos < 3 * BULK_CALL_RECORDS
+    ch.due(0.003, None)
     resync.feed()
-    assert 0 < ch.unsent() <= BULK_AHEAD_FRAMES + BULK_CHUNK_RECORDS // 10
-    lead = ch.unsent()
-    # An ack opens room for ten frames: that many more are queued, and the lead stays.
+    assert ch.unsent() == 0, "nothing more while as many await their ack"
+    # An ack of ten frames: about ten more.
     ch.on_ack(10)
-    assert ch.room() == 10
     resync.feed()
-    assert ch.unsent() - ch.room() >= lead - BULK_CHUNK_RECORDS // 10
-    assert len(ch.due(0.001, None)) == 10
+    assert 0 < len(ch.due(0.004, None)) <= 10 + BULK_CHUNK_RECORDS // 10
+
+
+def test_bulk_records_are_acked_in_the_turn_they_arrive() -> None:
+    """The bulk's sender queues more as acks come: in the turn once BULK_ACK_EVERY arrived
+    since the last ack, not only at the tick."""
+    from sync.dispatch import BULK_ACK_EVERY
+    from sync.sim import SimCluster
+    from sync.wire import decode_frame
+
+    sim = SimCluster(2, keys_interval_ms=0)
+    sim.start()
+    assert sim.run_until(sim.all_active, 5.0)
+    sim.kill("n2")
+    assert sim.run_until(lambda: len(sim.agents["n1"].owned_buckets) == sim.base.buckets, 5.0)
+    for i in range(20_000):
+        sim.stores["n1"].put_local(Record(f"k{i:05}".encode(), Scope.NODE, "n1", 1,
+                                          sim.agents["n1"].owned_buckets[i % 4], [i], False))
+    sim.revive("n2")
+    c = sim.base
+    n2 = sim.agents["n2"]
+
+    def leading_records() -> list[tuple[bytes, tuple[str, int]]]:
+        """n2's pending datagrams, if they are all bulk records in order after what it holds."""
+        got = sorted((m for m in sim._heap if m.dst == "n2"), key=lambda m: m.n)
+        frames = [decode_frame(m.data, c.key, c.lab_id, c.max_frame_bytes) for m in got]
+        ch = n2._ctx.peers["n1"].channel
+        want = list(range(ch.recv_next, ch.recv_next + len(frames)))
+        if (len(frames) < BULK_ACK_EVERY or any(f.type is not MsgType.RECORDS for f in frames)
+                or [f.seq for f in frames] != want):
+            return []
+        return [(m.data, m.src) for m in got]
+
+    turn: list[tuple[bytes, tuple[str, int]]] = []
+    for _ in range(5000):
+        sim.step(0.0001)
+        if n2._ctx.peers["n1"].bulk_received and (turn := leading_records()):
+            break
+    assert turn, "a turn of bulk records alone"
+    sim._heap = [m for m in sim._heap if m.dst != "n2"]
+    n2.datagrams()
+    n2.receive_many(turn, sim.now)
+    out = [decode_frame(d, c.key, c.lab_id, c.max_frame_bytes) for _, d in n2.datagrams()]
+    assert [f.type for f in out] == [MsgType.ACK], "one ack for the turn, at once"
+    assert out[0].ack == n2._ctx.peers["n1"].channel.cum_ack
 
 
 def test_the_key_sweep_after_a_bulk_waits_until_bulk_end_has_left() -> None:

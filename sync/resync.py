@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 # How many frames of a bulk resync may wait for their ack (in flight, or queued behind them);
 # how many records are built at a time; and at most how many one call builds (a few ms of this
 # node's loop). See Resync.feed.
-BULK_INFLIGHT_FRAMES = 128
+BULK_INFLIGHT_FRAMES = 64
 BULK_CHUNK_RECORDS = 256
 BULK_CALL_RECORDS = 4096
 
@@ -194,12 +194,12 @@ class Resync:
         rows = ctx.store.wire_rows
         code = TRIGGER_CODE[Trigger.RESYNC]
         keys = bulk.keys
-        # Up to BULK_INFLIGHT_FRAMES awaiting their ack: the joiner acks each read of its
-        # socket (sync/dispatch.py), so the stream is paced by how fast it applies records.
-        # Not a fixed lead a call (32 frames: calls come with acks and ticks a few ms apart,
-        # which paced the stream at ~300k records/s whatever the CPU), nor the whole window
-        # (256 frames queued at a joiner that applies ~20k frames/s outlast the 20 ms
-        # retransmission timer: every frame went twice or more). One call builds at most
+        # Up to BULK_INFLIGHT_FRAMES awaiting their ack: the joiner acks every few of them
+        # (sync/dispatch.py), so the stream is paced by how fast it applies records. Not a
+        # fixed lead a call (32 frames: calls come with acks and ticks a few ms apart, which
+        # paced the stream at ~300k records/s whatever the CPU), nor the whole window: frames
+        # queued at a joiner that applies ~10-20k frames/s must be acked well within the 20 ms
+        # retransmission timer (256 or 128 in flight: many frames went twice). One call builds at most
         # BULK_CALL_RECORDS (a few ms of this node's loop). The store lays each record out as
         # its wire array at once (no Record per entry).
         end = min(len(keys), bulk.pos + BULK_CALL_RECORDS)

@@ -601,6 +601,10 @@ class Node:
             return {"ok": False, "error": "count must be 0 .. 200000 per request (the loop stalls meanwhile)"}
         added = fill_synthetic(self.engine.table, int(req.get("start", 0)), count,
                                sorted(self.binding.owned), now)
+        # Long-lived by construction: frozen out of the collector's passes, as what exists at
+        # start (main). A full pass over 1M of them held this loop ~0.7 s, past the peers'
+        # failure-detection time: a bench's joiner failed this node mid-resync and began again.
+        gc.freeze()
         self.note("fill", f"{added} synthetic connection(s) added", added=added)
         return {"ok": True, "added": added, "own": len(self.engine.table.conns)}
 

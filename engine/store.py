@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 _PROTOS = frozenset({TCP, UDP, ICMP, ICMPV6})
 _STATES = {s.value: s for s in ConnState}
 NODE_CODE = SCOPE_CODE[Scope.NODE]
+_ARRAYS = (list, tuple)  # a msgpack array as decoded (sync.wire.rows_from_blob)
 
 
 NAT_EXTRA = "nat"  # the extra item that carries a connection's NAT binding
@@ -300,7 +301,7 @@ class EngineStore:
         for a in rows:
             key, scope, owner, version, bucket, d, deleted = a
             if (scope == NODE_CODE and not deleted and owner != me and len(d) == 8 and d[4] == ""
-                    and type(d[6]) is list and not d[6] and key not in copies and key not in conns
+                    and not d[6] and type(d[6]) in _ARRAYS and key not in copies and key not in conns
                     and key not in tombs and key not in common and key not in expects):
                 try:
                     if len(key) not in (13, 37) or key[0] not in protos:

@@ -8,7 +8,7 @@ other dropped frame) and by reason and type (`bad-payload:bulk_start`, `bad-view
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,12 +85,14 @@ def check_count(pl: Any) -> int:
     return n
 
 
-def check_records(pl: Any) -> tuple[Trigger, list[list[Any]]]:
+def check_records(pl: Any) -> tuple[Trigger, Sequence[Sequence[Any]]]:
     """RECORDS: [trigger code, packed array of records], as checked record arrays (the
-    replicator makes Records of them only where it needs them)."""
+    replicator makes Records of them only where it needs them; a bulk resync's are decoded
+    as tuples, the quickest to build)."""
     if not isinstance(pl, list) or len(pl) != 2:
         raise _bad("records")
-    return trigger_from_wire(pl[0]), rows_from_blob(pl[1])
+    trig = trigger_from_wire(pl[0])
+    return trig, rows_from_blob(pl[1], tuples=trig is Trigger.RESYNC)
 
 
 def check_key(pl: Any) -> bytes:
@@ -259,7 +261,8 @@ class Dispatcher:
     def _on_ack(self, p: Peer, arg: None, now: float, epoch: int) -> None:
         pass  # its cumulative ack was taken from the header above
 
-    def _on_records(self, p: Peer, arg: tuple[Trigger, list[list[Any]]], now: float, epoch: int) -> None:
+    def _on_records(self, p: Peer, arg: tuple[Trigger, Sequence[Sequence[Any]]], now: float,
+                    epoch: int) -> None:
         trig, rows = arg
         n = len(rows)
         self.rep.apply_rows(p, trig, rows, now, epoch)

@@ -357,7 +357,8 @@ class Replicator:
 
     # ---- received records -----------------------------------------------------------------
 
-    def apply_rows(self, p: Peer, trig: Trigger, rows: list[list[Any]], now: float, epoch: int) -> None:
+    def apply_rows(self, p: Peer, trig: Trigger, rows: Sequence[Sequence[Any]], now: float,
+                   epoch: int) -> None:
         """Received record arrays (checked: sync.wire.check_row). A joiner's bulk resync, and
         any records that need no event and no pruning by view, go to the store as they are
         (StateStore.apply_rows: no Record per entry); the others as Records (apply_records)."""

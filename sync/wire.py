@@ -174,11 +174,13 @@ def check_row(a: Any) -> None:
     check_rows((a,))
 
 
-def check_rows(rows: Iterable[Any]) -> None:
-    """check_row for each of `rows`, in one loop (a bulk resync checks ~17 per frame)."""
+def check_rows(rows: Iterable[Any], seq: type[list[Any]] | type[tuple[Any, ...]] = list) -> None:
+    """check_row for each of `rows`, in one loop (a bulk resync checks ~17 per frame). `seq`:
+    the type msgpack decoded arrays as (list, or tuple: rows_from_blob's `tuples`)."""
     scopes = CODE_SCOPE
+    a: Any
     for a in rows:
-        if type(a) is not list or len(a) != 7:
+        if type(a) is not seq or len(a) != 7:
             raise BadFrame(BadFrameKind.BAD_PAYLOAD, "record is not a 7-field array")
         key, scope, owner, version, bucket, data, deleted = a
         # `type(x) is int` on purpose: it refuses bools, which isinstance would let through.
@@ -191,15 +193,22 @@ def check_rows(rows: Iterable[Any]) -> None:
             or not 0 <= version < MAX_WIRE_INT
             or type(bucket) is not int
             or not -(2**31) <= bucket < 2**31
-            or type(data) is not list
+            or type(data) is not seq
             or type(deleted) is not bool
         ):
             raise BadFrame(BadFrameKind.BAD_PAYLOAD, "record field of the wrong type")
 
 
 def record_of_row(a: WireRow) -> Record:
-    """The record of a checked array (check_row)."""
-    return Record(a[0], CODE_SCOPE[a[1]], a[2], a[3], a[4], a[5], a[6])
+    """The record of a checked array (check_row); its data as lists, however decoded."""
+    data = a[5]
+    return Record(a[0], CODE_SCOPE[a[1]], a[2], a[3], a[4],
+                  data if type(data) is list else _lists(data), a[6])
+
+
+def _lists(v: Any) -> Any:
+    """Arrays decoded as tuples, as lists (rows_from_blob's `tuples`: a blob without maps)."""
+    return [_lists(x) for x in v] if type(v) is tuple else v
 
 
 def record_from_wire(a: Any) -> Record:
@@ -262,11 +271,24 @@ def pack_array(parts: list[bytes]) -> bytes:
     return head + b"".join(parts)
 
 
-def rows_from_blob(blob: Any) -> list[list[Any]]:
+def rows_from_blob(blob: Any, *, tuples: bool = False) -> Sequence[Sequence[Any]]:
     """Unpack a RECORDS payload blob into checked record arrays (check_row), no Record built;
-    BadFrame(BAD_PAYLOAD) if any of it is malformed."""
+    BadFrame(BAD_PAYLOAD) if any of it is malformed.
+
+    `tuples`: arrays decoded as tuples, twice as fast to build as lists (a bulk resync's
+    receiver). Only for a blob without maps: with one (a map key may be an array, hashable as
+    a tuple, not as a list) the blob is decoded with lists, so what is refused stays the same."""
     if not isinstance(blob, bytes):
         raise BadFrame(BadFrameKind.BAD_PAYLOAD, "records blob is not bytes")
+    if tuples:
+        try:
+            got = msgpack.unpackb(blob, raw=False, use_list=False, max_map_len=0)
+        except Exception:  # a map, or garbage: decoded again as below, refused as below
+            pass
+        else:
+            if type(got) is tuple:
+                check_rows(got, tuple)
+                return got
     try:
         items = msgpack.unpackb(blob, raw=False, use_list=True, strict_map_key=False)
     except Exception as exc:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
+import pytest
 
 from engine.core import Engine
 from engine.nat import NatBinding
@@ -85,18 +86,21 @@ def test_engine_rows_are_the_records_wire_arrays_byte_for_byte() -> None:
     assert [b.blob for b in batch_rows(rows, 600)] == [b.blob for b in batch_records(recs, 600)]
 
 
-def _received(n1: Engine, keys: list[bytes]) -> list[list[Any]]:
+def _received(n1: Engine, keys: list[bytes], tuples: bool = False) -> list[Any]:
     """n1's rows as a receiver decodes them (through msgpack and the payload check)."""
-    return [a for b in batch_rows(n1.store.wire_rows(keys), 1200) for a in rows_from_blob(b.blob)]
+    return [a for b in batch_rows(n1.store.wire_rows(keys), 1200)
+            for a in rows_from_blob(b.blob, tuples=tuples)]
 
 
 def _state(store: EngineStore, keys: list[bytes]) -> list[bytes | None]:
     return [None if (r := store.get(k)) is None else _pack(record_to_wire(r)) for k in keys]
 
 
-def test_engine_apply_rows_leaves_the_tables_apply_leaves() -> None:
+@pytest.mark.parametrize("tuples", [False, True], ids=["lists", "tuples"])
+def test_engine_apply_rows_leaves_the_tables_apply_leaves(tuples: bool) -> None:
     n1, keys = _varied()
-    rows = _received(n1, keys)
+    rows = [list(a) for a in _received(n1, keys, tuples)]
+    assert all(type(a[5]) is (tuple if tuples else list) for a in rows)
     # Beside n1's: a malformed entry (refused), an entry owned by the receiver (its own
     # table), an older version of one of them (stale), and the same key again newer.
     rows.append([b"\x06" + bytes((198, 18, 1, 8)) + bytes(8), 0, "n3", 5, 1,
@@ -135,6 +139,28 @@ def test_memory_store_rows_and_apply_rows_are_the_record_path() -> None:
     assert [b.get(k) for k in keys] == [a.get(k) for k in keys]
 
 
+def test_tuple_decoding_gives_the_same_records_and_refuses_the_same_blobs() -> None:
+    n1, keys = _varied()
+    blobs = [b.blob for b in batch_rows(n1.store.wire_rows(keys), 600)]
+    as_tuples = [record_of_row(a) for b in blobs for a in rows_from_blob(b, tuples=True)]
+    assert as_tuples == [r for b in blobs for r in records_from_blob(b)]
+    assert any(r.data and r.data[5] for r in as_tuples), "nested arrays (a helper's state) too"
+    assert all(type(r.data) is list for r in as_tuples)
+    # A blob with a map is decoded with lists: one keyed by an array is refused as before.
+    common = [b"c", 1, "n1", 2, NO_BUCKET, [{"a": [1, 2]}, (3, 4)], False]
+    (b,) = list(batch_rows([common], 1200))
+    assert rows_from_blob(b.blob, tuples=True) == rows_from_blob(b.blob) == [
+        [b"c", 1, "n1", 2, NO_BUCKET, [{"a": [1, 2]}, [3, 4]], False]]
+    keyed = msgpack.packb([[b"c", 1, "n1", 2, NO_BUCKET, [{(1, 2): 3}], False]], use_bin_type=True)
+    for tuples in (False, True):
+        try:
+            rows_from_blob(keyed, tuples=tuples)
+        except BadFrame as exc:
+            assert exc.kind is BadFrameKind.BAD_PAYLOAD
+        else:
+            raise AssertionError("a map keyed by an array went through")
+
+
 def test_rows_from_blob_checks_every_row_as_records_from_blob() -> None:
     good = [b"k", 0, "n1", 3, 1, [1], False]
     blob = batch_rows([good, good], 1200)
@@ -144,13 +170,13 @@ def test_rows_from_blob_checks_every_row_as_records_from_blob() -> None:
     for bad in ([b"k", 0, "n1", True, 1, [1], False], [b"k", 2, "n1", 3, 1, [1], False],
                 [b"k", 0, "n1", 3, 1, [1]], ["k", 0, "n1", 3, 1, [1], False]):
         (b,) = list(batch_rows([good, bad], 1200))
-        for decode in (rows_from_blob, records_from_blob):
+        for decode in (rows_from_blob, records_from_blob, lambda x: rows_from_blob(x, tuples=True)):
             try:
                 decode(b.blob)
             except BadFrame as exc:
                 assert exc.kind is BadFrameKind.BAD_PAYLOAD
             else:
-                raise AssertionError(f"{bad} went through {decode.__name__}")
+                raise AssertionError(f"{bad} went through {decode}")
 
 
 def test_a_bulk_resync_of_engine_tables_brings_every_entry_as_it_is() -> None:

@@ -4,7 +4,7 @@ packet path's table), backup copies (engine.backups) and common state."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 from engine.auth import USER_TAG, check_user_record
@@ -22,11 +22,14 @@ from engine.ftp import make_helper
 from engine.nat import NatBinding
 from engine.packet import ICMP, ICMPV6, TCP, UDP, split_key
 from sync.records import NO_BUCKET, Record, Scope
+from sync.wire import SCOPE_CODE, record_of_row, record_to_wire
 
 log = logging.getLogger(__name__)
 
 _PROTOS = frozenset({TCP, UDP, ICMP, ICMPV6})
 _STATES = {s.value: s for s in ConnState}
+NODE_CODE = SCOPE_CODE[Scope.NODE]
+_ARRAYS = (list, tuple)  # a msgpack array as decoded (sync.wire.rows_from_blob)
 
 
 NAT_EXTRA = "nat"  # the extra item that carries a connection's NAT binding
@@ -125,6 +128,26 @@ class EngineStore:
             return Record(key, tomb.scope, tomb.owner, tomb.version, tomb.bucket, [], True)
         return None
 
+    def wire_rows(self, keys: Iterable[bytes]) -> list[Sequence[Any]]:
+        """`record_to_wire(get(key))` for each key held, in order. A connection with no helper,
+        extras or NAT (nearly all of a bulk resync) is laid out here at once, without the
+        Record and lists of `conn_record`: the same array, field for field."""
+        conns = self.table.conns
+        copies = self.backups.copies
+        get = self.get
+        out: list[Sequence[Any]] = []
+        add = out.append
+        for k in keys:
+            e = conns.get(k) or copies.get(k)
+            if e is not None and e.helper is None and e.extra is None and e.nat is None:
+                add((k, NODE_CODE, e.owner, e.version, e.bucket,
+                     (e.state._value_, e.orig_low, e.created, e.last_seen, "", (), (), e.trigger), False))
+                continue
+            r = get(k)
+            if r is not None:
+                add(record_to_wire(r))
+        return out
+
     def _common_tie_won(self, record: Record, cur: int) -> bool:
         """Two nodes may write one common key in the same millisecond (both see the same scan):
         equal versions then, and without a tie-break each would keep its own forever. The
@@ -211,25 +234,13 @@ class EngineStore:
     # ---- writing ------------------------------------------------------------------------
     def apply(self, record: Record) -> bool:
         key = record.key
-        t = self.table
-        if (record.scope is Scope.NODE and not record.deleted and record.owner != t.node
-                and key not in self.backups.copies and key not in t.conns and key not in t.tombs
-                and key not in self.common and key not in t.expects):
+        if (record.scope is Scope.NODE and not record.deleted and record.owner != self.table.node
+                and self._unheard(key)):
             # A copy of a peer's entry we never heard of, the whole of a bulk resync: built
             # in one step. An entry with a helper or extras takes the general path below.
-            d = record.data
-            if type(d) is list and len(d) == 8 and d[4] == "" and type(d[6]) is list and not d[6]:
-                try:
-                    _check_conn_key(key)
-                    e = Conn(key, bool(d[1]), _STATES[d[0]], record.owner, record.version, record.bucket,
-                             float(d[2]), trigger=str(d[7]))
-                    e.last_seen = float(d[3])
-                except (ValueError, TypeError, KeyError) as exc:
-                    self.rejected += 1
-                    log.warning("refused record %s from %s: %s", key.hex(), record.owner, exc)
-                    return False
-                self.backups.put(e)
-                return True
+            done = self._new_copy(key, record.owner, record.version, record.bucket, record.data)
+            if done is not None:
+                return done
         cur = self._version(record.key)
         if cur is not None and record.version <= cur and not self._common_tie_won(record, cur):
             return False
@@ -252,6 +263,61 @@ class EngineStore:
             log.warning("refused record %s from %s: %s", record.key.hex(), record.owner, exc)
             return False
         return True
+
+    def _unheard(self, key: bytes) -> bool:
+        t = self.table
+        return (key not in self.backups.copies and key not in t.conns and key not in t.tombs
+                and key not in self.common and key not in t.expects)
+
+    def _new_copy(self, key: bytes, owner: str, version: int, bucket: int, d: Any) -> bool | None:
+        """A copy of a peer's entry this node holds nothing of (`_unheard`), with no helper,
+        extras or NAT: built and kept in one step. None if the entry is not of that plain kind
+        (the general path applies it); False if it is malformed (refused and counted)."""
+        if not (type(d) is list and len(d) == 8 and d[4] == "" and type(d[6]) is list and not d[6]):
+            return None
+        try:
+            _check_conn_key(key)
+            e = Conn(key, bool(d[1]), _STATES[d[0]], owner, version, bucket, float(d[2]),
+                     trigger=str(d[7]))
+            e.last_seen = float(d[3])
+        except (ValueError, TypeError, KeyError) as exc:
+            self.rejected += 1
+            log.warning("refused record %s from %s: %s", key.hex(), owner, exc)
+            return False
+        self.backups.put(e)
+        return True
+
+    def apply_rows(self, rows: Iterable[Sequence[Any]]) -> int:
+        """As `apply` for each checked wire array, without a Record for the plain copies of a
+        bulk resync: `apply`'s first step (`_unheard`, `_new_copy`) written out in this loop,
+        where a bulk resync spends its receiver's time (a unit test keeps the two the same)."""
+        t = self.table
+        me = t.node
+        copies, conns, tombs, expects, common = self.backups.copies, t.conns, t.tombs, t.expects, self.common
+        states = _STATES
+        protos = _PROTOS
+        put = self.backups.put
+        applied = 0
+        for a in rows:
+            key, scope, owner, version, bucket, d, deleted = a
+            if (scope == NODE_CODE and not deleted and owner != me and len(d) == 8 and d[4] == ""
+                    and not d[6] and type(d[6]) in _ARRAYS and key not in copies and key not in conns
+                    and key not in tombs and key not in common and key not in expects):
+                try:
+                    if len(key) not in (13, 37) or key[0] not in protos:
+                        raise ValueError(f"not a connection key: {key.hex()}")
+                    e = Conn(key, bool(d[1]), states[d[0]], owner, version, bucket, float(d[2]),
+                             trigger=str(d[7]))
+                    e.last_seen = float(d[3])
+                except (ValueError, TypeError, KeyError) as exc:
+                    self.rejected += 1
+                    log.warning("refused record %s from %s: %s", key.hex(), owner, exc)
+                    continue
+                put(e)
+                applied += 1
+                continue
+            applied += self.apply(record_of_row(a))
+        return applied
 
     def _remove(self, record: Record) -> None:
         t = self.table

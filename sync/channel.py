@@ -56,6 +56,7 @@ class Channel:
         # Whether the pending ack must go this turn (someone may wait on it, or it repeats a
         # lost one) or may wait for the next timer tick, cumulative (sync/context.py).
         self.ack_now = False
+        self.since_ack = 0  # messages delivered since our last frame (each carries our ack)
 
     @property
     def cum_ack(self) -> int:
@@ -97,6 +98,7 @@ class Channel:
             t, p = self.recv_buf.pop(self.recv_next)
             out.append((self.recv_next, t, p))
             self.recv_next += 1
+        self.since_ack += len(out)
         return Delivery(out)
 
     def due(self, now: float, max_new: int | None) -> list[tuple[Outgoing, bool]]:

@@ -188,6 +188,7 @@ class AgentContext:
             self.config.lab_id,
         )
         p.channel.ack_pending = p.channel.ack_now = False
+        p.channel.since_ack = 0
         data = encode_frame(f, self.config.key)
         name = mtype.name.lower()
         p.stats.sent[name] += 1

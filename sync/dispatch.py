@@ -8,7 +8,7 @@ other dropped frame) and by reason and type (`bad-payload:bulk_start`, `bad-view
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,7 @@ from sync.wire import (
     MsgType,
     decode_frame,
     record_from_wire,
-    records_from_blob,
+    rows_from_blob,
     trigger_from_wire,
 )
 
@@ -43,6 +43,12 @@ log = logging.getLogger(__name__)
 # other reliable message is acked in the turn it arrives. Keyed by the wire's trigger code.
 _DELAYED_ACK = frozenset(TRIGGER_CODE[t] for t in (Trigger.MODIFIED, Trigger.PERIODIC, Trigger.RESYNC,
                                                   Trigger.FULL_SYNC))
+# A bulk resync's records are also acked in the turn once this many messages arrived since our
+# last ack: their sender queues more as acks come (sync/resync.py, BULK_INFLIGHT_FRAMES), and
+# acks held to the tick (5 ms in a node) paced the stream; one per datagram would double the
+# frames the joiner sends and its sender reads.
+BULK_ACK_EVERY = 16
+_RESYNC_CODE = TRIGGER_CODE[Trigger.RESYNC]
 
 
 # ---- payload checks: what each sender sends, or BadFrame ---------------------------------
@@ -79,11 +85,14 @@ def check_count(pl: Any) -> int:
     return n
 
 
-def check_records(pl: Any) -> tuple[Trigger, list[Record]]:
-    """RECORDS: [trigger code, packed array of records]."""
+def check_records(pl: Any) -> tuple[Trigger, Sequence[Sequence[Any]]]:
+    """RECORDS: [trigger code, packed array of records], as checked record arrays (the
+    replicator makes Records of them only where it needs them; a bulk resync's are decoded
+    as tuples, the quickest to build)."""
     if not isinstance(pl, list) or len(pl) != 2:
         raise _bad("records")
-    return trigger_from_wire(pl[0]), records_from_blob(pl[1])
+    trig = trigger_from_wire(pl[0])
+    return trig, rows_from_blob(pl[1], tuples=trig is Trigger.RESYNC)
 
 
 def check_key(pl: Any) -> bytes:
@@ -192,7 +201,8 @@ class Dispatcher:
             ctx.counters["beyond-window"] += 1
         for _, t, (epoch, payload) in d.messages:
             code = payload[0] if t is MsgType.RECORDS and type(payload) is list and payload else None
-            if type(code) is not int or code not in _DELAYED_ACK:
+            if (type(code) is not int or code not in _DELAYED_ACK
+                    or (code == _RESYNC_CODE and p.channel.since_ack >= BULK_ACK_EVERY)):
                 p.channel.ack_now = True
             self._deliver(p, t, payload, now, epoch)
 
@@ -251,10 +261,11 @@ class Dispatcher:
     def _on_ack(self, p: Peer, arg: None, now: float, epoch: int) -> None:
         pass  # its cumulative ack was taken from the header above
 
-    def _on_records(self, p: Peer, arg: tuple[Trigger, list[Record]], now: float, epoch: int) -> None:
-        trig, recs = arg
-        n = len(recs)
-        self.rep.apply_records(p, trig, recs, now, epoch)
+    def _on_records(self, p: Peer, arg: tuple[Trigger, Sequence[Sequence[Any]]], now: float,
+                    epoch: int) -> None:
+        trig, rows = arg
+        n = len(rows)
+        self.rep.apply_rows(p, trig, rows, now, epoch)
         if trig is Trigger.RESYNC and self.ctx.modes.mode is Mode.JOINING:
             self.resync.bulk_records(p, n)
 

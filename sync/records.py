@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
@@ -59,6 +59,18 @@ class StateStore(Protocol):
 
     def apply(self, record: Record) -> bool:
         """Apply a record received from a peer. False (and no change) if its version is not newer."""
+        ...
+
+    def wire_rows(self, keys: Iterable[bytes]) -> list[Sequence[Any]]:
+        """The records of these keys as the wire's positional arrays, exactly what
+        `sync.wire.record_to_wire(get(key))` gives for each key held (tombstones too), in
+        order; keys not held are left out. A bulk resync's sender: no Record per entry."""
+        ...
+
+    def apply_rows(self, rows: Iterable[Sequence[Any]]) -> int:
+        """Apply checked wire arrays (`sync.wire.check_row`) as `apply` would apply their
+        records, in order, with no events; returns how many were applied. A bulk resync's
+        receiver: no Record per entry where the store can do without."""
         ...
 
     def records(
@@ -132,6 +144,17 @@ class MemoryStore:
             return False
         self._records[record.key] = record
         return True
+
+    def wire_rows(self, keys: Iterable[bytes]) -> list[Sequence[Any]]:
+        from sync.wire import record_to_wire  # (sync.wire imports this module)
+
+        get = self._records.get
+        return [record_to_wire(r) for r in map(get, keys) if r is not None]
+
+    def apply_rows(self, rows: Iterable[Sequence[Any]]) -> int:
+        from sync.wire import record_of_row
+
+        return sum(1 for a in rows if self.apply(record_of_row(a)))
 
     def records(
         self,

@@ -17,7 +17,7 @@ from sync.events import RecordApplied, StateReply, SyncCompleted
 from sync.membership import MemberState, Mode, View
 from sync.policy import PeriodicSend
 from sync.records import Record, Scope, Trigger
-from sync.wire import TRIGGER_CODE, MsgType, pack_array, record_to_wire
+from sync.wire import TRIGGER_CODE, MsgType, pack_array, record_of_row, record_to_wire
 
 log = logging.getLogger(__name__)
 
@@ -356,6 +356,20 @@ class Replicator:
         }
 
     # ---- received records -----------------------------------------------------------------
+
+    def apply_rows(self, p: Peer, trig: Trigger, rows: Sequence[Sequence[Any]], now: float,
+                   epoch: int) -> None:
+        """Received record arrays (checked: sync.wire.check_row). A joiner's bulk resync, and
+        any records that need no event and no pruning by view, go to the store as they are
+        (StateStore.apply_rows: no Record per entry); the others as Records (apply_records)."""
+        ctx = self.ctx
+        quiet = trig is Trigger.RESYNC or (not ctx.config.record_events and trig is not Trigger.REBALANCE)
+        if not quiet or (epoch <= ctx.view.epoch and ctx.modes.mode is not Mode.JOINING):
+            self.apply_records(p, trig, [record_of_row(a) for a in rows], now, epoch)
+            return
+        applied = ctx.store.apply_rows(rows)
+        ctx.counters["records-applied"] += applied
+        ctx.counters["records-stale"] += len(rows) - applied
 
     def apply_records(self, p: Peer, trig: Trigger, recs: list[Record], now: float, epoch: int) -> None:
         ctx = self.ctx

@@ -12,14 +12,16 @@ from sync.events import LeaveComplete, ResyncComplete, ResyncProgress
 from sync.membership import LIVE, MemberState, Mode, ModeEvent, View
 from sync.records import Scope, Trigger
 from sync.replicate import Replicator, Sent
-from sync.wire import TRIGGER_CODE, MsgType, batch_records
+from sync.wire import TRIGGER_CODE, MsgType, batch_rows
 
 log = logging.getLogger(__name__)
 
-# How far a bulk resync's records are queued ahead of the channel's window, in frames, and how
-# many records are built at a time (see Resync.feed).
-BULK_AHEAD_FRAMES = 32
+# How many frames of a bulk resync may wait for their ack (in flight, or queued behind them);
+# how many records are built at a time; and at most how many one call builds (a few ms of this
+# node's loop). See Resync.feed.
+BULK_INFLIGHT_FRAMES = 64
 BULK_CHUNK_RECORDS = 256
+BULK_CALL_RECORDS = 4096
 
 
 @dataclass(slots=True)
@@ -29,6 +31,7 @@ class _Bulk:
     keys: list[bytes]
     pos: int = 0
     backs_us: bool = False  # the joiner will back us up: a key sweep follows the bulk
+    ended: bool = False  # BULK_END is queued; the sweep (if any) waits for the next call
 
 
 class Resync:
@@ -188,24 +191,41 @@ class Resync:
         ctx = self.ctx
         bulk = self.bulks[p.name]
         ch = p.channel
-        get = ctx.store.get
+        rows = ctx.store.wire_rows
         code = TRIGGER_CODE[Trigger.RESYNC]
         keys = bulk.keys
-        # A few dozen frames ahead of what the window lets out: enough to keep it full, and
-        # one call builds at most that many records (~1,000), a few ms of this node's loop.
-        while ch.unsent() < BULK_AHEAD_FRAMES and bulk.pos < len(keys):
-            chunk = keys[bulk.pos:bulk.pos + BULK_CHUNK_RECORDS]
+        # Up to BULK_INFLIGHT_FRAMES awaiting their ack: the joiner acks every few of them
+        # (sync/dispatch.py), so the stream is paced by how fast it applies records. Not a
+        # fixed lead a call (32 frames: calls come with acks and ticks a few ms apart, which
+        # paced the stream at ~300k records/s whatever the CPU), nor the whole window: frames
+        # queued at a joiner that applies ~10-20k frames/s must be acked well within the 20 ms
+        # retransmission timer (256 or 128 in flight: many frames went twice). One call builds at most
+        # BULK_CALL_RECORDS (a few ms of this node's loop). The store lays each record out as
+        # its wire array at once (no Record per entry).
+        end = min(len(keys), bulk.pos + BULK_CALL_RECORDS)
+        inflight = min(BULK_INFLIGHT_FRAMES, ch.window)
+        while bulk.pos < end and len(ch.unacked) < inflight:
+            chunk = keys[bulk.pos:min(end, bulk.pos + BULK_CHUNK_RECORDS)]
             bulk.pos += len(chunk)
-            recs = [r for r in map(get, chunk) if r is not None]
-            for batch in batch_records(recs, ctx.budget):
+            for batch in batch_rows(rows(chunk), ctx.budget):
                 ctx.queue(p, MsgType.RECORDS, [code, batch.blob])
-        if bulk.pos >= len(keys):
+        if bulk.pos < len(keys):
+            return
+        if not bulk.ended:
             ctx.queue(p, MsgType.BULK_END, [len(keys)])
-            del self.bulks[p.name]
-            if bulk.backs_us and self.bulk_done is not None:
-                # After the last record, not before: a sweep queued ahead of the stream would
-                # list keys the joiner does not hold yet, and it would WANT every one of them.
-                self.bulk_done(p)
+            bulk.ended = True
+        sweep = bulk.backs_us and self.bulk_done is not None
+        if sweep and ch.unsent():
+            # The sweep waits until the last records and BULK_END have left (a later call: an
+            # ack, a tick): at 1M keys building it held this loop for ~0.4 s between queueing
+            # them and sending them, and the joiner waited that long.
+            return
+        del self.bulks[p.name]
+        if sweep:
+            assert self.bulk_done is not None
+            # After the last record, not before: a sweep queued ahead of the stream would
+            # list keys the joiner does not hold yet, and it would WANT every one of them.
+            self.bulk_done(p)
 
     # ---- leaving --------------------------------------------------------------------------
 

@@ -104,3 +104,32 @@ def test_a_table_builds_only_the_rows_asked_for_and_carries_looks_flows_up_by_ke
     pairs = [[r["src"], r["dst"]], [r["dst"], r["src"]], ["10.9.9.9:1", "10.9.9.8:2"], ["nonsense", 3], "x"]
     assert node.carries(pairs) == [0, 1]
     assert node.carries("not a list") == []
+
+
+def test_the_collector_is_off_while_a_bulk_resync_arrives_and_what_it_brought_is_frozen(
+        tmp_path: Path) -> None:
+    import gc
+    import time
+
+    from engine.node import RESYNC_GC_OFF_S
+
+    node = Node(_config(tmp_path), use_nfqueue=False)
+    assert gc.isenabled()
+    frozen = gc.get_freeze_count()
+    try:
+        node._collector_during_resync(False)  # a progress note: the bulk is arriving
+        assert not gc.isenabled()
+        node._collector_during_resync(False)
+        assert not gc.isenabled()
+        kept = [[i] for i in range(100)]  # what the resync brought, tracked by the collector
+        node._collector_during_resync(True)  # resync complete
+        assert gc.isenabled() and gc.get_freeze_count() >= frozen + len(kept)
+        # A stream that never completes does not keep the collector off for ever.
+        node._collector_during_resync(False)
+        assert not gc.isenabled()
+        node._gc_paused_at = time.monotonic() - RESYNC_GC_OFF_S - 1
+        node._collector_during_resync(False)
+        assert gc.isenabled()
+    finally:
+        gc.enable()
+        gc.unfreeze()

@@ -8,13 +8,13 @@ from sync.context import AgentContext
 from sync.membership import MemberState, compute_view
 from sync.records import MemoryStore, Record, Scope
 from sync.replicate import Replicator
-from sync.resync import BULK_AHEAD_FRAMES, BULK_CHUNK_RECORDS, Resync
+from sync.resync import BULK_CALL_RECORDS, BULK_CHUNK_RECORDS, BULK_INFLIGHT_FRAMES, Resync
 from sync.wire import MsgType, records_from_blob
 
 N = 5000
 
 
-def _answering() -> tuple[AgentContext, Resync, MemoryStore]:
+def _answering(n: int = N) -> tuple[AgentContext, Resync, MemoryStore]:
     cfg = SyncConfig(lab_id="t", key=b"k" * 32, node="n1",
                      nodes=(("n1", ("10.0.0.1", 7400)), ("n2", ("10.0.0.2", 7400))), buckets=4)
     store = MemoryStore()
@@ -23,7 +23,7 @@ def _answering() -> tuple[AgentContext, Resync, MemoryStore]:
     ctx.view = compute_view(ctx.names, {"n1": MemberState.ACTIVE, "n2": MemberState.JOINING}, 4, 1, 1)
     ctx.owned = {1, 2, 3, 4}
     ctx.peers["n2"].up = True
-    for i in range(N):
+    for i in range(n):
         store.put_local(Record(f"k{i:05}".encode(), Scope.NODE, "n1", 1, 1 + i % 4, [i], False))
     return ctx, Resync(ctx, Replicator(ctx)), store
 
@@ -34,8 +34,10 @@ def test_the_answer_is_queued_as_the_channel_drains_and_holds_every_key_once() -
     resync.answer_bulk(p)
     ch = p.channel
     first = len(ch.unacked)
-    # Not the whole answer at once: a bounded lead (BULK_START, the frames ahead, one chunk).
-    assert first <= 1 + BULK_AHEAD_FRAMES + BULK_CHUNK_RECORDS // 10
+    # Not the whole answer at once: a bounded lead (BULK_START, the frames that may await
+    # their ack, one chunk), at most BULK_CALL_RECORDS built.
+    assert first <= 1 + BULK_INFLIGHT_FRAMES + BULK_CHUNK_RECORDS // 10
+    assert resync.bulks["n2"].pos <= BULK_CALL_RECORDS < N
     got: dict[bytes, Record] = {}
     types: list[MsgType] = []
     now = 0.0
@@ -66,7 +68,7 @@ def test_the_answer_is_queued_as_the_channel_drains_and_holds_every_key_once() -
 
 
 def test_a_silent_joiner_pauses_its_stream_and_a_restarted_one_drops_it() -> None:
-    ctx, resync, _ = _answering()
+    ctx, resync, _ = _answering(3 * BULK_CALL_RECORDS)  # more than two calls build
     p = ctx.peers["n2"]
     resync.answer_bulk(p)
     assert "n2" in resync.bulks
@@ -76,8 +78,9 @@ def test_a_silent_joiner_pauses_its_stream_and_a_restarted_one_drops_it() -> Non
     resync.feed()
     assert resync.bulks["n2"].pos == pos, "nothing more is queued for a peer that is down"
     p.up = True  # the same process answers again: the stream goes on where it was
+    queued = p.channel.next_seq
     resync.feed()
-    assert resync.bulks["n2"].pos > pos
+    assert p.channel.next_seq > queued and resync.bulks["n2"].pos > pos
     resync.peer_restarted(p)  # a new process (or a closed one) asks anew, if at all
     assert not resync.bulks
 
@@ -123,3 +126,93 @@ def test_acks_are_cumulative_per_turn_and_wait_for_the_tick_unless_someone_waits
     assert acks(sim) == 10, "a turn each: an ack each"
     assert {f"{t}{i}".encode() for t in "abc" for i in range(10)} <= {
         r.key for r in sim.stores["n2"].records(owner="n1")}
+
+
+def test_a_call_queues_up_to_the_frames_in_flight_allowed_and_its_cap() -> None:
+    """Calls come with acks and ticks, a few ms apart: a call that queued only a fixed lead
+    paced the whole stream, however fast records were built; one that filled the window kept
+    256 frames queued at a joiner slower than the retransmission timer."""
+    ctx, resync, _ = _answering(3 * BULK_CALL_RECORDS)
+    p = ctx.peers["n2"]
+    ch = p.channel
+    resync.answer_bulk(p)
+    # One call stops at its cap or at the frames allowed in flight, whichever comes first.
+    pos = resync.bulks["n2"].pos
+    assert pos == BULK_CALL_RECORDS or len(ch.unacked) >= BULK_INFLIGHT_FRAMES
+    assert len(ch.unacked) <= BULK_INFLIGHT_FRAMES + BULK_CHUNK_RECORDS // 10
+    for i in range(3):
+        ch.due(0.001 * i, None)
+        resync.feed()
+    assert BULK_INFLIGHT_FRAMES <= len(ch.unacked) <= BULK_INFLIGHT_FRAMES + BULK_CHUNK_RECORDS // 10
+    assert resync.bulks["n2"].pos < 3 * BULK_CALL_RECORDS
+    ch.due(0.003, None)
+    resync.feed()
+    assert ch.unsent() == 0, "nothing more while as many await their ack"
+    # An ack of ten frames: about ten more.
+    ch.on_ack(10)
+    resync.feed()
+    assert 0 < len(ch.due(0.004, None)) <= 10 + BULK_CHUNK_RECORDS // 10
+
+
+def test_bulk_records_are_acked_in_the_turn_they_arrive() -> None:
+    """The bulk's sender queues more as acks come: in the turn once BULK_ACK_EVERY arrived
+    since the last ack, not only at the tick."""
+    from sync.dispatch import BULK_ACK_EVERY
+    from sync.sim import SimCluster
+    from sync.wire import decode_frame
+
+    sim = SimCluster(2, keys_interval_ms=0)
+    sim.start()
+    assert sim.run_until(sim.all_active, 5.0)
+    sim.kill("n2")
+    assert sim.run_until(lambda: len(sim.agents["n1"].owned_buckets) == sim.base.buckets, 5.0)
+    for i in range(20_000):
+        sim.stores["n1"].put_local(Record(f"k{i:05}".encode(), Scope.NODE, "n1", 1,
+                                          sim.agents["n1"].owned_buckets[i % 4], [i], False))
+    sim.revive("n2")
+    c = sim.base
+    n2 = sim.agents["n2"]
+
+    def leading_records() -> list[tuple[bytes, tuple[str, int]]]:
+        """n2's pending datagrams, if they are all bulk records in order after what it holds."""
+        got = sorted((m for m in sim._heap if m.dst == "n2"), key=lambda m: m.n)
+        frames = [decode_frame(m.data, c.key, c.lab_id, c.max_frame_bytes) for m in got]
+        ch = n2._ctx.peers["n1"].channel
+        want = list(range(ch.recv_next, ch.recv_next + len(frames)))
+        if (len(frames) < BULK_ACK_EVERY or any(f.type is not MsgType.RECORDS for f in frames)
+                or [f.seq for f in frames] != want):
+            return []
+        return [(m.data, m.src) for m in got]
+
+    turn: list[tuple[bytes, tuple[str, int]]] = []
+    for _ in range(5000):
+        sim.step(0.0001)
+        if n2._ctx.peers["n1"].bulk_received and (turn := leading_records()):
+            break
+    assert turn, "a turn of bulk records alone"
+    sim._heap = [m for m in sim._heap if m.dst != "n2"]
+    n2.datagrams()
+    n2.receive_many(turn, sim.now)
+    out = [decode_frame(d, c.key, c.lab_id, c.max_frame_bytes) for _, d in n2.datagrams()]
+    assert [f.type for f in out] == [MsgType.ACK], "one ack for the turn, at once"
+    assert out[0].ack == n2._ctx.peers["n1"].channel.cum_ack
+
+
+def test_the_key_sweep_after_a_bulk_waits_until_bulk_end_has_left() -> None:
+    """Building a sweep of 1M keys holds the loop ~0.4 s: not between queueing the last
+    records and BULK_END and sending them."""
+    ctx, resync, _ = _answering(300)
+    p = ctx.peers["n2"]
+    ch = p.channel
+    swept: list[int] = []
+    resync.bulk_done = lambda peer: swept.append(peer.channel.unsent())
+    resync.answer_bulk(p)
+    assert list(ch.unacked.values())[-1].type is MsgType.BULK_END
+    assert not swept and "n2" in resync.bulks, "BULK_END is queued, not sent: no sweep yet"
+    resync.feed()
+    assert not swept
+    ch.due(0.0, None)
+    resync.feed()
+    assert swept == [0] and not resync.bulks
+    resync.feed()
+    assert swept == [0], "one sweep"

@@ -190,7 +190,8 @@ class Conn:
         self.nat: NatBinding | None = None  # its translation, when a NAT rule admitted it
         self.trigger = trigger
         self.hold = 0  # the sync id its packets wait on, 0 when none
-        self.sched = -1.0  # the deadline it is queued under for expiry, -1 when not queued
+        # The expiry wheel slot it is queued in (ConnTable._file), -1 when not queued.
+        self.sched = -1
         self.fast = False  # may take the engine's fast path (kept up to date by ConnTable.refresh)
         self.announced = True  # peers have heard of it (False while it stays in a quiet state)
 
@@ -252,7 +253,7 @@ class Expectation:
         self.deadline = now + timeout_s
         self.helper = helper
         self.trigger = trigger
-        self.sched = -1.0
+        self.sched = -1  # its expiry wheel slot, as Conn.sched
 
 
 def directional_keys(key: bytes) -> tuple[bytes, bytes]:
@@ -309,6 +310,18 @@ def next_version(old: int, now: float) -> int:
     return max(old + 1, int(now * 1000), 1)
 
 
+class _Due(list[Conn | Expectation]):
+    """What is due in one expiry wheel slot. `slot` is the one int object every entry filed
+    here holds as its `sched`: a queued entry pays for no deadline of its own (a float was
+    24 B per entry)."""
+
+    __slots__ = ("slot",)
+
+    def __init__(self, slot: int) -> None:
+        super().__init__()
+        self.slot = slot
+
+
 class ConnTable:
     """Own connections, backup copies of other nodes' connections, expectations and tombstones.
 
@@ -333,8 +346,9 @@ class ConnTable:
         self._tomb_queue: deque[tuple[float, bytes, int]] = deque()
         # Expiry: a wheel of 1/WHEEL_SLOTS_PER_S s slots (slot -> what is due in it) and a heap
         # of the slots in use. A (deadline, seq, entry) heap item cost ~100 B per entry, a
-        # fifth of an entry's memory; a slot costs one list item.
-        self._wheel: dict[int, list[Conn | Expectation]] = {}
+        # fifth of an entry's memory; a slot costs one list item, and the entry's `sched` is
+        # the slot's own int (_Due.slot), so being queued costs an entry no number of its own.
+        self._wheel: dict[int, _Due] = {}
         self._slots: list[int] = []
         self.events: list[StateEvent] = []
         # States in which an own connection's changes are not announced to peers (see
@@ -378,23 +392,22 @@ class ConnTable:
         return e.last_seen + self.timeout_by_state[e.state]
 
     def schedule(self, e: Conn) -> None:
-        """Queue an own entry for expiry, unless it is already queued no later than needed."""
-        d = self.deadline(e)
-        if e.sched < 0 or d < e.sched:
-            e.sched = d
-            self._file(d, e)
+        """Queue an own entry for expiry, unless it is already queued in its deadline's slot or
+        an earlier one (expire() looks at its deadline again when that slot comes)."""
+        slot = int(self.deadline(e) * WHEEL_SLOTS_PER_S)
+        if e.sched < 0 or slot < e.sched:
+            self._file(slot, e)
 
     def _schedule_expect(self, x: Expectation) -> None:
-        x.sched = x.deadline
-        self._file(x.deadline, x)
+        self._file(int(x.deadline * WHEEL_SLOTS_PER_S), x)
 
-    def _file(self, deadline: float, obj: Conn | Expectation) -> None:
-        slot = int(deadline * WHEEL_SLOTS_PER_S)
+    def _file(self, slot: int, obj: Conn | Expectation) -> None:
         due = self._wheel.get(slot)
         if due is None:
-            self._wheel[slot] = due = []
+            self._wheel[slot] = due = _Due(slot)
             heapq.heappush(self._slots, slot)
         due.append(obj)
+        obj.sched = due.slot
 
     def version_floor(self, key: bytes) -> int:
         t = self.tombs.get(key)
@@ -509,16 +522,13 @@ class ConnTable:
         while slots and slots[0] <= cur:
             slot = heapq.heappop(slots)
             for obj in wheel.pop(slot):
-                d = obj.sched
-                if d < 0 or int(d * WHEEL_SLOTS_PER_S) != slot:
+                if obj.sched != slot:
                     continue  # superseded: filed again (earlier) or no longer queued
-                if d > now:
-                    later.append(obj)
-                    continue
-                gone += self._expire_one(obj, now)
+                obj.sched = -1
+                gone += self._expire_one(obj, now, later)
         for obj in later:
-            if obj.sched > now and int(obj.sched * WHEEL_SLOTS_PER_S) == cur:
-                self._file(obj.sched, obj)
+            if obj.sched < 0:
+                self._file(cur, obj)
         q = self._tomb_queue
         while q and q[0][0] <= now:
             _, key, version = q.popleft()
@@ -527,19 +537,27 @@ class ConnTable:
                 del self.tombs[key]
         return gone
 
-    def _expire_one(self, obj: Conn | Expectation, now: float) -> int:
-        """One entry whose queued deadline passed: gone (1), or queued again or not ours (0)."""
-        obj.sched = -1.0
+    def _expire_one(self, obj: Conn | Expectation, now: float, later: list[Conn | Expectation]) -> int:
+        """One entry whose slot came: gone (1), or queued again or not ours (0). One due later
+        in the current slot goes to `later`: expire() files it there once that slot is done."""
         if isinstance(obj, Conn):
             if self.conns.get(obj.key) is not obj or obj.owner != self.node:
                 return 0
-            if self.deadline(obj) <= now:
+            d = self.deadline(obj)  # its last_seen may have moved since it was queued
+            if d <= now:
                 self.delete(obj, "expired", now)
                 return 1
-            self.schedule(obj)
-            return 0
-        if self.expects.get(obj.key) is not obj:
-            return 0
-        # Every node drops a stale expectation; only its creator tells the others.
-        self.unexpect(obj, "expired", now, event=obj.owner == self.node)
-        return 1
+        else:
+            if self.expects.get(obj.key) is not obj:
+                return 0
+            d = obj.deadline
+            if d <= now:
+                # Every node drops a stale expectation; only its creator tells the others.
+                self.unexpect(obj, "expired", now, event=obj.owner == self.node)
+                return 1
+        slot = int(d * WHEEL_SLOTS_PER_S)
+        if slot <= int(now * WHEEL_SLOTS_PER_S):
+            later.append(obj)
+        else:
+            self._file(slot, obj)
+        return 0

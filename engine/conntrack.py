@@ -141,25 +141,80 @@ class Timeouts:
         }
 
 
+class ConnMeta:
+    """What a connection entry seldom reads on its packet path, in one object that entries with
+    the same values share (Conn._m). Its trigger, orig_low and announced come from small sets,
+    and helper, nat, extra and hold are unset in almost every entry, so most entries hold one
+    of a few shared ConnMetas instead of seven slots of their own (56 B each). Never changed
+    in place: a change finds or makes another one (conn_meta)."""
+
+    __slots__ = ("announced", "extra", "helper", "hold", "nat", "orig_low", "trigger")
+
+    def __init__(
+        self,
+        trigger: str,
+        orig_low: bool,
+        announced: bool,
+        helper: FtpHelper | None,
+        nat: NatBinding | None,
+        extra: dict[str, Any] | None,
+        hold: int,
+    ) -> None:
+        self.trigger = trigger
+        self.orig_low = orig_low
+        self.announced = announced
+        self.helper = helper
+        self.nat = nat
+        self.extra = extra
+        self.hold = hold
+
+
+# The shared ConnMetas (those without helper, nat, extra or hold), by (trigger, orig_low,
+# announced). Triggers are a handful of names per rule and state, but some come from peers'
+# records: past this many, a new one is an entry's own (correct, just not shared).
+_SHARED_META: dict[tuple[str, bool, bool], ConnMeta] = {}
+SHARED_META_MAX = 4096
+
+
+def conn_meta(
+    trigger: str,
+    orig_low: bool,
+    announced: bool,
+    helper: FtpHelper | None = None,
+    nat: NatBinding | None = None,
+    extra: dict[str, Any] | None = None,
+    hold: int = 0,
+) -> ConnMeta:
+    """The ConnMeta with these values: a shared one unless helper, nat, extra or hold is set."""
+    orig_low, announced = bool(orig_low), bool(announced)  # 1 and True must not share a key
+    if helper is not None or nat is not None or extra is not None or hold:
+        return ConnMeta(trigger, orig_low, announced, helper, nat, extra, hold)
+    k = (trigger, orig_low, announced)
+    m = _SHARED_META.get(k)
+    if m is None:
+        m = ConnMeta(trigger, orig_low, announced, None, None, None, 0)
+        if len(_SHARED_META) < SHARED_META_MAX:
+            _SHARED_META[k] = m
+    return m
+
+
 class Conn:
-    """One connection entry. `orig_low` says the originator is the key's lower endpoint."""
+    """One connection entry. `orig_low` says the originator is the key's lower endpoint.
+
+    Memory (issue 13): what the fast path and the table's bookkeeping read are plain slots;
+    trigger, orig_low, announced, helper, nat, extra and hold are properties over one shared
+    ConnMeta (_m), read and set like attributes."""
 
     __slots__ = (
-        "announced",
+        "_m",
         "bucket",
         "created",
-        "extra",
         "fast",
-        "helper",
-        "hold",
         "key",
         "last_seen",
-        "nat",
-        "orig_low",
         "owner",
         "sched",
         "state",
-        "trigger",
         "version",
     )
 
@@ -176,24 +231,84 @@ class Conn:
         trigger: str = "new",
     ) -> None:
         self.key = key
-        self.orig_low = orig_low
         self.state = state
         self.owner = owner
         self.version = version
         self.bucket = bucket
         self.created = now
         self.last_seen = now
-        self.helper = helper
-        # Additional information (NAT details, the master of a related connection...). None
-        # until something is stored: most entries never need it, and an empty dict costs 64 B.
-        self.extra: dict[str, Any] | None = None
-        self.nat: NatBinding | None = None  # its translation, when a NAT rule admitted it
-        self.trigger = trigger
-        self.hold = 0  # the sync id its packets wait on, 0 when none
+        # announced: peers have heard of it (False while it stays in a quiet state).
+        self._m = conn_meta(trigger, orig_low, True, helper)
         # The expiry wheel slot it is queued in (ConnTable._file), -1 when not queued.
         self.sched = -1
         self.fast = False  # may take the engine's fast path (kept up to date by ConnTable.refresh)
-        self.announced = True  # peers have heard of it (False while it stays in a quiet state)
+
+    @property
+    def trigger(self) -> str:
+        return self._m.trigger
+
+    @trigger.setter
+    def trigger(self, trigger: str) -> None:
+        m = self._m
+        self._m = conn_meta(trigger, m.orig_low, m.announced, m.helper, m.nat, m.extra, m.hold)
+
+    @property
+    def orig_low(self) -> bool:
+        return self._m.orig_low
+
+    @orig_low.setter
+    def orig_low(self, orig_low: bool) -> None:
+        m = self._m
+        self._m = conn_meta(m.trigger, orig_low, m.announced, m.helper, m.nat, m.extra, m.hold)
+
+    @property
+    def announced(self) -> bool:
+        return self._m.announced
+
+    @announced.setter
+    def announced(self, announced: bool) -> None:
+        m = self._m
+        self._m = conn_meta(m.trigger, m.orig_low, announced, m.helper, m.nat, m.extra, m.hold)
+
+    @property
+    def helper(self) -> FtpHelper | None:
+        return self._m.helper
+
+    @helper.setter
+    def helper(self, helper: FtpHelper | None) -> None:
+        m = self._m
+        self._m = conn_meta(m.trigger, m.orig_low, m.announced, helper, m.nat, m.extra, m.hold)
+
+    @property
+    def nat(self) -> NatBinding | None:
+        """Its translation, when a NAT rule admitted it."""
+        return self._m.nat
+
+    @nat.setter
+    def nat(self, nat: NatBinding | None) -> None:
+        m = self._m
+        self._m = conn_meta(m.trigger, m.orig_low, m.announced, m.helper, nat, m.extra, m.hold)
+
+    @property
+    def extra(self) -> dict[str, Any] | None:
+        """Additional information (NAT details, the master of a related connection...). None
+        until something is stored: most entries never need it, and an empty dict costs 64 B."""
+        return self._m.extra
+
+    @extra.setter
+    def extra(self, extra: dict[str, Any] | None) -> None:
+        m = self._m
+        self._m = conn_meta(m.trigger, m.orig_low, m.announced, m.helper, m.nat, extra, m.hold)
+
+    @property
+    def hold(self) -> int:
+        """The sync id its packets wait on, 0 when none."""
+        return self._m.hold
+
+    @hold.setter
+    def hold(self, hold: int) -> None:
+        m = self._m
+        self._m = conn_meta(m.trigger, m.orig_low, m.announced, m.helper, m.nat, m.extra, hold)
 
     @property
     def proto(self) -> int:

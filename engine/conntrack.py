@@ -143,12 +143,12 @@ class Timeouts:
 
 class ConnMeta:
     """What a connection entry seldom reads on its packet path, in one object that entries with
-    the same values share (Conn._m). Its trigger, orig_low and announced come from small sets,
+    the same values share (Conn.meta). Its trigger, orig_low and announced come from small sets,
     and helper, nat, extra and hold are unset in almost every entry, so most entries hold one
     of a few shared ConnMetas instead of seven slots of their own (56 B each). Never changed
     in place: a change finds or makes another one (conn_meta)."""
 
-    __slots__ = ("announced", "extra", "helper", "hold", "nat", "orig_low", "trigger")
+    __slots__ = ("announced", "extra", "full_path", "helper", "hold", "nat", "orig_low", "trigger")
 
     def __init__(
         self,
@@ -167,6 +167,9 @@ class ConnMeta:
         self.nat = nat
         self.extra = extra
         self.hold = hold
+        # Its packets take the engine's full path whatever the state: a helper reads them, a
+        # translation rewrites them, or they wait on a sync (ConnTable.refresh).
+        self.full_path = helper is not None or nat is not None or hold != 0
 
 
 # The shared ConnMetas (those without helper, nat, extra or hold), by (trigger, orig_low,
@@ -185,17 +188,17 @@ def conn_meta(
     extra: dict[str, Any] | None = None,
     hold: int = 0,
 ) -> ConnMeta:
-    """The ConnMeta with these values: a shared one unless helper, nat, extra or hold is set."""
-    orig_low, announced = bool(orig_low), bool(announced)  # 1 and True must not share a key
-    if helper is not None or nat is not None or extra is not None or hold:
-        return ConnMeta(trigger, orig_low, announced, helper, nat, extra, hold)
-    k = (trigger, orig_low, announced)
-    m = _SHARED_META.get(k)
-    if m is None:
-        m = ConnMeta(trigger, orig_low, announced, None, None, None, 0)
-        if len(_SHARED_META) < SHARED_META_MAX:
-            _SHARED_META[k] = m
-    return m
+    """The ConnMeta with these values: a shared one unless helper, nat, extra or hold is set.
+    orig_low and announced must be bools (1 and True would share a key)."""
+    if helper is None and nat is None and extra is None and not hold:
+        k = (trigger, orig_low, announced)
+        m = _SHARED_META.get(k)
+        if m is None:
+            m = ConnMeta(trigger, orig_low, announced, None, None, None, 0)
+            if len(_SHARED_META) < SHARED_META_MAX:
+                _SHARED_META[k] = m
+        return m
+    return ConnMeta(trigger, orig_low, announced, helper, nat, extra, hold)
 
 
 class Conn:
@@ -203,15 +206,15 @@ class Conn:
 
     Memory (issue 13): what the fast path and the table's bookkeeping read are plain slots;
     trigger, orig_low, announced, helper, nat, extra and hold are properties over one shared
-    ConnMeta (_m), read and set like attributes."""
+    ConnMeta (meta), read and set like attributes."""
 
     __slots__ = (
-        "_m",
         "bucket",
         "created",
         "fast",
         "key",
         "last_seen",
+        "meta",
         "owner",
         "sched",
         "state",
@@ -238,77 +241,82 @@ class Conn:
         self.created = now
         self.last_seen = now
         # announced: peers have heard of it (False while it stays in a quiet state).
-        self._m = conn_meta(trigger, orig_low, True, helper)
+        self.meta = conn_meta(trigger, bool(orig_low), True, helper)
         # The expiry wheel slot it is queued in (ConnTable._file), -1 when not queued.
         self.sched = -1
         self.fast = False  # may take the engine's fast path (kept up to date by ConnTable.refresh)
 
     @property
     def trigger(self) -> str:
-        return self._m.trigger
+        return self.meta.trigger
 
     @trigger.setter
     def trigger(self, trigger: str) -> None:
-        m = self._m
-        self._m = conn_meta(trigger, m.orig_low, m.announced, m.helper, m.nat, m.extra, m.hold)
+        m = self.meta
+        if not m.full_path and m.extra is None:  # set at every change: the shared case inline
+            shared = _SHARED_META.get((trigger, m.orig_low, m.announced))
+            if shared is not None:
+                self.meta = shared
+                return
+        self.meta = conn_meta(trigger, m.orig_low, m.announced, m.helper, m.nat, m.extra, m.hold)
 
     @property
     def orig_low(self) -> bool:
-        return self._m.orig_low
+        return self.meta.orig_low
 
     @orig_low.setter
     def orig_low(self, orig_low: bool) -> None:
-        m = self._m
-        self._m = conn_meta(m.trigger, orig_low, m.announced, m.helper, m.nat, m.extra, m.hold)
+        m = self.meta
+        self.meta = conn_meta(m.trigger, bool(orig_low), m.announced, m.helper, m.nat, m.extra, m.hold)
 
     @property
     def announced(self) -> bool:
-        return self._m.announced
+        return self.meta.announced
 
     @announced.setter
     def announced(self, announced: bool) -> None:
-        m = self._m
-        self._m = conn_meta(m.trigger, m.orig_low, announced, m.helper, m.nat, m.extra, m.hold)
+        m = self.meta
+        self.meta = conn_meta(m.trigger, m.orig_low, bool(announced), m.helper, m.nat, m.extra, m.hold)
 
     @property
     def helper(self) -> FtpHelper | None:
-        return self._m.helper
+        return self.meta.helper
 
     @helper.setter
     def helper(self, helper: FtpHelper | None) -> None:
-        m = self._m
-        self._m = conn_meta(m.trigger, m.orig_low, m.announced, helper, m.nat, m.extra, m.hold)
+        m = self.meta
+        self.meta = conn_meta(m.trigger, m.orig_low, m.announced, helper, m.nat, m.extra, m.hold)
 
     @property
     def nat(self) -> NatBinding | None:
         """Its translation, when a NAT rule admitted it."""
-        return self._m.nat
+        return self.meta.nat
 
     @nat.setter
     def nat(self, nat: NatBinding | None) -> None:
-        m = self._m
-        self._m = conn_meta(m.trigger, m.orig_low, m.announced, m.helper, nat, m.extra, m.hold)
+        m = self.meta
+        self.meta = conn_meta(m.trigger, m.orig_low, m.announced, m.helper, nat, m.extra, m.hold)
 
     @property
     def extra(self) -> dict[str, Any] | None:
         """Additional information (NAT details, the master of a related connection...). None
         until something is stored: most entries never need it, and an empty dict costs 64 B."""
-        return self._m.extra
+        return self.meta.extra
 
     @extra.setter
     def extra(self, extra: dict[str, Any] | None) -> None:
-        m = self._m
-        self._m = conn_meta(m.trigger, m.orig_low, m.announced, m.helper, m.nat, extra, m.hold)
+        m = self.meta
+        self.meta = conn_meta(m.trigger, m.orig_low, m.announced, m.helper, m.nat, extra, m.hold)
 
     @property
     def hold(self) -> int:
         """The sync id its packets wait on, 0 when none."""
-        return self._m.hold
+        return self.meta.hold
 
     @hold.setter
     def hold(self, hold: int) -> None:
-        m = self._m
-        self._m = conn_meta(m.trigger, m.orig_low, m.announced, m.helper, m.nat, m.extra, hold)
+        m = self.meta
+        self.meta = conn_meta(m.trigger, m.orig_low, m.announced, m.helper, m.nat, m.extra, hold)
 
     @property
     def proto(self) -> int:
@@ -475,13 +483,7 @@ class ConnTable:
         """Recompute whether the fast path may handle this entry, and file it (or not) in the
         fast index."""
         was = e.fast
-        e.fast = (
-            e.owner == self.node
-            and e.hold == 0
-            and e.helper is None
-            and e.nat is None  # a translated packet is rewritten on the full path
-            and e.state in FAST_STATES
-        )
+        e.fast = e.owner == self.node and not e.meta.full_path and e.state in FAST_STATES
         if e.fast:
             idx = self.fast.get(e.key[0]) if len(e.key) in _FAST_KEY_LENGTHS else None
             if idx is not None:
@@ -568,7 +570,7 @@ class ConnTable:
             self.schedule(e)
         if e.state in self.quiet_states and trigger != "adopted":
             return
-        if not e.announced:
+        if not e.meta.announced:
             e.announced = True
             self.emit(EventKind.NEW, e.key, Scope.NODE)
             return
@@ -584,7 +586,7 @@ class ConnTable:
         e.trigger = trigger
         e.version = next_version(e.version, now) if event else e.version
         self.bury(e.key, e.version, e.owner, Scope.NODE, e.bucket, now)
-        if event and e.announced:  # nobody heard of a connection that never left a quiet state
+        if event and e.meta.announced:  # nobody heard of a connection that never left a quiet state
             self.emit(EventKind.DELETE, e.key, Scope.NODE)
 
     # ---- expectations -------------------------------------------------------------------

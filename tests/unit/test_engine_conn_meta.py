@@ -67,11 +67,11 @@ def test_each_field_changed_on_an_entry_with_every_field_set_leaves_the_others(n
 
 def test_plain_entries_share_one_meta_and_a_private_one_goes_back_to_sharing() -> None:
     a, b = _conn(1), _conn(2, trigger="rule:" + "allow")  # equal triggers, different objects
-    assert a._m is b._m
+    assert a.meta is b.meta
     b.hold = 5  # held: its own ConnMeta
-    assert a._m is not b._m and a.hold == 0
+    assert a.meta is not b.meta and a.hold == 0
     b.hold = 0
-    assert a._m is b._m
+    assert a.meta is b.meta
     a.announced = False
     assert b.announced is True
 
@@ -91,4 +91,19 @@ def test_past_the_shared_cap_a_new_trigger_still_reads_back(monkeypatch: pytest.
     assert [e.trigger for e in es] == [f"peer:{i}" for i in range(5)]
     assert len(ct._SHARED_META) == 2
     es[4].trigger = "peer:0"  # one that is shared
-    assert es[4]._m is es[0]._m
+    assert es[4].meta is es[0].meta
+
+
+@pytest.mark.parametrize("rare", ["helper", "nat", "extra", "hold"])
+def test_an_entry_with_one_rare_field_keeps_it_through_other_changes(rare: str) -> None:
+    e = _conn(1)
+    plain = _conn(2, trigger="tcp:close-wait")  # a shared ConnMeta e must not take
+    value = _values()[rare]
+    setattr(e, rare, value)
+    e.trigger = "tcp:close-wait"
+    assert e.meta is not plain.meta
+    e.orig_low = False
+    e.announced = False
+    assert getattr(e, rare) is value or getattr(e, rare) == value
+    assert (e.trigger, e.orig_low, e.announced) == ("tcp:close-wait", False, False)
+    assert e.meta.full_path is (rare != "extra"), "extra alone leaves the fast path open"

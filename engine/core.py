@@ -580,10 +580,11 @@ class Engine:
         return c
 
     # ---- the console's view (engine.rows) ----------------------------------------------
-    def rows(self, scope: str) -> Iterator[dict[str, Any]]:
+    def rows(self, scope: str, limit: int | None = None) -> Iterator[dict[str, Any]]:
         """Rows for the console: scope "own" (this node's connections), "backup" (copies of other
-        nodes' connections) or "common" (expectations and other cluster-wide records)."""
-        return engine_rows(self, scope)
+        nodes' connections) or "common" (expectations and other cluster-wide records); the first
+        `limit` of them when given."""
+        return engine_rows(self, scope, limit)
 
     def _describe(self, e: Conn) -> str:
         r = conn_row(e, self._now)

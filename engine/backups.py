@@ -31,7 +31,7 @@ class Backups:
         return self.copies.get(key)
 
     def put(self, e: Conn) -> None:
-        e.sched = -1.0  # not queued for expiry: a copy's clock is its owner's
+        e.sched = -1  # not queued for expiry: a copy's clock is its owner's
         self.copies[e.key] = e
 
     def pop(self, key: bytes) -> Conn | None:

@@ -141,25 +141,83 @@ class Timeouts:
         }
 
 
+class ConnMeta:
+    """What a connection entry seldom reads on its packet path, in one object that entries with
+    the same values share (Conn.meta). Its trigger, orig_low and announced come from small sets,
+    and helper, nat, extra and hold are unset in almost every entry, so most entries hold one
+    of a few shared ConnMetas instead of seven slots of their own (56 B each). Never changed
+    in place: a change finds or makes another one (conn_meta)."""
+
+    __slots__ = ("announced", "extra", "full_path", "helper", "hold", "nat", "orig_low", "trigger")
+
+    def __init__(
+        self,
+        trigger: str,
+        orig_low: bool,
+        announced: bool,
+        helper: FtpHelper | None,
+        nat: NatBinding | None,
+        extra: dict[str, Any] | None,
+        hold: int,
+    ) -> None:
+        self.trigger = trigger
+        self.orig_low = orig_low
+        self.announced = announced
+        self.helper = helper
+        self.nat = nat
+        self.extra = extra
+        self.hold = hold
+        # Its packets take the engine's full path whatever the state: a helper reads them, a
+        # translation rewrites them, or they wait on a sync (ConnTable.refresh).
+        self.full_path = helper is not None or nat is not None or hold != 0
+
+
+# The shared ConnMetas (those without helper, nat, extra or hold), by (trigger, orig_low,
+# announced). Triggers are a handful of names per rule and state, but some come from peers'
+# records: past this many, a new one is an entry's own (correct, just not shared).
+_SHARED_META: dict[tuple[str, bool, bool], ConnMeta] = {}
+SHARED_META_MAX = 4096
+
+
+def conn_meta(
+    trigger: str,
+    orig_low: bool,
+    announced: bool,
+    helper: FtpHelper | None = None,
+    nat: NatBinding | None = None,
+    extra: dict[str, Any] | None = None,
+    hold: int = 0,
+) -> ConnMeta:
+    """The ConnMeta with these values: a shared one unless helper, nat, extra or hold is set.
+    orig_low and announced must be bools (1 and True would share a key)."""
+    if helper is None and nat is None and extra is None and not hold:
+        k = (trigger, orig_low, announced)
+        m = _SHARED_META.get(k)
+        if m is None:
+            m = ConnMeta(trigger, orig_low, announced, None, None, None, 0)
+            if len(_SHARED_META) < SHARED_META_MAX:
+                _SHARED_META[k] = m
+        return m
+    return ConnMeta(trigger, orig_low, announced, helper, nat, extra, hold)
+
+
 class Conn:
-    """One connection entry. `orig_low` says the originator is the key's lower endpoint."""
+    """One connection entry. `orig_low` says the originator is the key's lower endpoint.
+
+    Memory (issue 13): what the fast path and the table's bookkeeping read are plain slots;
+    trigger, orig_low, announced, helper, nat, extra and hold are properties over one shared
+    ConnMeta (meta), read and set like attributes."""
 
     __slots__ = (
-        "announced",
         "bucket",
         "created",
-        "extra",
         "fast",
-        "helper",
-        "hold",
         "key",
         "last_seen",
-        "nat",
-        "orig_low",
+        "meta",
         "owner",
         "sched",
         "state",
-        "trigger",
         "version",
     )
 
@@ -176,23 +234,89 @@ class Conn:
         trigger: str = "new",
     ) -> None:
         self.key = key
-        self.orig_low = orig_low
         self.state = state
         self.owner = owner
         self.version = version
         self.bucket = bucket
         self.created = now
         self.last_seen = now
-        self.helper = helper
-        # Additional information (NAT details, the master of a related connection...). None
-        # until something is stored: most entries never need it, and an empty dict costs 64 B.
-        self.extra: dict[str, Any] | None = None
-        self.nat: NatBinding | None = None  # its translation, when a NAT rule admitted it
-        self.trigger = trigger
-        self.hold = 0  # the sync id its packets wait on, 0 when none
-        self.sched = -1.0  # the deadline it is queued under for expiry, -1 when not queued
+        # announced: peers have heard of it (False while it stays in a quiet state).
+        self.meta = conn_meta(trigger, bool(orig_low), True, helper)
+        # The expiry wheel slot it is queued in (ConnTable._file), -1 when not queued.
+        self.sched = -1
         self.fast = False  # may take the engine's fast path (kept up to date by ConnTable.refresh)
-        self.announced = True  # peers have heard of it (False while it stays in a quiet state)
+
+    @property
+    def trigger(self) -> str:
+        return self.meta.trigger
+
+    @trigger.setter
+    def trigger(self, trigger: str) -> None:
+        m = self.meta
+        if not m.full_path and m.extra is None:  # set at every change: the shared case inline
+            shared = _SHARED_META.get((trigger, m.orig_low, m.announced))
+            if shared is not None:
+                self.meta = shared
+                return
+        self.meta = conn_meta(trigger, m.orig_low, m.announced, m.helper, m.nat, m.extra, m.hold)
+
+    @property
+    def orig_low(self) -> bool:
+        return self.meta.orig_low
+
+    @orig_low.setter
+    def orig_low(self, orig_low: bool) -> None:
+        m = self.meta
+        self.meta = conn_meta(m.trigger, bool(orig_low), m.announced, m.helper, m.nat, m.extra, m.hold)
+
+    @property
+    def announced(self) -> bool:
+        return self.meta.announced
+
+    @announced.setter
+    def announced(self, announced: bool) -> None:
+        m = self.meta
+        self.meta = conn_meta(m.trigger, m.orig_low, bool(announced), m.helper, m.nat, m.extra, m.hold)
+
+    @property
+    def helper(self) -> FtpHelper | None:
+        return self.meta.helper
+
+    @helper.setter
+    def helper(self, helper: FtpHelper | None) -> None:
+        m = self.meta
+        self.meta = conn_meta(m.trigger, m.orig_low, m.announced, helper, m.nat, m.extra, m.hold)
+
+    @property
+    def nat(self) -> NatBinding | None:
+        """Its translation, when a NAT rule admitted it."""
+        return self.meta.nat
+
+    @nat.setter
+    def nat(self, nat: NatBinding | None) -> None:
+        m = self.meta
+        self.meta = conn_meta(m.trigger, m.orig_low, m.announced, m.helper, nat, m.extra, m.hold)
+
+    @property
+    def extra(self) -> dict[str, Any] | None:
+        """Additional information (NAT details, the master of a related connection...). None
+        until something is stored: most entries never need it, and an empty dict costs 64 B."""
+        return self.meta.extra
+
+    @extra.setter
+    def extra(self, extra: dict[str, Any] | None) -> None:
+        m = self.meta
+        self.meta = conn_meta(m.trigger, m.orig_low, m.announced, m.helper, m.nat, extra, m.hold)
+
+    @property
+    def hold(self) -> int:
+        """The sync id its packets wait on, 0 when none."""
+        return self.meta.hold
+
+    @hold.setter
+    def hold(self, hold: int) -> None:
+        m = self.meta
+        self.meta = conn_meta(m.trigger, m.orig_low, m.announced, m.helper, m.nat, m.extra, hold)
 
     @property
     def proto(self) -> int:
@@ -252,7 +376,7 @@ class Expectation:
         self.deadline = now + timeout_s
         self.helper = helper
         self.trigger = trigger
-        self.sched = -1.0
+        self.sched = -1  # its expiry wheel slot, as Conn.sched
 
 
 def directional_keys(key: bytes) -> tuple[bytes, bytes]:
@@ -309,6 +433,18 @@ def next_version(old: int, now: float) -> int:
     return max(old + 1, int(now * 1000), 1)
 
 
+class _Due(list[Conn | Expectation]):
+    """What is due in one expiry wheel slot. `slot` is the one int object every entry filed
+    here holds as its `sched`: a queued entry pays for no deadline of its own (a float was
+    24 B per entry)."""
+
+    __slots__ = ("slot",)
+
+    def __init__(self, slot: int) -> None:
+        super().__init__()
+        self.slot = slot
+
+
 class ConnTable:
     """Own connections, backup copies of other nodes' connections, expectations and tombstones.
 
@@ -333,8 +469,9 @@ class ConnTable:
         self._tomb_queue: deque[tuple[float, bytes, int]] = deque()
         # Expiry: a wheel of 1/WHEEL_SLOTS_PER_S s slots (slot -> what is due in it) and a heap
         # of the slots in use. A (deadline, seq, entry) heap item cost ~100 B per entry, a
-        # fifth of an entry's memory; a slot costs one list item.
-        self._wheel: dict[int, list[Conn | Expectation]] = {}
+        # fifth of an entry's memory; a slot costs one list item, and the entry's `sched` is
+        # the slot's own int (_Due.slot), so being queued costs an entry no number of its own.
+        self._wheel: dict[int, _Due] = {}
         self._slots: list[int] = []
         self.events: list[StateEvent] = []
         # States in which an own connection's changes are not announced to peers (see
@@ -346,13 +483,7 @@ class ConnTable:
         """Recompute whether the fast path may handle this entry, and file it (or not) in the
         fast index."""
         was = e.fast
-        e.fast = (
-            e.owner == self.node
-            and e.hold == 0
-            and e.helper is None
-            and e.nat is None  # a translated packet is rewritten on the full path
-            and e.state in FAST_STATES
-        )
+        e.fast = e.owner == self.node and not e.meta.full_path and e.state in FAST_STATES
         if e.fast:
             idx = self.fast.get(e.key[0]) if len(e.key) in _FAST_KEY_LENGTHS else None
             if idx is not None:
@@ -378,23 +509,22 @@ class ConnTable:
         return e.last_seen + self.timeout_by_state[e.state]
 
     def schedule(self, e: Conn) -> None:
-        """Queue an own entry for expiry, unless it is already queued no later than needed."""
-        d = self.deadline(e)
-        if e.sched < 0 or d < e.sched:
-            e.sched = d
-            self._file(d, e)
+        """Queue an own entry for expiry, unless it is already queued in its deadline's slot or
+        an earlier one (expire() looks at its deadline again when that slot comes)."""
+        slot = int(self.deadline(e) * WHEEL_SLOTS_PER_S)
+        if e.sched < 0 or slot < e.sched:
+            self._file(slot, e)
 
     def _schedule_expect(self, x: Expectation) -> None:
-        x.sched = x.deadline
-        self._file(x.deadline, x)
+        self._file(int(x.deadline * WHEEL_SLOTS_PER_S), x)
 
-    def _file(self, deadline: float, obj: Conn | Expectation) -> None:
-        slot = int(deadline * WHEEL_SLOTS_PER_S)
+    def _file(self, slot: int, obj: Conn | Expectation) -> None:
         due = self._wheel.get(slot)
         if due is None:
-            self._wheel[slot] = due = []
+            self._wheel[slot] = due = _Due(slot)
             heapq.heappush(self._slots, slot)
         due.append(obj)
+        obj.sched = due.slot
 
     def version_floor(self, key: bytes) -> int:
         t = self.tombs.get(key)
@@ -440,7 +570,7 @@ class ConnTable:
             self.schedule(e)
         if e.state in self.quiet_states and trigger != "adopted":
             return
-        if not e.announced:
+        if not e.meta.announced:
             e.announced = True
             self.emit(EventKind.NEW, e.key, Scope.NODE)
             return
@@ -456,7 +586,7 @@ class ConnTable:
         e.trigger = trigger
         e.version = next_version(e.version, now) if event else e.version
         self.bury(e.key, e.version, e.owner, Scope.NODE, e.bucket, now)
-        if event and e.announced:  # nobody heard of a connection that never left a quiet state
+        if event and e.meta.announced:  # nobody heard of a connection that never left a quiet state
             self.emit(EventKind.DELETE, e.key, Scope.NODE)
 
     # ---- expectations -------------------------------------------------------------------
@@ -509,16 +639,13 @@ class ConnTable:
         while slots and slots[0] <= cur:
             slot = heapq.heappop(slots)
             for obj in wheel.pop(slot):
-                d = obj.sched
-                if d < 0 or int(d * WHEEL_SLOTS_PER_S) != slot:
+                if obj.sched != slot:
                     continue  # superseded: filed again (earlier) or no longer queued
-                if d > now:
-                    later.append(obj)
-                    continue
-                gone += self._expire_one(obj, now)
+                obj.sched = -1
+                gone += self._expire_one(obj, now, later)
         for obj in later:
-            if obj.sched > now and int(obj.sched * WHEEL_SLOTS_PER_S) == cur:
-                self._file(obj.sched, obj)
+            if obj.sched < 0:
+                self._file(cur, obj)
         q = self._tomb_queue
         while q and q[0][0] <= now:
             _, key, version = q.popleft()
@@ -527,19 +654,27 @@ class ConnTable:
                 del self.tombs[key]
         return gone
 
-    def _expire_one(self, obj: Conn | Expectation, now: float) -> int:
-        """One entry whose queued deadline passed: gone (1), or queued again or not ours (0)."""
-        obj.sched = -1.0
+    def _expire_one(self, obj: Conn | Expectation, now: float, later: list[Conn | Expectation]) -> int:
+        """One entry whose slot came: gone (1), or queued again or not ours (0). One due later
+        in the current slot goes to `later`: expire() files it there once that slot is done."""
         if isinstance(obj, Conn):
             if self.conns.get(obj.key) is not obj or obj.owner != self.node:
                 return 0
-            if self.deadline(obj) <= now:
+            d = self.deadline(obj)  # its last_seen may have moved since it was queued
+            if d <= now:
                 self.delete(obj, "expired", now)
                 return 1
-            self.schedule(obj)
-            return 0
-        if self.expects.get(obj.key) is not obj:
-            return 0
-        # Every node drops a stale expectation; only its creator tells the others.
-        self.unexpect(obj, "expired", now, event=obj.owner == self.node)
-        return 1
+        else:
+            if self.expects.get(obj.key) is not obj:
+                return 0
+            d = obj.deadline
+            if d <= now:
+                # Every node drops a stale expectation; only its creator tells the others.
+                self.unexpect(obj, "expired", now, event=obj.owner == self.node)
+                return 1
+        slot = int(d * WHEEL_SLOTS_PER_S)
+        if slot <= int(now * WHEEL_SLOTS_PER_S):
+            later.append(obj)
+        else:
+            self._file(slot, obj)
+        return 0

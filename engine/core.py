@@ -253,7 +253,7 @@ class Engine:
         if e is not None:
             d = self._tracked(e, p, data, now)
             if d is not None:
-                if e.nat is not None and d.verdict is _ACCEPT:
+                if e.meta.nat is not None and d.verdict is _ACCEPT:
                     return self._translated(e, p, data, d)
                 return d
         return self._untracked(p, data, now, mark)
@@ -294,9 +294,10 @@ class Engine:
         """A packet of a known connection: track its state; the rules are not consulted.
         None when the packet starts a new connection on a closed entry's 5-tuple."""
         table = self.table
-        n = e.nat
+        m = e.meta  # (its nat, orig_low and helper in one read: Conn's properties cost calls)
+        n = m.nat
         # Under the translated tuple (a reply), the originator is the translated source.
-        from_orig = p.low == (e.orig_low if n is None or p.key == e.key else n.low)
+        from_orig = p.low == (m.orig_low if n is None or p.key == e.key else n.low)
         proto = p.proto
         held: Decision | None = None
         if proto == TCP:
@@ -304,7 +305,7 @@ class Engine:
             if from_orig and flags & (SYN | ACK) == SYN and e.state in _REOPENABLE:
                 table.delete(e, "reopened", now)
                 return None
-            if e.helper is not None and p.payload_off < p.end:
+            if m.helper is not None and p.payload_off < p.end:
                 held = self._help(e, p, data, from_orig, now)
                 if held is not None and held.verdict is not Verdict.HOLD:
                     return held
@@ -329,8 +330,9 @@ class Engine:
                 table.changed(e, "icmp:replied", now)
         if held is not None:
             return held
-        if e.hold:
-            return self._hold(e.hold, Reason.HELD)
+        hold = e.meta.hold  # (e.meta again: the helper may have set a hold)
+        if hold:
+            return self._hold(hold, Reason.HELD)
         return self._decide(Verdict.ACCEPT, Reason.ESTABLISHED)
 
     def _help(self, e: Conn, p: Packet, data: bytes, from_orig: bool, now: float) -> Decision | None:
@@ -578,10 +580,11 @@ class Engine:
         return c
 
     # ---- the console's view (engine.rows) ----------------------------------------------
-    def rows(self, scope: str) -> Iterator[dict[str, Any]]:
+    def rows(self, scope: str, limit: int | None = None) -> Iterator[dict[str, Any]]:
         """Rows for the console: scope "own" (this node's connections), "backup" (copies of other
-        nodes' connections) or "common" (expectations and other cluster-wide records)."""
-        return engine_rows(self, scope)
+        nodes' connections) or "common" (expectations and other cluster-wide records); the first
+        `limit` of them when given."""
+        return engine_rows(self, scope, limit)
 
     def _describe(self, e: Conn) -> str:
         r = conn_row(e, self._now)

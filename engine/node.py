@@ -701,7 +701,7 @@ class Node:
             total = len(rows)
             rows = rows[:limit]
         else:
-            rows = list(itertools.islice(self.engine.rows(scope), limit))
+            rows = list(itertools.islice(self.engine.rows(scope, limit), limit))
             e = self.engine
             total = (len(e.table.conns) if scope == "own" else len(e.backups) if scope == "backup"
                      else sum(1 for _ in e.rows(scope)))

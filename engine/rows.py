@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -17,12 +18,17 @@ if TYPE_CHECKING:
 PROTO_NAMES = {TCP: "tcp", UDP: "udp", ICMP: "icmp", ICMPV6: "icmpv6"}
 
 
-def rows(engine: Engine, scope: str) -> Iterator[dict[str, Any]]:
+def rows(engine: Engine, scope: str, limit: int | None = None) -> Iterator[dict[str, Any]]:
     """Rows for the console: scope "own" (this node's connections), "backup" (copies of other
-    nodes' connections) or "common" (expectations and other cluster-wide records)."""
+    nodes' connections) or "common" (expectations and other cluster-wide records); the first
+    `limit` of them when given."""
     now = engine._now
     if scope in ("own", "backup"):
-        for e in list(engine.table.conns.values()) if scope == "own" else engine.backups:
+        # A copy of what is read, so the table may change while the rows are consumed; only
+        # `limit` entries of it: the recorder and the console ask often, and a list of every
+        # entry was 8 MB at 1M connections each time (which the allocator then kept).
+        entries = (engine.table.conns if scope == "own" else engine.backups.copies).values()
+        for e in list(entries) if limit is None else list(itertools.islice(entries, max(0, limit))):
             yield conn_row(e, now)
     elif scope == "common":
         for x in list(engine.table.expects.values()):

@@ -155,3 +155,37 @@ def test_quiet_states_announce_a_tcp_connection_once_established_and_once_gone()
     e.process(refused.s2c(b"", "RA"), 3.01)
     e.expire(1000.0)
     assert e.drain_events() == [], "a connection nobody heard of is not deleted on the wire"
+
+
+def test_entries_queued_in_one_expiry_slot_share_its_number() -> None:
+    from engine.synthetic import fill_synthetic, synthetic_key
+
+    t = Engine("n1", default_rules()).table
+    fill_synthetic(t, 0, 3, [0], 10.0)
+    a, b, c = (t.conns[synthetic_key(i)] for i in range(3))
+    assert a.sched == int((10.0 + t.timeouts.established_s) * 8)
+    # One int object for the slot, not a number per entry (memory: issue 13).
+    assert a.sched is b.sched is c.sched
+
+
+def test_an_entry_filed_again_sooner_expires_once_at_its_new_deadline() -> None:
+    engine = Engine("n1", default_rules(), Timeouts(established_s=100, half_closed_s=60))
+    table = engine.table
+    f = TcpFlow(C1, S1, 40000, 5001)
+    for p in f.handshake():
+        engine.process(p, 0.0)
+    (e,) = table.conns.values()
+    engine.expire(10.0)  # the SYN's deadline passed: filed again at established's, 100
+    engine.process(f.c2s(b"", "FA"), 11.0)  # fin-wait: due at 71, sooner
+    engine.process(f.s2c(b"still talking"), 50.0)  # the other half flows: due at 110 now
+    engine.expire(71.0)
+    assert table.conns.get(e.key) is e
+    engine.expire(100.0)  # its first filing, stale since the FIN
+    assert table.conns.get(e.key) is e
+    assert sum(len(due) for due in table._wheel.values()) == 1, "queued once, at 110"
+    engine.expire(109.9)
+    assert table.conns.get(e.key) is e
+    engine.expire(110.0)
+    assert e.key not in table.conns
+    assert engine.counters["expired"] == 1
+    assert not table._wheel and not table._slots

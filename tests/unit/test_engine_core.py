@@ -116,6 +116,21 @@ def test_rows_by_scope() -> None:
     assert list(engine.rows("common")) == []
 
 
+def test_rows_with_a_limit_are_the_first_ones_and_the_table_may_change_meanwhile() -> None:
+    engine = Engine("n1", parse_rules([{"name": "all", "action": "accept"}]))
+    for port in range(4000, 4005):
+        engine.process(udp(C1, S1, port, 5001), 1.0)
+    everything = [r["key"] for r in engine.rows("own")]
+    assert len(everything) == 5
+    assert [r["key"] for r in engine.rows("own", 3)] == everything[:3]
+    assert list(engine.rows("own", 0)) == [] and len(list(engine.rows("own", 9))) == 5
+    rows = engine.rows("own", 2)
+    first = next(rows)
+    engine.process(udp(C1, S1, 4999, 5001), 1.0)  # a new entry while the rows are read
+    assert [first["key"], next(rows)["key"]] == everything[:2]
+    assert list(rows) == []
+
+
 def test_ipv6_flows_are_screened_and_tracked_like_ipv4() -> None:
     rules = parse_rules([{"name": "v6-web", "action": "accept", "proto": "tcp",
                           "src": "2001:db8:1::/64", "dst": "2001:db8:2::/64", "dport": 80}])

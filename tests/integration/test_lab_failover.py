@@ -217,11 +217,18 @@ def test_policy_switch_at_run_time(lab: dict[str, Any]) -> None:
         assert st["policy"] == "hybrid" and st["interval_ms"] == 500
         p = sw("policy", "hybrid", "--interval-ms", "0", check=False)
         assert p.returncode != 0
-        # Batched plain changes: every node applies it (each node's own status says so).
+        # Batched plain changes: every node applies it (each node's own status says so). A node
+        # still rejoining after an earlier test gets it with its config, so wait for them all.
+        wait_for("every node active", lambda: {n["state"] for n in status()["nodes"]} == {"active"}, 30)
         sw("policy", "hybrid", "--interval-ms", "1000", "--batch-ms", "5")
         assert status()["sync_batch_ms"] == 5
         # (the daemon polls the nodes every 0.25 s)
-        wait_for("every node batching 5 ms", lambda: {n["batch_ms"] for n in status()["nodes"]} == {5}, 5)
+        try:
+            wait_for("every node batching 5 ms",
+                     lambda: {n["batch_ms"] for n in status()["nodes"]} == {5}, 15)
+        except AssertionError as e:
+            now = [(n["name"], n["state"], n["batch_ms"]) for n in status()["nodes"]]
+            raise AssertionError(f"{e}: {now}") from e
         p = sw("policy", "hybrid", "--batch-ms", "5000", check=False)
         assert p.returncode != 0 and "batch" in p.stderr
     finally:

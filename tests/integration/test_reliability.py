@@ -483,7 +483,7 @@ def test_garbage_and_mutated_frames_to_a_live_sync_port_are_counted_by_kind(lab:
     cfg = RUN_ROOT / LAB / "nodes" / "n1.json"
     # Short connections while the helper captures, so that n3 sends n1 (its backup) records
     # on the reliable channel, not only heartbeats: those are the frames a replay must not pass.
-    sw("traffic", "start", "burst", "--lab", LAB, "--client", "c2", "--count", "600", "--rate", "300")
+    sw("traffic", "start", "burst", "--lab", LAB, "--client", "c2", "--count", "900", "--rate", "300")
     # From n3's namespace: on the sync segment, where only lab members live.
     out = subprocess.run(
         ["ip", "netns", "exec", _node_ns(LAB, "n3"), sys.executable, "-m", HELPER, "garbage",
@@ -712,7 +712,9 @@ def main_garbage(args: argparse.Namespace) -> int:
     addrs = {n: (ip, port) for n, ip, port in cfg["nodes"]}
     dst = (args.dst, addrs[cfg["node"]][1])
     rng = random.Random(7)
-    replay = _capture(addrs[args.src_node], dst, 1.5)
+    # 3 s: the burst that makes n3 send records overlaps it even on a loaded host (1.5 s
+    # once caught heartbeats and acks only, in a fresh-clone suite).
+    replay = _capture(addrs[args.src_node], dst, 3.0)
     hb = [1, lab_id, "n2", 123, 0, 1, 10**6, 0, 2, [1, True]]
 
     def signed(i: int, v: Any) -> bytes:
@@ -779,7 +781,7 @@ def _capture(src: tuple[str, int], dst: tuple[str, int], seconds: float) -> list
     ports = struct.pack("!HH", src[1], dst[1])
     got: list[bytes] = []
     end = time.monotonic() + seconds
-    while time.monotonic() < end and len(got) < 300:
+    while time.monotonic() < end and len(got) < 600:
         try:
             pkt = s.recv(65535)
         except TimeoutError:
